@@ -1,0 +1,104 @@
+"""The one place that builds real things: engine, secret box, services.
+
+Tests build the same ``Container`` with their own settings (a temporary data directory, a
+PostgreSQL database, a fixed clock), so the wiring they test is the wiring that runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.adapters.db.engine import make_engine, make_session_factory, migrate
+from mailgate.adapters.db.tables import SystemSetting, User
+from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
+from mailgate.config import Settings
+from mailgate.domain.clock import Clock, utcnow
+from mailgate.services.email_servers import EmailServers
+from mailgate.services.identity import Identity
+from mailgate.services.tenants import HOME_TENANT, create_tenant
+
+log = logging.getLogger("mailgate")
+
+DEFAULT_SYSTEM_SETTINGS: dict[str, Any] = {"allow_remote_clients": False}
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    box: SecretBox
+    clock: Clock
+    identity: Identity
+    servers: EmailServers
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: commit on success, roll back on any error."""
+        with self.sessions() as db:
+            try:
+                yield db
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+
+
+def build(settings: Settings, clock: Clock = utcnow) -> Container:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key_spec = settings.secret_key or load_or_create_key_file(settings.key_file)
+    engine = make_engine(settings.effective_database_url)
+    box = SecretBox.from_spec(key_spec)
+    return Container(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        box=box,
+        clock=clock,
+        identity=Identity(
+            clock, settings.session_hours, settings.login_max_failures, settings.login_window_s
+        ),
+        servers=EmailServers(box, clock, settings.public_base_url),
+    )
+
+
+def first_start(c: Container, echo: Any = print) -> str | None:
+    """Migrate, then on an empty database create ``admin`` and the tenant ``home``.
+
+    Returns the generated admin password when one was generated (it is printed once).
+    """
+    migrate(c.engine)
+    with c.session() as db:
+        if db.scalar(select(User.id).limit(1)) is not None:
+            return None
+        generated = None
+        password = c.settings.admin_password
+        if not password:
+            password = generated = secrets.token_urlsafe(12)
+        create_tenant(db, c.clock, HOME_TENANT, "Home")
+        c.identity.create_user(db, username="admin", password=password, system_admin=True)
+        for key, value in DEFAULT_SYSTEM_SETTINGS.items():
+            if db.get(SystemSetting, key) is None:
+                db.add(SystemSetting(key=key, value=value))
+        db.add(SystemSetting(key="public_base_url", value=c.settings.public_base_url))
+    if generated:
+        echo(
+            "\n  mailgate: created the system administrator 'admin' with the password\n\n"
+            f"      {generated}\n\n"
+            "  It is shown only this once. Change it after signing in.\n"
+        )
+    else:
+        echo(
+            "mailgate: created the system administrator 'admin' "
+            "(password from MAILGATE_ADMIN_PASSWORD)"
+        )
+    return generated

@@ -1,0 +1,65 @@
+"""Typed settings from the environment (``MAILGATE_*``), each with its default.
+
+A ``.env`` file in the working directory may add more. Nothing here touches the disk or the
+network: reading the key file or creating the data directory happens in ``bootstrap``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of a mailgate process. Field names map to ``MAILGATE_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILGATE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8086, ge=1, le=65535)
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    """Default: ``sqlite:///<data_dir>/mailgate.db``."""
+    secret_key: str | None = None
+    """Comma-separated base64 keys; the first encrypts, all decrypt (rotation).
+    Default: the key file ``<data_dir>/secret.key`` created on first start (mode 0600)."""
+    admin_password: str | None = None
+    public_base_url: str = "http://localhost:8086"
+    workers: int = Field(default=1, ge=0, le=64)
+    """In-process delivery workers of ``mailgate serve``; 0 for an API-only process."""
+    log_level: str = "INFO"
+
+    max_request_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    """Largest accepted HTTP request body."""
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """Largest message accepted by the send API, whatever a configuration allows."""
+    session_hours: int = Field(default=12, ge=1)
+    """Lifetime of a login token / browser session."""
+    login_max_failures: int = Field(default=5, ge=1)
+    """Failed logins per user and client address within ``login_window_s`` before 429."""
+    login_window_s: int = Field(default=300, ge=1)
+
+    retry_max_age_s: int = Field(default=2 * 24 * 3600, ge=60)
+    """Temporary failures are retried until the message is this old, then it fails."""
+    lease_s: int = Field(default=120, ge=5)
+    """How long a worker owns a claimed message before another may take it."""
+
+    oauth_microsoft_authority: str = "https://login.microsoftonline.com"
+    oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    oauth_google_token_url: str = "https://oauth2.googleapis.com/token"
+    oauth_ca_bundle: Path | None = None
+    """Extra CA file trusted for token endpoints (tests, corporate proxies)."""
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mailgate.db').resolve()}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "secret.key"

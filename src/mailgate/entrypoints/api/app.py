@@ -1,0 +1,25 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from mailgate import __version__
+from mailgate.bootstrap import Container
+from mailgate.entrypoints.api import problems
+from mailgate.entrypoints.api.limits import BodyLimit
+from mailgate.entrypoints.api.routers import api_keys, auth, email_servers, health, tenants, users
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(
+        title="mailgate",
+        version=__version__,
+        description="Multi-tenant outbound e-mail gateway. Errors are application/problem+json.",
+    )
+    app.state.container = container
+    problems.install(app)
+    for module in (health, auth, tenants, users, api_keys, email_servers):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
+    return app

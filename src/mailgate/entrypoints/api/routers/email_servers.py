@@ -1,0 +1,65 @@
+"""E-mail server configurations of a tenant (API.md "E-mail server configurations")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, status
+
+from mailgate.domain.access import Perm
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.schemas.email_server import EmailServerIn
+from mailgate.services.tenants import tenant_for
+
+router = APIRouter(prefix="/api/v1/tenants/{tenant}/email-servers", tags=["email-servers"])
+
+
+@router.get("")
+def list_servers(tenant: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_READ)
+    return {"items": [c.servers.view(row) for row in c.servers.list(db, t.id)]}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_server(
+    tenant: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    return c.servers.view(c.servers.create(db, t, body))
+
+
+@router.get("/{name}")
+def get_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_READ)
+    return c.servers.view(c.servers.get(db, t.id, name))
+
+
+@router.put("/{name}")
+def replace_server(
+    tenant: str, name: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    return c.servers.view(c.servers.replace(db, c.servers.get(db, t.id, name), body))
+
+
+@router.patch("/{name}")
+def patch_server(
+    tenant: str,
+    name: str,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    body: dict[str, Any] = Body(
+        ...,
+        description="JSON merge patch (RFC 7396) of the configuration",
+        media_type="application/json",
+    ),
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    return c.servers.view(c.servers.patch(db, c.servers.get(db, t.id, name), body))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> None:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    c.servers.delete(db, c.servers.get(db, t.id, name))

@@ -1,0 +1,97 @@
+"""Users and their per-tenant roles (system administrators only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import Field
+from sqlalchemy import func, select
+
+from mailgate.adapters.db.tables import User
+from mailgate.domain.access import Role
+from mailgate.domain.errors import Conflict
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
+from mailgate.schemas.common import EmailAddress, StrictModel, TenantName
+
+router = APIRouter(prefix="/api/v1/users", tags=["users"])
+
+Username = str
+
+
+class UserIn(StrictModel):
+    username: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+    email: EmailAddress | None = None
+    password: str = Field(min_length=1, max_length=1024)
+    roles: dict[TenantName, Role] = Field(default_factory=dict)
+    system_admin: bool = False
+
+
+class UserPatch(StrictModel):
+    email: EmailAddress | None = None
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    roles: dict[TenantName, Role] | None = None
+    system_admin: bool | None = None
+
+
+@router.get("")
+def list_users(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    users = db.scalars(select(User).order_by(User.username))
+    return {"items": [c.identity.user_view(db, u) for u in users]}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    user = c.identity.create_user(
+        db,
+        username=body.username,
+        password=body.password,
+        email=body.email,
+        roles={k: v.value for k, v in body.roles.items()},
+        system_admin=body.system_admin,
+    )
+    return c.identity.user_view(db, user)
+
+
+@router.get("/{username}")
+def get_user(username: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    return c.identity.user_view(db, c.identity.get_user(db, username))
+
+
+@router.patch("/{username}")
+def patch_user(
+    username: str, body: UserPatch, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    require_system_admin(caller)
+    user = c.identity.get_user(db, username)
+    fields = body.model_fields_set
+    if "system_admin" in fields and body.system_admin is False and user.system_admin:
+        _keep_one_admin(db, user)
+    if body.roles is not None:
+        c.identity.set_roles(db, user, {k: v.value for k, v in body.roles.items()})
+    if "email" in fields:
+        user.email = body.email
+    if body.password is not None:
+        c.identity.set_password(db, user, body.password)
+    if body.system_admin is not None:
+        user.system_admin = body.system_admin
+    user.updated_at = c.clock()
+    return c.identity.user_view(db, user)
+
+
+@router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_user(username: str, caller: Caller, db: DB, c: AppContainer) -> None:
+    require_system_admin(caller)
+    user = c.identity.get_user(db, username)
+    if user.system_admin:
+        _keep_one_admin(db, user)
+    db.delete(user)
+
+
+def _keep_one_admin(db: Any, user: User) -> None:
+    admins = db.scalar(select(func.count()).select_from(User).where(User.system_admin.is_(True)))
+    if admins <= 1:
+        raise Conflict(f"{user.username!r} is the last system administrator")

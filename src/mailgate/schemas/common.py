@@ -1,0 +1,87 @@
+"""Reusable validated types for the API and the services.
+
+Pydantic checks shape and types; semantic rules that name a field live next to the model
+they belong to and raise ``ValidationFailed`` with ``FieldError``s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# RFC 5322 3.6.8: a field name is printable US-ASCII except colon.
+_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors: a typo in a field name must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def is_hostname(value: str) -> bool:
+    if not value or len(value) > 253:
+        return False
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    return all(_LABEL.match(label) for label in labels)
+
+
+def check_hostname(value: str) -> str:
+    if not is_hostname(value):
+        raise ValueError("not a valid host name or IP address")
+    return value
+
+
+def check_no_crlf(value: str) -> str:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError("must not contain line breaks or NUL characters")
+    return value
+
+
+def normalize_email(value: str) -> str:
+    """Validate syntax (no DNS lookups: the gateway may not see the recipient's DNS)."""
+    check_no_crlf(value)
+    try:
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid e-mail address: {exc}") from exc
+    return result.normalized
+
+
+def check_header_name(value: str) -> str:
+    if not _HEADER_NAME.match(value):
+        raise ValueError("header names are printable ASCII without spaces or colons")
+    return value
+
+
+def check_tenant_name(value: str) -> str:
+    if not TENANT_NAME.match(value):
+        raise ValueError(
+            "use 1-63 lower-case letters, digits and '-', starting with a letter/digit"
+        )
+    return value
+
+
+Hostname = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(check_hostname)]
+EmailAddress = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
+SingleLine = Annotated[str, StringConstraints(max_length=998), AfterValidator(check_no_crlf)]
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+TenantName = Annotated[str, AfterValidator(check_tenant_name)]
+# Names appear in URLs (/email-servers/{name}); keep them URL-safe and readable.
+ObjectName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$"
+    ),
+]

@@ -1,0 +1,314 @@
+"""The e-mail server configuration: the schema in API.md, validation, and the split into a
+public part (stored as JSON, returned by the API) and secrets (encrypted, write-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import Field, SecretStr, model_validator
+
+from mailgate.domain.errors import FieldError, ValidationFailed
+from mailgate.schemas.common import (
+    EmailAddress,
+    HeaderName,
+    Hostname,
+    ObjectName,
+    SingleLine,
+    StrictModel,
+)
+
+Protocol = Literal["smtp", "smtps"]
+StartTls = Literal["required", "opportunistic", "disabled"]
+AuthMethod = Literal["none", "password", "oauth2"]
+Provider = Literal["microsoft", "google", "custom"]
+Grant = Literal["authorization_code", "client_credentials"]
+
+DEFAULT_PORTS: dict[str, int] = {"smtp": 587, "smtps": 465}
+SECRET_FIELDS = ("password", "client_secret", "client_key_pem")
+# Read-only fields a client may echo back from a GET; accepted and ignored on input.
+_READ_ONLY = {
+    "id",
+    "created_at",
+    "updated_at",
+    "password_set",
+    "client_secret_set",
+    "client_key_set",
+    "oauth2_status",
+}
+MAX_PEM = 64 * 1024
+
+
+def _drop_read_only(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if k not in _READ_ONLY}
+    return data
+
+
+class TlsSettings(StrictModel):
+    verify: bool = True
+    ca_certificates_pem: str | None = Field(default=None, max_length=MAX_PEM)
+    client_certificate_pem: str | None = Field(default=None, max_length=MAX_PEM)
+    client_key_pem: SecretStr | None = Field(default=None, max_length=MAX_PEM)
+
+    _strip = model_validator(mode="before")(_drop_read_only)
+
+
+class Timeouts(StrictModel):
+    connect_s: float = Field(default=15, gt=0, le=300)
+    command_s: float = Field(default=60, gt=0, le=600)
+
+
+class Limits(StrictModel):
+    max_connections: int = Field(default=3, ge=1, le=50)
+    messages_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_message_bytes: int | None = Field(default=None, ge=1024, le=1024 * 1024 * 1024)
+
+
+class Authentication(StrictModel):
+    method: AuthMethod = "none"
+    username: SingleLine | None = Field(default=None, max_length=320)
+    password: SecretStr | None = Field(default=None, max_length=1024)
+    provider: Provider | None = None
+    grant: Grant | None = None
+    directory_tenant_id: SingleLine | None = Field(default=None, max_length=200)
+    client_id: SingleLine | None = Field(default=None, max_length=500)
+    client_secret: SecretStr | None = Field(default=None, max_length=2048)
+    redirect_uri: SingleLine | None = Field(default=None, max_length=2000)
+    scope: SingleLine | None = Field(default=None, max_length=2000)
+    authorize_url: SingleLine | None = Field(default=None, max_length=2000)
+    token_url: SingleLine | None = Field(default=None, max_length=2000)
+
+    _strip = model_validator(mode="before")(_drop_read_only)
+
+
+class MessageDefaults(StrictModel):
+    from_address: EmailAddress | None = None
+    from_name: SingleLine | None = Field(default=None, max_length=200)
+    reply_to: EmailAddress | None = None
+    envelope_from: EmailAddress | None = None
+    cc: list[EmailAddress] = Field(default_factory=list, max_length=100)
+    bcc: list[EmailAddress] = Field(default_factory=list, max_length=100)
+    subject: SingleLine | None = None
+    body_text: str | None = Field(default=None, max_length=1024 * 1024)
+    body_html: str | None = Field(default=None, max_length=1024 * 1024)
+    headers: dict[HeaderName, SingleLine] = Field(default_factory=dict, max_length=50)
+
+
+class RemoteOutput(StrictModel):
+    enabled: bool = False
+    remote_client: ObjectName | None = None
+
+
+class EmailServerIn(StrictModel):
+    """What a client sends (POST/PUT, or the merged document of a PATCH)."""
+
+    name: ObjectName = "DEFAULT"
+    is_default: bool | None = None
+    protocol: Protocol = "smtp"
+    host: Hostname
+    port: int | None = Field(default=None, ge=1, le=65535)
+    starttls: StartTls = "required"
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    helo_name: Hostname | None = None
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: Limits = Field(default_factory=Limits)
+    authentication: Authentication = Field(default_factory=Authentication)
+    message_defaults: MessageDefaults = Field(default_factory=MessageDefaults)
+    remote_output: RemoteOutput = Field(default_factory=RemoteOutput)
+
+    _strip = model_validator(mode="before")(_drop_read_only)
+
+    def secrets(self) -> dict[str, str]:
+        """The write-only values present in this input (absent ones are not in the dict)."""
+        out: dict[str, str] = {}
+        if self.authentication.password is not None:
+            out["password"] = self.authentication.password.get_secret_value()
+        if self.authentication.client_secret is not None:
+            out["client_secret"] = self.authentication.client_secret.get_secret_value()
+        if self.tls.client_key_pem is not None:
+            out["client_key_pem"] = self.tls.client_key_pem.get_secret_value()
+        return out
+
+    def public(self) -> dict[str, Any]:
+        """The stored, returnable part: everything but secrets and ``name``/``is_default``."""
+        data = self.model_dump(
+            mode="json",
+            exclude={
+                "name": True,
+                "is_default": True,
+                "authentication": {"password", "client_secret"},
+                "tls": {"client_key_pem"},
+            },
+        )
+        if data["port"] is None:
+            data["port"] = DEFAULT_PORTS[self.protocol]
+        return data
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    password: str | None = None
+    client_secret: str | None = None
+    client_key_pem: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerSecrets:
+        return cls(**{k: data.get(k) for k in SECRET_FIELDS})
+
+
+def _check_url(value: str | None, field: str, errors: list[FieldError]) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        errors.append(FieldError(field, "must be an absolute http(s) URL"))
+
+
+def _load_certs(pem: str, field: str, errors: list[FieldError]) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        errors.append(
+            FieldError(field, "not a PEM certificate (expected -----BEGIN CERTIFICATE-----)")
+        )
+        return []
+    return certs
+
+
+def validate_semantics(
+    cfg: EmailServerIn, stored: ServerSecrets, *, public_base_url: str
+) -> list[FieldError]:
+    """Rules across fields that pydantic's per-field checks cannot express.
+
+    ``stored`` are the secrets already saved (an update that omits one keeps it).
+    """
+    errors: list[FieldError] = []
+    tls = cfg.tls
+    if tls.ca_certificates_pem:
+        _load_certs(tls.ca_certificates_pem, "tls.ca_certificates_pem", errors)
+    key_pem = tls.client_key_pem.get_secret_value() if tls.client_key_pem else stored.client_key_pem
+    if tls.client_certificate_pem:
+        certs = _load_certs(tls.client_certificate_pem, "tls.client_certificate_pem", errors)
+        if not key_pem:
+            errors.append(FieldError("tls.client_key_pem", "a client certificate needs its key"))
+        elif certs:
+            try:
+                key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+            except (ValueError, TypeError):
+                errors.append(
+                    FieldError("tls.client_key_pem", "not an unencrypted PEM private key")
+                )
+            else:
+                cert_pub = (
+                    certs[0]
+                    .public_key()
+                    .public_bytes(
+                        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                    )
+                )
+                key_pub = key.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                if cert_pub != key_pub:
+                    errors.append(
+                        FieldError("tls.client_key_pem", "the key does not match the certificate")
+                    )
+    elif tls.client_key_pem:
+        errors.append(
+            FieldError("tls.client_certificate_pem", "a client key needs its certificate")
+        )
+
+    auth = cfg.authentication
+    if auth.method == "password":
+        if not auth.username:
+            errors.append(FieldError("authentication.username", "required for password login"))
+        if auth.password is None and not stored.password:
+            errors.append(FieldError("authentication.password", "required for password login"))
+    elif auth.method == "oauth2":
+        errors.extend(_validate_oauth2(auth, stored, public_base_url))
+
+    ro = cfg.remote_output
+    if ro.enabled and not ro.remote_client:
+        errors.append(
+            FieldError("remote_output.remote_client", "name the remote client that delivers")
+        )
+    return errors
+
+
+def _validate_oauth2(
+    auth: Authentication, stored: ServerSecrets, public_base_url: str
+) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if auth.provider is None:
+        errors.append(FieldError("authentication.provider", "choose microsoft, google or custom"))
+    if auth.grant is None:
+        errors.append(
+            FieldError("authentication.grant", "choose authorization_code or client_credentials")
+        )
+    if not auth.username:
+        errors.append(
+            FieldError("authentication.username", "the mailbox that XOAUTH2 authenticates as")
+        )
+    if not auth.client_id:
+        errors.append(FieldError("authentication.client_id", "required for OAuth2"))
+    if auth.client_secret is None and not stored.client_secret:
+        errors.append(FieldError("authentication.client_secret", "required for OAuth2"))
+    if auth.provider == "microsoft" and not auth.directory_tenant_id:
+        errors.append(
+            FieldError(
+                "authentication.directory_tenant_id",
+                "the Entra ID (Azure AD) directory tenant id, or 'organizations'",
+            )
+        )
+    if auth.provider == "google" and auth.grant == "client_credentials":
+        errors.append(
+            FieldError(
+                "authentication.grant",
+                "Google does not issue SMTP tokens by client credentials; use authorization_code",
+            )
+        )
+    if auth.provider == "custom":
+        if not auth.token_url:
+            errors.append(FieldError("authentication.token_url", "required for a custom provider"))
+        if auth.grant == "authorization_code" and not auth.authorize_url:
+            errors.append(
+                FieldError("authentication.authorize_url", "required for a custom provider")
+            )
+        if not auth.scope:
+            errors.append(FieldError("authentication.scope", "required for a custom provider"))
+    for name in ("redirect_uri", "authorize_url", "token_url"):
+        _check_url(getattr(auth, name), f"authentication.{name}", errors)
+    if auth.grant == "authorization_code" and auth.redirect_uri is None:
+        auth.redirect_uri = public_base_url.rstrip("/") + "/settings/oauth2code"
+    return errors
+
+
+def parse_and_validate(data: Any, stored: ServerSecrets, *, public_base_url: str) -> EmailServerIn:
+    """Parse client input; raise ``ValidationFailed`` naming every bad field."""
+    from pydantic import ValidationError
+
+    try:
+        cfg = EmailServerIn.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(pydantic_field_errors(exc)) from None
+    errors = validate_semantics(cfg, stored, public_base_url=public_base_url)
+    if errors:
+        raise ValidationFailed(errors)
+    return cfg
+
+
+def pydantic_field_errors(exc: Any, prefix: tuple[str | int, ...] = ()) -> list[FieldError]:
+    """Turn pydantic errors into ``FieldError``s with dotted field names."""
+    out: list[FieldError] = []
+    for err in exc.errors():
+        loc = [str(p) for p in (*prefix, *err["loc"]) if p not in ("body",)]
+        # Annotated validators add a function name to the location; drop it.
+        loc = [p for p in loc if not p.startswith("function-")]
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(FieldError(".".join(loc) or "body", msg))
+    return out

@@ -1,0 +1,344 @@
+"""Manage e-mail server configurations of a tenant (and the system server, tenant ``None``).
+
+Public settings are stored as JSON; secrets are encrypted with the ``SecretBox`` bound to the
+row (``email-server:<id>``), never returned: views carry ``*_set`` flags instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
+from mailgate.adapters.secrets import SecretBox
+from mailgate.domain.clock import Clock, isoformat
+from mailgate.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
+from mailgate.schemas.email_server import (
+    EmailServerIn,
+    ServerSecrets,
+    parse_and_validate,
+    validate_semantics,
+)
+
+SYSTEM_SERVER_NAME = "SYSTEM"
+# Changing any of these makes stored OAuth2 tokens meaningless: they are forgotten.
+_OAUTH_IDENTITY = (
+    "method",
+    "provider",
+    "grant",
+    "username",
+    "directory_tenant_id",
+    "client_id",
+    "token_url",
+    "scope",
+)
+_AUTH_FIELDS_BY_METHOD = {
+    "none": ("method",),
+    "password": ("method", "username"),
+    "oauth2": (
+        "method",
+        "provider",
+        "grant",
+        "username",
+        "directory_tenant_id",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "authorize_url",
+        "token_url",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedServer:
+    """Everything a transport needs: the validated settings and the decrypted secrets."""
+
+    id: int
+    tenant_id: int | None
+    name: str
+    config: EmailServerIn
+    secrets: ServerSecrets
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class EmailServers:
+    def __init__(self, box: SecretBox, clock: Clock, public_base_url: str) -> None:
+        self.box = box
+        self.clock = clock
+        self.public_base_url = public_base_url
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def list(self, db: Session, tenant_id: int | None) -> list[EmailServer]:
+        return list(
+            db.scalars(
+                select(EmailServer)
+                .where(_tenant_clause(tenant_id))
+                .order_by(EmailServer.is_default.desc(), EmailServer.created_at, EmailServer.id)
+            )
+        )
+
+    def get(self, db: Session, tenant_id: int | None, name: str) -> EmailServer:
+        row = db.scalar(
+            select(EmailServer).where(_tenant_clause(tenant_id), EmailServer.name == name)
+        )
+        if row is None:
+            what = "system e-mail server" if tenant_id is None else f"e-mail server {name!r}"
+            raise NotFound(f"{what} not found")
+        return row
+
+    def get_default(self, db: Session, tenant_id: int) -> EmailServer:
+        row = db.scalar(
+            select(EmailServer).where(
+                EmailServer.tenant_id == tenant_id, EmailServer.is_default.is_(True)
+            )
+        )
+        if row is None:
+            raise NotFound("this tenant has no e-mail server yet")
+        return row
+
+    def secrets_of(self, row: EmailServer) -> ServerSecrets:
+        return ServerSecrets.from_dict(self.box.decrypt_json(row.secrets_enc, _ctx(row)))
+
+    def resolve(self, row: EmailServer) -> ResolvedServer:
+        cfg = EmailServerIn.model_validate({**row.config, "name": row.name})
+        return ResolvedServer(row.id, row.tenant_id, row.name, cfg, self.secrets_of(row))
+
+    def tokens_of(self, row: EmailServer) -> dict[str, Any]:
+        return self.box.decrypt_json(row.tokens_enc, _ctx(row, "tokens"))
+
+    def store_tokens(self, row: EmailServer, tokens: dict[str, Any]) -> None:
+        row.tokens_enc = self.box.encrypt_json(tokens, _ctx(row, "tokens")) if tokens else None
+
+    def view(self, row: EmailServer) -> dict[str, Any]:
+        cfg = copy.deepcopy(row.config)
+        secrets = self.secrets_of(row)
+        method = cfg["authentication"].get("method", "none")
+        auth = {k: cfg["authentication"].get(k) for k in _AUTH_FIELDS_BY_METHOD[method]}
+        if method == "password":
+            auth["password_set"] = bool(secrets.password)
+        if method == "oauth2":
+            auth["client_secret_set"] = bool(secrets.client_secret)
+        cfg["authentication"] = auth
+        cfg["tls"]["client_key_set"] = bool(secrets.client_key_pem)
+        out: dict[str, Any] = {"name": row.name, "is_default": row.is_default, **cfg}
+        if method == "oauth2":
+            out["oauth2_status"] = {
+                "state": row.oauth2_state or "not_authorized",
+                "access_token_expires_at": isoformat(row.access_token_expires_at),
+                "refresh_token_last_used_at": isoformat(row.refresh_token_last_used_at),
+                "last_error": row.oauth2_last_error,
+                "warning": row.oauth2_warning,
+            }
+        out["created_at"] = isoformat(row.created_at)
+        out["updated_at"] = isoformat(row.updated_at)
+        if row.tenant_id is None:
+            out.pop("name")
+            out.pop("is_default")
+            out.pop("remote_output", None)
+        return out
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def parse(self, data: Any, stored: ServerSecrets | None = None) -> EmailServerIn:
+        return parse_and_validate(
+            data, stored or ServerSecrets(), public_base_url=self.public_base_url
+        )
+
+    def check(self, cfg: EmailServerIn, stored: ServerSecrets | None = None) -> None:
+        """Semantic checks for an already parsed model (POST/PUT bodies)."""
+        errors = validate_semantics(
+            cfg, stored or ServerSecrets(), public_base_url=self.public_base_url
+        )
+        if errors:
+            raise ValidationFailed(errors)
+
+    def create(self, db: Session, tenant: Tenant | None, cfg: EmailServerIn) -> EmailServer:
+        tenant_id = tenant.id if tenant else None
+        self.check(cfg)
+        self._check_remote_output(db, tenant_id, cfg)
+        name = SYSTEM_SERVER_NAME if tenant is None else cfg.name
+        if db.scalar(
+            select(EmailServer.id).where(_tenant_clause(tenant_id), EmailServer.name == name)
+        ):
+            raise Conflict(f"an e-mail server named {name!r} exists already")
+        count = db.scalar(
+            select(func.count()).where(_tenant_clause(tenant_id)).select_from(EmailServer)
+        )
+        now = self.clock()
+        row = EmailServer(
+            tenant_id=tenant_id,
+            name=name,
+            is_default=tenant is not None and (count == 0 or bool(cfg.is_default)),
+            config=cfg.public(),
+            created_at=now,
+            updated_at=now,
+        )
+        if cfg.authentication.method == "oauth2":
+            row.oauth2_state = "not_authorized"
+        db.add(row)
+        db.flush()
+        if row.is_default:
+            self._make_default(db, row)
+        self._store_secrets(row, cfg, ServerSecrets())
+        db.flush()
+        return row
+
+    def replace(self, db: Session, row: EmailServer, cfg: EmailServerIn) -> EmailServer:
+        """Full replace (PUT). Omitted secrets keep their stored value."""
+        stored = self.secrets_of(row)
+        self.check(cfg, stored)
+        self._check_remote_output(db, row.tenant_id, cfg)
+        if row.tenant_id is not None and cfg.name != row.name:
+            self._rename(db, row, cfg.name)
+        if row.tenant_id is not None:
+            self._apply_default_flag(db, row, cfg.is_default)
+        old_auth = row.config.get("authentication", {})
+        row.config = cfg.public()
+        self._store_secrets(row, cfg, stored)
+        new_auth = row.config["authentication"]
+        if any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
+            self._forget_tokens(row)
+            row.oauth2_state = "not_authorized" if new_auth["method"] == "oauth2" else None
+        row.updated_at = self.clock()
+        db.flush()
+        return row
+
+    def patch(self, db: Session, row: EmailServer, patch: Any) -> EmailServer:
+        if not isinstance(patch, dict):
+            raise ValidationFailed.one("body", "a JSON object (merge patch) is expected")
+        current = {"name": row.name, **copy.deepcopy(row.config)}
+        merged = merge_patch(current, patch)
+        if row.tenant_id is None:
+            merged.pop("name", None)
+        cfg = self.parse(merged, self.secrets_of(row))
+        if "is_default" not in patch:
+            cfg.is_default = None
+        return self.replace(db, row, cfg)
+
+    def delete(self, db: Session, row: EmailServer) -> None:
+        if row.is_default and row.tenant_id is not None:
+            others = db.scalar(
+                select(func.count())
+                .select_from(EmailServer)
+                .where(EmailServer.tenant_id == row.tenant_id, EmailServer.id != row.id)
+            )
+            if others:
+                raise Conflict(
+                    f"{row.name!r} is the tenant's default e-mail server; make another server "
+                    "the default (is_default: true) before deleting it"
+                )
+        db.delete(row)
+        db.flush()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _store_secrets(self, row: EmailServer, cfg: EmailServerIn, stored: ServerSecrets) -> None:
+        given = cfg.secrets()
+        method = cfg.authentication.method
+        keep: dict[str, str] = {}
+        if method == "password":
+            value = given.get("password", stored.password)
+            if value:
+                keep["password"] = value
+        if method == "oauth2":
+            value = given.get("client_secret", stored.client_secret)
+            if value:
+                keep["client_secret"] = value
+        if cfg.tls.client_certificate_pem:
+            value = given.get("client_key_pem", stored.client_key_pem)
+            if value:
+                keep["client_key_pem"] = value
+        row.secrets_enc = self.box.encrypt_json(keep, _ctx(row)) if keep else None
+
+    def _forget_tokens(self, row: EmailServer) -> None:
+        row.tokens_enc = None
+        row.access_token_expires_at = None
+        row.refresh_token_last_used_at = None
+        row.oauth2_last_error = None
+        row.oauth2_warning = None
+        row.oauth2_retry_at = None
+
+    def _rename(self, db: Session, row: EmailServer, new_name: str) -> None:
+        clash = db.scalar(
+            select(EmailServer.id).where(
+                EmailServer.tenant_id == row.tenant_id, EmailServer.name == new_name
+            )
+        )
+        if clash is not None:
+            raise Conflict(f"an e-mail server named {new_name!r} exists already")
+        row.name = new_name
+
+    def _apply_default_flag(self, db: Session, row: EmailServer, flag: bool | None) -> None:
+        if flag is True and not row.is_default:
+            self._make_default(db, row)
+        elif flag is False and row.is_default:
+            raise Conflict(
+                "a tenant always has one default e-mail server; set is_default: true on "
+                "another server instead"
+            )
+
+    def _make_default(self, db: Session, row: EmailServer) -> None:
+        for other in db.scalars(
+            select(EmailServer).where(
+                EmailServer.tenant_id == row.tenant_id,
+                EmailServer.id != row.id,
+                EmailServer.is_default.is_(True),
+            )
+        ):
+            other.is_default = False
+        row.is_default = True
+
+    def _check_remote_output(self, db: Session, tenant_id: int | None, cfg: EmailServerIn) -> None:
+        ro = cfg.remote_output
+        if not ro.enabled:
+            return
+        errors: list[FieldError] = []
+        allowed = db.get(SystemSetting, "allow_remote_clients")
+        if tenant_id is None:
+            errors.append(FieldError("remote_output.enabled", "not available for system mail"))
+        elif not (allowed and allowed.value is True):
+            errors.append(
+                FieldError(
+                    "remote_output.enabled",
+                    "remote clients are not allowed on this installation "
+                    "(system setting allow_remote_clients)",
+                )
+            )
+        elif ro.remote_client and not db.scalar(
+            select(RemoteClient.id).where(
+                RemoteClient.tenant_id == tenant_id, RemoteClient.name == ro.remote_client
+            )
+        ):
+            errors.append(
+                FieldError("remote_output.remote_client", "no remote client of this name")
+            )
+        if errors:
+            raise ValidationFailed(errors)
+
+
+def _ctx(row: EmailServer, part: str = "secrets") -> str:
+    return f"email-server:{row.id}:{part}"
+
+
+def _tenant_clause(tenant_id: int | None) -> Any:
+    if tenant_id is None:
+        return EmailServer.tenant_id.is_(None)
+    return EmailServer.tenant_id == tenant_id

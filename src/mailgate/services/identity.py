@@ -1,0 +1,282 @@
+"""Users, logins, sessions, API keys, and turning a credential into a ``Principal``.
+
+Passwords are hashed with Argon2id (memory-hard). Login tokens and API keys are 256-bit random
+strings; only their SHA-256 is stored (a fast hash is right for high-entropy tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from mailgate.adapters.db.tables import (
+    ApiKey,
+    AuthSession,
+    LoginThrottle,
+    Membership,
+    Tenant,
+    User,
+)
+from mailgate.domain.access import Principal, Role
+from mailgate.domain.clock import Clock, isoformat
+from mailgate.domain.errors import (
+    Conflict,
+    FieldError,
+    NotFound,
+    Throttled,
+    Unauthenticated,
+    ValidationFailed,
+)
+
+SESSION_PREFIX = "mgs_"
+API_KEY_PREFIX = "mgk_"
+_hasher = PasswordHasher()
+# Verifying against this keeps the time of "unknown user" equal to "wrong password".
+_DUMMY_HASH = _hasher.hash("mailgate-dummy-password")
+MIN_PASSWORD = 8
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password_strength(password: str, field: str = "password") -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValidationFailed.one(field, f"use at least {MIN_PASSWORD} characters")
+    if len(password) > 1024:
+        raise ValidationFailed.one(field, "at most 1024 characters")
+
+
+def verify_password(user: User | None, password: str) -> bool:
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return user is not None
+
+
+class Identity:
+    def __init__(self, clock: Clock, session_hours: int, max_failures: int, window_s: int):
+        self.clock = clock
+        self.session_hours = session_hours
+        self.max_failures = max_failures
+        self.window_s = window_s
+
+    # ---- login -----------------------------------------------------------------------------
+
+    def _throttle_key(self, username: str, client: str) -> str:
+        return f"{username.lower()}|{client}"[:200]
+
+    def _check_throttle(self, db: Session, key: str) -> None:
+        row = db.get(LoginThrottle, key)
+        if row is None:
+            return
+        elapsed = (self.clock() - row.window_start).total_seconds()
+        if elapsed >= self.window_s:
+            return
+        if row.failures >= self.max_failures:
+            raise Throttled(
+                "too many failed sign-ins; wait before trying again",
+                retry_after_s=max(1, int(self.window_s - elapsed)),
+            )
+
+    def _record_failure(self, db: Session, key: str) -> None:
+        now = self.clock()
+        row = db.get(LoginThrottle, key)
+        if row is None:
+            db.add(LoginThrottle(key=key, failures=1, window_start=now))
+        elif (now - row.window_start).total_seconds() >= self.window_s:
+            row.failures, row.window_start = 1, now
+        else:
+            row.failures += 1
+
+    def login(
+        self, db: Session, username: str, password: str, client: str
+    ) -> tuple[str, User, AuthSession]:
+        """Returns (token, user, session). Raises ``Unauthenticated`` or ``Throttled``.
+
+        The caller must commit even on failure, so that the failure counter is kept.
+        """
+        key = self._throttle_key(username, client)
+        self._check_throttle(db, key)
+        user = db.scalar(select(User).where(User.username == username))
+        if not verify_password(user, password):
+            self._record_failure(db, key)
+            raise Unauthenticated("wrong user name or password")
+        assert user is not None
+        db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+        if _hasher.check_needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password)
+        token = new_token(SESSION_PREFIX)
+        now = self.clock()
+        sess = AuthSession(
+            token_hash=token_hash(token),
+            csrf_token=secrets.token_urlsafe(24),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + timedelta(hours=self.session_hours),
+        )
+        db.add(sess)
+        db.flush()
+        return token, user, sess
+
+    def logout(self, db: Session, principal: Principal) -> None:
+        if principal.session_id is not None:
+            db.execute(delete(AuthSession).where(AuthSession.id == principal.session_id))
+
+    def authenticate(self, db: Session, token: str) -> Principal:
+        now = self.clock()
+        if token.startswith(SESSION_PREFIX):
+            sess = db.scalar(select(AuthSession).where(AuthSession.token_hash == token_hash(token)))
+            if sess is None or sess.expires_at <= now:
+                raise Unauthenticated("session expired or unknown; sign in again")
+            user = db.get(User, sess.user_id)
+            if user is None:
+                raise Unauthenticated("session expired or unknown; sign in again")
+            return self.principal_for_user(db, user, session=sess)
+        if token.startswith(API_KEY_PREFIX):
+            key = db.scalar(select(ApiKey).where(ApiKey.token_hash == token_hash(token)))
+            if key is None:
+                raise Unauthenticated("unknown or revoked API key")
+            # Update last use at most once a minute: no write per request under load.
+            if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+                key.last_used_at = now
+            return Principal(
+                kind="api_key",
+                name=f"apikey:{key.name}",
+                api_key_id=key.id,
+                roles={key.tenant_id: Role(key.role)},
+            )
+        raise Unauthenticated("unknown credential")
+
+    def principal_for_user(
+        self, db: Session, user: User, session: AuthSession | None = None
+    ) -> Principal:
+        rows = db.execute(
+            select(Membership.tenant_id, Membership.role).where(Membership.user_id == user.id)
+        ).all()
+        return Principal(
+            kind="user",
+            name=user.username,
+            user_id=user.id,
+            system_admin=user.system_admin,
+            roles={tid: Role(role) for tid, role in rows},
+            session_id=session.id if session else None,
+            csrf_token=session.csrf_token if session else None,
+        )
+
+    # ---- users -----------------------------------------------------------------------------
+
+    def create_user(
+        self,
+        db: Session,
+        *,
+        username: str,
+        password: str,
+        email: str | None = None,
+        roles: dict[str, str] | None = None,
+        system_admin: bool = False,
+    ) -> User:
+        check_password_strength(password)
+        if db.scalar(select(User.id).where(User.username == username)) is not None:
+            raise Conflict(f"user {username!r} exists already")
+        now = self.clock()
+        user = User(
+            username=username,
+            email=email,
+            password_hash=hash_password(password),
+            system_admin=system_admin,
+            created_at=now,
+            updated_at=now,
+        )
+        db.add(user)
+        db.flush()
+        if roles:
+            self.set_roles(db, user, roles)
+        return user
+
+    def set_roles(self, db: Session, user: User, roles: dict[str, str]) -> None:
+        tenants = {t.name: t for t in db.scalars(select(Tenant).where(Tenant.name.in_(roles)))}
+        errors = [
+            FieldError(f"roles.{name}", "no such tenant") for name in roles if name not in tenants
+        ]
+        if errors:
+            raise ValidationFailed(errors)
+        db.execute(delete(Membership).where(Membership.user_id == user.id))
+        for name, role in roles.items():
+            db.add(Membership(user_id=user.id, tenant_id=tenants[name].id, role=Role(role).value))
+        db.flush()
+
+    def get_user(self, db: Session, username: str) -> User:
+        user = db.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise NotFound(f"user {username!r} not found")
+        return user
+
+    def user_view(self, db: Session, user: User) -> dict[str, Any]:
+        rows = db.execute(
+            select(Tenant.name, Membership.role)
+            .join(Membership, Membership.tenant_id == Tenant.id)
+            .where(Membership.user_id == user.id)
+            .order_by(Tenant.name)
+        ).all()
+        return {
+            "username": user.username,
+            "email": user.email,
+            "system_admin": user.system_admin,
+            "roles": {name: role for name, role in rows},
+            "created_at": isoformat(user.created_at),
+        }
+
+    def set_password(self, db: Session, user: User, password: str) -> None:
+        check_password_strength(password)
+        user.password_hash = hash_password(password)
+        user.updated_at = self.clock()
+        # A new password ends every existing session of that user.
+        db.execute(delete(AuthSession).where(AuthSession.user_id == user.id))
+
+    # ---- API keys --------------------------------------------------------------------------
+
+    def create_api_key(
+        self, db: Session, tenant: Tenant, name: str, role: Role, created_by: str
+    ) -> tuple[ApiKey, str]:
+        token = new_token(API_KEY_PREFIX)
+        key = ApiKey(
+            id=uuid.uuid4().hex,
+            tenant_id=tenant.id,
+            name=name,
+            role=role.value,
+            token_hash=token_hash(token),
+            created_at=self.clock(),
+            created_by=created_by,
+        )
+        db.add(key)
+        db.flush()
+        return key, token
+
+    @staticmethod
+    def api_key_view(key: ApiKey) -> dict[str, Any]:
+        return {
+            "id": key.id,
+            "name": key.name,
+            "role": key.role,
+            "created_at": isoformat(key.created_at),
+            "created_by": key.created_by,
+            "last_used_at": isoformat(key.last_used_at),
+        }
