@@ -23,6 +23,8 @@ from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
+from mailgate.services.remote_clients import RemoteClients
+from mailgate.services.remote_hub import RemoteHub
 from mailgate.services.tenants import HOME_TENANT, create_tenant
 
 log = logging.getLogger("mailgate")
@@ -39,6 +41,8 @@ class Container:
     clock: Clock
     identity: Identity
     servers: EmailServers
+    remote_clients: RemoteClients
+    hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
@@ -68,6 +72,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
             clock, settings.session_hours, settings.login_max_failures, settings.login_window_s
         ),
         servers=EmailServers(box, clock, settings.public_base_url),
+        remote_clients=RemoteClients(clock),
     )
 
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     lease_s: int = Field(default=120, ge=5)
     """How long a worker owns a claimed message before another may take it."""
 
+    remote_heartbeat_s: float = Field(default=15, gt=0, le=300)
+    """Remote agents send a heartbeat this often; silence for three times as long ends the
+    connection (and marks the client as not connected)."""
+    remote_job_timeout_s: float = Field(default=300, gt=0)
+    """How long a delivery or test handed to a remote agent may take before it is retried."""
+
     oauth_microsoft_authority: str = "https://login.microsoftonline.com"
     oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     oauth_google_token_url: str = "https://oauth2.googleapis.com/token"

@@ -8,7 +8,16 @@ from mailgate import __version__
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.api import problems
 from mailgate.entrypoints.api.limits import BodyLimit
-from mailgate.entrypoints.api.routers import api_keys, auth, email_servers, health, tenants, users
+from mailgate.entrypoints.api.routers import (
+    api_keys,
+    auth,
+    email_servers,
+    health,
+    remote_clients,
+    system_settings,
+    tenants,
+    users,
+)
 
 
 def create_app(container: Container) -> FastAPI:
@@ -19,7 +28,16 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     problems.install(app)
-    for module in (health, auth, tenants, users, api_keys, email_servers):
+    for module in (
+        health,
+        auth,
+        tenants,
+        users,
+        api_keys,
+        email_servers,
+        remote_clients,
+        system_settings,
+    ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
     return app

@@ -1,0 +1,287 @@
+"""The remote client agent: ``mailgate agent --url URL --token TOKEN``.
+
+It runs inside a customer's network, connects *out* to mailgate over a WebSocket (no inbound
+port, no database), receives the jobs of configurations whose ``remote_output`` names it,
+performs them with mailgate's own SMTP transport, and reports each outcome. After any drop it
+reconnects with exponential backoff and jitter. The frames are described in
+``mailgate.schemas.remote``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from mailgate import __version__
+from mailgate.schemas.remote import (
+    CLOSE_NOT_ALLOWED,
+    CLOSE_TOKEN_REVOKED,
+    Deliver,
+    Heartbeat,
+    Hello,
+    Result,
+    ServerTest,
+    ServerTestResult,
+    Welcome,
+)
+
+log = logging.getLogger("mailgate.agent")
+CONNECT_PATH = "/api/v1/remote/connect"
+EXIT_REFUSED = 2
+
+
+class JobRunner(Protocol):
+    """What the agent does with a job. The real one drives the SMTP transport."""
+
+    async def deliver(self, job: Deliver) -> dict[str, Any]: ...
+
+    async def test(self, job: ServerTest) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    url: str
+    token: str
+    ca_file: Path | None = None
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_frame_bytes: int = 64 * 1024 * 1024
+    open_timeout_s: float = 15.0
+
+
+class AgentRefused(Exception):
+    """The server will never accept this token (deleted or wrong): retrying cannot help."""
+
+
+def websocket_url(url: str) -> str:
+    """``https://host[/prefix]`` -> ``wss://host[/prefix]/api/v1/remote/connect``."""
+    parts = urlsplit(url.strip())
+    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError("the URL must be an absolute http(s):// or ws(s):// URL")
+    path = parts.path.rstrip("/")
+    if not path.endswith(CONNECT_PATH):
+        path += CONNECT_PATH
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's trust store (plus ``ca_file``), with host name checks: always verified."""
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, so that many agents
+    dropped at once by a restart of mailgate do not reconnect in lockstep."""
+    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 30))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Agent:
+    def __init__(
+        self,
+        options: AgentOptions,
+        runner: JobRunner,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.options = options
+        self.runner = runner
+        self.sleep = sleep
+        self.url = websocket_url(options.url)
+        self._ssl = ssl_context(options.ca_file) if self.url.startswith("wss:") else None
+
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        """Connect and serve until ``stop`` is set (0) or the token is refused (2)."""
+        stop = stop or asyncio.Event()
+        attempt = 0
+        while not stop.is_set():
+            try:
+                served = await self._connect_and_serve(stop)
+                attempt = 0 if served else attempt + 1
+            except AgentRefused as exc:
+                log.error("mailgate refused this agent: %s; stopping", exc)
+                return EXIT_REFUSED
+            except InvalidStatus as exc:
+                status, detail = _refusal(exc)
+                if status == 401:
+                    log.error("mailgate refused the token (401: %s); stopping", detail)
+                    return EXIT_REFUSED
+                log.warning("mailgate refused the connection (%s: %s)", status, detail)
+                attempt += 1
+            except ssl.SSLCertVerificationError as exc:
+                log.error(
+                    "the server certificate of %s is not trusted (%s); give its CA with "
+                    "--ca-file if it is a private one",
+                    self.url,
+                    exc.verify_message,
+                )
+                attempt += 1
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                log.warning("cannot connect to %s: %s", self.url, exc or type(exc).__name__)
+                attempt += 1
+            if stop.is_set():
+                break
+            delay = backoff_delay(
+                attempt, self.options.backoff_initial_s, self.options.backoff_max_s
+            )
+            log.info("reconnecting in %.1f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        log.info("agent stopped")
+        return 0
+
+    async def _connect_and_serve(self, stop: asyncio.Event) -> bool:
+        """One connection. True when it got as far as the welcome (resets the backoff)."""
+        log.info("connecting to %s", self.url)
+        async with websockets.connect(
+            self.url,
+            additional_headers={"Authorization": f"Bearer {self.options.token}"},
+            user_agent_header=f"mailgate-agent/{__version__}",
+            ssl=self._ssl,
+            max_size=self.options.max_frame_bytes,
+            open_timeout=self.options.open_timeout_s,
+            ping_interval=20,
+            ping_timeout=20,
+        ) as ws:
+            await ws.send(
+                Hello(agent_version=__version__, hostname=socket.gethostname()).model_dump_json()
+            )
+            try:
+                welcome = Welcome.model_validate_json(
+                    await asyncio.wait_for(ws.recv(), self.options.open_timeout_s)
+                )
+            except ValidationError:
+                log.error("the server did not answer with a welcome frame; is this mailgate?")
+                return False
+            log.info(
+                "connected as remote client %s of tenant %s (heartbeat every %g s)",
+                welcome.client,
+                welcome.tenant,
+                welcome.heartbeat_s,
+            )
+            await self._serve(ws, welcome, stop)
+            return True
+
+    async def _serve(self, ws: ClientConnection, welcome: Welcome, stop: asyncio.Event) -> None:
+        jobs: set[asyncio.Task[None]] = set()
+        heartbeat = asyncio.create_task(self._heartbeats(ws, welcome.heartbeat_s))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                receiver = asyncio.create_task(ws.recv())
+                done, _ = await asyncio.wait(
+                    {receiver, stopper}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopper in done:
+                    receiver.cancel()
+                    await ws.close(1001, "agent stopping")
+                    return
+                try:
+                    text = receiver.result()
+                except ConnectionClosed as exc:
+                    self._closed(exc)
+                    return
+                task = asyncio.create_task(self._handle(ws, text))
+                jobs.add(task)
+                task.add_done_callback(jobs.discard)
+        finally:
+            heartbeat.cancel()
+            stopper.cancel()
+            # Jobs whose result can no longer be reported are abandoned: mailgate hands the
+            # message out again (at-least-once).
+            for task in list(jobs):
+                task.cancel()
+
+    def _closed(self, exc: ConnectionClosed) -> None:
+        code = exc.rcvd.code if exc.rcvd else None
+        reason = exc.rcvd.reason if exc.rcvd else ""
+        if code == CLOSE_TOKEN_REVOKED:
+            raise AgentRefused(reason or "this remote client was deleted")
+        if code == CLOSE_NOT_ALLOWED:
+            log.warning("mailgate switched remote clients off (%s)", reason)
+        else:
+            log.warning("connection closed (%s %s)", code, reason)
+
+    async def _heartbeats(self, ws: ClientConnection, every_s: float) -> None:
+        frame = Heartbeat().model_dump_json()
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(every_s)
+                await ws.send(frame)
+
+    async def _handle(self, ws: ClientConnection, text: str | bytes) -> None:
+        try:
+            frame = json.loads(text)
+            kind = frame.get("type") if isinstance(frame, dict) else None
+        except ValueError:
+            kind = None
+        reply: str
+        try:
+            if kind == "deliver":
+                job = Deliver.model_validate(frame)
+                log.info(
+                    "delivering message %s via %s:%s (%d recipient(s))",
+                    job.message_id,
+                    job.server.config.get("host"),
+                    job.server.config.get("port"),
+                    len(job.rcpt_to),
+                )
+                result = await self.runner.deliver(job)
+                log.info("message %s: %s", job.message_id, _summary(result))
+                reply = Result(id=job.id, result=result).model_dump_json()
+            elif kind == "test":
+                test = ServerTest.model_validate(frame)
+                log.info(
+                    "testing %s:%s (%s)",
+                    test.server.config.get("host"),
+                    test.server.config.get("port"),
+                    test.mode,
+                )
+                result = await self.runner.test(test)
+                log.info("test finished: %s", "ok" if result.get("ok") else "failed")
+                reply = ServerTestResult(id=test.id, result=result).model_dump_json()
+            elif kind == "error":
+                log.warning("mailgate reported an error: %s", frame.get("detail"))
+                return
+            else:
+                log.warning("ignoring an unknown frame type %r", kind)
+                reply = json.dumps({"type": "error", "detail": f"unknown frame type {kind!r}"})
+        except ValidationError as exc:
+            job_id = frame.get("id") if isinstance(frame, dict) else None
+            log.error("a malformed %s frame: %s", kind, exc.errors()[:1])
+            reply = json.dumps({"type": "error", "id": job_id, "detail": f"malformed {kind} frame"})
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(reply)
+
+
+def _refusal(exc: InvalidStatus) -> tuple[int, str]:
+    response = exc.response
+    detail = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        detail = str(json.loads(response.body or b"{}").get("detail", ""))
+    return response.status_code, detail or response.reason_phrase
+
+
+def _summary(result: dict[str, Any]) -> str:
+    outcome = result.get("outcome", "?")
+    code = result.get("smtp_code")
+    text = str(result.get("smtp_response") or "")[:200]
+    return f"{outcome} {code or ''} {text}".strip()

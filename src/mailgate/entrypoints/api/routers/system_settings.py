@@ -1,0 +1,72 @@
+"""Installation-wide settings (API.md "System"), for system administrators only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter
+from pydantic import AfterValidator
+from sqlalchemy import select, update
+
+from mailgate.adapters.db.tables import RemoteClient, SystemSetting
+from mailgate.bootstrap import DEFAULT_SYSTEM_SETTINGS
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
+from mailgate.schemas.common import SingleLine, StrictModel
+from mailgate.schemas.remote import CLOSE_NOT_ALLOWED
+
+router = APIRouter(prefix="/api/v1/system/settings", tags=["system"])
+
+
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value.rstrip("/")
+
+
+class SystemSettingsIn(StrictModel):
+    """Omitted fields keep their value."""
+
+    allow_remote_clients: bool | None = None
+    public_base_url: Annotated[SingleLine, AfterValidator(_check_base_url)] | None = None
+
+
+def _current(db: DB, c: AppContainer) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        **DEFAULT_SYSTEM_SETTINGS,
+        "public_base_url": c.settings.public_base_url,
+    }
+    for row in db.scalars(select(SystemSetting).where(SystemSetting.key.in_(list(values)))):
+        values[row.key] = row.value
+    return values
+
+
+@router.get("")
+def get_settings(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    return _current(db, c)
+
+
+@router.put("")
+def put_settings(body: SystemSettingsIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    for key, value in body.model_dump(exclude_none=True).items():
+        row = db.get(SystemSetting, key)
+        if row is None:
+            db.add(SystemSetting(key=key, value=value))
+        else:
+            row.value = value
+    db.flush()
+    values = _current(db, c)
+    if body.allow_remote_clients is False:
+        # Nobody may stay connected, in this process or another (they notice at their next
+        # heartbeat); the list must say so at once.
+        db.execute(update(RemoteClient).values(connected_until=None))
+        db.commit()
+        # Switching remote clients off refuses new connections and ends the open ones now.
+        for agent in c.hub.connected():
+            c.hub.call_soon_threadsafe_disconnect(
+                agent.tenant_id, agent.name, CLOSE_NOT_ALLOWED, "remote clients were switched off"
+            )
+    return values

@@ -1,0 +1,139 @@
+"""Remote clients of a tenant (API.md "Remote clients") and the system settings they need.
+
+A remote client is an agent in a customer's network that connects out to mailgate and
+delivers the mail of configurations whose ``remote_output`` names it. Its token is a 256-bit
+random string shown once; only its SHA-256 is stored, like API keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate.adapters.db.tables import RemoteClient, SystemSetting, Tenant
+from mailgate.domain.clock import Clock, isoformat
+from mailgate.domain.errors import Conflict, NotFound, Unauthenticated
+from mailgate.services.identity import new_token, token_hash
+
+REMOTE_TOKEN_PREFIX = "mgr_"
+ALLOW_SETTING = "allow_remote_clients"
+
+
+def remote_clients_allowed(db: Session) -> bool:
+    row = db.get(SystemSetting, ALLOW_SETTING)
+    return bool(row is not None and row.value is True)
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """Who is on the other end of a WebSocket: one remote client of one tenant."""
+
+    client_id: int
+    tenant_id: int
+    tenant_name: str
+    name: str
+
+
+class RemoteClients:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def list(self, db: Session, tenant_id: int) -> list[RemoteClient]:
+        return list(
+            db.scalars(
+                select(RemoteClient)
+                .where(RemoteClient.tenant_id == tenant_id)
+                .order_by(RemoteClient.name)
+            )
+        )
+
+    def get(self, db: Session, tenant_id: int, name: str) -> RemoteClient:
+        row = db.scalar(
+            select(RemoteClient).where(
+                RemoteClient.tenant_id == tenant_id, RemoteClient.name == name
+            )
+        )
+        if row is None:
+            raise NotFound(f"remote client {name!r} not found")
+        return row
+
+    def create(self, db: Session, tenant: Tenant, name: str) -> tuple[RemoteClient, str]:
+        """Returns the row and its token (the only time the token exists in clear)."""
+        clash = db.scalar(
+            select(RemoteClient.id).where(
+                RemoteClient.tenant_id == tenant.id, RemoteClient.name == name
+            )
+        )
+        if clash is not None:
+            raise Conflict(f"a remote client named {name!r} exists already")
+        token = new_token(REMOTE_TOKEN_PREFIX)
+        row = RemoteClient(
+            tenant_id=tenant.id,
+            name=name,
+            token_hash=token_hash(token),
+            created_at=self.clock(),
+        )
+        db.add(row)
+        db.flush()
+        return row, token
+
+    def delete(self, db: Session, row: RemoteClient) -> None:
+        """Revoke at once. Configurations naming it keep their mail waiting (deferred) until a
+        client of that name connects again: re-creating it is how a token is rotated."""
+        db.delete(row)
+        db.flush()
+
+    def authenticate(self, db: Session, token: str) -> AgentIdentity:
+        """The client a token belongs to; the same answer for malformed and unknown tokens."""
+        if not token.startswith(REMOTE_TOKEN_PREFIX):
+            raise Unauthenticated("unknown or deleted remote client token")
+        row = db.scalar(select(RemoteClient).where(RemoteClient.token_hash == token_hash(token)))
+        if row is None:
+            raise Unauthenticated("unknown or deleted remote client token")
+        tenant = db.get(Tenant, row.tenant_id)
+        assert tenant is not None
+        return AgentIdentity(row.id, row.tenant_id, tenant.name, row.name)
+
+    def still_valid(self, db: Session, agent: AgentIdentity) -> bool:
+        return db.get(RemoteClient, agent.client_id) is not None and remote_clients_allowed(db)
+
+    def touch(
+        self,
+        db: Session,
+        agent: AgentIdentity,
+        *,
+        alive_for_s: float,
+        version: str | None = None,
+        address: str | None = None,
+    ) -> None:
+        """Record a sign of life; ``connected_until`` lets every process see the state."""
+        row = db.get(RemoteClient, agent.client_id)
+        if row is None:
+            return
+        now = self.clock()
+        row.last_seen_at = now
+        row.connected_until = now + timedelta(seconds=alive_for_s)
+        if version is not None:
+            row.agent_version = version[:64]
+        if address is not None:
+            row.agent_address = address[:100]
+
+    def mark_disconnected(self, db: Session, agent: AgentIdentity) -> None:
+        row = db.get(RemoteClient, agent.client_id)
+        if row is not None:
+            row.connected_until = None
+
+    def view(self, row: RemoteClient, now: datetime | None = None) -> dict[str, Any]:
+        now = now or self.clock()
+        return {
+            "name": row.name,
+            "connected": row.connected_until is not None and row.connected_until > now,
+            "last_seen_at": isoformat(row.last_seen_at),
+            "agent_version": row.agent_version,
+            "agent_address": row.agent_address,
+            "created_at": isoformat(row.created_at),
+        }
