@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from tests.smtp_fixtures import LoopThread, Pki, SmtpServers
 
 from mailgate.adapters.db.engine import make_engine, migrate
 from mailgate.adapters.db.tables import Base
@@ -206,3 +207,26 @@ def password_server(name: str = "DEFAULT", **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+# ---- SMTP servers (tests/smtp_fixtures.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smtp_loop() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_pki() -> Pki:
+    return Pki.create()
+
+
+@pytest.fixture
+def smtp_servers(smtp_loop: LoopThread, smtp_pki: Pki) -> Iterator[SmtpServers]:
+    """Start real aiosmtpd servers with ``smtp_servers.start(...)``; stopped after the test."""
+    servers = SmtpServers(smtp_loop, smtp_pki)
+    yield servers
+    servers.close()
