@@ -248,24 +248,61 @@ class EmailServers:
         db.delete(row)
         db.flush()
 
+    def restore(
+        self,
+        db: Session,
+        tenant: Tenant,
+        row: EmailServer | None,
+        cfg: EmailServerIn,
+        stored: ServerSecrets,
+        oauth2: dict[str, Any] | None,
+    ) -> EmailServer:
+        """Create (``row`` None) or overwrite a configuration from a validated import.
+
+        Unlike ``create``/``replace`` a missing secret is allowed: the import warns about it.
+        ``oauth2`` (tokens and their timestamps from an export) replaces the stored tokens;
+        without it tokens are kept unless the OAuth2 identity changed, as in ``replace``.
+        """
+        now = self.clock()
+        old_auth: dict[str, Any] = {}
+        if row is None:
+            row = EmailServer(
+                tenant_id=tenant.id,
+                name=cfg.name,
+                is_default=False,
+                config=cfg.public(),
+                created_at=now,
+                updated_at=now,
+            )
+            db.add(row)
+            db.flush()
+        else:
+            old_auth = row.config.get("authentication", {})
+            row.config = cfg.public()
+            row.updated_at = now
+        self._store_secrets(row, cfg, stored)
+        new_auth = row.config["authentication"]
+        if oauth2 is not None:
+            self._forget_tokens(row)
+            self.store_tokens(row, oauth2.get("tokens") or {})
+            row.access_token_expires_at = oauth2.get("access_token_expires_at")
+            row.refresh_token_last_used_at = oauth2.get("refresh_token_last_used_at")
+        elif any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
+            self._forget_tokens(row)
+            row.oauth2_state = None
+        if new_auth["method"] != "oauth2":
+            row.oauth2_state = None
+        elif oauth2 is not None or row.oauth2_state is None:
+            row.oauth2_state = "authorized" if row.tokens_enc else "not_authorized"
+        if cfg.is_default:
+            self._make_default(db, row)
+        db.flush()
+        return row
+
     # ---- helpers ---------------------------------------------------------------------------
 
     def _store_secrets(self, row: EmailServer, cfg: EmailServerIn, stored: ServerSecrets) -> None:
-        given = cfg.secrets()
-        method = cfg.authentication.method
-        keep: dict[str, str] = {}
-        if method == "password":
-            value = given.get("password", stored.password)
-            if value:
-                keep["password"] = value
-        if method == "oauth2":
-            value = given.get("client_secret", stored.client_secret)
-            if value:
-                keep["client_secret"] = value
-        if cfg.tls.client_certificate_pem:
-            value = given.get("client_key_pem", stored.client_key_pem)
-            if value:
-                keep["client_key_pem"] = value
+        keep = kept_secrets(cfg, stored)
         row.secrets_enc = self.box.encrypt_json(keep, _ctx(row)) if keep else None
 
     def _forget_tokens(self, row: EmailServer) -> None:
@@ -332,6 +369,27 @@ class EmailServers:
             )
         if errors:
             raise ValidationFailed(errors)
+
+
+def kept_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> dict[str, str]:
+    """The secrets a configuration keeps: those given in ``cfg``, else the stored ones, and
+    only those its settings use (a password is dropped when the method becomes oauth2)."""
+    given = cfg.secrets()
+    method = cfg.authentication.method
+    keep: dict[str, str] = {}
+    if method == "password":
+        value = given.get("password", stored.password)
+        if value:
+            keep["password"] = value
+    if method == "oauth2":
+        value = given.get("client_secret", stored.client_secret)
+        if value:
+            keep["client_secret"] = value
+    if cfg.tls.client_certificate_pem:
+        value = given.get("client_key_pem", stored.client_key_pem)
+        if value:
+            keep["client_key_pem"] = value
+    return keep
 
 
 def _ctx(row: EmailServer, part: str = "secrets") -> str:
