@@ -29,6 +29,7 @@ class Perm(StrEnum):
     KEYS_MANAGE = "keys:manage"
     REMOTE_MANAGE = "remote:manage"
     EXPORT = "export"
+    AUDIT_READ = "audit:read"
 
 
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {

@@ -10,12 +10,14 @@ from mailgate.entrypoints.api import problems
 from mailgate.entrypoints.api.limits import BodyLimit
 from mailgate.entrypoints.api.routers import (
     api_keys,
+    audit,
     auth,
     email_servers,
     health,
     remote_clients,
     system_settings,
     tenants,
+    transfer,
     users,
 )
 
@@ -37,6 +39,8 @@ def create_app(container: Container) -> FastAPI:
         email_servers,
         remote_clients,
         system_settings,
+        transfer,
+        audit,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)

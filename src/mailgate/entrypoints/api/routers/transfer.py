@@ -1,0 +1,72 @@
+"""Export and import of a tenant's configuration (API.md "Export and import")."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+
+from mailgate.domain.access import Perm
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.services.tenants import tenant_for
+from mailgate.services.transfer import Transfer, check_passphrase, parse_resources
+
+router = APIRouter(prefix="/api/v1/tenants/{tenant}", tags=["export-import"])
+
+Passphrase = Annotated[
+    str | None,
+    Header(
+        alias="X-Export-Passphrase",
+        description="Include (export) or restore (import) secrets, encrypted with a key "
+        "derived from this passphrase (scrypt, AES-256-GCM).",
+    ),
+]
+
+
+@router.get(
+    "/export",
+    responses={200: {"content": {"application/json": {}}, "description": "The export file"}},
+)
+def export_tenant(
+    tenant: str,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    passphrase: Passphrase = None,
+    resources: Annotated[
+        str | None,
+        Query(description="Comma-separated: email-servers, remote-clients (default: all)."),
+    ] = None,
+) -> Response:
+    t = tenant_for(db, caller, tenant, Perm.EXPORT)
+    wanted = parse_resources(resources)
+    doc = Transfer(c.servers, c.clock).export(
+        db, t, resources=wanted, passphrase=check_passphrase(passphrase), actor=caller.name
+    )
+    stamp = doc["exported_at"].replace(":", "").replace("-", "")
+    return Response(
+        json.dumps(doc, indent=2).encode(),
+        media_type="application/json",
+        headers={
+            # A download for the browser; scripts read the JSON body as usual.
+            "Content-Disposition": f'attachment; filename="mailgate-{t.name}-{stamp}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.post("/import")
+def import_tenant(
+    tenant: str,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    document: Annotated[Any, Body(description="A document made by the export endpoint.")],
+    passphrase: Passphrase = None,
+    dry_run: Annotated[bool, Query(description="Validate and report; change nothing.")] = False,
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.EXPORT)
+    return Transfer(c.servers, c.clock).import_(
+        db, t, document, passphrase=passphrase, dry_run=dry_run, actor=caller.name
+    )
