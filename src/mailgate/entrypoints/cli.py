@@ -6,9 +6,11 @@ is visible to every user of the machine through ``ps``).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -117,6 +119,131 @@ def tenant_list() -> None:
     with c.session() as db:
         for t in db.query(Tenant).order_by(Tenant.name):
             typer.echo(f"{t.name}\t{t.display_name}")
+
+
+def _read_passphrase(confirm: bool) -> str:
+    """A passphrase from a hidden prompt on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        return str(typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
+    value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        _fail("no passphrase on standard input")
+    return value
+
+
+def _fail_with(exc: MailgateError) -> None:
+    from mailgate.domain.errors import ValidationFailed
+
+    if isinstance(exc, ValidationFailed):
+        for err in exc.errors:
+            typer.secho(f"  {err.field}: {err.message}", err=True)
+        _fail("the document does not validate; nothing changed")
+    _fail(exc.detail)
+
+
+def _cli_tenant(c: Container, db: Any, name: str) -> Tenant:
+    from sqlalchemy import select
+
+    t = db.scalar(select(Tenant).where(Tenant.name == name))
+    if t is None:
+        _fail(f"tenant {name!r} not found")
+    assert isinstance(t, Tenant)
+    return t
+
+
+@tenant_app.command("export")
+def tenant_export(
+    tenant: str,
+    resources: Annotated[
+        str | None, typer.Option(help="Comma-separated: email-servers, remote-clients.")
+    ] = None,
+    passphrase_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--passphrase-stdin",
+            help="Include secrets, encrypted with a passphrase read from stdin (prompted on a "
+            "terminal).",
+        ),
+    ] = False,
+) -> None:
+    """Write a tenant's configuration as JSON to stdout: mailgate tenant export T > t.json"""
+    from mailgate.services.transfer import Transfer, check_passphrase, parse_resources
+
+    passphrase = _read_passphrase(confirm=True) if passphrase_stdin else None
+    c = _container()
+    first_start(c, echo=lambda _m: None)
+    try:
+        wanted = parse_resources(resources)
+        check_passphrase(passphrase)
+        typer.echo(f"exporting tenant {tenant} ({', '.join(wanted)})...", err=True)
+        with c.session() as db:
+            t = _cli_tenant(c, db, tenant)
+            doc = Transfer(c.servers, c.clock).export(
+                db, t, resources=wanted, passphrase=passphrase, actor=_cli_actor()
+            )
+    except MailgateError as exc:
+        _fail_with(exc)
+    typer.echo(json.dumps(doc, indent=2))
+    servers, clients = len(doc.get("email_servers", [])), len(doc.get("remote_clients", []))
+    how = "with encrypted secrets" if passphrase else "without secrets"
+    typer.echo(f"exported {servers} e-mail server(s), {clients} remote client(s) {how}", err=True)
+
+
+@tenant_app.command("import")
+def tenant_import(
+    tenant: str,
+    file: Annotated[Path, typer.Argument(help="A file made by `mailgate tenant export`.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
+    ] = False,
+    passphrase_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--passphrase-stdin",
+            help="Restore secrets with the export's passphrase, read from stdin.",
+        ),
+    ] = False,
+) -> None:
+    """Create or overwrite a tenant's configuration from an export file (all or nothing)."""
+    from mailgate.services.transfer import Transfer
+
+    try:
+        document = json.loads(file.read_bytes())
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}")
+    except ValueError:
+        _fail(f"{file} is not valid JSON (truncated or not an export file)")
+    passphrase = _read_passphrase(confirm=False) if passphrase_stdin else None
+    c = _container()
+    first_start(c, echo=lambda _m: None)
+    typer.echo(
+        f"importing {file} into tenant {tenant}{' (dry run)' if dry_run else ''}...", err=True
+    )
+    try:
+        with c.session() as db:
+            t = _cli_tenant(c, db, tenant)
+            report = Transfer(c.servers, c.clock).import_(
+                db, t, document, passphrase=passphrase, dry_run=dry_run, actor=_cli_actor()
+            )
+    except MailgateError as exc:
+        _fail_with(exc)
+    for key in ("created", "overwritten", "unchanged"):
+        for item in report[key]:
+            typer.echo(f"{key}\t{item['resource']}\t{item['name']}")
+    for warning in report["warnings"]:
+        where = f"{warning['resource']} {warning['name']}".strip()
+        typer.secho(f"warning\t{where}: {warning['message']}", fg=typer.colors.YELLOW)
+    if dry_run:
+        typer.echo("dry run: nothing was changed", err=True)
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 @user_app.command("create")
