@@ -13,7 +13,7 @@ import trustme
 from sqlalchemy import select
 from tests.conftest import Api, password_server
 
-from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
+from mailgate.adapters.db.tables import EmailServer, RemoteClient, Tenant
 from mailgate.bootstrap import Container
 
 PASSPHRASE = "correct horse battery staple"
@@ -398,13 +398,14 @@ def test_invalid_entries_are_named_and_nothing_is_written(api: Api) -> None:
 def test_remote_clients_travel_by_name_without_tokens(api: Api) -> None:
     admin = api.admin_token()
     c = api.container
+    r = api.request("PUT", "/api/v1/system/settings", admin, json={"allow_remote_clients": True})
+    assert r.status_code == 200, r.text
+    r = api.request("POST", "/api/v1/tenants/home/remote-clients", admin, json={"name": "plant-1"})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
     with c.session() as db:
-        db.get(SystemSetting, "allow_remote_clients").value = True  # type: ignore[union-attr]
-        db.add(
-            RemoteClient(
-                tenant_id=1, name="plant-1", token_hash="a" * 64, created_at=datetime.now(UTC)
-            )
-        )
+        token_hash = db.scalar(select(RemoteClient.token_hash))
+    assert token_hash
     api.request(
         "POST",
         "/api/v1/tenants/home/email-servers",
@@ -414,7 +415,7 @@ def test_remote_clients_travel_by_name_without_tokens(api: Api) -> None:
     r = api.request("GET", export_url(), admin, headers={"X-Export-Passphrase": PASSPHRASE})
     doc = r.json()
     assert doc["remote_clients"] == [{"name": "plant-1"}]
-    assert b"a" * 64 not in r.content
+    assert token.encode() not in r.content and token_hash.encode() not in r.content
     assert [n["field"] for n in doc["not_exported"]] == ["token"]
     only_servers = api.request("GET", export_url(resources="email-servers"), admin).json()
     assert "remote_clients" not in only_servers and only_servers["resources"] == ["email-servers"]
@@ -436,7 +437,9 @@ def test_remote_clients_travel_by_name_without_tokens(api: Api) -> None:
                 RemoteClient.tenant_id == acme, RemoteClient.name == "plant-1"
             )
         )
-        assert made is not None and made.token_hash != "a" * 64
+        assert made is not None and made.token_hash != token_hash
+        # The old client's token does not open the imported one; no token does.
+        assert c.remote_clients.authenticate(db, token).tenant_id == 1
     served = api.request("GET", "/api/v1/tenants/acme/email-servers/DEFAULT", admin).json()
     assert served["remote_output"] == {"enabled": True, "remote_client": "plant-1"}
 

@@ -57,6 +57,7 @@ from mailgate.schemas.email_server import (
     validate_semantics,
 )
 from mailgate.services.email_servers import _OAUTH_IDENTITY, EmailServers, kept_secrets
+from mailgate.services.remote_clients import remote_clients_allowed
 
 FORMAT = "mailgate-tenant-export"
 FORMAT_VERSION = 1
@@ -220,7 +221,8 @@ class Transfer:
                         "resource": "remote-clients",
                         "name": client.name,
                         "field": "token",
-                        "reason": "stored only as a hash; give the client a new token after import",
+                        "reason": "stored only as a hash; the client needs a new token after "
+                        "import",
                     }
                 )
         with_secrets = passphrase is not None
@@ -288,14 +290,13 @@ class Transfer:
             self._plan_clients(doc.remote_clients, existing_clients, plan, report, errors)
         if doc.email_servers is not None:
             known_clients = existing_clients | {c.name for c in doc.remote_clients or []}
-            allow_remote = db.get(SystemSetting, "allow_remote_clients")
             self._plan_servers(
                 db,
                 tenant,
                 doc.email_servers,
                 secrets,
                 known_clients,
-                bool(allow_remote and allow_remote.value is True),
+                remote_clients_allowed(db),
                 plan,
                 report,
                 errors,
@@ -372,8 +373,8 @@ class Transfer:
             report.warn(
                 "remote-clients",
                 client.name,
-                "created without a token (tokens are never exported): give it a new token "
-                "and configure the agent with it",
+                "created without a usable token (tokens are never exported): delete and "
+                "re-create it to get a new token, and give that to its agent",
                 "token",
             )
 
