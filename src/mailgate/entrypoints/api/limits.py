@@ -1,4 +1,9 @@
-"""A request body size limit as plain ASGI middleware (checked before the body is parsed)."""
+"""A request body size limit as plain ASGI middleware (checked before the body is parsed).
+
+The body is read here, up to the limit, and replayed to the application. Raising from inside
+the application's ``receive`` does not work: FastAPI turns any exception while reading the
+body into a 400, so a chunked upload without Content-Length would not get its 413.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,6 @@ import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodyLimit:
@@ -26,29 +27,31 @@ class BodyLimit:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._reject(send)
             return
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                # The client went away before sending the whole body: nothing to answer.
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
                 await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
         body: dict[str, Any] = {
@@ -65,6 +68,7 @@ class BodyLimit:
                 "headers": [
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(data)).encode()),
+                    (b"connection", b"close"),
                 ],
             }
         )
