@@ -39,6 +39,8 @@ def replace_server(
     tenant: str, name: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
 ) -> dict[str, Any]:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    if "name" not in body.model_fields_set:
+        body.name = name  # a PUT without a name keeps it (renaming is explicit)
     return c.servers.view(c.servers.replace(db, c.servers.get(db, t.id, name), body))
 
 
