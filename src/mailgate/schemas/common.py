@@ -34,6 +34,10 @@ def is_hostname(value: str) -> bool:
     except ValueError:
         pass
     labels = value.rstrip(".").split(".")
+    # RFC 3696 section 2: a top-level domain is never all-numeric, so "10.0.0.999" is a
+    # mistyped address, not a name.
+    if labels[-1].isdigit():
+        return False
     return all(_LABEL.match(label) for label in labels)
 
 
