@@ -109,6 +109,9 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "public_base_url": "http://testserver",
         "workers": 0,
         "login_max_failures": 5,
+        # Real Argon2id at its cheapest: hashing cost is not what these tests are about.
+        "password_hash_time_cost": 1,
+        "password_hash_memory_kib": 64,
     }
     values.update(overrides)
     return Settings(**values)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from argon2 import PasswordHasher
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,7 +70,14 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         box=box,
         clock=clock,
         identity=Identity(
-            clock, settings.session_hours, settings.login_max_failures, settings.login_window_s
+            clock,
+            settings.session_hours,
+            settings.login_max_failures,
+            settings.login_window_s,
+            PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_kib,
+            ),
         ),
         servers=EmailServers(box, clock, settings.public_base_url),
         remote_clients=RemoteClients(clock),

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     """Failed logins per user and client address within ``login_window_s`` before 429."""
     login_window_s: int = Field(default=300, ge=1)
+    password_hash_time_cost: int = Field(default=3, ge=1, le=20)
+    """Argon2id passes over memory (RFC 9106); raise it on fast machines."""
+    password_hash_memory_kib: int = Field(default=64 * 1024, ge=64, le=4 * 1024 * 1024)
+    """Argon2id memory per password hash, in KiB."""
 
     retry_max_age_s: int = Field(default=2 * 24 * 3600, ge=60)
     """Temporary failures are retried until the message is this old, then it fails."""

@@ -6,6 +6,7 @@ strings; only their SHA-256 is stored (a fast hash is right for high-entropy tok
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -38,9 +39,8 @@ from mailgate.domain.errors import (
 
 SESSION_PREFIX = "mgs_"
 API_KEY_PREFIX = "mgk_"
-_hasher = PasswordHasher()
-# Verifying against this keeps the time of "unknown user" equal to "wrong password".
-_DUMMY_HASH = _hasher.hash("mailgate-dummy-password")
+# RFC 9106's second recommended option (argon2-cffi's default); settings may tune the cost.
+_DEFAULT_HASHER = PasswordHasher()
 MIN_PASSWORD = 8
 
 
@@ -52,8 +52,8 @@ def new_token(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+def hash_password(password: str, hasher: PasswordHasher = _DEFAULT_HASHER) -> str:
+    return hasher.hash(password)
 
 
 def check_password_strength(password: str, field: str = "password") -> None:
@@ -63,17 +63,33 @@ def check_password_strength(password: str, field: str = "password") -> None:
         raise ValidationFailed.one(field, "at most 1024 characters")
 
 
-def verify_password(user: User | None, password: str) -> bool:
+def verify_password(
+    user: User | None, password: str, hasher: PasswordHasher = _DEFAULT_HASHER
+) -> bool:
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        hasher.verify(user.password_hash if user else _dummy_hash(hasher), password)
     except (VerificationError, InvalidHashError):
         return False
     return user is not None
 
 
+@functools.cache
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    # Verifying against this keeps the time of "unknown user" equal to "wrong password".
+    return hasher.hash("mailgate-dummy-password")
+
+
 class Identity:
-    def __init__(self, clock: Clock, session_hours: int, max_failures: int, window_s: int):
+    def __init__(
+        self,
+        clock: Clock,
+        session_hours: int,
+        max_failures: int,
+        window_s: int,
+        hasher: PasswordHasher = _DEFAULT_HASHER,
+    ):
         self.clock = clock
+        self.hasher = hasher
         self.session_hours = session_hours
         self.max_failures = max_failures
         self.window_s = window_s
@@ -116,13 +132,13 @@ class Identity:
         key = self._throttle_key(username, client)
         self._check_throttle(db, key)
         user = db.scalar(select(User).where(User.username == username))
-        if not verify_password(user, password):
+        if not verify_password(user, password, self.hasher):
             self._record_failure(db, key)
             raise Unauthenticated("wrong user name or password")
         assert user is not None
         db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = hash_password(password)
+        if self.hasher.check_needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password, self.hasher)
         token = new_token(SESSION_PREFIX)
         now = self.clock()
         sess = AuthSession(
@@ -200,7 +216,7 @@ class Identity:
         user = User(
             username=username,
             email=email,
-            password_hash=hash_password(password),
+            password_hash=hash_password(password, self.hasher),
             system_admin=system_admin,
             created_at=now,
             updated_at=now,
@@ -246,7 +262,7 @@ class Identity:
 
     def set_password(self, db: Session, user: User, password: str) -> None:
         check_password_strength(password)
-        user.password_hash = hash_password(password)
+        user.password_hash = hash_password(password, self.hasher)
         user.updated_at = self.clock()
         # A new password ends every existing session of that user.
         db.execute(delete(AuthSession).where(AuthSession.user_id == user.id))
