@@ -1,0 +1,268 @@
+"""Tenant isolation and roles, for every endpoint and every kind of credential.
+
+The expected answer is computed from ``domain/access.py`` (ROLE_PERMS), so the table below
+states only which permission an endpoint needs. When you add an endpoint, add a row to
+``ENDPOINTS`` (tenant-scoped) or ``SYSTEM_ENDPOINTS`` (installation-wide, system_admin only):
+
+- ``perm``: the permission ``tenant_for`` checks, or ``None`` for system administrators only;
+- ``body``: a factory for a valid request body (called once per request, so names can be unique);
+- ``fresh``: for calls that consume their target (DELETE), a factory that creates a disposable
+  target as system administrator and returns the path parameters. Denied calls use the
+  standing resources (and must not change them).
+
+For each row: callers of tenant A on tenant B's resources get 404 and change nothing; inside
+a tenant each role gets the success status if its role has ``perm``, else 403 and nothing
+changes; system_admin may do everything; no credential is 401; a cookie session needs the
+CSRF header for unsafe methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.conftest import Api, password_server
+from tests.state import diff, snapshot
+
+from mailgate.domain.access import ROLE_PERMS, Perm, Role
+from mailgate.entrypoints.api.deps import CSRF_HEADER, SESSION_COOKIE
+
+TENANTS = ("alpha", "beta")
+T = "/api/v1/tenants/{tenant}"
+_seq = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_seq)}"
+
+
+@dataclass
+class World:
+    api: Api
+    admin: str
+    standing: dict[str | None, dict[str, str]] = field(default_factory=dict)
+
+    def call(self, method: str, path: str, token: str | None, **kw: Any) -> Any:
+        return self.api.request(method, path, token, **kw)
+
+
+def fresh_tenant(w: World, _tenant: str | None) -> dict[str, str]:
+    name = unique("gone")
+    w.api.make_tenant(w.admin, name)
+    return {**w.standing["alpha"], "tenant": name}
+
+
+def fresh_server(w: World, tenant: str | None) -> dict[str, str]:
+    name = unique("tmp")
+    r = w.call("POST", f"/api/v1/tenants/{tenant}/email-servers", w.admin, json=server(name))
+    assert r.status_code == 201, r.text
+    return {**w.standing[tenant], "server": name}
+
+
+def fresh_key(w: World, tenant: str | None) -> dict[str, str]:
+    r = w.call("POST", f"/api/v1/tenants/{tenant}/api-keys", w.admin, json={"name": unique("tmp")})
+    assert r.status_code == 201, r.text
+    return {**w.standing[tenant], "key": r.json()["id"]}
+
+
+def fresh_user(w: World, _tenant: str | None) -> dict[str, str]:
+    name = unique("u")
+    r = w.call("POST", "/api/v1/users", w.admin, json={"username": name, "password": "pw-12345678"})
+    assert r.status_code == 201, r.text
+    return {"username": name}
+
+
+def server(name: str) -> dict[str, Any]:
+    return password_server(name, host="smtp.example.net")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    perm: Perm | None
+    ok: int = 200
+    body: Callable[[], Any] | None = None
+    fresh: Callable[[World, str | None], dict[str, str]] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", T, Perm.TENANT_READ),
+    Endpoint("PATCH", T, None, body=lambda: {"display_name": unique("Renamed")}),
+    Endpoint("DELETE", T, None, ok=204, fresh=fresh_tenant),
+    Endpoint("GET", T + "/api-keys", Perm.KEYS_MANAGE),
+    Endpoint("POST", T + "/api-keys", Perm.KEYS_MANAGE, 201, lambda: {"name": unique("k")}),
+    Endpoint("DELETE", T + "/api-keys/{key}", Perm.KEYS_MANAGE, 204, fresh=fresh_key),
+    Endpoint("GET", T + "/email-servers", Perm.SERVERS_READ),
+    Endpoint("POST", T + "/email-servers", Perm.SERVERS_WRITE, 201, lambda: server(unique("s"))),
+    Endpoint("GET", T + "/email-servers/{server}", Perm.SERVERS_READ),
+    Endpoint("PUT", T + "/email-servers/{server}", Perm.SERVERS_WRITE, body=lambda: server("main")),
+    Endpoint(
+        "PATCH", T + "/email-servers/{server}", Perm.SERVERS_WRITE, body=lambda: {"port": 2525}
+    ),
+    Endpoint("DELETE", T + "/email-servers/{server}", Perm.SERVERS_WRITE, 204, fresh=fresh_server),
+]
+
+SYSTEM_ENDPOINTS: list[Endpoint] = [
+    Endpoint("POST", "/api/v1/tenants", None, 201, lambda: {"name": unique("new")}),
+    Endpoint("GET", "/api/v1/users", None),
+    Endpoint(
+        "POST", "/api/v1/users", None, 201, lambda: {"username": unique("n"), "password": "x" * 12}
+    ),
+    Endpoint("GET", "/api/v1/users/{username}", None),
+    Endpoint("PATCH", "/api/v1/users/{username}", None, body=lambda: {"email": "x@example.com"}),
+    Endpoint("DELETE", "/api/v1/users/{username}", None, 204, fresh=fresh_user),
+]
+
+
+@dataclass(frozen=True)
+class Caller:
+    label: str
+    token: str
+    roles: dict[str, Role]
+    system_admin: bool = False
+
+    def expect(self, ep: Endpoint, tenant: str | None) -> int:
+        if self.system_admin:
+            return ep.ok
+        if tenant is not None and tenant not in self.roles:
+            return 404  # another tenant's resource: as if it did not exist
+        if ep.perm is None:
+            return 403
+        assert tenant is not None
+        return ep.ok if ep.perm in ROLE_PERMS[self.roles[tenant]] else 403
+
+
+def build_world(api: Api) -> tuple[World, list[Caller]]:
+    admin = api.admin_token()
+    w = World(api, admin)
+    for t in TENANTS:
+        api.make_tenant(admin, t)
+        r = w.call("POST", f"/api/v1/tenants/{t}/email-servers", admin, json=server("main"))
+        assert r.status_code == 201, r.text
+        r = w.call("POST", f"/api/v1/tenants/{t}/api-keys", admin, json={"name": "standing"})
+        w.standing[t] = {"tenant": t, "server": "main", "key": r.json()["id"]}
+    w.standing[None] = {"username": "alpha-admin"}
+    callers = [Caller("system_admin", admin, {}, system_admin=True)]
+    for role in (Role.ADMIN, Role.USER, Role.READ_ONLY):
+        token = api.make_user(admin, f"alpha-{role.value}".replace("_", "-"), {"alpha": role})
+        callers.append(Caller(f"alpha {role.value} user", token, {"alpha": role}))
+    for role in (Role.WEB_SERVICE, Role.USER):
+        token = api.make_api_key(admin, "alpha", role.value)
+        callers.append(Caller(f"alpha {role.value} API key", token, {"alpha": role}))
+    # One user, different roles in different tenants.
+    mixed = {"alpha": Role.READ_ONLY, "beta": Role.ADMIN}
+    callers.append(Caller("mixed user", api.make_user(admin, "mixed", mixed), mixed))
+    # Sign-ins set the session cookie on the shared client; these tests send it on purpose only.
+    api.client.cookies.clear()
+    return w, callers
+
+
+def run(w: World, ep: Endpoint, token: str | None, tenant: str | None, expected: int) -> str:
+    """One request; returns a failure description or ''."""
+    succeed = 200 <= expected < 300
+    params = ep.fresh(w, tenant) if succeed and ep.fresh else w.standing[tenant]
+    before = None if succeed else snapshot(w.api.container)
+    body = ep.body() if ep.body else None
+    r = w.call(ep.method, ep.path.format(**params), token, json=body)
+    problems = []
+    if r.status_code != expected:
+        problems.append(f"got {r.status_code}, expected {expected}: {r.text[:200]}")
+    if not succeed:
+        if r.headers.get("content-type") != "application/problem+json":
+            problems.append(f"content-type {r.headers.get('content-type')}")
+        if before is not None and (changed := diff(before, snapshot(w.api.container))):
+            problems.append(f"changed stored data: {changed}")
+    return "; ".join(problems)
+
+
+def test_roles_and_tenant_isolation(api: Api) -> None:
+    w, callers = build_world(api)
+    failures = []
+    for ep in ENDPOINTS:
+        for caller in callers:
+            for tenant in TENANTS:
+                expected = caller.expect(ep, tenant)
+                if problem := run(w, ep, caller.token, tenant, expected):
+                    failures.append(f"{ep} as {caller.label} on {tenant}: {problem}")
+    for ep in SYSTEM_ENDPOINTS:
+        for caller in callers:
+            if problem := run(w, ep, caller.token, None, caller.expect(ep, None)):
+                failures.append(f"{ep} as {caller.label}: {problem}")
+    assert not failures, "\n".join(failures)
+
+
+def test_tenant_list_shows_only_own_tenants(api: Api) -> None:
+    w, callers = build_world(api)
+    for caller in callers:
+        r = w.call("GET", "/api/v1/tenants", caller.token)
+        assert r.status_code == 200, r.text
+        names = {t["name"] for t in r.json()["items"]}
+        if caller.system_admin:
+            assert names == {"home", *TENANTS}
+        else:
+            assert names == set(caller.roles), caller.label
+
+
+def test_unauthenticated_and_bad_credentials_get_401(api: Api) -> None:
+    w, _callers = build_world(api)
+    bad = [
+        {},
+        {"Authorization": "Bearer mgs_not-a-session"},
+        {"Authorization": "Bearer mgk_not-a-key"},
+        {"Authorization": "Bearer something-else"},
+        {"Authorization": "Basic YWRtaW46eA=="},
+        {"Authorization": "Bearer "},
+    ]
+    failures = []
+    before = snapshot(api.container)
+    for ep in ENDPOINTS + SYSTEM_ENDPOINTS:
+        for headers in bad:
+            params = w.standing["alpha"] | w.standing[None]
+            body = ep.body() if ep.body else None
+            r = api.client.request(ep.method, ep.path.format(**params), headers=headers, json=body)
+            if r.status_code != 401 or r.headers["content-type"] != "application/problem+json":
+                failures.append(f"{ep} with {headers}: {r.status_code} {r.text[:100]}")
+    if changed := diff(before, snapshot(api.container)):
+        failures.append(f"unauthenticated requests changed {changed}")
+    assert not failures, "\n".join(failures)
+
+
+def test_cookie_session_needs_csrf_header_for_writes(api: Api) -> None:
+    w, _callers = build_world(api)
+    r = api.client.post("/api/v1/auth/login", json={"username": "admin", "password": "nope"})
+    assert r.status_code == 401
+    api.admin_token()  # signs in: the client now holds the HttpOnly session cookie
+    assert api.client.cookies.get(SESSION_COOKIE)
+    csrf = api.client.get("/api/v1/auth/me").json()["csrf_token"]
+    failures = []
+    for ep in ENDPOINTS + SYSTEM_ENDPOINTS:
+        tenant = "alpha" if "{tenant}" in ep.path else None
+        unsafe = ep.method not in ("GET", "HEAD")
+        for header in ({}, {CSRF_HEADER: "wrong"}, {CSRF_HEADER: csrf}):
+            denied = unsafe and header.get(CSRF_HEADER) != csrf
+            params = w.standing[tenant] if denied or not ep.fresh else ep.fresh(w, tenant)
+            before = snapshot(api.container)
+            body = ep.body() if ep.body else None
+            r = api.client.request(ep.method, ep.path.format(**params), headers=header, json=body)
+            want = 403 if denied else ep.ok
+            if r.status_code != want:
+                failures.append(f"{ep} cookie {header}: {r.status_code} {r.text[:100]}")
+            if denied and (changed := diff(before, snapshot(api.container))):
+                failures.append(f"{ep} cookie {header} changed {changed}")
+    assert not failures, "\n".join(failures)
+    # The cookie is HttpOnly and SameSite=Strict (API.md "Authentication and roles").
+    r = api.client.post("/api/v1/auth/login", json={"username": "admin", "password": "x" * 8})
+    assert r.status_code == 401
+    api.client.cookies.clear()
+    r = api.client.post(
+        "/api/v1/auth/login", json={"username": "admin", "password": "admin-test-password"}
+    )
+    set_cookie = [v for k, v in r.headers.multi_items() if k == "set-cookie"]
+    session = next(v for v in set_cookie if v.startswith(SESSION_COOKIE + "="))
+    assert "HttpOnly" in session and "SameSite=strict" in session
