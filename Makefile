@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# bench/ may not exist yet in a fresh clone (git keeps no empty directories).
+LINT_DIRS := $(wildcard src tests bench)
 
 .PHONY: run test lint typecheck pytest install clean bench
 
@@ -19,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/mailgate serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
