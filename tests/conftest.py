@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from tests.oauth_server import RunningAuthServer, start_auth_server
 from tests.smtp_fixtures import LoopThread, Pki, SmtpServers
 
 from mailgate.adapters.db.engine import make_engine, migrate
@@ -233,3 +234,20 @@ def smtp_servers(smtp_loop: LoopThread, smtp_pki: Pki) -> Iterator[SmtpServers]:
     servers = SmtpServers(smtp_loop, smtp_pki)
     yield servers
     servers.close()
+
+
+# ---- OAuth2: a local authorization server (tests/oauth_server.py) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def _oauth_server_running(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningAuthServer]:
+    yield from start_auth_server(tmp_path_factory.mktemp("oauth"))
+
+
+@pytest.fixture
+def oauth_server(_oauth_server_running: RunningAuthServer) -> RunningAuthServer:
+    """The session's local OAuth2 server, reset to a clean state for this test."""
+    _oauth_server_running.server.reset()
+    return _oauth_server_running

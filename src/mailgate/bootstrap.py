@@ -19,11 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.engine import make_engine, make_session_factory, migrate
 from mailgate.adapters.db.tables import SystemSetting, User
+from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
+from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.remote_hub import RemoteHub
 from mailgate.services.tenants import HOME_TENANT, create_tenant
@@ -43,8 +45,13 @@ class Container:
     identity: Identity
     servers: EmailServers
     remote_clients: RemoteClients
+    oauth2: OAuth2Service
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def token_provider_for(self, server_id: int) -> OAuth2TokenProvider:
+        """The XOAUTH2 token provider of one OAuth2 configuration (for the SMTP transport)."""
+        return OAuth2TokenProvider(self.oauth2, server_id)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -63,10 +70,26 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
     key_spec = settings.secret_key or load_or_create_key_file(settings.key_file)
     engine = make_engine(settings.effective_database_url)
     box = SecretBox.from_spec(key_spec)
+    sessions = make_session_factory(engine)
+    servers = EmailServers(box, clock, settings.public_base_url)
+    oauth2 = OAuth2Service(
+        sessions=sessions,
+        servers=servers,
+        box=box,
+        clock=clock,
+        http=OAuth2Http(settings.oauth_ca_bundle),
+        providers=ProviderSettings(
+            microsoft_authority=settings.oauth_microsoft_authority,
+            google_authorize_url=settings.oauth_google_authorize_url,
+            google_token_url=settings.oauth_google_token_url,
+            ca_bundle=settings.oauth_ca_bundle,
+        ),
+        public_base_url=settings.public_base_url,
+    )
     return Container(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         box=box,
         clock=clock,
         identity=Identity(
@@ -79,8 +102,9 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
                 memory_cost=settings.password_hash_memory_kib,
             ),
         ),
-        servers=EmailServers(box, clock, settings.public_base_url),
+        servers=servers,
         remote_clients=RemoteClients(clock),
+        oauth2=oauth2,
     )
 
 

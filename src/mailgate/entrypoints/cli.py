@@ -66,13 +66,20 @@ def serve(
     )
     c = build(settings)
     first_start(c)
-    uvicorn.run(
-        create_app(c),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-    )
+    from mailgate.entrypoints.keeper import TokenKeeper
+
+    keeper = TokenKeeper(c.oauth2)
+    keeper.start()
+    try:
+        uvicorn.run(
+            create_app(c),
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level=settings.log_level.lower(),
+            proxy_headers=False,
+        )
+    finally:
+        keeper.stop()
 
 
 @app.command()

@@ -14,6 +14,7 @@ from mailgate.entrypoints.api.routers import (
     auth,
     email_servers,
     health,
+    oauth2,
     remote_clients,
     system_settings,
     tenants,
@@ -41,6 +42,7 @@ def create_app(container: Container) -> FastAPI:
         system_settings,
         transfer,
         audit,
+        oauth2,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)

@@ -1,0 +1,244 @@
+"""OAuth2 client side: provider presets, authorize URL, code exchange, refresh, client credentials.
+
+The token exchange is Authlib's (``authlib.integrations.httpx_client.OAuth2Client``); this
+module only knows the providers' endpoints and scopes and turns answers into ``TokenSet``
+or one of two errors: ``TokenRefused`` (the provider said no, with its ``error``) and
+``EndpointUnreachable`` (network, TLS, 5xx, or an answer that is not a token).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import certifi
+import httpx
+from authlib.integrations.base_client import OAuthError
+from authlib.integrations.httpx_client import OAuth2Client
+
+# Microsoft identity platform, "Authenticate an IMAP, POP or SMTP connection using OAuth":
+# delegated SMTP needs SMTP.Send on the outlook.office.com resource; offline_access gives
+# the refresh token. App-only (client credentials) uses the .default scope of Exchange.
+MICROSOFT_DELEGATED_SCOPE = "offline_access https://outlook.office.com/SMTP.Send"
+MICROSOFT_APP_SCOPE = "https://outlook.office365.com/.default"
+# Google, "OAuth 2.0 Mechanism" for Gmail SMTP: full mail scope; access_type=offline and
+# prompt=consent make Google return a refresh token on every consent.
+GOOGLE_SCOPE = "https://mail.google.com/"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Endpoint bases from ``MAILGATE_OAUTH_*`` (tests point them at a local server)."""
+
+    microsoft_authority: str
+    google_authorize_url: str
+    google_token_url: str
+    ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    authorize_url: str | None
+    token_url: str
+    scope: str
+    authorize_params: dict[str, str] = field(default_factory=dict)
+    send_scope_on_refresh: bool = True
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    expires_at: datetime
+    refresh_token: str | None
+    scope: str | None
+    client_secret_expires_at: datetime | None = None
+
+
+class OAuth2ProviderError(Exception):
+    """Base of the errors of this adapter. Texts never carry secrets or tokens."""
+
+
+class TokenRefused(OAuth2ProviderError):
+    def __init__(self, error: str, description: str | None, status: int | None) -> None:
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description or error
+        self.status = status
+
+
+class EndpointUnreachable(OAuth2ProviderError):
+    pass
+
+
+def endpoints_for(
+    settings: ProviderSettings,
+    *,
+    provider: str,
+    grant: str,
+    directory_tenant_id: str | None = None,
+    scope: str | None = None,
+    authorize_url: str | None = None,
+    token_url: str | None = None,
+) -> Endpoints:
+    """The endpoints and scope of a configuration; explicit URLs and scope win over presets."""
+    app_only = grant == "client_credentials"
+    if provider == "microsoft":
+        directory = quote(directory_tenant_id or "", safe="")
+        base = f"{settings.microsoft_authority.rstrip('/')}/{directory}"
+        return Endpoints(
+            authorize_url=authorize_url or f"{base}/oauth2/v2.0/authorize",
+            token_url=token_url or f"{base}/oauth2/v2.0/token",
+            scope=scope or (MICROSOFT_APP_SCOPE if app_only else MICROSOFT_DELEGATED_SCOPE),
+            authorize_params={"response_mode": "query"},
+        )
+    if provider == "google":
+        return Endpoints(
+            authorize_url=authorize_url or settings.google_authorize_url,
+            token_url=token_url or settings.google_token_url,
+            scope=scope or GOOGLE_SCOPE,
+            authorize_params={"access_type": "offline", "prompt": "consent"},
+            # Google refreshes without a scope; sending one only risks invalid_scope.
+            send_scope_on_refresh=False,
+        )
+    if not token_url or not scope:
+        raise ValueError("a custom provider needs token_url and scope")
+    return Endpoints(authorize_url=authorize_url, token_url=token_url, scope=scope)
+
+
+class OAuth2Http:
+    """Talks to token endpoints through Authlib. One instance per process is enough."""
+
+    def __init__(self, ca_bundle: Path | None = None, timeout_s: float = 30.0) -> None:
+        self._verify = ssl.create_default_context(cafile=certifi.where())
+        if ca_bundle is not None:
+            self._verify.load_verify_locations(cafile=str(ca_bundle))
+        self._timeout = timeout_s
+
+    def _client(self, client_id: str, client_secret: str | None, **kw: Any) -> OAuth2Client:
+        return OAuth2Client(
+            client_id=client_id,
+            client_secret=client_secret,
+            # Both Microsoft and Google document the secret in the form body.
+            token_endpoint_auth_method="client_secret_post",
+            code_challenge_method="S256",
+            verify=self._verify,
+            timeout=self._timeout,
+            **kw,
+        )
+
+    def authorization_url(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        redirect_uri: str,
+        state: str,
+        code_verifier: str,
+    ) -> str:
+        if not ep.authorize_url:
+            raise ValueError("this configuration has no authorize URL")
+        with self._client(client_id, None, redirect_uri=redirect_uri, scope=ep.scope) as client:
+            url, _ = client.create_authorization_url(
+                ep.authorize_url, state=state, code_verifier=code_verifier, **ep.authorize_params
+            )
+        return str(url)
+
+    def exchange_code(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        client_secret: str,
+        redirect_uri: str,
+        code: str,
+        code_verifier: str,
+        now: datetime,
+    ) -> TokenSet:
+        with self._client(client_id, client_secret, redirect_uri=redirect_uri) as client:
+            return self._call(
+                now,
+                client.fetch_token,
+                ep.token_url,
+                grant_type="authorization_code",
+                code=code,
+                code_verifier=code_verifier,
+            )
+
+    def refresh(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        now: datetime,
+    ) -> TokenSet:
+        scope = ep.scope if ep.send_scope_on_refresh else None
+        with self._client(client_id, client_secret, scope=scope) as client:
+            tokens = self._call(
+                now, client.refresh_token, ep.token_url, refresh_token=refresh_token
+            )
+        if tokens.refresh_token is None:
+            # No rotation by this provider (Google): the old refresh token stays valid.
+            tokens = TokenSet(
+                tokens.access_token,
+                tokens.expires_at,
+                refresh_token,
+                tokens.scope,
+                tokens.client_secret_expires_at,
+            )
+        return tokens
+
+    def client_credentials(
+        self, ep: Endpoints, *, client_id: str, client_secret: str, now: datetime
+    ) -> TokenSet:
+        with self._client(client_id, client_secret, scope=ep.scope) as client:
+            return self._call(
+                now, client.fetch_token, ep.token_url, grant_type="client_credentials"
+            )
+
+    @staticmethod
+    def _call(now: datetime, fn: Any, *args: Any, **kwargs: Any) -> TokenSet:
+        try:
+            answer = fn(*args, **kwargs)
+        except OAuthError as exc:
+            raise TokenRefused(str(exc.error), exc.description, None) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            raise EndpointUnreachable(f"the token endpoint answered HTTP {status}") from None
+        except httpx.HTTPError as exc:
+            raise EndpointUnreachable(
+                f"the token endpoint is unreachable ({type(exc).__name__}: {exc})"
+            ) from None
+        except ValueError as exc:
+            raise EndpointUnreachable(f"the token endpoint answered no token ({exc})") from None
+        return parse_token(dict(answer), now)
+
+
+def parse_token(data: dict[str, Any], now: datetime) -> TokenSet:
+    """A token endpoint's JSON (RFC 6749 section 5.1) as a ``TokenSet``."""
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise EndpointUnreachable("the token endpoint answered without an access_token")
+    try:
+        expires_in = int(data.get("expires_in") or 3600)
+    except (TypeError, ValueError):
+        expires_in = 3600
+    refresh = data.get("refresh_token")
+    secret_expiry = None
+    # client_secret_expires_at is RFC 7591 client metadata (0 = never); some providers
+    # return it with tokens, and then we can warn before the secret runs out.
+    raw_expiry = data.get("client_secret_expires_at")
+    if isinstance(raw_expiry, int | float) and raw_expiry > 0:
+        secret_expiry = datetime.fromtimestamp(raw_expiry, UTC)
+    return TokenSet(
+        access_token=access,
+        expires_at=now + timedelta(seconds=max(0, expires_in)),
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        scope=data.get("scope") if isinstance(data.get("scope"), str) else None,
+        client_secret_expires_at=secret_expiry,
+    )

@@ -1,0 +1,61 @@
+"""OAuth2 of e-mail servers (API.md "OAuth2 (Office365 and others)")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import RedirectResponse
+
+from mailgate.domain.access import Perm
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.services.tenants import tenant_for
+
+router = APIRouter(tags=["oauth2"])
+BASE = "/api/v1/tenants/{tenant}/email-servers/{name}/oauth2"
+
+
+@router.post(f"{BASE}/authorize")
+def authorize(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Start the authorization code grant: open ``authorization_url`` in the browser."""
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    row = c.servers.get(db, t.id, name)
+    return {"authorization_url": c.oauth2.begin_authorization(db, row)}
+
+
+@router.post(f"{BASE}/refresh")
+def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Refresh the tokens now; answers with the configuration and its ``oauth2_status``."""
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    server_id = c.servers.get(db, t.id, name).id
+    # End this request's transaction first: the refresh takes the row lock in its own, and
+    # on SQLite an open write transaction here would block it.
+    db.commit()
+    c.oauth2.refresh_now(server_id)
+    db.expire_all()
+    return c.servers.view(c.servers.get(db, t.id, name))
+
+
+@router.delete(f"{BASE}", status_code=status.HTTP_204_NO_CONTENT)
+def forget(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> Response:
+    """Forget the stored tokens; the configuration must be authorized again."""
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    c.oauth2.forget(db, c.servers.get(db, t.id, name))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/settings/oauth2code", response_class=RedirectResponse, status_code=303)
+def callback(
+    db: DB,
+    c: AppContainer,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+) -> RedirectResponse:
+    """The redirect URI. ``state`` is the credential here: the browser arrives from the
+    provider, and an unknown, used or expired state is a ``400`` that stores nothing."""
+    result = c.oauth2.complete_authorization(
+        db, state=state, code=code, error=error, error_description=error_description
+    )
+    return RedirectResponse(c.oauth2.ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)

@@ -1,0 +1,533 @@
+"""OAuth2 of e-mail servers against the local authorization server (tests/oauth_server.py).
+
+The test plays the browser: it asks mailgate for the authorization URL, consents at the
+local server, and brings the redirect back to ``/settings/oauth2code``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from tests.conftest import ADMIN_PASSWORD, Api, make_settings
+from tests.oauth_server import RunningAuthServer, query_of
+
+from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization
+from mailgate.bootstrap import Container, build, first_start
+from mailgate.domain.oauth2 import NeedsAuthorization, TokenEndpointDown
+from mailgate.entrypoints.api.app import create_app
+
+BASE = "/api/v1/tenants/home/email-servers"
+MAILBOX = "sender@example.com"
+REDIRECT = "http://testserver/settings/oauth2code"
+
+
+class MovableClock:
+    """Real time plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
+class RecordingMailer:
+    """Stands in for the system e-mail server where only the addressing is under test."""
+
+    sent: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def send_system_mail(self, to: str, subject: str, text: str) -> None:
+        self.sent.append((to, subject, text))
+
+
+@dataclass
+class Env:
+    api: Api
+    admin: str
+    c: Container
+    clock: MovableClock
+    oauth: RunningAuthServer
+    mailer: RecordingMailer
+
+    def server_row(self, name: str = "DEFAULT") -> EmailServer:
+        with self.c.session() as db:
+            return self.c.servers.get(db, self.c_home_id(db), name)
+
+    def c_home_id(self, db: Any) -> int:
+        from mailgate.adapters.db.tables import Tenant
+
+        tenant_id = db.scalar(select(Tenant.id).where(Tenant.name == "home"))
+        assert tenant_id is not None
+        return int(tenant_id)
+
+    def tokens(self, name: str = "DEFAULT") -> dict[str, Any]:
+        return self.c.servers.tokens_of(self.server_row(name))
+
+    def status(self, name: str = "DEFAULT") -> dict[str, Any]:
+        r = self.api.request("GET", f"{BASE}/{name}", self.admin)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body["oauth2_status"]
+
+    def authorize_url(self, name: str = "DEFAULT") -> str:
+        r = self.api.request("POST", f"{BASE}/{name}/oauth2/authorize", self.admin)
+        assert r.status_code == 200, r.text
+        url: str = r.json()["authorization_url"]
+        return url
+
+    def callback(self, redirect: str) -> httpx.Response:
+        parts = urlsplit(redirect)
+        assert f"{parts.scheme}://{parts.netloc}{parts.path}" == REDIRECT
+        response: httpx.Response = self.api.client.get(
+            f"{parts.path}?{parts.query}", follow_redirects=False
+        )
+        return response
+
+    def authorize(self, name: str = "DEFAULT") -> None:
+        r = self.callback(self.oauth.consent(self.authorize_url(name)))
+        assert r.status_code == 303, r.text
+        assert query_of(r.headers["location"])["oauth2"] == "ok", r.headers["location"]
+
+
+def oauth_config(name: str = "DEFAULT", **auth: Any) -> dict[str, Any]:
+    authentication = {
+        "method": "oauth2",
+        "provider": "microsoft",
+        "grant": "authorization_code",
+        "username": MAILBOX,
+        "directory_tenant_id": "contoso-tenant",
+        "client_id": "mailgate-app",
+        "client_secret": "app-secret-value",
+    }
+    authentication.update(auth)
+    return {
+        "name": name,
+        "host": "smtp.example.com",
+        "port": 587,
+        "authentication": authentication,
+        "message_defaults": {"from_address": MAILBOX},
+    }
+
+
+def _env(tmp_path: Path, database_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
+    oauth_server.server.add_client(
+        "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
+    )
+    clock = MovableClock()
+    c = build(make_settings(tmp_path, database_url, **oauth_server.settings()), clock=clock)
+    mailer = RecordingMailer()
+    c.oauth2.mailer = mailer
+    first_start(c, echo=lambda _m: None)
+    with TestClient(create_app(c)) as client:
+        api = Api(client, c)
+        admin = api.login("admin", ADMIN_PASSWORD)
+        r = api.request("POST", BASE, admin, json=oauth_config())
+        assert r.status_code == 201, r.text
+        yield Env(api, admin, c, clock, oauth_server, mailer)
+    c.engine.dispose()
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
+    """On SQLite and on PostgreSQL: for what touches locking and transactions."""
+    yield from _env(tmp_path, database_url, oauth_server)
+
+
+@pytest.fixture
+def lite(tmp_path: Path, sqlite_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
+    """SQLite only: for what does not depend on the database engine."""
+    yield from _env(tmp_path, sqlite_url, oauth_server)
+
+
+def test_authorization_code_flow_stores_tokens_and_spends_the_state(env: Env) -> None:
+    assert env.status()["state"] == "not_authorized"
+    url = env.authorize_url()
+    parts = urlsplit(url)
+    assert parts.path == "/ms/contoso-tenant/oauth2/v2.0/authorize"
+    q = query_of(url)
+    assert q["response_type"] == "code"
+    assert q["response_mode"] == "query"
+    assert q["client_id"] == "mailgate-app"
+    assert q["redirect_uri"] == REDIRECT
+    assert q["scope"] == "offline_access https://outlook.office.com/SMTP.Send"
+    assert q["code_challenge_method"] == "S256"
+    assert len(q["state"]) >= 32
+
+    redirect = env.oauth.consent(url)
+    r = env.callback(redirect)
+    assert r.status_code == 303
+    target = r.headers["location"]
+    assert target.startswith("/ui/email-servers/DEFAULT?")
+    assert query_of(target)["tenant"] == "home"
+    assert query_of(target)["oauth2"] == "ok"
+
+    status = env.status()
+    assert status["state"] == "authorized"
+    assert status["access_token_expires_at"] is not None
+    tokens = env.tokens()
+    assert tokens["access_token"].startswith("at-")
+    assert tokens["refresh_token"].startswith("rt-")
+    # Secrets and tokens never leave through the API.
+    body = env.api.request("GET", f"{BASE}/DEFAULT", env.admin).text
+    for secret in (tokens["access_token"], tokens["refresh_token"], "app-secret-value"):
+        assert secret not in body
+    row = env.server_row()
+    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(row.id), MAILBOX)
+
+    # Replay of the same redirect: 400, nothing changes.
+    again = env.callback(redirect)
+    assert again.status_code == 400
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert env.tokens() == tokens
+
+
+def test_bad_state_is_refused_and_stores_nothing(env: Env) -> None:
+    url = env.authorize_url()
+    redirect = env.oauth.consent(url)
+    q = query_of(redirect)
+    for bad in ("", "x" * 43, q["state"][:-1] + ("A" if q["state"][-1] != "A" else "B")):
+        r = env.api.client.get(
+            "/settings/oauth2code", params={"code": q["code"], "state": bad}, follow_redirects=False
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["status"] == 400
+    # Expired: the same, genuine state 11 minutes later.
+    env.clock.offset = timedelta(minutes=11)
+    r = env.callback(redirect)
+    assert r.status_code == 400
+    assert "expired" in r.json()["detail"]
+    assert env.tokens() == {}
+    assert env.status()["state"] == "not_authorized"
+    with env.c.session() as db:
+        pending = db.scalars(select(OAuth2Authorization)).all()
+        assert [p.used_at for p in pending] == [None]
+
+
+def test_state_is_bound_to_its_server(lite: Env) -> None:
+    r = lite.api.request("POST", BASE, lite.admin, json=oauth_config("OTHER"))
+    assert r.status_code == 201, r.text
+    lite.authorize("OTHER")
+    assert lite.status("OTHER")["state"] == "authorized"
+    assert lite.status("DEFAULT")["state"] == "not_authorized"
+
+
+def test_provider_error_is_shown_on_the_ui_page(lite: Env) -> None:
+    lite.oauth.server.consent_decision = "deny"
+    r = lite.callback(lite.oauth.consent(lite.authorize_url()))
+    assert r.status_code == 303
+    q = query_of(r.headers["location"])
+    assert q["oauth2"] == "error"
+    assert "AADSTS65004" in q["message"]
+    assert lite.status()["state"] == "not_authorized"
+    assert "access_denied" in lite.status()["last_error"]
+
+
+def test_wrong_client_secret_fails_the_exchange_clearly(lite: Env) -> None:
+    r = lite.api.request(
+        "PATCH",
+        f"{BASE}/DEFAULT",
+        lite.admin,
+        json={"authentication": {"client_secret": "wrong"}},
+    )
+    assert r.status_code == 200, r.text
+    r = lite.callback(lite.oauth.consent(lite.authorize_url()))
+    q = query_of(r.headers["location"])
+    assert q["oauth2"] == "error"
+    assert "AADSTS7000215" in q["message"]
+    assert "wrong" not in r.headers["location"]
+    assert lite.tokens() == {}
+
+
+def test_expiry_refreshes_once_and_stores_the_rotated_refresh_token(env: Env) -> None:
+    env.authorize()
+    server_id = env.server_row().id
+    first = env.tokens()
+    # Reused until shortly before expiry: no token request.
+    assert env.c.oauth2.access_token(server_id) == first["access_token"]
+    assert env.oauth.server.refresh_requests() == []
+
+    env.clock.offset = timedelta(minutes=56)  # within the 5-minute margin of a 1h token
+    token = env.c.oauth2.access_token(server_id)
+    second = env.tokens()
+    assert token == second["access_token"] != first["access_token"]
+    assert second["refresh_token"] != first["refresh_token"]
+    assert len(env.oauth.server.refresh_requests()) == 1
+    assert env.oauth.server.refresh_requests()[0].form["refresh_token"] == first["refresh_token"]
+    assert env.oauth.server.token_is_live(token, MAILBOX)
+    assert env.c.oauth2.access_token(server_id) == token
+    assert len(env.oauth.server.refresh_requests()) == 1
+
+    # A forced refresh after a rejected token (SMTP 535) refreshes once more ...
+    forced = env.c.oauth2.access_token(server_id, force_refresh=True, rejected=token)
+    assert forced != token
+    assert len(env.oauth.server.refresh_requests()) == 2
+    # ... but not when the rejected token was already replaced by someone else.
+    assert env.c.oauth2.access_token(server_id, force_refresh=True, rejected=token) == forced
+    assert len(env.oauth.server.refresh_requests()) == 2
+
+
+def test_revoked_grant_needs_reauthorization_and_notifies_each_admin_once(env: Env) -> None:
+    for username, role, email in (
+        ("ann", "admin", "ann@example.com"),
+        ("bob", "admin", "bob@example.com"),
+        ("carl", "user", "carl@example.com"),
+    ):
+        r = env.api.request(
+            "POST",
+            "/api/v1/users",
+            env.admin,
+            json={
+                "username": username,
+                "email": email,
+                "password": f"pw-{username}-long-enough-1",
+                "roles": {"home": role},
+            },
+        )
+        assert r.status_code == 201, r.text
+    env.authorize()
+    server_id = env.server_row().id
+    assert env.oauth.server.revoke() == 1
+    env.clock.offset = timedelta(hours=2)
+    with pytest.raises(NeedsAuthorization) as caught:
+        env.c.oauth2.access_token(server_id)
+    assert "AADSTS50173" in caught.value.detail
+    status = env.status()
+    assert status["state"] == "needs_reauthorization"
+    assert "invalid_grant" in status["last_error"]
+    assert "AADSTS50173" in status["last_error"]
+    # Later calls fail fast, without the token endpoint and without more mail.
+    with pytest.raises(NeedsAuthorization):
+        env.c.oauth2.access_token(server_id)
+    env.c.oauth2.keep_alive_once()
+    assert len(env.oauth.server.refresh_requests()) == 1
+    assert sorted(to for to, _s, _t in env.mailer.sent) == ["ann@example.com", "bob@example.com"]
+    _to, subject, text = env.mailer.sent[0]
+    assert "DEFAULT" in subject
+    assert "AADSTS50173" in text
+    assert "/ui/email-servers/DEFAULT?tenant=home" in text
+
+    # Re-authorizing makes the configuration usable again.
+    env.authorize()
+    assert env.status()["state"] == "authorized"
+    assert env.status()["last_error"] is None
+    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(server_id), MAILBOX)
+    assert len(env.mailer.sent) == 2
+
+
+def test_token_endpoint_down_is_temporary_with_backoff(env: Env) -> None:
+    env.authorize()
+    server_id = env.server_row().id
+    env.oauth.server.outage = 503
+    env.clock.offset = timedelta(hours=2)
+    with pytest.raises(TokenEndpointDown) as first:
+        env.c.oauth2.access_token(server_id)
+    assert first.value.retry_at > env.clock()
+    calls = len(env.oauth.server.requests)
+    # Within the backoff nobody hammers the endpoint.
+    with pytest.raises(TokenEndpointDown):
+        env.c.oauth2.access_token(server_id)
+    assert len(env.oauth.server.requests) == calls
+    status = env.status()
+    assert status["state"] == "authorized"
+    assert "503" in status["last_error"]
+    # The second failure waits longer than the first.
+    env.clock.offset += timedelta(minutes=1)
+    with pytest.raises(TokenEndpointDown) as second:
+        env.c.oauth2.access_token(server_id)
+    assert second.value.retry_at - env.clock() > first.value.retry_at - (
+        env.clock() - timedelta(minutes=1)
+    )
+    env.oauth.server.outage = None
+    env.clock.offset += timedelta(hours=1)
+    token = env.c.oauth2.access_token(server_id)
+    assert env.oauth.server.token_is_live(token, MAILBOX)
+    assert env.status()["last_error"] is None
+    assert env.mailer.sent == []
+
+
+def test_client_credentials_needs_no_browser(env: Env) -> None:
+    r = env.api.request(
+        "POST", BASE, env.admin, json=oauth_config("APP", grant="client_credentials")
+    )
+    assert r.status_code == 201, r.text
+    r = env.api.request("POST", f"{BASE}/APP/oauth2/authorize", env.admin)
+    assert r.status_code == 409
+    row = env.server_row("APP")
+    token = env.c.oauth2.access_token(row.id)
+    assert env.oauth.server.token_is_live(token, MAILBOX)
+    assert not env.oauth.server.token_is_live(token, "someone-else@example.com")
+    request = env.oauth.server.requests[-1]
+    assert request.grant_type == "client_credentials"
+    assert request.form["scope"] == "https://outlook.office365.com/.default"
+    assert request.path == "/ms/contoso-tenant/oauth2/v2.0/token"
+    assert env.status("APP")["state"] == "authorized"
+    assert "refresh_token" not in env.tokens("APP")
+    assert env.c.oauth2.access_token(row.id) == token  # reused until near expiry
+    # A wrong secret is a configuration error, not a re-authorization.
+    r = env.api.request(
+        "PATCH", f"{BASE}/APP", env.admin, json={"authentication": {"client_secret": "nope"}}
+    )
+    assert r.status_code == 200
+    r = env.api.request("POST", f"{BASE}/APP/oauth2/refresh", env.admin)
+    assert r.status_code == 409
+    assert "AADSTS7000215" in r.json()["detail"]
+    assert env.status("APP")["state"] == "error"
+
+
+def test_refresh_and_forget_endpoints(env: Env) -> None:
+    r = env.api.request("POST", f"{BASE}/DEFAULT/oauth2/refresh", env.admin)
+    assert r.status_code == 409  # not authorized yet
+    env.authorize()
+    before = env.tokens()
+    r = env.api.request("POST", f"{BASE}/DEFAULT/oauth2/refresh", env.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["oauth2_status"]["state"] == "authorized"
+    assert env.tokens()["refresh_token"] != before["refresh_token"]
+    assert before["access_token"] not in r.text
+    r = env.api.request("DELETE", f"{BASE}/DEFAULT/oauth2", env.admin)
+    assert r.status_code == 204
+    assert env.tokens() == {}
+    assert env.status()["state"] == "not_authorized"
+
+
+def test_other_tenants_and_roles(lite: Env) -> None:
+    lite.api.make_tenant(lite.admin, "acme")
+    stranger = lite.api.make_user(lite.admin, "stranger", {"acme": "admin"})
+    reader = lite.api.make_user(lite.admin, "reader", {"home": "read_only"})
+    for method, path in (
+        ("POST", "oauth2/authorize"),
+        ("POST", "oauth2/refresh"),
+        ("DELETE", "oauth2"),
+    ):
+        r = lite.api.request(method, f"{BASE}/DEFAULT/{path}", stranger)
+        assert r.status_code == 404, r.text
+        r = lite.api.request(method, f"/api/v1/tenants/acme/email-servers/DEFAULT/{path}", stranger)
+        assert r.status_code == 404, r.text
+        r = lite.api.request(method, f"{BASE}/DEFAULT/{path}", reader)
+        assert r.status_code == 403, r.text
+    lite.api.client.cookies.clear()
+    r = lite.api.request("POST", f"{BASE}/DEFAULT/oauth2/authorize")
+    assert r.status_code == 401
+
+
+def test_keeper_refreshes_idle_configurations(lite: Env) -> None:
+    lite.authorize()
+    assert lite.c.oauth2.keep_alive_once() == 0
+    lite.clock.offset = timedelta(days=8)
+    assert lite.c.oauth2.keep_alive_once() == 1
+    assert len(lite.oauth.server.refresh_requests()) == 1
+    assert lite.c.oauth2.keep_alive_once() == 0
+    last_used = lite.server_row().refresh_token_last_used_at
+    assert last_used is not None
+    assert abs(last_used - lite.clock()) < timedelta(minutes=1)
+
+
+def test_expiring_client_secret_shows_a_warning(lite: Env) -> None:
+    soon = datetime.now(UTC) + timedelta(days=10)
+    lite.oauth.server.client_secret_expires_at = int(soon.timestamp())
+    lite.authorize()
+    warning = lite.status()["warning"]
+    assert warning is not None
+    assert soon.strftime("%Y-%m-%d") in warning
+
+
+def test_google_and_custom_providers(lite: Env) -> None:
+    r = lite.api.request(
+        "POST",
+        BASE,
+        lite.admin,
+        json=oauth_config("GMAIL", provider="google", directory_tenant_id=None),
+    )
+    assert r.status_code == 201, r.text
+    url = lite.authorize_url("GMAIL")
+    assert url.startswith(lite.oauth.google_authorize_url + "?")
+    q = query_of(url)
+    assert q["scope"] == "https://mail.google.com/"
+    assert q["access_type"] == "offline"
+    assert q["prompt"] == "consent"
+    lite.authorize("GMAIL")
+    assert lite.oauth.server.requests[-1].path == "/google/token"
+
+    custom = oauth_config(
+        "CUSTOM",
+        provider="custom",
+        directory_tenant_id=None,
+        authorize_url=lite.oauth.base_url + "/idp/authorize",
+        token_url=lite.oauth.base_url + "/idp/token",
+        scope="smtp",
+    )
+    r = lite.api.request("POST", BASE, lite.admin, json=custom)
+    assert r.status_code == 201, r.text
+    lite.authorize("CUSTOM")
+    assert lite.oauth.server.requests[-1].path == "/idp/token"
+    assert lite.status("CUSTOM")["state"] == "authorized"
+
+
+def test_two_processes_refreshing_at_once_spend_the_refresh_token_once(
+    env: Env, tmp_path: Path, database_url: str
+) -> None:
+    env.authorize()
+    server_id = env.server_row().id
+    # A second process: its own engine and connection pool on the same database.
+    other = build(
+        make_settings(
+            tmp_path,
+            database_url,
+            secret_key=env.c.settings.secret_key,
+            **env.oauth.settings(),
+        ),
+        clock=env.clock,
+    )
+    env.clock.offset = timedelta(hours=2)
+    env.oauth.server.token_delay = 0.5
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, c: Container) -> None:
+        try:
+            results[name] = c.oauth2.access_token(server_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=("a", env.c)),
+        threading.Thread(target=run, args=("b", other)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    other.engine.dispose()
+    assert errors == []
+    assert results["a"] == results["b"]
+    assert len(env.oauth.server.refresh_requests()) == 1
+    assert all(r.status == 200 for r in env.oauth.server.requests)
+    assert env.status()["state"] == "authorized"
+
+
+def test_keeper_thread_refreshes_in_the_background(lite: Env) -> None:
+    from mailgate.entrypoints.keeper import TokenKeeper
+
+    lite.authorize()
+    lite.clock.offset = timedelta(days=8)
+    keeper = TokenKeeper(lite.c.oauth2, interval_s=0.05)
+    keeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not lite.oauth.server.refresh_requests() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        keeper.stop()
+    assert len(lite.oauth.server.refresh_requests()) == 1
