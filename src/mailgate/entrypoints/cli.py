@@ -21,6 +21,7 @@ from mailgate.bootstrap import Container, build, first_start
 from mailgate.config import Settings
 from mailgate.domain.access import Role
 from mailgate.domain.errors import MailgateError
+from mailgate.entrypoints.cli_server import server_app
 
 app = typer.Typer(help="mailgate: a multi-tenant outbound e-mail gateway.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -29,6 +30,7 @@ apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(server_app, name="server")
 
 
 def _container() -> Container:

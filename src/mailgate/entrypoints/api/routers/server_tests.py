@@ -1,0 +1,143 @@
+"""Test and diagnose: ``POST .../email-servers/{name}/test`` and the system server's twin,
+plus the system e-mail server itself (``GET|PUT|DELETE /api/v1/system/email-server``).
+
+The test endpoints are ``async``: the SMTP dialogue runs on the event loop, and the database
+work (short, synchronous) runs in the thread pool, finished before the first byte goes out,
+so no transaction stays open while a slow server is waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response, status
+from pydantic import Field
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from mailgate.bootstrap import Container
+from mailgate.domain.access import Perm, Principal
+from mailgate.domain.errors import NotFound, ValidationFailed
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
+from mailgate.schemas.common import EmailAddress, StrictModel
+from mailgate.schemas.email_server import EmailServerIn
+from mailgate.services.diagnosis import resolve_for_test, run_test, sender_of, token_provider
+from mailgate.services.email_servers import ResolvedServer
+from mailgate.services.tenants import tenant_for
+
+log = logging.getLogger("mailgate.api")
+router = APIRouter(tags=["email-servers"])
+SYSTEM = "/api/v1/system/email-server"
+
+
+class TestRequest(StrictModel):
+    """Body of a test: where to send, how far to go, and optionally an unsaved config."""
+
+    to: EmailAddress | None = Field(
+        default=None, description="Recipient; default: the config's from_address"
+    )
+    mode: Literal["send", "dry_run"] = "send"
+    config: dict[str, Any] | None = Field(
+        default=None, description="An unsaved configuration to test instead of the stored one"
+    )
+
+
+async def _diagnose(
+    c: Container, server: ResolvedServer, body: TestRequest, label: str
+) -> dict[str, Any]:
+    to = body.to or sender_of(server.config)[0]
+    if to is None:
+        raise ValidationFailed.one("to", "required (the configuration has no from_address)")
+    result = await run_test(
+        server,
+        to=to,
+        mode=body.mode,
+        label=label,
+        clock=c.clock,
+        token_provider=token_provider(c, server),
+    )
+    return result.as_dict()
+
+
+def _load_tenant_server(
+    c: Container, db: Session, caller: Principal, tenant: str, name: str, body: TestRequest
+) -> ResolvedServer:
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_TEST)
+    stored: ResolvedServer | None
+    try:
+        stored = c.servers.resolve(c.servers.get(db, t.id, name))
+    except NotFound:
+        if body.config is None:
+            raise
+        stored = None  # testing a new configuration before its first save
+    server = resolve_for_test(c.servers, stored, body.config, system=False)
+    if stored is None:
+        server = ResolvedServer(0, t.id, server.name, server.config, server.secrets)
+    db.commit()  # end the transaction before the (possibly slow) SMTP dialogue
+    return server
+
+
+@router.post("/api/v1/tenants/{tenant}/email-servers/{name}/test")
+async def test_server(
+    tenant: str,
+    name: str,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    body: TestRequest | None = None,
+) -> dict[str, Any]:
+    """Run the step-by-step diagnosis; every SMTP failure is a step result, never a 5xx."""
+    request = body or TestRequest()
+    server = await run_in_threadpool(_load_tenant_server, c, db, caller, tenant, name, request)
+    return await _diagnose(c, server, request, f"{tenant}/{server.name}")
+
+
+# ---- the system e-mail server (system_admin only) ---------------------------------------------
+
+
+@router.get(SYSTEM, tags=["system"])
+def get_system_server(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    return c.servers.view(c.servers.get(db, None, "SYSTEM"))
+
+
+@router.put(SYSTEM, tags=["system"])
+def put_system_server(
+    body: EmailServerIn, response: Response, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    """Create or fully replace the system e-mail server (omitted secrets are kept)."""
+    require_system_admin(caller)
+    rows = c.servers.list(db, None)
+    if rows:
+        return c.servers.view(c.servers.replace(db, rows[0], body))
+    response.status_code = status.HTTP_201_CREATED
+    return c.servers.view(c.servers.create(db, None, body))
+
+
+@router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
+def delete_system_server(caller: Caller, db: DB, c: AppContainer) -> None:
+    require_system_admin(caller)
+    c.servers.delete(db, c.servers.get(db, None, "SYSTEM"))
+
+
+def _load_system_server(
+    c: Container, db: Session, caller: Principal, body: TestRequest
+) -> ResolvedServer:
+    require_system_admin(caller)
+    rows = c.servers.list(db, None)
+    stored = c.servers.resolve(rows[0]) if rows else None
+    if stored is None and body.config is None:
+        raise NotFound("system e-mail server not found")
+    server = resolve_for_test(c.servers, stored, body.config, system=True)
+    db.commit()
+    return server
+
+
+@router.post(SYSTEM + "/test", tags=["system"])
+async def test_system_server(
+    caller: Caller, db: DB, c: AppContainer, body: TestRequest | None = None
+) -> dict[str, Any]:
+    request = body or TestRequest()
+    server = await run_in_threadpool(_load_system_server, c, db, caller, request)
+    return await _diagnose(c, server, request, "system e-mail server")
