@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 from tests.conftest import Api, make_settings
+from tests.oauth_server import RunningAuthServer
 from tests.smtp_fixtures import HOST, SmtpServer, SmtpServers
 from typer.testing import CliRunner
 
@@ -433,3 +434,63 @@ def _home(db: Any) -> Any:
 
 def _cfg(c: Any, server: SmtpServer) -> Any:
     return c.servers.parse(server.password_config("alice", PASSWORD))
+
+
+@pytest.mark.parametrize("style", ["microsoft", "google"])
+def test_xoauth2_with_tokens_of_the_authorization_server(
+    tmp_path: Path,
+    sqlite_url: str,
+    smtp_servers: SmtpServers,
+    oauth_server: RunningAuthServer,
+    style: Any,
+) -> None:
+    """The SMTP server accepts only live tokens issued by the local OAuth2 server."""
+    mailbox = "sender@example.com"
+    oauth_server.server.add_client("smtp-app", "smtp-app-secret", app_mailboxes={mailbox})
+    smtp = smtp_servers.start(
+        tls="starttls",
+        xoauth2=lambda user, token: oauth_server.server.token_is_live(token, user),
+        xoauth2_style=style,
+    )
+    c = build(make_settings(tmp_path, sqlite_url, **oauth_server.settings()))
+    first_start(c, echo=lambda _m: None)
+    auth = {
+        "method": "oauth2",
+        "provider": "microsoft",
+        "grant": "client_credentials",
+        "username": mailbox,
+        "directory_tenant_id": "contoso",
+        "client_id": "smtp-app",
+        "client_secret": "smtp-app-secret",
+    }
+    with TestClient(create_app(c)) as client:
+        api = Api(client, c)
+        admin = api.admin_token()
+        create(api, admin, smtp.config(authentication=auth))
+        result = diagnose(api, admin, f"{BASE}/DEFAULT/test", to="x@example.org")
+        assert result["ok"] is True, result
+        assert "XOAUTH2 as sender@example.com" in result["steps"][4]["detail"]
+        assert smtp.wait_for(1)[0].login == mailbox
+        tokens = c.servers.tokens_of(_row(c))
+        assert tokens, "the token was fetched and stored"
+        assert "C: AUTH XOAUTH2 <redacted>" in result["transcript"]
+        joined = "\n".join(result["transcript"])
+        for value in tokens.values():
+            if isinstance(value, str) and len(value) > 8:
+                assert value not in joined
+
+        # The mailbox permission is withdrawn: a forced refresh (one) cannot help either.
+        oauth_server.server.clients["smtp-app"].app_mailboxes.clear()
+        result = diagnose(api, admin, f"{BASE}/DEFAULT/test", to="x@example.org")
+        assert result["ok"] is False and failed_step(result)["step"] == "auth"
+        if style == "google":
+            assert "status 401" in failed_step(result)["detail"]
+        else:
+            assert "535 5.7.3" in failed_step(result)["detail"]
+        assert [a[0] for a in smtp.auth_attempts] == ["XOAUTH2"] + ["XOAUTH2"] * 2
+    c.engine.dispose()
+
+
+def _row(c: Any) -> Any:
+    with c.session() as db:
+        return c.servers.get(db, _home(db).id, "DEFAULT")

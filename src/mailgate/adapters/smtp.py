@@ -428,6 +428,11 @@ def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException 
     return None
 
 
+def _bare_host(host: str) -> str:
+    """``[2001:db8::1]`` (RFC 3986 style, accepted by the schema) -> ``2001:db8::1``."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 @functools.cache
 def _default_helo_name() -> str:
     return socket.getfqdn()
@@ -568,7 +573,7 @@ class SmtpSession:
             )
         smtp = _RecordingSMTP(
             transcript,
-            hostname=cfg.host,
+            hostname=_bare_host(cfg.host),
             port=cfg.port or (465 if cfg.protocol == "smtps" else 587),
             local_hostname=cfg.helo_name or _default_helo_name(),
             timeout=cfg.timeouts.command_s,
@@ -665,7 +670,7 @@ class SmtpSession:
 
     async def _open(self) -> None:
         cfg = self.server.config
-        host, port = cfg.host, cfg.port or (465 if cfg.protocol == "smtps" else 587)
+        host, port = _bare_host(cfg.host), cfg.port or (465 if cfg.protocol == "smtps" else 587)
         loop = asyncio.get_running_loop()
         with self._step("resolve") as st:
             try:
@@ -783,7 +788,7 @@ class SmtpSession:
         try:
             await self.smtp.starttls(
                 tls_context=tls_context,
-                server_hostname=cfg.host,
+                server_hostname=_bare_host(cfg.host),
                 timeout=cfg.timeouts.command_s,
             )
         except ssl.SSLError as exc:
