@@ -136,6 +136,12 @@ class AuthServer:
                 return user in self.clients[grant.client_id].app_mailboxes
             return grant.user == user
 
+    def expire_access_tokens(self) -> None:
+        """Make every access token issued so far expire now (as time passing would)."""
+        with self._lock:
+            for token, (grant, _expires) in list(self._access.items()):
+                self._access[token] = (grant, 0.0)
+
     def refresh_requests(self) -> list[TokenRequest]:
         return [r for r in self.requests if r.grant_type == "refresh_token"]
 

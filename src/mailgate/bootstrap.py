@@ -23,7 +23,7 @@ from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
-from mailgate.services.email_servers import EmailServers
+from mailgate.services.email_servers import EmailServers, ResolvedServer
 from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
 from mailgate.services.remote_clients import RemoteClients
@@ -49,9 +49,13 @@ class Container:
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def token_provider_for(self, server_id: int) -> OAuth2TokenProvider:
-        """The XOAUTH2 token provider of one OAuth2 configuration (for the SMTP transport)."""
-        return OAuth2TokenProvider(self.oauth2, server_id)
+    def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
+        """The XOAUTH2 token provider of an OAuth2 configuration (for the SMTP transport);
+        ``None`` for other authentication methods. Call the provider outside any open
+        database transaction: a refresh takes the configuration's row lock."""
+        if server.config.authentication.method != "oauth2":
+            return None
+        return OAuth2TokenProvider(self.oauth2, server.id)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -9,146 +9,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
-from tests.conftest import ADMIN_PASSWORD, Api, make_settings
+from tests.conftest import make_settings
+from tests.oauth_env import BASE, MAILBOX, REDIRECT, Env, make_env, oauth_config
 from tests.oauth_server import RunningAuthServer, query_of
 
-from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization
-from mailgate.bootstrap import Container, build, first_start
+from mailgate.adapters.db.tables import OAuth2Authorization
+from mailgate.bootstrap import Container, build
 from mailgate.domain.oauth2 import NeedsAuthorization, TokenEndpointDown
-from mailgate.entrypoints.api.app import create_app
-
-BASE = "/api/v1/tenants/home/email-servers"
-MAILBOX = "sender@example.com"
-REDIRECT = "http://testserver/settings/oauth2code"
-
-
-class MovableClock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-
-@dataclass
-class RecordingMailer:
-    """Stands in for the system e-mail server where only the addressing is under test."""
-
-    sent: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def send_system_mail(self, to: str, subject: str, text: str) -> None:
-        self.sent.append((to, subject, text))
-
-
-@dataclass
-class Env:
-    api: Api
-    admin: str
-    c: Container
-    clock: MovableClock
-    oauth: RunningAuthServer
-    mailer: RecordingMailer
-
-    def server_row(self, name: str = "DEFAULT") -> EmailServer:
-        with self.c.session() as db:
-            return self.c.servers.get(db, self.c_home_id(db), name)
-
-    def c_home_id(self, db: Any) -> int:
-        from mailgate.adapters.db.tables import Tenant
-
-        tenant_id = db.scalar(select(Tenant.id).where(Tenant.name == "home"))
-        assert tenant_id is not None
-        return int(tenant_id)
-
-    def tokens(self, name: str = "DEFAULT") -> dict[str, Any]:
-        return self.c.servers.tokens_of(self.server_row(name))
-
-    def status(self, name: str = "DEFAULT") -> dict[str, Any]:
-        r = self.api.request("GET", f"{BASE}/{name}", self.admin)
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body["oauth2_status"]
-
-    def authorize_url(self, name: str = "DEFAULT") -> str:
-        r = self.api.request("POST", f"{BASE}/{name}/oauth2/authorize", self.admin)
-        assert r.status_code == 200, r.text
-        url: str = r.json()["authorization_url"]
-        return url
-
-    def callback(self, redirect: str) -> httpx.Response:
-        parts = urlsplit(redirect)
-        assert f"{parts.scheme}://{parts.netloc}{parts.path}" == REDIRECT
-        response: httpx.Response = self.api.client.get(
-            f"{parts.path}?{parts.query}", follow_redirects=False
-        )
-        return response
-
-    def authorize(self, name: str = "DEFAULT") -> None:
-        r = self.callback(self.oauth.consent(self.authorize_url(name)))
-        assert r.status_code == 303, r.text
-        assert query_of(r.headers["location"])["oauth2"] == "ok", r.headers["location"]
-
-
-def oauth_config(name: str = "DEFAULT", **auth: Any) -> dict[str, Any]:
-    authentication = {
-        "method": "oauth2",
-        "provider": "microsoft",
-        "grant": "authorization_code",
-        "username": MAILBOX,
-        "directory_tenant_id": "contoso-tenant",
-        "client_id": "mailgate-app",
-        "client_secret": "app-secret-value",
-    }
-    authentication.update(auth)
-    return {
-        "name": name,
-        "host": "smtp.example.com",
-        "port": 587,
-        "authentication": authentication,
-        "message_defaults": {"from_address": MAILBOX},
-    }
-
-
-def _env(tmp_path: Path, database_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
-    oauth_server.server.add_client(
-        "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
-    )
-    clock = MovableClock()
-    c = build(make_settings(tmp_path, database_url, **oauth_server.settings()), clock=clock)
-    mailer = RecordingMailer()
-    c.oauth2.mailer = mailer
-    first_start(c, echo=lambda _m: None)
-    with TestClient(create_app(c)) as client:
-        api = Api(client, c)
-        admin = api.login("admin", ADMIN_PASSWORD)
-        r = api.request("POST", BASE, admin, json=oauth_config())
-        assert r.status_code == 201, r.text
-        yield Env(api, admin, c, clock, oauth_server, mailer)
-    c.engine.dispose()
 
 
 @pytest.fixture
 def env(tmp_path: Path, database_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
     """On SQLite and on PostgreSQL: for what touches locking and transactions."""
-    yield from _env(tmp_path, database_url, oauth_server)
+    yield from make_env(tmp_path, database_url, oauth_server)
 
 
 @pytest.fixture
 def lite(tmp_path: Path, sqlite_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
     """SQLite only: for what does not depend on the database engine."""
-    yield from _env(tmp_path, sqlite_url, oauth_server)
+    yield from make_env(tmp_path, sqlite_url, oauth_server)
 
 
 def test_authorization_code_flow_stores_tokens_and_spends_the_state(env: Env) -> None:

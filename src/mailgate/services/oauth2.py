@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -263,7 +263,7 @@ class OAuth2Service:
                 "message": result.message,
             }
         )
-        return f"/ui/email-servers/{result.server}?{query}"
+        return f"/ui/email-servers/{quote(result.server, safe='')}?{query}"
 
     # ---- tokens ------------------------------------------------------------------------------
 
@@ -525,7 +525,10 @@ class OAuth2Service:
         if self.mailer is None:
             log.warning("oauth2: no system mailer: %d admin(s) not notified", len(admins))
             return
-        link = f"{self.public_base_url}/ui/email-servers/{server_name}?tenant={tenant.name}"
+        link = (
+            f"{self.public_base_url}/ui/email-servers/{quote(server_name, safe='')}"
+            f"?tenant={quote(tenant.name)}"
+        )
         subject = f"mailgate: e-mail server {server_name} of {tenant.name} needs attention"
         text = (
             f"The OAuth2 authorization of the e-mail server {server_name!r} in tenant "
