@@ -159,3 +159,46 @@ def test_client_credentials_end_to_end(lite: Env, smtp_servers: SmtpServers) -> 
     with pytest.raises(TransportError) as caught:
         send(lite, "APP")
     assert caught.value.kind == "auth_failed"
+
+
+def test_server_test_endpoint_shows_the_token_step(lite: Env, smtp_servers: SmtpServers) -> None:
+    smtp = smtp_servers.start(tls="starttls", xoauth2=live_check(lite.oauth))
+    add_smtp_config(lite, smtp, "O365")
+    url = f"{BASE}/O365/test"
+    r = lite.api.request("POST", url, lite.admin, json={"to": "rcpt@example.org"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ok"] is False
+    auth = next(s for s in body["steps"] if s["step"] == "auth")
+    assert "not authorized yet" in auth["detail"]
+    assert any("OAuth2: no access token" in line for line in body["transcript"])
+
+    lite.authorize("O365")
+    r = lite.api.request("POST", url, lite.admin, json={"to": "rcpt@example.org"})
+    body = r.json()
+    assert body["ok"] is True, body
+    notes = [line for line in body["transcript"] if "OAuth2:" in line]
+    assert len(notes) == 1
+    assert "reused (still valid)" in notes[0]
+    tokens = lite.tokens("O365")
+    assert tokens["access_token"] not in r.text
+    smtp.wait_for(1)
+
+    # The provider kills the token early: 535, one forced refresh, retry, delivered.
+    lite.oauth.server.expire_access_tokens()
+    body = lite.api.request("POST", url, lite.admin, json={"to": "rcpt@example.org"}).json()
+    assert body["ok"] is True, body
+    notes = [line for line in body["transcript"] if "OAuth2:" in line]
+    assert "fetched from the token endpoint after the SMTP server refused" in notes[1]
+    assert lite.tokens("O365")["access_token"] not in str(body)
+
+
+def test_app_only_refusal_hints_at_exchange_setup(lite: Env, smtp_servers: SmtpServers) -> None:
+    smtp = smtp_servers.start(tls="starttls", xoauth2=live_check(lite.oauth))
+    add_smtp_config(lite, smtp, "APP", grant="client_credentials")
+    lite.oauth.server.clients["mailgate-app"].app_mailboxes.clear()
+    r = lite.api.request("POST", f"{BASE}/APP/test", lite.admin, json={"to": "rcpt@example.org"})
+    body = r.json()
+    assert body["ok"] is False
+    assert "SMTP.SendAsApp" in body["hint"]
+    assert "New-ServicePrincipal" in body["hint"]

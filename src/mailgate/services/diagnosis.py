@@ -32,6 +32,7 @@ from mailgate.domain.clock import Clock
 from mailgate.domain.errors import FieldError, MailgateError, ValidationFailed
 from mailgate.schemas.email_server import EmailServerIn, ServerSecrets
 from mailgate.services.email_servers import EmailServers, ResolvedServer
+from mailgate.services.oauth2 import OAuth2TokenProvider, oauth2_hint
 
 log = logging.getLogger("mailgate.server_test")
 
@@ -85,7 +86,7 @@ def token_provider(container: object, server: ResolvedServer) -> TokenProvider |
     if factory is None or not server.id:
         return None  # an unsaved new configuration has no tokens yet
     try:
-        provider: TokenProvider | None = factory(server.id)
+        provider: TokenProvider | None = factory(server)
     except MailgateError:
         return None
     return provider
@@ -153,6 +154,8 @@ async def run_test(
     cfg = server.config
     steps = StepLog(on_step)
     transcript = Transcript()
+    if isinstance(token_provider, OAuth2TokenProvider):
+        token_provider.note = transcript.note  # the token step shows in the transcript
     hint: str | None = None
     warnings: list[str] = []
     message_id: str | None = None
@@ -186,7 +189,9 @@ async def run_test(
                 if mode == "dry_run":
                     message_id = None
     except TransportError as exc:
-        hint = hint_for(exc.step, exc.kind, exc.reply)
+        hint = oauth2_hint(cfg.authentication.model_dump(), exc.kind) or hint_for(
+            exc.step, exc.kind, exc.reply
+        )
         if session is not None:
             warnings = session.warnings
     except TimeoutError:

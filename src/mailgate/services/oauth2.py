@@ -9,6 +9,7 @@ refresh token twice: the second finds the fresh token the first stored.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -39,7 +40,7 @@ from mailgate.adapters.oauth2 import (
 )
 from mailgate.adapters.secrets import SecretBox
 from mailgate.domain.access import Role
-from mailgate.domain.clock import Clock
+from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import BadRequest, Conflict
 from mailgate.domain.oauth2 import (
     KEEPALIVE_AFTER,
@@ -47,6 +48,7 @@ from mailgate.domain.oauth2 import (
     OAuth2State,
     Refusal,
     TokenEndpointDown,
+    TokenUnavailable,
     backoff,
     classify_refusal,
     needs_refresh,
@@ -76,8 +78,15 @@ class CallbackResult:
 
 
 @dataclass(frozen=True)
+class TokenInfo:
+    token: str
+    refreshed: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
 class _Outcome:
-    token: str | None = None
+    token: TokenInfo | None = None
     error: Exception | None = None
     notify: tuple[int, str, str] | None = None  # tenant id, server name, reason
 
@@ -276,6 +285,14 @@ class OAuth2Service:
         token already differs from ``rejected`` - another process refreshed meanwhile.
         Raises ``NeedsAuthorization`` or ``TokenEndpointDown``; the message waits either way.
         """
+        return self.access_token_info(
+            server_id, force_refresh=force_refresh, rejected=rejected
+        ).token
+
+    def access_token_info(
+        self, server_id: int, *, force_refresh: bool = False, rejected: str | None = None
+    ) -> TokenInfo:
+        """``access_token`` with how it was obtained (for the test's transcript)."""
         now = self.clock()
         with self.sessions() as db:
             row = db.get(EmailServer, server_id)
@@ -290,7 +307,7 @@ class OAuth2Service:
                 and not needs_refresh(row.access_token_expires_at, now)
                 and not (force_refresh and (rejected is None or rejected == current))
             ):
-                return str(current)
+                return TokenInfo(str(current), False, row.access_token_expires_at)
 
         def due(row: EmailServer, tokens: dict[str, Any], now: datetime) -> bool:
             current = tokens.get("access_token")
@@ -331,8 +348,8 @@ class OAuth2Service:
                 )
 
             try:
-                self._refresh_locked(server_id, due, honour_backoff=True)
-                done += 1
+                if self._refresh_locked(server_id, due, honour_backoff=True).refreshed:
+                    done += 1
             except (NeedsAuthorization, TokenEndpointDown) as exc:
                 log.warning("oauth2 keeper: server %s: %s", server_id, exc.title)
         return done
@@ -368,7 +385,7 @@ class OAuth2Service:
         due: Callable[[EmailServer, dict[str, Any], datetime], bool],
         *,
         honour_backoff: bool,
-    ) -> str:
+    ) -> TokenInfo:
         outcome = self._refresh_in_transaction(server_id, due, honour_backoff)
         if outcome.notify is not None:
             self._notify_admins(*outcome.notify)
@@ -397,7 +414,8 @@ class OAuth2Service:
                 return _Outcome(error=exc)
             tokens = self.servers.tokens_of(row)
             if not due(row, tokens, now):
-                return _Outcome(token=str(tokens.get("access_token", "")))
+                current = str(tokens.get("access_token", ""))
+                return _Outcome(token=TokenInfo(current, False, row.access_token_expires_at))
             if honour_backoff and row.oauth2_retry_at is not None and row.oauth2_retry_at > now:
                 return _Outcome(
                     error=TokenEndpointDown(
@@ -434,7 +452,7 @@ class OAuth2Service:
             except EndpointUnreachable as exc:
                 return self._unreachable(row, tokens, str(exc), now)
             self._store(row, fresh, now, previous=tokens, refresh_used=not app_only)
-            return _Outcome(token=fresh.access_token)
+            return _Outcome(token=TokenInfo(fresh.access_token, True, fresh.expires_at))
 
     def _refused(self, row: EmailServer, exc: TokenRefused, app_only: bool) -> _Outcome:
         kind = classify_refusal(exc.error)
@@ -547,23 +565,54 @@ class OAuth2TokenProvider:
     """The transport's token provider for one configuration (XOAUTH2).
 
     Remembers the token it handed out, so that a forced refresh after an SMTP ``535`` does
-    not refresh again when another process already replaced that token.
+    not refresh again when another process already replaced that token. ``note``, when set
+    (the server test sets the transcript's), hears how each token was obtained.
     """
 
     def __init__(self, service: OAuth2Service, server_id: int) -> None:
         self.service = service
         self.server_id = server_id
+        self.note: Callable[[str], None] | None = None
         self._last: str | None = None
 
     def token(self, *, force_refresh: bool = False) -> str:
-        token = self.service.access_token(
-            self.server_id, force_refresh=force_refresh, rejected=self._last
-        )
-        self._last = token
-        return token
+        why = " after the SMTP server refused the token" if force_refresh else ""
+        try:
+            info = self.service.access_token_info(
+                self.server_id, force_refresh=force_refresh, rejected=self._last
+            )
+        except TokenUnavailable as exc:
+            self._say(f"OAuth2: no access token{why}: {exc.detail}")
+            raise
+        until = f", valid until {isoformat(info.expires_at)}" if info.expires_at else ""
+        how = "fetched from the token endpoint" if info.refreshed else "reused (still valid)"
+        self._say(f"OAuth2: access token {how}{why}{until}")
+        self._last = info.token
+        return info.token
+
+    def _say(self, text: str) -> None:
+        if self.note is not None:
+            self.note(text)
 
     async def access_token(self, *, force_refresh: bool = False) -> str:
-        import asyncio
-
         # The database and Authlib's client are synchronous: keep them off the event loop.
         return await asyncio.to_thread(self.token, force_refresh=force_refresh)
+
+
+def oauth2_hint(auth: dict[str, Any], kind: str | None) -> str | None:
+    """Advice for an OAuth2 configuration that the generic SMTP hints cannot give."""
+    if (
+        kind == "auth_failed"
+        and auth.get("method") == "oauth2"
+        and auth.get("grant") == "client_credentials"
+        and auth.get("provider") == "microsoft"
+    ):
+        return (
+            "Exchange Online refused the app-only token. The app needs the application "
+            "permission SMTP.SendAsApp (Office 365 Exchange Online) with admin consent, its "
+            "service principal registered in Exchange (New-ServicePrincipal -AppId <client id> "
+            "-ObjectId <enterprise app object id>) and access to the mailbox "
+            "(Add-MailboxPermission -Identity <mailbox> -User <object id> -AccessRights "
+            "FullAccess). Changes can take up to an hour to apply."
+        )
+    return None
