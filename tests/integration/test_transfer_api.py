@@ -15,6 +15,7 @@ from tests.conftest import Api, password_server
 
 from mailgate.adapters.db.tables import EmailServer, RemoteClient, Tenant
 from mailgate.bootstrap import Container
+from mailgate.services.transfer import Transfer
 
 PASSPHRASE = "correct horse battery staple"
 PASSWORD = "S3cret-pw!"
@@ -478,3 +479,22 @@ def test_only_tenant_admins_and_system_admins(api: Api) -> None:
         "GET", f"/api/v1/tenants/home/audit?limit=1&cursor={page['next_cursor']}", admin
     ).json()
     assert rest["items"][0]["actor"] == "admin" and rest["next_cursor"] is None
+
+
+def test_non_ascii_passphrase_over_http(api: Api) -> None:
+    admin = api.admin_token()
+    api.request("POST", "/api/v1/tenants/home/email-servers", admin, json=password_server())
+    phrase = "blåbærgrød på søndag"
+    raw = {"X-Export-Passphrase": phrase.encode()}  # UTF-8 octets, as curl sends them
+    doc = api.request("GET", export_url(), admin, headers=raw).json()
+    add_tenant(api, admin)
+    r = api.request("POST", import_url("acme", dry_run=True), admin, json=doc, headers=raw)
+    assert r.status_code == 200, r.text
+    # The same passphrase typed into the CLI opens it (the service gets the decoded text).
+    with api.container.session() as db:
+        tenant = db.scalar(select(Tenant).where(Tenant.name == "acme"))
+        assert tenant is not None
+        report = Transfer(api.container.servers, api.container.clock).import_(
+            db, tenant, doc, passphrase=phrase, dry_run=True, actor="test"
+        )
+    assert report["created"] == [{"resource": "email-servers", "name": "DEFAULT"}]

@@ -47,7 +47,7 @@ from mailgate.adapters.db.tables import (
     Tenant,
 )
 from mailgate.domain.clock import Clock, isoformat
-from mailgate.domain.errors import BadRequest, FieldError, ValidationFailed
+from mailgate.domain.errors import BadRequest, Conflict, FieldError, ValidationFailed
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import (
     SECRET_FIELDS,
@@ -304,7 +304,14 @@ class Transfer:
         if errors:
             raise ValidationFailed(errors, detail="the document does not validate; nothing changed")
         if not dry_run:
-            self._apply(db, tenant, plan)
+            try:
+                self._apply(db, tenant, plan)
+            except IntegrityError:
+                # Someone created a resource of the same name since the plan was made; the
+                # caller's transaction rolls back, so nothing of this import remains.
+                raise Conflict(
+                    "the tenant changed while importing; nothing was changed, try again"
+                ) from None
             db.add(
                 AuditEntry(
                     tenant_id=tenant.id,

@@ -24,6 +24,18 @@ Passphrase = Annotated[
 ]
 
 
+def _utf8(value: str | None) -> str | None:
+    """Header values arrive as latin-1 text (RFC 9110 5.5: octets); senders such as curl and
+    browsers send UTF-8, so read them as UTF-8 and a non-ASCII passphrase means the same
+    here as on the command line."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 @router.get(
     "/export",
     responses={200: {"content": {"application/json": {}}, "description": "The export file"}},
@@ -42,7 +54,7 @@ def export_tenant(
     t = tenant_for(db, caller, tenant, Perm.EXPORT)
     wanted = parse_resources(resources)
     doc = Transfer(c.servers, c.clock).export(
-        db, t, resources=wanted, passphrase=check_passphrase(passphrase), actor=caller.name
+        db, t, resources=wanted, passphrase=check_passphrase(_utf8(passphrase)), actor=caller.name
     )
     stamp = doc["exported_at"].replace(":", "").replace("-", "")
     return Response(
@@ -68,5 +80,5 @@ def import_tenant(
 ) -> dict[str, Any]:
     t = tenant_for(db, caller, tenant, Perm.EXPORT)
     return Transfer(c.servers, c.clock).import_(
-        db, t, document, passphrase=passphrase, dry_run=dry_run, actor=caller.name
+        db, t, document, passphrase=_utf8(passphrase), dry_run=dry_run, actor=caller.name
     )

@@ -1,0 +1,108 @@
+"""Two separate installations - one on SQLite, one on PostgreSQL, each with its own secret key -
+hand a tenant back and forth, and the restored password logs in to a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from tests.conftest import Api, make_settings, truncate_all
+from tests.smtp_fixtures import SmtpServers
+
+from mailgate.adapters.db.tables import Tenant
+from mailgate.adapters.smtp import Outcome, SmtpSession
+from mailgate.bootstrap import Container, build, first_start
+from mailgate.entrypoints.api.app import create_app
+
+PASSWORD = "round-trip-Pw-9"
+PASSPHRASE = "moving day passphrase"
+MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: moved\r\n\r\nhello\r\n"
+
+
+@pytest.fixture
+def installations(
+    tmp_path: Path, sqlite_url: str, postgres_database: str
+) -> Iterator[tuple[Api, Api]]:
+    truncate_all(postgres_database)
+    containers: list[Container] = []
+    apis: list[Api] = []
+    with_clients: list[TestClient] = []
+    for name, url in (("sqlite", sqlite_url), ("postgres", postgres_database)):
+        c = build(make_settings(tmp_path / name, url, public_base_url=f"http://{name}.test"))
+        first_start(c, echo=lambda _m: None)
+        client = TestClient(create_app(c))
+        client.__enter__()
+        containers.append(c)
+        with_clients.append(client)
+        apis.append(Api(client, c))
+    assert containers[0].settings.secret_key != containers[1].settings.secret_key
+    yield apis[0], apis[1]
+    for client in with_clients:
+        client.__exit__(None, None, None)
+    for c in containers:
+        c.engine.dispose()
+
+
+def send_with_stored_config(api: Api, tenant: str, name: str) -> Any:
+    """Send one message with the configuration as stored (decrypted secrets included)."""
+    c = api.container
+    with c.session() as db:
+        tenant_id = db.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        assert tenant_id is not None
+        server = c.servers.resolve(c.servers.get(db, tenant_id, name))
+
+    async def go() -> Any:
+        session = await SmtpSession.open(server)
+        try:
+            return await session.send("a@example.com", ["b@example.org"], MESSAGE)
+        finally:
+            await session.close()
+
+    return asyncio.run(go())
+
+
+def test_sqlite_to_postgres_and_back_keeps_the_password_working(
+    installations: tuple[Api, Api], smtp_servers: SmtpServers
+) -> None:
+    first, second = installations
+    smtp = smtp_servers.start(tls="starttls", users={"alice": PASSWORD})
+    a_admin, b_admin = first.admin_token(), second.admin_token()
+    body = smtp.password_config("alice", PASSWORD, name="relay")
+    r = first.request("POST", "/api/v1/tenants/home/email-servers", a_admin, json=body)
+    assert r.status_code == 201, r.text
+    passphrase = {"X-Export-Passphrase": PASSPHRASE}
+
+    r = first.request("GET", "/api/v1/tenants/home/export", a_admin, headers=passphrase)
+    assert r.status_code == 200 and PASSWORD.encode() not in r.content
+    exported = r.json()
+    assert exported["source"]["public_base_url"] == "http://sqlite.test"
+    r = second.request(
+        "POST", "/api/v1/tenants/home/import", b_admin, json=exported, headers=passphrase
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["created"] == [{"resource": "email-servers", "name": "relay"}]
+    result = send_with_stored_config(second, "home", "relay")
+    assert result.outcome is Outcome.DELIVERED
+    [msg] = smtp.wait_for(1)
+    assert msg.login == "alice" and msg.tls
+
+    # Back again, into a new tenant of the first installation.
+    r = second.request("GET", "/api/v1/tenants/home/export", b_admin, headers=passphrase)
+    back = r.json()
+    assert back["source"]["public_base_url"] == "http://postgres.test"
+    assert back["source"]["installation_id"] != exported["source"]["installation_id"]
+    first.make_tenant(a_admin, "copy")
+    r = first.request("POST", "/api/v1/tenants/copy/import", a_admin, json=back, headers=passphrase)
+    assert r.status_code == 200, r.text
+    assert send_with_stored_config(first, "copy", "relay").outcome is Outcome.DELIVERED
+    assert len(smtp.wait_for(2)) == 2
+    shown = first.request("GET", "/api/v1/tenants/copy/email-servers/relay", a_admin).json()
+    original = first.request("GET", "/api/v1/tenants/home/email-servers/relay", a_admin).json()
+    for volatile in ("created_at", "updated_at"):
+        shown.pop(volatile), original.pop(volatile)
+    assert shown == original
