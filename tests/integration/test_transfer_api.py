@@ -194,6 +194,7 @@ def test_passphrase_export_restores_every_secret(api: Api, client_cert: tuple[st
     report = r.json()
     assert len(report["created"]) == 2
     assert not [w for w in report["warnings"] if "field" in w and "secret" in w["field"]]
+    assert any("two installations" in w["message"] for w in report["warnings"])
     c = api.container
     with c.session() as db:
         default = c.servers.resolve(c.servers.get(db, acme, "DEFAULT"))

@@ -494,6 +494,15 @@ class Transfer:
                         "no OAuth2 refresh token was imported: authorize it on this installation",
                         "oauth2_status",
                     )
+            if oauth2 is not None and oauth2["tokens"].get("refresh_token"):
+                report.warn(
+                    "email-servers",
+                    cfg.name,
+                    "the OAuth2 refresh token is now in two installations; providers rotate "
+                    "refresh tokens, so only one can keep using it: forget the tokens on the "
+                    "source (DELETE .../oauth2) or authorize again here",
+                    "oauth2_status",
+                )
             action = _ServerAction(cfg=cfg, row=row, stored=stored, oauth2=oauth2)
             if row is None:
                 report.created.append(_ref("email-servers", cfg.name))
