@@ -217,8 +217,9 @@ class SmtpServer:
     # ---- scripting ------------------------------------------------------------------------
 
     def fail(self, command: str, reply: str = "", *, times: int | None = 1) -> None:
-        """Make ``command`` (MAIL, RCPT, DATA, EHLO, AUTH, STARTTLS, QUIT, RSET, or
-        ``DATA_END`` for the reply after the content) answer ``reply`` instead; or pass
+        """Make ``command`` (MAIL, RCPT, DATA, EHLO, AUTH, STARTTLS, QUIT, RSET; ``CONNECT``
+        for the greeting; ``DATA_END`` for the reply after the content) answer ``reply``
+        instead; or pass
         ``disconnect``, ``hang`` or ``disconnect_mid_data`` as the reply to do that."""
         action = reply if reply in ("disconnect", "hang", "disconnect_mid_data") else "reply"
         self.faults.setdefault(command.upper(), []).append(Fault(action, reply, times))
@@ -389,6 +390,21 @@ class _FaultySMTP(SMTP):
                 await asyncio.sleep(3600)
 
         return run
+
+    async def _handle_client(self) -> None:
+        # "CONNECT" scripts the greeting: e.g. "421 4.7.0 too many connections", "hang".
+        fault = self.owner.take_fault("CONNECT")
+        if fault is None:
+            await super()._handle_client()
+        elif fault.action == "reply":
+            await self.push(fault.reply)
+            assert self.transport is not None
+            self.transport.close()
+        elif fault.action == "hang":
+            await asyncio.sleep(3600)
+        else:
+            assert self.transport is not None
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.owner._protocols.append(self)

@@ -201,6 +201,7 @@ def _scenario(name: str, smtp_servers: SmtpServers) -> tuple[dict[str, Any], str
     body = s.password_config("alice", PASSWORD)
     script: dict[str, tuple[str, str, str, str]] = {
         "wrong_password": ("", "", "auth", "user name and password"),
+        "greeting_421": ("CONNECT", "421 4.7.0 Too many connections", "connect", "temporary"),
         "535_5.7.3": ("AUTH", "535 5.7.3 Authentication unsuccessful", "auth", "rejected"),
         "535_5.7.139": (
             "AUTH",
@@ -253,7 +254,7 @@ def _scenario(name: str, smtp_servers: SmtpServers) -> tuple[dict[str, Any], str
 SCENARIOS = [
     "refused", "dns", "timeout", "self_signed", "unknown_ca", "wrong_host", "starttls_missing",
     "auth_missing", "wrong_password", "535_5.7.3", "535_5.7.139", "530_starttls", "550_5.7.60",
-    "relay_denied", "421", "451", "too_large", "disconnect",
+    "relay_denied", "421", "451", "too_large", "disconnect", "greeting_421",
 ]  # fmt: skip
 
 

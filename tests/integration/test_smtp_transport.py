@@ -433,3 +433,26 @@ def test_dry_run_stops_after_rcpt(smtp_servers: SmtpServers) -> None:
     assert "DATA" not in server.commands and "RSET" in server.commands
     assert server.commands[-1] == "QUIT"
     assert server.count == 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [("421 4.7.0 too many connections", "temporary"), ("554 5.7.1 access denied", "permanent")],
+)
+def test_greeting_refused(smtp_servers: SmtpServers, reply: str, outcome: str) -> None:
+    server = smtp_servers.start()
+    server.fail("CONNECT", reply)
+    r = run(server.config())
+    assert r.error is not None
+    assert (r.error.step, r.error.outcome) == ("connect", outcome)
+    assert r.error.reply is not None and str(r.error.reply) == reply
+    assert f"S: {reply}" in r.transcript.lines
+
+
+def test_unusable_tls_settings_fail_at_tls_not_with_a_crash(smtp_servers: SmtpServers) -> None:
+    server = smtp_servers.start(tls="starttls")
+    # The API refuses such PEM on save; a transport must still fail cleanly with it.
+    r = run(server.config(tls={"ca_certificates_pem": "-----BEGIN CERTIFICATE-----\nxx\n"}))
+    assert r.error is not None and (r.error.step, r.error.kind) == ("tls", "tls_config")
+    assert r.names() == ["resolve", "tls"]
+    assert server.commands == []

@@ -363,6 +363,10 @@ _KIND_HINTS = {
         "tls.client_certificate_pem and tls.client_key_pem; with port 465 use protocol 'smtps', "
         "with 587/25 use 'smtp' and STARTTLS."
     ),
+    "tls_config": (
+        "The TLS settings could not be loaded: check tls.ca_certificates_pem and the client "
+        "certificate and key (PEM, the key unencrypted and matching the certificate)."
+    ),
     "starttls_missing": (
         "The server does not offer STARTTLS. Use protocol 'smtps' if it expects implicit TLS "
         "(usually port 465); only if the network path is trusted set starttls to 'disabled'."
@@ -575,7 +579,8 @@ class SmtpSession:
             transcript,
             hostname=_bare_host(cfg.host),
             port=cfg.port or (465 if cfg.protocol == "smtps" else 587),
-            local_hostname=cfg.helo_name or _default_helo_name(),
+            # getfqdn() may wait for a reverse DNS lookup: off the event loop, once.
+            local_hostname=cfg.helo_name or await asyncio.to_thread(_default_helo_name),
             timeout=cfg.timeouts.command_s,
             use_tls=False,
             start_tls=False,
@@ -602,7 +607,7 @@ class SmtpSession:
             self.steps.append(step)
 
     @contextmanager
-    def _step(self, name: str) -> Iterator[_StepState]:
+    def _step(self, name: str, *, record_success: bool = True) -> Iterator[_StepState]:
         started = time.monotonic()
         state = _StepState()
         try:
@@ -613,9 +618,11 @@ class SmtpSession:
             raise _StepFailed(err) from err
         except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
             translated = self._translate(name, exc)
+            translated.detail = self.transcript.scrub(translated.detail)
             self._record(Step(translated.step, False, _ms(started), translated.detail))
             raise _StepFailed(translated) from exc
-        self._record(Step(name, True, _ms(started), self.transcript.scrub(state.detail)))
+        if record_success:
+            self._record(Step(name, True, _ms(started), self.transcript.scrub(state.detail)))
 
     def _translate(self, step: str, exc: BaseException) -> TransportError:
         """Turn an aiosmtplib/ssl/socket exception into a classified ``TransportError``."""
@@ -697,7 +704,17 @@ class SmtpSession:
 
         tls_context: ssl.SSLContext | None = None
         if cfg.protocol == "smtps" or cfg.starttls != "disabled":
-            tls_context = build_tls_context(cfg.tls, self.server.secrets.client_key_pem)
+            with self._step("tls", record_success=False):
+                try:
+                    tls_context = build_tls_context(cfg.tls, self.server.secrets.client_key_pem)
+                except (ssl.SSLError, ValueError, OSError) as exc:
+                    reason = getattr(exc, "reason", None) or type(exc).__name__
+                    raise TransportError(
+                        Outcome.TEMPORARY,
+                        "tls",
+                        f"the TLS settings cannot be used ({reason})",
+                        kind="tls_config",
+                    ) from exc
         if tls_context is not None and not cfg.tls.verify:
             self.warnings.append(
                 "certificate verification is off (tls.verify: false): anyone on the network "
@@ -765,6 +782,7 @@ class SmtpSession:
         cfg = self.server.config
         if cfg.protocol == "smtps":
             self.tls_info = self._cipher()
+            self.transcript.note(f"TLS established (implicit): {self.tls_info}")
             return f"implicit TLS: {self.tls_info}"
         if cfg.starttls == "disabled":
             self.warnings.append(
@@ -1132,8 +1150,6 @@ class SmtpSession:
         """QUIT politely (bounded by the command timeout), then drop the connection."""
         if self.smtp.is_connected and not self._broken:
             try:
-                if self._needs_rset:
-                    await self.smtp.rset()
                 await self.smtp.quit()
             except (aiosmtplib.SMTPException, OSError):
                 pass
