@@ -35,7 +35,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -1149,9 +1149,7 @@ class SmtpSession:
     async def close(self) -> None:
         """QUIT politely (bounded by the command timeout), then drop the connection."""
         if self.smtp.is_connected and not self._broken:
-            try:
+            with suppress(aiosmtplib.SMTPException, OSError):
                 await self.smtp.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                pass
         self._broken = True
         self.smtp.close()
