@@ -113,14 +113,22 @@ def oauth_config(name: str = "DEFAULT", **auth: Any) -> dict[str, Any]:
     }
 
 
-def make_env(tmp_path: Path, database_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
+def make_env(
+    tmp_path: Path,
+    database_url: str,
+    oauth_server: RunningAuthServer,
+    *,
+    record_mail: bool = True,
+) -> Iterator[Env]:
+    """``record_mail``: notifications go to ``env.mailer`` instead of the system server."""
     oauth_server.server.add_client(
         "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
     )
     clock = MovableClock()
     c = build(make_settings(tmp_path, database_url, **oauth_server.settings()), clock=clock)
     mailer = RecordingMailer()
-    c.oauth2.mailer = mailer
+    if record_mail:
+        c.oauth2.mailer = mailer
     first_start(c, echo=lambda _m: None)
     with TestClient(create_app(c)) as client:
         api = Api(client, c)

@@ -28,6 +28,7 @@ from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.remote_hub import RemoteHub
+from mailgate.services.system_mailer import TransportSystemMailer
 from mailgate.services.tenants import HOME_TENANT, create_tenant
 
 log = logging.getLogger("mailgate")
@@ -90,7 +91,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         ),
         public_base_url=settings.public_base_url,
     )
-    return Container(
+    c = Container(
         settings=settings,
         engine=engine,
         sessions=sessions,
@@ -110,6 +111,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         remote_clients=RemoteClients(clock),
         oauth2=oauth2,
     )
+    oauth2.mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
+    return c
 
 
 def first_start(c: Container, echo: Any = print) -> str | None:

@@ -23,7 +23,8 @@ from mailgate.domain.oauth2 import NeedsAuthorization
 
 @pytest.fixture
 def lite(tmp_path: Path, sqlite_url: str, oauth_server: RunningAuthServer) -> Iterator[Env]:
-    yield from make_env(tmp_path, sqlite_url, oauth_server)
+    # Notifications really go out through the system e-mail server here.
+    yield from make_env(tmp_path, sqlite_url, oauth_server, record_mail=False)
 
 
 def live_check(oauth: RunningAuthServer) -> Any:
@@ -113,18 +114,29 @@ def test_535_forces_one_refresh_and_one_retry(
 def test_revoked_consent_stops_sending_until_reauthorized(
     lite: Env, smtp_servers: SmtpServers
 ) -> None:
+    for name in ("ann", "bob"):
+        r = lite.api.request(
+            "POST",
+            "/api/v1/users",
+            lite.admin,
+            json={
+                "username": name,
+                "email": f"{name}@example.com",
+                "password": f"pw-{name}-long-enough-1",
+                "roles": {"home": "admin"},
+            },
+        )
+        assert r.status_code == 201, r.text
+    system = smtp_servers.start(tls="starttls", users={"mailgate": "system-pw"}, name="system")
     r = lite.api.request(
-        "POST",
-        "/api/v1/users",
+        "PUT",
+        "/api/v1/system/email-server",
         lite.admin,
-        json={
-            "username": "ann",
-            "email": "ann@example.com",
-            "password": "pw-ann-long-enough-1",
-            "roles": {"home": "admin"},
-        },
+        json=system.password_config(
+            "mailgate", "system-pw", message_defaults={"from_address": "mailgate@example.com"}
+        ),
     )
-    assert r.status_code == 201, r.text
+    assert r.status_code in (200, 201), r.text
     smtp = smtp_servers.start(tls="starttls", xoauth2=live_check(lite.oauth))
     add_smtp_config(lite, smtp, "O365")
     lite.authorize("O365")
@@ -138,12 +150,19 @@ def test_revoked_consent_stops_sending_until_reauthorized(
     status = lite.status("O365")
     assert status["state"] == "needs_reauthorization"
     assert "AADSTS50173" in status["last_error"]
-    assert [to for to, _s, _t in lite.mailer.sent] == ["ann@example.com"]
+    notes = system.wait_for(2)
+    assert sorted(m.rcpt_tos[0] for m in notes) == ["ann@example.com", "bob@example.com"]
+    assert notes[0].login == "mailgate"
+    assert "O365" in str(notes[0].message["Subject"])
+    assert "AADSTS50173" in notes[0].message.get_content()
     assert smtp.count == 0
+    # Trying again does not notify again.
+    with pytest.raises(TransportError):
+        send(lite, "O365")
 
     lite.authorize("O365")
     assert send(lite, "O365")[0].outcome is Outcome.DELIVERED
-    assert len(lite.mailer.sent) == 1
+    assert system.count == 2
 
 
 def test_client_credentials_end_to_end(lite: Env, smtp_servers: SmtpServers) -> None:
