@@ -10,13 +10,16 @@ reconnects with exponential backoff and jitter. The frames are described in
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
 import json
 import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +31,17 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from mailgate import __version__
+from mailgate.adapters.remote_codec import (
+    StaticToken,
+    as_dict,
+    encode_send_result,
+    encode_transport_error,
+    resolved_from_spec,
+    scrub,
+    secrets_in,
+)
+from mailgate.adapters.smtp import SmtpSession, TransportError
+from mailgate.domain.clock import utcnow
 from mailgate.schemas.remote import (
     CLOSE_NOT_ALLOWED,
     CLOSE_TOKEN_REVOKED,
@@ -100,17 +114,22 @@ class Agent:
         self,
         options: AgentOptions,
         runner: JobRunner,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.options = options
         self.runner = runner
-        self.sleep = sleep
         self.url = websocket_url(options.url)
         self._ssl = ssl_context(options.ca_file) if self.url.startswith("wss:") else None
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         """Connect and serve until ``stop`` is set (0) or the token is refused (2)."""
-        stop = stop or asyncio.Event()
+        try:
+            return await self._run(stop or asyncio.Event())
+        finally:
+            close = getattr(self.runner, "close", None)
+            if close is not None:
+                await close()
+
+    async def _run(self, stop: asyncio.Event) -> int:
         attempt = 0
         while not stop.is_set():
             try:
@@ -161,9 +180,12 @@ class Agent:
             ping_interval=20,
             ping_timeout=20,
         ) as ws:
-            await ws.send(
-                Hello(agent_version=__version__, hostname=socket.gethostname()).model_dump_json()
+            hello = Hello(
+                agent_version=__version__,
+                hostname=socket.gethostname(),
+                max_frame_bytes=self.options.max_frame_bytes,
             )
+            await ws.send(hello.model_dump_json())
             try:
                 welcome = Welcome.model_validate_json(
                     await asyncio.wait_for(ws.recv(), self.options.open_timeout_s)
@@ -281,7 +303,103 @@ def _refusal(exc: InvalidStatus) -> tuple[int, str]:
 
 
 def _summary(result: dict[str, Any]) -> str:
+    """One log line for a report: the outcome and the server's reply (no secrets in it: the
+    transport scrubs them)."""
+    if "error" in result:
+        return f"not delivered ({result['error']})"
+    reply: dict[str, Any] = as_dict(result.get("reply"))
+    reply_text = " ".join(
+        str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p
+    )
     outcome = result.get("outcome", "?")
-    code = result.get("smtp_code")
-    text = str(result.get("smtp_response") or "")[:200]
-    return f"{outcome} {code or ''} {text}".strip()
+    where = f" at {result.get('step')}" if outcome != "delivered" else ""
+    return f"{outcome}{where}: {reply_text or result.get('detail') or 'no reply'}"[:300]
+
+
+class TransportJobRunner:
+    """Runs jobs with mailgate's own SMTP transport, in this process.
+
+    A session stays open for ``idle_s`` after a delivery so that a burst of mail for one
+    configuration uses one SMTP connection, as the worker does for direct delivery.
+    """
+
+    def __init__(self, idle_s: float = 10.0) -> None:
+        self.idle_s = idle_s
+        self._idle: dict[str, list[tuple[SmtpSession, float]]] = {}
+        self._janitor: asyncio.Task[None] | None = None
+
+    async def deliver(self, job: Deliver) -> dict[str, Any]:
+        secrets = secrets_in(job.server)
+        try:
+            server = resolved_from_spec(job.server)
+            raw = base64.b64decode(job.raw_b64, validate=True)
+        except (ValidationError, binascii.Error, ValueError) as exc:
+            return {"error": scrub(f"unusable job: {type(exc).__name__}", secrets)}
+        tokens = StaticToken(job.server.access_token) if job.server.access_token else None
+        key = hashlib.sha256(job.server.model_dump_json().encode()).hexdigest()
+        session = self._take(key)
+        try:
+            if session is None:
+                session = await SmtpSession.open(server, token_provider=tokens)
+            result = await session.send(job.mail_from, job.rcpt_to, raw)
+        except TransportError as err:
+            if session is not None:
+                await session.close()
+            return encode_transport_error(err)
+        except Exception as exc:  # the transport classifies; anything else is retried
+            log.exception("delivery of %s failed unexpectedly", job.message_id)
+            if session is not None:
+                await session.close()
+            return {"error": scrub(f"agent error: {type(exc).__name__}", secrets)}
+        if session.usable:
+            self._give_back(key, session)
+        else:
+            await session.close()
+        return encode_send_result(result)
+
+    async def test(self, job: ServerTest) -> dict[str, Any]:
+        from mailgate.services.diagnosis import run_test
+
+        tokens = StaticToken(job.server.access_token) if job.server.access_token else None
+        server = resolved_from_spec(job.server)
+        diagnosis = await run_test(
+            server,
+            to=job.to,
+            mode=job.mode,
+            label=f"{server.name} via remote client",
+            clock=utcnow,
+            token_provider=tokens,
+        )
+        return diagnosis.as_dict()
+
+    def _take(self, key: str) -> SmtpSession | None:
+        pool = self._idle.get(key, [])
+        while pool:
+            session, _since = pool.pop()
+            if session.usable:
+                return session
+        return None
+
+    def _give_back(self, key: str, session: SmtpSession) -> None:
+        self._idle.setdefault(key, []).append((session, time.monotonic()))
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.create_task(self._close_idle())
+
+    async def _close_idle(self) -> None:
+        while any(self._idle.values()):
+            await asyncio.sleep(self.idle_s / 2)
+            cutoff = time.monotonic() - self.idle_s
+            expired: list[SmtpSession] = []
+            for key, pool in self._idle.items():  # no await in here: _take may run between
+                expired += [s for s, since in pool if since <= cutoff or not s.usable]
+                self._idle[key] = [(s, t) for s, t in pool if t > cutoff and s.usable]
+            for session in expired:
+                await session.close()
+
+    async def close(self) -> None:
+        for pool in self._idle.values():
+            for session, _t in pool:
+                await session.close()
+        self._idle.clear()
+        if self._janitor is not None:
+            self._janitor.cancel()

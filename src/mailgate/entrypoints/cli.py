@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: serve | migrate | tenant | user | apikey | keygen.
+"""The ``mailgate`` command: serve | agent | migrate | tenant | user | apikey | keygen.
 
 Passwords are read from a prompt or from standard input, never from the command line (argv
 is visible to every user of the machine through ``ps``).
@@ -55,7 +55,9 @@ def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (MAILGATE_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port (MAILGATE_PORT).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port (MAILGATE_PORT); 0 picks a free one.")
+    ] = None,
 ) -> None:
     """Run the API, the web UI and the delivery worker in one process."""
     import uvicorn
@@ -76,12 +78,69 @@ def serve(
         uvicorn.run(
             create_app(c),
             host=host or settings.host,
-            port=port or settings.port,
+            port=port if port is not None else settings.port,  # 0: an ephemeral port
             log_level=settings.log_level.lower(),
             proxy_headers=False,
         )
     finally:
         keeper.stop()
+
+
+@app.command()
+def agent(
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="MAILGATE_AGENT_URL",
+            help="mailgate's base URL, e.g. https://mail.example.com (wss:// for https).",
+        ),
+    ],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="MAILGATE_AGENT_TOKEN",
+            help="The remote client's token (mgr_...). Prefer the environment variable: "
+            "the command line is visible to other users through ps.",
+            show_default=False,
+        ),
+    ],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MAILGATE_AGENT_CA_FILE",
+            exists=True,
+            dir_okay=False,
+            help="Extra CA certificate(s) (PEM) to trust for mailgate's certificate.",
+        ),
+    ] = None,
+    backoff_max: Annotated[
+        float, typer.Option(envvar="MAILGATE_AGENT_BACKOFF_MAX_S", min=1, help="Seconds.")
+    ] = 60.0,
+    log_level: Annotated[str, typer.Option(envvar="MAILGATE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a remote client agent: connect out to mailgate and deliver its tenant's mail."""
+    import asyncio
+    import signal
+
+    from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner, websocket_url
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        websocket_url(url)
+    except ValueError as exc:
+        _fail(f"--url: {exc}")
+    options = AgentOptions(url=url, token=token, ca_file=ca_file, backoff_max_s=backoff_max)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await Agent(options, TransportJobRunner()).run(stop)
+
+    raise typer.Exit(asyncio.run(main()))
 
 
 @app.command()

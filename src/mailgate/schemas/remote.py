@@ -5,7 +5,7 @@ mgr_...``. A refused connection gets an HTTP answer instead of the upgrade: ``40
 unknown or deleted token (the agent stops), ``403`` while the installation does not allow
 remote clients (the agent keeps retrying). Then::
 
-    agent  -> server  hello        {v, agent_version, hostname}
+    agent  -> server  hello        {v, agent_version, hostname, max_frame_bytes}
     server -> agent   welcome      {v, tenant, client, heartbeat_s, max_message_bytes}
     agent  -> server  heartbeat    every heartbeat_s; silence for 3 x heartbeat_s ends it
     server -> agent   deliver      {id, message_id, server, mail_from, rcpt_to, raw_b64}
@@ -45,6 +45,8 @@ class Hello(Frame):
     v: int = PROTOCOL_VERSION
     agent_version: str = Field(default="unknown", max_length=64)
     hostname: str | None = Field(default=None, max_length=255)
+    max_frame_bytes: int | None = Field(default=None, ge=1024)
+    """The largest frame the agent accepts; bigger messages are not handed to it."""
 
 
 class Welcome(Frame):
@@ -74,7 +76,8 @@ class ServerSpec(Frame):
 class Deliver(Frame):
     type: Literal["deliver"] = "deliver"
     id: str
-    message_id: str
+    message_id: str | None = None
+    """The Message-ID header, for the agent's log."""
     server: ServerSpec
     mail_from: str
     rcpt_to: list[str]

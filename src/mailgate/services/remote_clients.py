@@ -7,17 +7,21 @@ random string shown once; only its SHA-256 is stored, like API keys.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgate.adapters.db.tables import RemoteClient, SystemSetting, Tenant
+from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, NotFound, Unauthenticated
 from mailgate.services.identity import new_token, token_hash
+
+if TYPE_CHECKING:
+    from mailgate.services.remote_hub import RemoteHub
 
 REMOTE_TOKEN_PREFIX = "mgr_"
 ALLOW_SETTING = "allow_remote_clients"
@@ -126,6 +130,38 @@ class RemoteClients:
         row = db.get(RemoteClient, agent.client_id)
         if row is not None:
             row.connected_until = None
+
+    def servers_for_other_processes(self, db: Session, hub: RemoteHub) -> builtins.list[int]:
+        """E-mail servers whose mail this process's workers must leave alone.
+
+        Remote output is delivered through the agent's WebSocket, which ends in one API
+        process. A standalone ``mailgate worker`` leaves every remote-output configuration to
+        the API processes; an API process leaves those whose agent is connected to another
+        process (it takes those whose agent is here, or connected nowhere: then it records
+        that the client is not connected).
+        """
+        remote: builtins.list[tuple[int, int, str]] = []
+        for server_id, tenant_id, config in db.execute(
+            select(EmailServer.id, EmailServer.tenant_id, EmailServer.config).where(
+                EmailServer.tenant_id.is_not(None)
+            )
+        ):
+            ro = (config or {}).get("remote_output") or {}
+            if ro.get("enabled") and ro.get("remote_client"):
+                remote.append((server_id, tenant_id, ro["remote_client"]))
+        if not remote or not hub.accepting:
+            return [server_id for server_id, _t, _c in remote]
+        now = self.clock()
+        elsewhere = {
+            (tenant_id, name)
+            for tenant_id, name in db.execute(
+                select(RemoteClient.tenant_id, RemoteClient.name).where(
+                    RemoteClient.connected_until > now
+                )
+            )
+            if not hub.is_connected(tenant_id, name)
+        }
+        return [sid for sid, tenant_id, name in remote if (tenant_id, name) in elsewhere]
 
     def view(self, row: RemoteClient, now: datetime | None = None) -> dict[str, Any]:
         now = now or self.clock()

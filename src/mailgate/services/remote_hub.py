@@ -52,6 +52,7 @@ class AgentConnection:
     close: Callable[[int, str], Awaitable[None]]
     address: str | None = None
     version: str | None = None
+    max_frame_bytes: int | None = None
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     closed: bool = False
 
@@ -60,6 +61,9 @@ class RemoteHub:
     def __init__(self) -> None:
         self._conns: dict[tuple[int, str], AgentConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.accepting = False
+        """True in a process that serves the agents' WebSocket (set by the app factory); a
+        standalone ``mailgate worker`` never holds an agent connection."""
 
     # ---- connection side (runs on the server's loop) ----------------------------------------
 
@@ -116,6 +120,10 @@ class RemoteHub:
     def is_connected(self, tenant_id: int, name: str) -> bool:
         conn = self._conns.get((tenant_id, name))
         return conn is not None and not conn.closed
+
+    def max_frame_bytes(self, tenant_id: int, name: str) -> int | None:
+        conn = self._conns.get((tenant_id, name))
+        return conn.max_frame_bytes if conn is not None else None
 
     def connected(self) -> list[AgentIdentity]:
         return [c.agent for c in self._conns.values() if not c.closed]

@@ -31,6 +31,8 @@ def create_app(container: Container) -> FastAPI:
         description="Multi-tenant outbound e-mail gateway. Errors are application/problem+json.",
     )
     app.state.container = container
+    # Agents connect here, so this process's workers can deliver remote output.
+    container.hub.accepting = True
     problems.install(app)
     for module in (
         health,

@@ -139,6 +139,7 @@ async def remote_connect(ws: WebSocket) -> None:
         close=ws.close,
         address=address,
         version=hello.agent_version,
+        max_frame_bytes=hello.max_frame_bytes,
     )
     await ws.send_json(
         Welcome(

@@ -16,6 +16,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from mailgate.adapters.remote_jobs import remote_client_of, remote_test
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import NotFound, ValidationFailed
@@ -49,6 +50,16 @@ async def _diagnose(
     to = body.to or sender_of(server.config)[0]
     if to is None:
         raise ValidationFailed.one("to", "required (the configuration has no from_address)")
+    if remote_client_of(server) is not None:
+        # remote_output: only the tenant's agent can reach this server; it runs the test.
+        return await remote_test(
+            c.hub,
+            server,
+            to=to,
+            mode=body.mode,
+            tokens=token_provider(c, server),
+            timeout_s=c.settings.remote_job_timeout_s,
+        )
     result = await run_test(
         server,
         to=to,
