@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from mailgate import __version__
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.api import problems
-from mailgate.entrypoints.api.limits import BodyLimit
+from mailgate.entrypoints.api.limits import BodyLimit, NoNulInUrl
 from mailgate.entrypoints.api.routers import (
     api_keys,
     audit,
@@ -50,4 +50,5 @@ def create_app(container: Container) -> FastAPI:
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(NoNulInUrl)
     return app
