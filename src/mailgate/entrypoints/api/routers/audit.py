@@ -30,7 +30,8 @@ def list_audit(
     t = tenant_for(db, caller, tenant, Perm.AUDIT_READ)
     query = select(AuditEntry).where(AuditEntry.tenant_id == t.id)
     if cursor is not None:
-        if not cursor.isdigit():
+        # ASCII digits that fit a 64-bit integer (str.isdigit alone also accepts "²" and "٣").
+        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise ValidationFailed.one("cursor", "not a cursor from a previous page")
         query = query.where(AuditEntry.id < int(cursor))
     if action:

@@ -9,13 +9,13 @@ from pydantic import Field
 
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.api.deps import CSRF_COOKIE, DB, SESSION_COOKIE, AppContainer, Caller
-from mailgate.schemas.common import StrictModel
+from mailgate.schemas.common import SingleLine, StrictModel
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
 class LoginIn(StrictModel):
-    username: str = Field(min_length=1, max_length=64)
+    username: SingleLine = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
 
