@@ -425,6 +425,21 @@ CASES = [
         "password",
         json={"username": "admin"},
     ),
+    # NUL characters (PostgreSQL text cannot hold them) and out-of-range query values
+    Case("NUL in tenant path", "GET", "/api/v1/tenants/a%00b", 400),
+    Case("NUL in server path", "DELETE", SERVERS + "/a%00b", 400),
+    Case("NUL in user path", "PATCH", "/api/v1/users/a%00b", 400, json={"email": None}),
+    Case("NUL in query", "GET", "/api/v1/tenants/home/audit?action=a%00b", 400),
+    Case(
+        "NUL in login name",
+        "POST",
+        "/api/v1/auth/login",
+        422,
+        "username",
+        json={"username": "admin\u0000", "password": "whatever1"},
+    ),
+    Case("cursor overflow", "GET", "/api/v1/tenants/home/audit?cursor=" + "9" * 30, 422, "cursor"),
+    Case("limit out of range", "GET", "/api/v1/tenants/home/audit?limit=0", 422, "query.limit"),
     # Size limit (MAILGATE_MAX_REQUEST_BYTES)
     Case("huge body", "POST", SERVERS, 413, json=defaults(body_text="x" * (MAX_BYTES + 1))),
 ]
