@@ -269,6 +269,20 @@ def test_client_credentials_needs_no_browser(env: Env) -> None:
     assert r.status_code == 409
     assert "AADSTS7000215" in r.json()["detail"]
     assert env.status("APP")["state"] == "error"
+    with pytest.raises(NeedsAuthorization):
+        env.c.oauth2.access_token(row.id)
+    # The fix - a new secret - makes it usable again without any other step.
+    r = env.api.request(
+        "PATCH",
+        f"{BASE}/APP",
+        env.admin,
+        json={"authentication": {"client_secret": "app-secret-value"}},
+    )
+    assert r.status_code == 200
+    assert r.json()["oauth2_status"]["last_error"] is None
+    env.clock.offset = timedelta(hours=2)
+    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(row.id), MAILBOX)
+    assert env.status("APP")["state"] == "authorized"
 
 
 def test_refresh_and_forget_endpoints(env: Env) -> None:

@@ -217,6 +217,16 @@ class EmailServers:
         if any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
             self._forget_tokens(row)
             row.oauth2_state = "not_authorized" if new_auth["method"] == "oauth2" else None
+        elif (
+            row.oauth2_state == "error"
+            and cfg.secrets().get("client_secret", stored.client_secret) != stored.client_secret
+        ):
+            # A new client secret is the fix for invalid_client / an expired secret: let the
+            # next token request try again instead of waiting for a manual refresh.
+            row.oauth2_state = "authorized" if row.tokens_enc else "not_authorized"
+            row.oauth2_last_error = None
+            row.oauth2_warning = None
+            row.oauth2_retry_at = None
         row.updated_at = self.clock()
         db.flush()
         return row
