@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from tests.conftest import Api, make_settings, truncate_all
+from tests.oauth_env import BASE, MAILBOX, make_env, oauth_config
+from tests.oauth_server import RunningAuthServer
 from tests.smtp_fixtures import SmtpServers
 
+from mailgate.adapters.db.tables import Tenant
 from mailgate.bootstrap import Container, build, first_start
 from mailgate.entrypoints.api.app import create_app
 
@@ -98,3 +102,66 @@ def test_sqlite_to_postgres_and_back_keeps_the_password_working(
     for volatile in ("created_at", "updated_at"):
         shown.pop(volatile), original.pop(volatile)
     assert shown == original
+
+
+def test_oauth2_refresh_token_moves_and_keeps_working(
+    tmp_path: Path,
+    sqlite_url: str,
+    postgres_database: str,
+    oauth_server: RunningAuthServer,
+    smtp_servers: SmtpServers,
+) -> None:
+    """Authorized on SQLite, exported with a passphrase, imported on PostgreSQL: the restored
+    client secret and refresh token get fresh tokens from the authorization server, and the
+    test e-mail authenticates with XOAUTH2 there."""
+    truncate_all(postgres_database)
+    envs = make_env(tmp_path / "a", sqlite_url, oauth_server)
+    env = next(envs)
+    smtp = smtp_servers.start(
+        tls="starttls", xoauth2=lambda user, token: oauth_server.server.token_is_live(token, user)
+    )
+    body = smtp.config("O365", authentication=oauth_config("O365")["authentication"])
+    assert env.api.request("POST", BASE, env.admin, json=body).status_code == 201
+    env.authorize("O365")
+    passphrase = {"X-Export-Passphrase": PASSPHRASE}
+    r = env.api.request("GET", "/api/v1/tenants/home/export", env.admin, headers=passphrase)
+    assert r.status_code == 200
+    refresh_token = env.tokens("O365")["refresh_token"]
+    assert refresh_token.encode() not in r.content
+    doc = r.json()
+    next(envs, None)  # the first installation is done
+
+    settings = make_settings(
+        tmp_path / "b",
+        postgres_database,
+        public_base_url="http://b.test",
+        **oauth_server.settings(),
+    )
+    c = build(settings)
+    first_start(c, echo=lambda _m: None)
+    with TestClient(create_app(c)) as client:
+        second = Api(client, c)
+        admin = second.admin_token()
+        r = second.request(
+            "POST", "/api/v1/tenants/home/import", admin, json=doc, headers=passphrase
+        )
+        assert r.status_code == 200, r.text
+        warnings = {(w["name"], w.get("field")) for w in r.json()["warnings"]}
+        # Its redirect URI belongs to the first installation.
+        assert ("O365", "authentication.redirect_uri") in warnings
+        assert (
+            second.request("GET", f"{BASE}/O365", admin).json()["oauth2_status"]["state"]
+            == "authorized"
+        )
+        r = second.request("POST", f"{BASE}/O365/oauth2/refresh", admin)
+        assert r.status_code == 200, r.text
+        assert r.json()["oauth2_status"]["state"] == "authorized"
+        with c.session() as db:
+            tenant_id = db.scalar(select(Tenant.id).where(Tenant.name == "home"))
+            assert tenant_id is not None
+            tokens = c.servers.tokens_of(c.servers.get(db, tenant_id, "O365"))
+        assert tokens["refresh_token"] != refresh_token  # rotated by the provider
+        result = send_test_mail(second, "home", "O365")
+        assert result["ok"] is True, result
+        assert smtp.auth_attempts[-1] == ("XOAUTH2", MAILBOX)
+    c.engine.dispose()
