@@ -499,3 +499,11 @@ def test_non_ascii_passphrase_over_http(api: Api) -> None:
             db, tenant, doc, passphrase=phrase, dry_run=True, actor="test"
         )
     assert report["created"] == [{"resource": "email-servers", "name": "DEFAULT"}]
+
+
+def test_audit_cursor_must_be_one_of_ours(api: Api) -> None:
+    admin = api.admin_token()
+    for cursor in ("9" * 30, "-1", "abc", "١٢"):
+        r = api.request("GET", f"/api/v1/tenants/home/audit?cursor={cursor}", admin)
+        assert r.status_code == 422, (cursor, r.text)
+        assert r.json()["errors"][0]["field"] == "cursor"
