@@ -9,7 +9,8 @@ One ``SmtpSession`` is one SMTP connection that can carry many messages::
 
 Classification happens once, here (``Outcome``): a 2xx is delivered, a 4xx reply, a lost
 connection or a timeout is temporary, a 5xx reply is permanent; per recipient when some are
-refused. The caller alone decides whether to retry, hold or fail.
+refused. TLS problems and a refused login (even a 535) are temporary: they are about the
+configuration, not the message. The caller alone decides whether to retry, hold or fail.
 
 - ``SmtpSession.open`` raises ``TransportError`` (with the step, the reply and a ``kind`` that
   names the failure) when no usable session could be set up.
@@ -58,6 +59,11 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
+
+
+# A refused login says nothing about the message: defer it while the credentials are fixed,
+# as Postfix does by default (smtp_sasl_auth_soft_bounce = yes). The reply code stays visible.
+AUTH_FAILURE_OUTCOME = Outcome.TEMPORARY
 
 
 # RFC 3463: class.subject.detail, class 2, 4 or 5.
@@ -922,7 +928,7 @@ class SmtpSession:
             extra += ")"
         if reply.code != 235:
             raise TransportError(
-                reply.outcome,
+                AUTH_FAILURE_OUTCOME,
                 "auth",
                 f"{reply}{extra}",
                 reply=reply,
@@ -956,7 +962,7 @@ class SmtpSession:
     def _check_auth_reply(self, reply: SmtpReply, mechanism: str) -> None:
         if reply.code != 235:
             raise TransportError(
-                reply.outcome,
+                AUTH_FAILURE_OUTCOME,
                 "auth",
                 f"{reply} ({mechanism})",
                 reply=reply,
