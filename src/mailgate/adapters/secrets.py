@@ -93,10 +93,10 @@ class SecretBox:
             raise SecretKeyError("not a mailgate ciphertext") from exc
         if prefix != _PREFIX or key_id not in self._keys:
             raise SecretKeyError(f"ciphertext made with an unknown key ({key_id})")
-        raw = base64.urlsafe_b64decode(blob)
         try:
+            raw = base64.urlsafe_b64decode(blob)
             return self._keys[key_id].decrypt(raw[:12], raw[12:], context.encode())
-        except InvalidTag as exc:
+        except (InvalidTag, ValueError) as exc:  # binascii.Error is a ValueError
             raise SecretKeyError("ciphertext does not match its key or context") from exc
 
     def encrypt_json(self, value: dict[str, Any], context: str) -> str:
@@ -110,8 +110,16 @@ class SecretBox:
             raise SecretKeyError("decrypted secret is not an object")
         return value
 
+    @property
+    def current_key_id(self) -> str:
+        """A short fingerprint of the key that encrypts (not the key)."""
+        return self._current
+
     def needs_rotation(self, token: str) -> bool:
-        return token.split(".", 2)[1] != self._current
+        parts = token.split(".", 2)
+        if len(parts) != 3 or parts[0] != _PREFIX:
+            raise SecretKeyError("not a mailgate ciphertext")
+        return parts[1] != self._current
 
     def rotate(self, token: str, context: str) -> str:
         return self.encrypt(self.decrypt(token, context), context)
