@@ -402,8 +402,12 @@ def kept_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> dict[str, str]:
     return keep
 
 
-def _ctx(row: EmailServer, part: str = "secrets") -> str:
+def secret_context(row: EmailServer, part: str = "secrets") -> str:
+    """The associated data that binds a ciphertext to its row (and to its part of it)."""
     return f"email-server:{row.id}:{part}"
+
+
+_ctx = secret_context
 
 
 def _tenant_clause(tenant_id: int | None) -> Any:
