@@ -115,7 +115,13 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
     return c
 
 
-def first_start(c: Container, echo: Any = print) -> str | None:
+def _say(message: str) -> None:
+    # Flushed at once: under a service manager stdout is a pipe, and the one-time password
+    # must reach the log now, not when the buffer fills.
+    print(message, flush=True)
+
+
+def first_start(c: Container, echo: Any = _say) -> str | None:
     """Migrate, then on an empty database create ``admin`` and the tenant ``home``.
 
     Returns the generated admin password when one was generated (it is printed once).
