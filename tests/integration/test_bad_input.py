@@ -72,6 +72,7 @@ class Case:
     field: str | None = None  # the field the problem document must name
     json: Any = None
     content: bytes | None = None
+    ctype: str = "application/json"
 
 
 CASES = [
@@ -440,6 +441,17 @@ CASES = [
     ),
     Case("cursor overflow", "GET", "/api/v1/tenants/home/audit?cursor=" + "9" * 30, 422, "cursor"),
     Case("limit out of range", "GET", "/api/v1/tenants/home/audit?limit=0", 422, "query.limit"),
+    # Not JSON at all
+    Case("text/plain body", "POST", "/api/v1/tenants", 415, json={"name": "x"}, ctype="text/plain"),
+    Case(
+        "form body",
+        "POST",
+        SERVERS,
+        415,
+        content=b"name=x",
+        ctype="application/x-www-form-urlencoded",
+    ),
+    Case("no body", "POST", "/api/v1/tenants", 422, "body"),
     # Size limit (MAILGATE_MAX_REQUEST_BYTES)
     Case("huge body", "POST", SERVERS, 413, json=defaults(body_text="x" * (MAX_BYTES + 1))),
 ]
@@ -472,7 +484,7 @@ def test_bad_input_is_a_named_4xx_and_changes_nothing(small_api: Api) -> None:
             case.path,
             admin,
             content=content,
-            headers={"content-type": "application/json"},
+            headers={"content-type": case.ctype},
         )
         is_problem = r.headers.get("content-type") == "application/problem+json"
         problem = r.json() if is_problem else {}

@@ -59,10 +59,18 @@ def install(app: FastAPI) -> None:
         return problem(exc.status, exc.title, exc.detail, errors, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         raw = exc.errors()
         if any(e.get("type") == "json_invalid" for e in raw):
             return problem(400, "Malformed JSON", "the request body is not valid JSON")
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype and any(tuple(e["loc"]) == ("body",) for e in raw):
+            # FastAPI ignores a body that is not declared JSON; say why instead of "required".
+            return problem(
+                415,
+                "Unsupported media type",
+                f"send JSON with Content-Type: application/json, not {ctype[:100]}",
+            )
         errors = pydantic_field_errors(exc)
         return problem(
             422, "Validation failed", "; ".join(f"{e.field}: {e.message}" for e in errors), errors
