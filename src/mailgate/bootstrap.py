@@ -71,7 +71,8 @@ class Container:
 
 
 def build(settings: Settings, clock: Clock = utcnow) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Only the service account needs the data directory (database, key file).
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_spec = settings.secret_key or load_or_create_key_file(settings.key_file)
     engine = make_engine(settings.effective_database_url)
     box = SecretBox.from_spec(key_spec)

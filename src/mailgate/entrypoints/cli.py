@@ -70,6 +70,9 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if settings.log_level.upper() != "DEBUG":
+        # Alembic's plugin and context lines at every start are noise, not news.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     c = build(settings)
     first_start(c)
     from mailgate.entrypoints.keeper import TokenKeeper
