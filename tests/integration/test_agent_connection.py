@@ -24,6 +24,7 @@ from mailgate.entrypoints.agent import (
     Agent,
     AgentOptions,
     backoff_delay,
+    check_transport_security,
     websocket_url,
 )
 from mailgate.entrypoints.api.app import create_app
@@ -111,6 +112,15 @@ def test_websocket_url_and_backoff() -> None:
     assert websocket_url("wss://h/api/v1/remote/connect") == "wss://h/api/v1/remote/connect"
     with pytest.raises(ValueError):
         websocket_url("mail.example.com")
+    check_transport_security("wss://mail.example.com/x", allow_http=False)
+    check_transport_security("ws://127.0.0.1:8086/x", allow_http=False)
+    check_transport_security("ws://localhost/x", allow_http=False)
+    check_transport_security("ws://[::1]/x", allow_http=False)
+    with pytest.raises(ValueError, match="refusing plain http"):
+        check_transport_security("ws://mail.example.com/x", allow_http=False)
+    with pytest.raises(ValueError):
+        Agent(AgentOptions(url="http://10.1.2.3:8086", token="mgr_x"), NoJobs())
+    check_transport_security("ws://mail.example.com/x", allow_http=True)
     delays = [backoff_delay(n, 1, 60) for n in range(12)]
     assert all(0.5 <= d <= 1 for d in delays[:1])
     assert all(30 <= d <= 60 for d in delays[7:])
@@ -219,3 +229,19 @@ def test_agent_verifies_the_server_certificate(
 
         assert run_agent(trusting, accepted) == 0
     assert "wss://localhost" in caplog.text
+
+
+def test_agent_command_checks_its_url_before_connecting() -> None:
+    from typer.testing import CliRunner
+
+    from mailgate.entrypoints.cli import app
+
+    runner = CliRunner()
+    env = {"MAILGATE_AGENT_URL": "http://mail.example.com", "MAILGATE_AGENT_TOKEN": "mgr_x"}
+    result = runner.invoke(app, ["agent"], env=env)
+    assert result.exit_code == 1
+    assert "refusing plain http://" in result.output
+    result = runner.invoke(app, ["agent", "--url", "mail.example.com", "--token", "mgr_x"])
+    assert result.exit_code == 1 and "absolute http(s)://" in result.output
+    result = runner.invoke(app, ["agent"], env={"MAILGATE_AGENT_TOKEN": "mgr_x"})
+    assert result.exit_code != 0 and "--url" in result.output

@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import random
@@ -76,6 +77,8 @@ class AgentOptions:
     backoff_max_s: float = 60.0
     max_frame_bytes: int = 64 * 1024 * 1024
     open_timeout_s: float = 15.0
+    allow_http: bool = False
+    """Allow plain ``http://`` (``ws://``) to a host other than this machine."""
 
 
 class AgentRefused(Exception):
@@ -92,6 +95,24 @@ def websocket_url(url: str) -> str:
     if not path.endswith(CONNECT_PATH):
         path += CONNECT_PATH
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def check_transport_security(url: str, allow_http: bool) -> None:
+    """Jobs carry SMTP passwords and access tokens: plain ws:// only to this machine (e.g. a
+    TLS-terminating proxy beside the agent), or when explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme == "wss" or allow_http:
+        return
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(
+            "refusing plain http:// to another machine: jobs carry SMTP credentials; use "
+            "https:// (or --allow-http on a network you trust)"
+        )
 
 
 def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -118,6 +139,7 @@ class Agent:
         self.options = options
         self.runner = runner
         self.url = websocket_url(options.url)
+        check_transport_security(self.url, options.allow_http)
         self._ssl = ssl_context(options.ca_file) if self.url.startswith("wss:") else None
 
     async def run(self, stop: asyncio.Event | None = None) -> int:

@@ -121,22 +121,38 @@ def agent(
     backoff_max: Annotated[
         float, typer.Option(envvar="MAILGATE_AGENT_BACKOFF_MAX_S", min=1, help="Seconds.")
     ] = 60.0,
+    allow_http: Annotated[
+        bool,
+        typer.Option(
+            "--allow-http",
+            envvar="MAILGATE_AGENT_ALLOW_HTTP",
+            help="Allow plain http:// to another machine (jobs carry SMTP credentials).",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(envvar="MAILGATE_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run a remote client agent: connect out to mailgate and deliver its tenant's mail."""
     import asyncio
     import signal
 
-    from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner, websocket_url
+    from mailgate.entrypoints.agent import (
+        Agent,
+        AgentOptions,
+        TransportJobRunner,
+        check_transport_security,
+        websocket_url,
+    )
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
-        websocket_url(url)
+        check_transport_security(websocket_url(url), allow_http)
     except ValueError as exc:
         _fail(f"--url: {exc}")
-    options = AgentOptions(url=url, token=token, ca_file=ca_file, backoff_max_s=backoff_max)
+    options = AgentOptions(
+        url=url, token=token, ca_file=ca_file, backoff_max_s=backoff_max, allow_http=allow_http
+    )
 
     async def main() -> int:
         stop = asyncio.Event()
