@@ -6,15 +6,18 @@ from fastapi import FastAPI
 
 from mailgate import __version__
 from mailgate.bootstrap import Container
+from mailgate.entrypoints import web
 from mailgate.entrypoints.api import problems
 from mailgate.entrypoints.api.limits import BodyLimit, NoNulInUrl
 from mailgate.entrypoints.api.routers import (
     api_keys,
     audit,
     auth,
+    certificates,
     email_servers,
     health,
     oauth2,
+    password_reset,
     remote_clients,
     server_tests,
     system_settings,
@@ -37,6 +40,7 @@ def create_app(container: Container) -> FastAPI:
     for module in (
         health,
         auth,
+        password_reset,
         tenants,
         users,
         api_keys,
@@ -47,8 +51,10 @@ def create_app(container: Container) -> FastAPI:
         transfer,
         audit,
         oauth2,
+        certificates,
     ):
         app.include_router(module.router)
+    web.install(app)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
     return app

@@ -1,0 +1,71 @@
+"""Forgot password: ask for a link, then use it (API.md "System")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, BackgroundTasks, status
+from pydantic import Field
+
+from mailgate.adapters.db.tables import SystemSetting
+from mailgate.bootstrap import Container
+from mailgate.entrypoints.api.deps import DB, AppContainer
+from mailgate.schemas.common import StrictModel
+from mailgate.services import password_reset as svc
+from mailgate.services.system_mail import SystemMailError, send_system_mail, system_sender
+
+router = APIRouter(prefix="/api/v1/auth/password-reset", tags=["auth"])
+log = logging.getLogger("mailgate.password_reset")
+
+
+class ResetIn(StrictModel):
+    username: str = Field(min_length=1, max_length=64)
+
+
+class ConfirmIn(StrictModel):
+    token: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+def _send(c: Container, user_id: int, token: str) -> None:
+    from mailgate.adapters.db.tables import User
+
+    with c.session() as db:
+        user = db.get(User, user_id)
+        if user is None:
+            return
+        setting = db.get(SystemSetting, "public_base_url")
+        base = str(setting.value) if setting and setting.value else c.settings.public_base_url
+        link = f"{base.rstrip('/')}/ui/reset-password?{urlencode({'token': token})}"
+        sender = system_sender(c, db)
+        message = svc.reset_message(user, link, sender)
+    try:
+        asyncio.run(send_system_mail(c, message))
+    except SystemMailError as exc:
+        # The requester gets 202 regardless; the operator sees why no mail went out.
+        log.warning("password reset mail for user id %s not sent: %s", user_id, exc)
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def request_reset(
+    body: ResetIn, background: BackgroundTasks, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    found = svc.request_reset(db, c.clock, body.username)
+    if found is not None:
+        user, token = found
+        # Sent after the response (and after the commit): the answer's timing and content are
+        # the same whether or not the account exists.
+        background.add_task(_send, c, user.id, token)
+    return {
+        "status": "accepted",
+        "detail": "if the account exists and has an e-mail address, a reset link was sent",
+    }
+
+
+@router.post("/confirm")
+def confirm_reset(body: ConfirmIn, db: DB, c: AppContainer) -> dict[str, Any]:
+    user = svc.confirm_reset(db, c.clock, c.identity, body.token, body.password)
+    return {"status": "ok", "username": user.username}

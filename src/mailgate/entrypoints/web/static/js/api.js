@@ -1,0 +1,49 @@
+// The JSON API with the browser session: the HttpOnly cookie travels by itself; unsafe
+// requests echo the readable mailgate_csrf cookie in X-CSRF-Token (double submit).
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem || {};
+    this.errors = (problem && problem.errors) || [];
+  }
+}
+
+export function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)mailgate_csrf=([^;]*)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+export async function api(method, path, body, { raw = false, signOutOn401 = true } = {}) {
+  const headers = { Accept: "application/json, application/problem+json" };
+  const init = { method, headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  if (!["GET", "HEAD"].includes(method)) headers["X-CSRF-Token"] = csrfToken();
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, { title: "Network error", detail: "mailgate did not answer; check the connection" });
+  }
+  if (res.status === 401 && signOutOn401 && !location.pathname.startsWith("/ui/login")) {
+    location.assign(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+    throw new ApiError(401, { detail: "signed out" });
+  }
+  if (res.status === 204) return null;
+  if (raw && res.ok) return res.text();
+  const type = res.headers.get("content-type") || "";
+  const data = type.includes("json") ? await res.json() : await res.text();
+  if (!res.ok) throw new ApiError(res.status, typeof data === "object" ? data : { detail: String(data).slice(0, 300) });
+  return data;
+}
+
+export const get = (p, o) => api("GET", p, undefined, o);
+export const post = (p, b, o) => api("POST", p, b === undefined ? {} : b, o);
+export const put = (p, b) => api("PUT", p, b);
+export const patch = (p, b) => api("PATCH", p, b);
+export const del = (p) => api("DELETE", p);
+export const enc = encodeURIComponent;

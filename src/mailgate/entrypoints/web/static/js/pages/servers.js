@@ -1,0 +1,182 @@
+// Workflow → E-mail servers: a ribbon with one tab per configuration (DEFAULT first) and "+".
+import { get, post, put, del, enc } from "../api.js";
+import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
+import { boot, needTenant, setDirtyCheck, tenantUrl } from "../shell.js";
+import { ServerForm, emptyServer, remoteContext } from "../server_form.js";
+
+const ctx = await boot();
+if (needTenant(ctx)) await main();
+
+async function main() {
+  const base = `/api/v1/tenants/${enc(ctx.tenant)}/email-servers`;
+  const remote = ctx.canEditServers ? await remoteContext(ctx) : { clients: [], allowed: false };
+  const state = { servers: [], current: null, draft: null, form: null, removing: false };
+  const params = new URLSearchParams(location.search);
+  const flash = h("div", { id: "flash" });
+  const ribbon = h("div", { class: "ribbon", role: "tablist", "aria-label": "E-mail server configurations" });
+  const body = h("div", { id: "server-panel", role: "tabpanel" });
+  const saveBtn = h("button", { type: "button", class: "primary", id: "save" }, "Save");
+  const removeBtn = h("button", { type: "button", class: "danger", id: "remove" }, "Remove server");
+  const status = h("span", { class: "status", "aria-live": "polite" });
+  const savebar = h("div", { class: "savebar" }, status, removeBtn, saveBtn);
+  clear(ctx.el, flash, ribbon, body, ctx.canEditServers ? savebar : null);
+
+  // The OAuth2 callback sends the browser back here with ?oauth2=ok|error&message=...
+  const oauth = params.get("oauth2");
+  if (oauth) {
+    const msg = params.get("message");
+    clear(flash, banner(oauth === "ok" ? "ok" : "bad", h("strong", {}, oauth === "ok" ? "Authorized. " : "Authorization failed. "), msg || (oauth === "ok" ? "mailgate stored the tokens; the server can send now." : "")));
+    params.delete("oauth2");
+    params.delete("message");
+    history.replaceState(null, "", `${location.pathname}?${params}`);
+  }
+
+  const dirty = () => !!state.form && (state.form.isDirty() || state.removing);
+  setDirtyCheck(dirty);
+
+  async function load(select) {
+    state.servers = (await get(base)).items;
+    const want = select ?? ctx.item ?? state.servers[0]?.name;
+    const found = state.servers.find((s) => s.name === want) || state.servers[0];
+    if (found) open(found);
+    else if (ctx.canEditServers) openNew();
+    else { renderRibbon(); clear(body, banner("info", "This tenant has no e-mail server yet. An administrator can add one.")); }
+  }
+
+  function renderRibbon() {
+    const tabs = state.servers.map((s) => {
+      const selected = state.current?.name === s.name;
+      const label = selected && state.form ? state.form.name || "(no name)" : s.name;
+      const t = h("button", { type: "button", role: "tab", "aria-selected": String(selected), tabindex: selected ? "0" : "-1", class: selected && state.removing ? "removed" : "", dataset: { server: s.name } },
+        h("span", { class: "tab-label" }, label), s.is_default ? h("span", { class: "tab-badge", title: "Tenant default" }, "default") : null,
+        selected && dirty() ? h("span", { class: "dirty-dot", title: "Unsaved changes" }) : null);
+      t.addEventListener("click", () => switchTo(() => open(s)));
+      return t;
+    });
+    if (state.draft) {
+      const selected = state.current === null;
+      tabs.push(h("button", { type: "button", role: "tab", "aria-selected": String(selected), tabindex: selected ? "0" : "-1", class: selected && state.removing ? "removed" : "", dataset: { server: "" } },
+        h("span", { class: "tab-label" }, (selected && state.form?.name) || state.draft.name || "New server"), h("span", { class: "dirty-dot", title: "Not saved yet" })));
+    }
+    const add = ctx.canEditServers ? h("button", { type: "button", class: "add-tab", title: "New configuration", "aria-label": "New configuration" }, "+") : null;
+    add?.addEventListener("click", () => switchTo(openNew));
+    clear(ribbon, tabs, add);
+  }
+
+  // Arrow keys move between tabs (WAI-ARIA tabs pattern).
+  ribbon.addEventListener("keydown", (e) => {
+    const tabs = [...ribbon.querySelectorAll("[role=tab], .add-tab")];
+    const i = tabs.indexOf(document.activeElement);
+    if (i < 0 || !["ArrowLeft", "ArrowRight", "Home", "End"].includes(e.key)) return;
+    e.preventDefault();
+    const j = e.key === "Home" ? 0 : e.key === "End" ? tabs.length - 1 : (i + (e.key === "ArrowRight" ? 1 : -1) + tabs.length) % tabs.length;
+    tabs[j].focus();
+  });
+
+  async function switchTo(fn) {
+    if (dirty() && !(await confirmDialog("Discard changes?", "This configuration has unsaved changes. Leave it without saving?", "Discard changes", true))) return;
+    if (state.current !== null) state.draft = null;
+    fn();
+  }
+
+  function open(server) {
+    state.current = server;
+    state.draft = null;
+    mount(server, false);
+    history.replaceState(null, "", tenantUrl(`/ui/email-servers/${enc(server.name)}`, ctx.tenant));
+  }
+
+  function openNew() {
+    state.current = null;
+    state.draft = emptyServer(state.servers.length ? "" : "DEFAULT");
+    mount(state.draft, true);
+    history.replaceState(null, "", tenantUrl("/ui/email-servers", ctx.tenant));
+    body.querySelector("input[name=name]")?.focus();
+  }
+
+  function mount(value, isNew) {
+    state.removing = false;
+    state.form = new ServerForm({
+      value, isNew, isSystem: false,
+      canEdit: ctx.canEditServers, canTest: ctx.canTest,
+      apiBase: isNew ? null : `${base}/${enc(value.name)}`,
+      remoteClients: remote.clients, remoteAllowed: remote.allowed,
+      testTo: ctx.me.email || "",
+      onChange: () => { renderRibbon(); renderStatus(); },
+      onReload: () => load(value.name),
+    });
+    clear(body, ctx.canEditServers ? null : banner("info", "You can read this configuration; only administrators can change it."), state.form.el);
+    renderRibbon();
+    renderStatus();
+  }
+
+  function renderStatus() {
+    removeBtn.textContent = state.removing ? "Undo remove" : state.current ? "Remove server" : "Discard new server";
+    if (state.removing) {
+      status.textContent = `"${state.current?.name || "New server"}" will be removed when you save.`;
+      status.className = "status dirty";
+    } else if (dirty()) {
+      status.textContent = "Unsaved changes";
+      status.className = "status dirty";
+    } else {
+      status.textContent = state.current ? `Saved ${new Date(state.current.updated_at).toLocaleString()}` : "";
+      status.className = "status";
+    }
+    saveBtn.disabled = !dirty();
+  }
+
+  removeBtn.addEventListener("click", () => {
+    state.removing = !state.removing;
+    if (state.removing) state.form.message("warn", h("strong", {}, "Staged for removal. "), "This configuration is removed when you press Save. Press Undo remove to keep it.");
+    else state.form.clearMessage();
+    renderRibbon();
+    renderStatus();
+  });
+
+  saveBtn.addEventListener("click", save);
+  document.addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); if (!saveBtn.disabled) save(); }
+  });
+
+  async function save() {
+    const form = state.form;
+    busy(saveBtn, true, "Saving…");
+    try {
+      if (state.removing) {
+        if (state.current) {
+          await del(`${base}/${enc(state.current.name)}`);
+          toast(`Removed ${state.current.name}`);
+        }
+        state.draft = null;
+        state.current = null;
+        state.form = null;
+        await load(null);
+      } else if (state.current === null) {
+        const saved = await post(base, form.body());
+        toast(`Saved ${saved.name}`);
+        state.draft = null;
+        state.form = null;
+        await load(saved.name);
+      } else {
+        const saved = await put(`${base}/${enc(state.current.name)}`, form.body());
+        toast(`Saved ${saved.name}`);
+        state.form = null;
+        await load(saved.name);
+      }
+      state.form?.message("ok", "Saved.");
+    } catch (err) {
+      if (err.status === 422) form.showErrors(err.errors);
+      else form.message("bad", errorText(err));
+      toast(err.status === 422 ? "Not saved: please fix the marked fields." : `Not saved: ${errorText(err)}`, "bad", 6000);
+    }
+    busy(saveBtn, false);
+    renderStatus();
+  }
+
+  try {
+    await load();
+  } catch (err) {
+    clear(body, banner("bad", errorText(err)));
+  }
+  document.getElementById("main").dataset.ready = "1";
+}

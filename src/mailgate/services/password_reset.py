@@ -1,0 +1,90 @@
+"""Forgotten passwords: a single-use link, valid for one hour, sent by the system e-mail server.
+
+Only the SHA-256 of the token is stored (``password_resets``); the link carries the token.
+Asking never reveals whether an account exists (API.md "System"): the caller answers 202
+either way and sends the mail after the response, so timing does not tell either.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailgate.adapters.db.tables import PasswordReset, User
+from mailgate.domain.clock import Clock
+from mailgate.domain.errors import ValidationFailed
+from mailgate.services.identity import Identity, new_token, token_hash
+
+RESET_TTL = timedelta(hours=1)
+# At most one mail per user in this interval: the form cannot be used to flood a mailbox.
+RESEND_AFTER = timedelta(minutes=1)
+RESET_PREFIX = "mgr_"
+INVALID = "this reset link is invalid, used or expired; ask for a new one"
+
+
+def request_reset(db: Session, clock: Clock, username: str) -> tuple[User, str] | None:
+    """A new token for ``username``, or ``None`` (unknown user, no address, asked too often)."""
+    user = db.scalar(select(User).where(User.username == username))
+    if user is None or not user.email:
+        return None
+    now = clock()
+    recent = db.scalar(
+        select(PasswordReset.token_hash).where(
+            PasswordReset.user_id == user.id,
+            PasswordReset.used_at.is_(None),
+            PasswordReset.created_at > now - RESEND_AFTER,
+        )
+    )
+    if recent is not None:
+        return None
+    token = new_token(RESET_PREFIX)
+    db.add(
+        PasswordReset(
+            token_hash=token_hash(token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + RESET_TTL,
+        )
+    )
+    db.flush()
+    return user, token
+
+
+def confirm_reset(db: Session, clock: Clock, identity: Identity, token: str, password: str) -> User:
+    """Set the new password and use up the token (and every other open token of the user)."""
+    now = clock()
+    row = db.get(PasswordReset, token_hash(token))
+    if row is None or row.used_at is not None or row.expires_at <= now:
+        raise ValidationFailed.one("token", INVALID)
+    user = db.get(User, row.user_id)
+    if user is None:
+        raise ValidationFailed.one("token", INVALID)
+    identity.set_password(db, user, password)  # also ends the user's sessions
+    db.execute(
+        update(PasswordReset)
+        .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+        .values(used_at=now)
+    )
+    return user
+
+
+def reset_message(user: User, link: str, sender: str | None) -> EmailMessage:
+    assert user.email
+    msg = EmailMessage()
+    msg["Subject"] = "Choose a new mailgate password"
+    msg["From"] = formataddr(("mailgate", sender)) if sender else "mailgate"
+    msg["To"] = user.email
+    msg["Message-ID"] = make_msgid(domain="mailgate")
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+    msg.set_content(
+        f"Hello {user.username},\n\n"
+        "someone (hopefully you) asked to reset your mailgate password.\n"
+        "Open this link within one hour to choose a new one. It works only once:\n\n"
+        f"  {link}\n\n"
+        "If you did not ask for this, ignore this message; your password stays as it is.\n"
+    )
+    return msg

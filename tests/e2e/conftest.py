@@ -1,0 +1,145 @@
+"""Browser tests: Debian's Chromium driven by Playwright against a real ``mailgate serve``.
+
+One server process (SQLite in a temporary data directory, ephemeral port) and one browser
+serve the whole session; each test gets a fresh browser context (its own cookies). Without
+/usr/bin/chromium the tests skip, except with CI=true where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import ADMIN_PASSWORD, IN_CI
+from tests.smtp_peer import SmtpPeer, smtp_peer
+
+__all__ = ["SmtpPeer", "smtp_peer"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Port 0: the OS picks a free port; the test reads it from uvicorn's start-up line.
+SERVE_ARGS = ("--host", "127.0.0.1", "--port", "0")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.browser
+
+
+@dataclass
+class Mailgate:
+    url: str
+    data_dir: Path
+    log: list[str]
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def token(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
+        with self.api() as client:
+            r = client.post("/api/v1/auth/login", json={"username": username, "password": password})
+            r.raise_for_status()
+            token: str = r.json()["token"]
+            return token
+
+
+@pytest.fixture(scope="session")
+def mailgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailgate]:
+    data = tmp_path_factory.mktemp("mailgate-ui")
+    env = {
+        **os.environ,
+        "MAILGATE_DATA_DIR": str(data),
+        "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MAILGATE_LOG_LEVEL": "INFO",
+    }
+    env.pop("MAILGATE_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", *SERVE_ARGS],
+        cwd=data,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    log: list[str] = []
+    url = None
+    for line in proc.stdout:
+        log.append(line)
+        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.kill()
+        pytest.fail("mailgate serve did not start:\n" + "".join(log))
+    stdout = proc.stdout
+
+    def drain() -> None:  # keep reading, or the pipe fills and the server blocks
+        for line in stdout:
+            log.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    yield Mailgate(url, data, log)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        if IN_CI:
+            pytest.fail("CI=true but /usr/bin/chromium is missing")
+        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, mailgate: Mailgate) -> Iterator[Any]:
+    context = browser.new_context(
+        base_url=mailgate.url, viewport={"width": 1366, "height": 900}, locale="en-GB"
+    )
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def shot(page: Any, name: str, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def sign_in(page: Any, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    page.goto("/ui/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/ui/(?!login)"))
+    page.wait_for_selector("main[data-ready='1']")

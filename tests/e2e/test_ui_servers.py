@@ -1,0 +1,184 @@
+"""The E-mail server page in a real browser (issue 7, "How it is tested")."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from playwright.sync_api import expect
+from tests.e2e.conftest import Mailgate, SmtpPeer, shot, sign_in
+
+
+def expect_tabs(page: Any, labels: list[str]) -> None:
+    expect(page.locator("[role=tab] .tab-label")).to_have_text(labels)
+
+
+def control(page: Any, label: str) -> Any:
+    """The input, select or textarea labelled exactly ``label`` (not the section of that name)."""
+    return page.get_by_label(label, exact=True).and_(page.locator("input, select, textarea"))
+
+
+def make_tenant(mailgate: Mailgate, token: str, name: str) -> None:
+    with mailgate.api(token) as api:
+        r = api.post("/api/v1/tenants", json={"name": name})
+        assert r.status_code == 201, r.text
+
+
+def test_ribbon_create_rename_validate_save_remove(
+    page: Any, mailgate: Mailgate, smtp_peer: SmtpPeer
+) -> None:
+    admin = mailgate.token()
+    make_tenant(mailgate, admin, "ribbon")
+    sign_in(page)
+    page.goto("/ui/email-servers?tenant=ribbon")
+    page.wait_for_selector("main[data-ready='1']")
+
+    # An empty tenant opens a first configuration named DEFAULT.
+    expect_tabs(page, ["DEFAULT"])
+    expect(control(page, "Name")).to_have_value("DEFAULT")
+    control(page, "Host").fill(smtp_peer.host)
+    control(page, "Port").fill(str(smtp_peer.port))
+    control(page, "Trusted CA or server certificates (PEM)").fill(smtp_peer.ca_pem)
+    expect(page.locator(".cert-info").first).to_contain_text("self-signed")
+    control(page, "User and password").check()
+    control(page, "User name").fill(smtp_peer.username)
+    control(page, "Password").fill(smtp_peer.password)
+    control(page, "From address").fill("noreply@example.com")
+    shot(page, "02-server-new-default")
+    page.locator("#save").click()
+    expect(page.locator(".toast")).to_contain_text("Saved DEFAULT")
+    expect(page.locator("[role=tab][aria-selected=true]")).to_contain_text("default")
+
+    # The password is stored: the form says "set" and never shows it.
+    secret = page.locator("[data-field-path='authentication.password']")
+    expect(secret).to_contain_text("set")
+    expect(secret.get_by_role("button", name="Change")).to_be_visible()
+    assert smtp_peer.password not in page.content()
+
+    # "+" opens a new empty configuration; typing the name updates the tab label at once.
+    page.get_by_role("button", name="New configuration").click()
+    expect_tabs(page, ["DEFAULT", "New server"])
+    name = control(page, "Name")
+    expect(name).to_be_focused()
+    name.press_sequentially("invo")
+    expect_tabs(page, ["DEFAULT", "invo"])
+    name.press_sequentially("ices")
+    expect_tabs(page, ["DEFAULT", "invoices"])
+
+    # The port follows the protocol's default until it is edited.
+    port = control(page, "Port")
+    control(page, "Protocol").select_option("smtps")
+    expect(port).to_have_value("465")
+    control(page, "Protocol").select_option("smtp")
+    expect(port).to_have_value("587")
+    port.fill("2525")
+    control(page, "Protocol").select_option("smtps")
+    expect(port).to_have_value("2525")
+    expect(control(page, "STARTTLS")).to_be_disabled()
+    control(page, "Protocol").select_option("smtp")
+
+    # Validation errors from the API land next to their fields.
+    control(page, "User and password").check()
+    page.locator("#save").click()
+    expect(page.locator("[data-error-for='host']")).not_to_be_empty()
+    control(page, "Host").fill("smtp.example.com")
+    page.locator("#save").click()
+    invalid = page.locator(".field.invalid:visible")
+    expect(invalid).to_have_count(2)  # the user name and the password, next to their inputs
+    expect(invalid.first).to_contain_text("User name")
+    expect(invalid.last).to_contain_text("required for password login")
+    shot(page, "03-server-validation-errors")
+    control(page, "User name").fill("invoices@example.com")
+    control(page, "Password").fill("another-secret-1")
+    page.locator("#save").click()
+    expect(page.locator(".toast").last).to_contain_text("Saved invoices")
+    expect_tabs(page, ["DEFAULT", "invoices"])
+    expect(page).to_have_url(re.compile(r"/ui/email-servers/invoices\?tenant=ribbon"))
+
+    # Leaving a configuration with unsaved changes asks first.
+    control(page, "Subject").fill("changed")
+    page.get_by_role("tab", name=re.compile("DEFAULT")).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("unsaved changes")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(control(page, "Subject")).to_have_value("changed")
+    control(page, "Subject").fill("")
+
+    # "Remove server" is staged and takes effect on Save.
+    page.get_by_role("button", name="Remove server").click()
+    expect(page.locator("[role=tab].removed")).to_have_count(1)
+    with mailgate.api(admin) as api:
+        names = [s["name"] for s in api.get("/api/v1/tenants/ribbon/email-servers").json()["items"]]
+    assert names == ["DEFAULT", "invoices"]
+    shot(page, "04-server-remove-staged", full_page=False)
+    page.locator("#save").click()
+    expect(page.locator(".toast").last).to_contain_text("Removed invoices")
+    expect_tabs(page, ["DEFAULT"])
+    with mailgate.api(admin) as api:
+        names = [s["name"] for s in api.get("/api/v1/tenants/ribbon/email-servers").json()["items"]]
+    assert names == ["DEFAULT"]
+    shot(page, "05-server-saved")
+
+
+def test_read_only_user_sees_no_edit_controls(page: Any, mailgate: Mailgate) -> None:
+    admin = mailgate.token()
+    make_tenant(mailgate, admin, "readers")
+    with mailgate.api(admin) as api:
+        body = {
+            "name": "DEFAULT",
+            "host": "smtp.example.test",
+            "authentication": {"method": "password", "username": "u@example.com"}
+            | {"password": "stored-secret-9"},
+        }
+        assert api.post("/api/v1/tenants/readers/email-servers", json=body).status_code == 201
+        user = {
+            "username": "reader",
+            "password": "reader-pass-1",
+            "roles": {"readers": "read_only"},
+        }
+        assert api.post("/api/v1/users", json=user).status_code == 201
+    sign_in(page, "reader", "reader-pass-1")
+    page.goto("/ui/email-servers?tenant=readers")
+    page.wait_for_selector("main[data-ready='1']")
+    expect(control(page, "Host")).to_have_value("smtp.example.test")
+    expect(control(page, "Host")).to_be_disabled()
+    expect(page.locator("#save")).to_have_count(0)
+    expect(page.get_by_role("button", name="New configuration")).to_have_count(0)
+    expect(page.get_by_role("button", name="Change")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send test email")).to_have_count(0)
+    expect(page.get_by_role("link", name="API keys")).to_be_hidden()
+    expect(page.get_by_role("link", name="Users")).to_be_hidden()
+    expect(page.locator("#role-note")).to_contain_text("read only")
+    assert "stored-secret-9" not in page.content()
+    editable = page.locator("main input:not([disabled]):not([type=file]):not([type=email])")
+    expect(editable).to_have_count(0)
+    shot(page, "06-server-read-only")
+
+
+def test_tenant_switcher(page: Any, mailgate: Mailgate) -> None:
+    admin = mailgate.token()
+    make_tenant(mailgate, admin, "north")
+    make_tenant(mailgate, admin, "south")
+    with mailgate.api(admin) as api:
+        user = {
+            "username": "traveller",
+            "password": "traveller-pass-1",
+            "roles": {"north": "admin", "south": "read_only"},
+        }
+        assert api.post("/api/v1/users", json=user).status_code == 201
+    sign_in(page, "traveller", "traveller-pass-1")
+    switch = control(page, "Tenant")
+    expect(switch).to_be_visible()
+    assert sorted(switch.locator("option").all_inner_texts()) == ["north", "south"]
+    expect(switch).to_have_value("north")  # the first tenant with a role
+    expect(page.locator("#role-note")).to_contain_text("administrator")
+    expect(page.get_by_role("link", name="API keys")).to_be_visible()
+    switch.select_option("south")
+    page.wait_for_url(re.compile(r"tenant=south"))
+    page.wait_for_selector("main[data-ready='1']")
+    expect(page.locator("#role-note")).to_contain_text("read only")
+    expect(page.get_by_role("link", name="API keys")).to_be_hidden()
+    expect(page.get_by_role("link", name="Messages")).to_have_attribute(
+        "href", re.compile(r"tenant=south")
+    )
+    shot(page, "07-tenant-switcher", full_page=False)
