@@ -49,6 +49,8 @@ class Container:
     oauth2: OAuth2Service
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
+    system_mailer: TransportSystemMailer | None = None
+    """Mail through the system e-mail server: OAuth2 alerts, password reset links."""
 
     def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
         """The XOAUTH2 token provider of an OAuth2 configuration (for the SMTP transport);
@@ -112,7 +114,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         remote_clients=RemoteClients(clock),
         oauth2=oauth2,
     )
-    oauth2.mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
+    c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
+    oauth2.mailer = c.system_mailer
     return c
 
 

@@ -1,7 +1,8 @@
 """Browser tests: Debian's Chromium driven by Playwright against a real ``mailgate serve``.
 
-One server process (SQLite in a temporary data directory, ephemeral port) and one browser
-serve the whole session; each test gets a fresh browser context (its own cookies). Without
+One server process (SQLite in a temporary data directory, ephemeral port) serves the whole
+session and one browser each test module; each test gets a fresh browser context (its own
+cookies). Without
 /usr/bin/chromium the tests skip, except with CI=true where they fail.
 """
 
@@ -20,9 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import ADMIN_PASSWORD, IN_CI
-from tests.smtp_peer import SmtpPeer, smtp_peer
-
-__all__ = ["SmtpPeer", "smtp_peer"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Port 0: the OS picks a free port; the test reads it from uvicorn's start-up line.
@@ -103,7 +101,9 @@ def mailgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailgate]:
         proc.kill()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it lives, and later tests that call asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         if IN_CI:

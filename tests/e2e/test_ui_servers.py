@@ -6,7 +6,10 @@ import re
 from typing import Any
 
 from playwright.sync_api import expect
-from tests.e2e.conftest import Mailgate, SmtpPeer, shot, sign_in
+from tests.e2e.conftest import Mailgate, shot, sign_in
+from tests.smtp_fixtures import SmtpServers
+
+USER, PASSWORD = "sender@example.com", "right-password-42"
 
 
 def expect_tabs(page: Any, labels: list[str]) -> None:
@@ -25,8 +28,10 @@ def make_tenant(mailgate: Mailgate, token: str, name: str) -> None:
 
 
 def test_ribbon_create_rename_validate_save_remove(
-    page: Any, mailgate: Mailgate, smtp_peer: SmtpPeer
+    page: Any, mailgate: Mailgate, smtp_servers: SmtpServers
 ) -> None:
+    smtp = smtp_servers.start(tls="starttls", users={USER: PASSWORD}, require_starttls=True)
+    assert smtp.pki is not None
     admin = mailgate.token()
     make_tenant(mailgate, admin, "ribbon")
     sign_in(page)
@@ -36,13 +41,13 @@ def test_ribbon_create_rename_validate_save_remove(
     # An empty tenant opens a first configuration named DEFAULT.
     expect_tabs(page, ["DEFAULT"])
     expect(control(page, "Name")).to_have_value("DEFAULT")
-    control(page, "Host").fill(smtp_peer.host)
-    control(page, "Port").fill(str(smtp_peer.port))
-    control(page, "Trusted CA or server certificates (PEM)").fill(smtp_peer.ca_pem)
+    control(page, "Host").fill(smtp.host)
+    control(page, "Port").fill(str(smtp.port))
+    control(page, "Trusted CA or server certificates (PEM)").fill(smtp.pki.ca_pem)
     expect(page.locator(".cert-info").first).to_contain_text("self-signed")
     control(page, "User and password").check()
-    control(page, "User name").fill(smtp_peer.username)
-    control(page, "Password").fill(smtp_peer.password)
+    control(page, "User name").fill(USER)
+    control(page, "Password").fill(PASSWORD)
     control(page, "From address").fill("noreply@example.com")
     shot(page, "02-server-new-default")
     page.locator("#save").click()
@@ -53,7 +58,7 @@ def test_ribbon_create_rename_validate_save_remove(
     secret = page.locator("[data-field-path='authentication.password']")
     expect(secret).to_contain_text("set")
     expect(secret.get_by_role("button", name="Change")).to_be_visible()
-    assert smtp_peer.password not in page.content()
+    assert PASSWORD not in page.content()
 
     # "+" opens a new empty configuration; typing the name updates the tab label at once.
     page.get_by_role("button", name="New configuration").click()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +14,8 @@ from mailgate.bootstrap import Container
 from mailgate.entrypoints.api.deps import DB, AppContainer
 from mailgate.schemas.common import StrictModel
 from mailgate.services import password_reset as svc
-from mailgate.services.system_mail import SystemMailError, send_system_mail, system_sender
+from mailgate.adapters.smtp import TransportError
+from mailgate.services.system_mailer import SystemMailError
 
 router = APIRouter(prefix="/api/v1/auth/password-reset", tags=["auth"])
 log = logging.getLogger("mailgate.password_reset")
@@ -33,19 +33,20 @@ class ConfirmIn(StrictModel):
 def _send(c: Container, user_id: int, token: str) -> None:
     from mailgate.adapters.db.tables import User
 
+    assert c.system_mailer is not None
     with c.session() as db:
         user = db.get(User, user_id)
-        if user is None:
+        if user is None or not user.email:
             return
         setting = db.get(SystemSetting, "public_base_url")
         base = str(setting.value) if setting and setting.value else c.settings.public_base_url
         link = f"{base.rstrip('/')}/ui/reset-password?{urlencode({'token': token})}"
-        sender = system_sender(c, db)
-        message = svc.reset_message(user, link, sender)
+        to, text = user.email, svc.reset_text(user.username, link)
     try:
-        asyncio.run(send_system_mail(c, message))
-    except SystemMailError as exc:
-        # The requester gets 202 regardless; the operator sees why no mail went out.
+        c.system_mailer.send_system_mail(to, svc.RESET_SUBJECT, text)
+    except (SystemMailError, TransportError) as exc:
+        # The requester gets 202 regardless; the operator sees why no mail went out. Both
+        # errors carry scrubbed texts (no credentials).
         log.warning("password reset mail for user id %s not sent: %s", user_id, exc)
 
 
