@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import ADMIN_PASSWORD, IN_CI
+from tests.oauth_server import RunningAuthServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Port 0: the OS picks a free port; the test reads it from uvicorn's start-up line.
@@ -57,7 +58,9 @@ class Mailgate:
 
 
 @pytest.fixture(scope="session")
-def mailgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailgate]:
+def mailgate(
+    tmp_path_factory: pytest.TempPathFactory, _oauth_server_running: RunningAuthServer
+) -> Iterator[Mailgate]:
     data = tmp_path_factory.mktemp("mailgate-ui")
     env = {
         **os.environ,
@@ -65,6 +68,9 @@ def mailgate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mailgate]:
         "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MAILGATE_LOG_LEVEL": "INFO",
     }
+    # OAuth2 providers are the local authorization server (tests/oauth_server.py).
+    for key, value in _oauth_server_running.settings().items():
+        env[f"MAILGATE_{key.upper()}"] = str(value)
     env.pop("MAILGATE_DATABASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", *SERVE_ARGS],

@@ -7,6 +7,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 from tests.e2e.conftest import Mailgate, shot, sign_in
+from tests.oauth_server import RunningAuthServer
 from tests.smtp_fixtures import SmtpServers
 
 USER, PASSWORD = "sender@example.com", "right-password-42"
@@ -187,3 +188,115 @@ def test_tenant_switcher(page: Any, mailgate: Mailgate) -> None:
         "href", re.compile(r"tenant=south")
     )
     shot(page, "07-tenant-switcher", full_page=False)
+
+
+def test_send_test_email_steps_and_wrong_password_hint(
+    page: Any, mailgate: Mailgate, smtp_servers: SmtpServers
+) -> None:
+    smtp = smtp_servers.start(tls="starttls", users={USER: PASSWORD}, require_starttls=True)
+    admin = mailgate.token()
+    make_tenant(mailgate, admin, "tester")
+    with mailgate.api(admin) as api:
+        body = smtp.password_config(USER, PASSWORD)
+        assert api.post("/api/v1/tenants/tester/email-servers", json=body).status_code == 201
+    sign_in(page)
+    page.goto("/ui/email-servers/DEFAULT?tenant=tester")
+    page.wait_for_selector("main[data-ready='1']")
+
+    control(page, "Send test e-mail to").fill("someone@example.com")
+    page.get_by_role("button", name="Send test email").click()
+    steps = page.locator("ol.steps li")
+    expect(steps.locator(".badge")).to_have_text(["ok"] * 8, timeout=20_000)
+    expect(steps.locator(".name")).to_have_text(
+        ["resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data"]
+    )
+    expect(page.locator(".test-result")).to_contain_text("Test passed")
+    [msg] = smtp.wait_for(1)
+    assert msg.rcpt_tos == ["someone@example.com"] and msg.tls
+    page.locator(".test-result details summary").click()
+    expect(page.locator(".test-result pre")).to_contain_text("STARTTLS")
+    shot(page, "08-test-email-ok", full_page=False)
+
+    # A wrong (unsaved) password: the auth step fails with a hint; nothing is stored.
+    page.locator("[data-field-path='authentication.password']").get_by_role(
+        "button", name="Change"
+    ).click()
+    control(page, "Password").fill("wrong-password-1")
+    page.get_by_role("button", name="Send test email").click()
+    auth = page.locator("ol.steps li[data-step='auth']")
+    expect(auth.locator(".badge")).to_have_text("failed", timeout=20_000)
+    expect(page.locator(".test-result .banner.bad")).to_contain_text("Test failed")
+    hint = page.locator(".test-result .banner.bad").inner_text()
+    assert "password" in hint.lower(), hint
+    page.locator(".test-result details summary").click()
+    transcript = page.locator(".test-result pre").inner_text()
+    assert "wrong-password-1" not in transcript and PASSWORD not in transcript
+    shot(page, "09-test-email-wrong-password", full_page=False)
+    assert len(smtp.received) == 1
+    # The dry run with the stored settings still passes and sends nothing.
+    page.get_by_role("button", name="keep the stored value").click()
+    page.get_by_role("button", name="Dry run").click()
+    expect(page.locator(".test-result")).to_contain_text("Test passed", timeout=20_000)
+    expect(page.locator("ol.steps li[data-step='data'] .result")).to_have_count(0)
+    assert len(smtp.received) == 1
+
+
+def test_oauth2_authorize_round_trip(
+    browser: Any, mailgate: Mailgate, oauth_server: RunningAuthServer, smtp_servers: SmtpServers
+) -> None:
+    redirect = f"{mailgate.url}/settings/oauth2code"
+    oauth_server.server.add_client("ui-app", "ui-app-secret", {redirect})
+    smtp = smtp_servers.start(
+        tls="starttls", xoauth2=oauth_server.server.token_is_live, require_starttls=True
+    )
+    assert smtp.pki is not None
+    make_tenant(mailgate, mailgate.token(), "oauth")
+    # The local authorization server's certificate comes from a test CA the browser does not
+    # know; mailgate itself verifies it through MAILGATE_OAUTH_CA_BUNDLE.
+    context = browser.new_context(
+        base_url=mailgate.url, viewport={"width": 1366, "height": 900}, ignore_https_errors=True
+    )
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        sign_in(page)
+        page.goto("/ui/email-servers?tenant=oauth")
+        page.wait_for_selector("main[data-ready='1']")
+        control(page, "Host").fill(smtp.host)
+        control(page, "Port").fill(str(smtp.port))
+        control(page, "Trusted CA or server certificates (PEM)").fill(smtp.pki.ca_pem)
+        control(page, "OAuth2").check()
+        control(page, "Provider").select_option("microsoft")
+        control(page, "Grant").select_option("authorization_code")
+        control(page, "Mailbox").fill(USER)
+        control(page, "Directory (tenant) ID").fill("contoso-tenant")
+        control(page, "Client (application) ID").fill("ui-app")
+        control(page, "Client secret").fill("ui-app-secret")
+        control(page, "Redirect URI").fill(redirect)
+        control(page, "From address").fill(USER)
+        page.locator("#save").click()
+        expect(page.locator(".toast").last).to_contain_text("Saved DEFAULT")
+        status = page.locator(".oauth-status")
+        expect(status).to_contain_text("not authorized")
+        shot(page, "10-oauth2-not-authorized", full_page=False)
+
+        # Authorize: the provider's consent page, then back to this page with the result.
+        status.get_by_role("button", name="Authorize").click()
+        page.wait_for_url(re.compile(r"^https://127\.0\.0\.1:\d+/ms/contoso-tenant/"))
+        page.get_by_role("link", name="Accept").click()
+        page.wait_for_url(re.compile(r"/ui/email-servers/DEFAULT\?tenant=oauth"))
+        page.wait_for_selector("main[data-ready='1']")
+        expect(page.locator("#flash .banner.ok")).to_contain_text("Authorized")
+        expect(status.locator(".badge")).to_have_text("authorized")
+        expect(status).to_contain_text(USER)
+        assert "oauth2=" not in page.url  # the banner is shown once, not on reload
+        shot(page, "11-oauth2-authorized", full_page=False)
+
+        # The stored token works: XOAUTH2 against the test SMTP server.
+        control(page, "Send test e-mail to").fill("someone@example.com")
+        page.get_by_role("button", name="Send test email").click()
+        expect(page.locator(".test-result")).to_contain_text("Test passed", timeout=20_000)
+        [msg] = smtp.wait_for(1)
+        assert msg.login == USER
+    finally:
+        context.close()

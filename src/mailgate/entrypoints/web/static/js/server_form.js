@@ -45,7 +45,8 @@ const CONVERT = {
 export class ServerForm {
   /**
    * opts: value (API view or emptyServer()), isNew, isSystem, canEdit, canTest, apiBase (the
-   * resource URL once saved), remoteClients (names), remoteAllowed, testTo, onChange.
+   * resource URL once saved), collectionBase (tenant servers: the list URL, to test a new
+   * config), remoteClients (names), remoteAllowed, testTo, onChange, onReload.
    */
   constructor(opts) {
     this.o = opts;
@@ -347,11 +348,14 @@ export class ServerForm {
   async runTest(mode, button) {
     clearErrors(this.testOut.parentElement);
     const to = this.testTo.value.trim();
-    if (mode === "send" && !to) {
+    if (mode === "send" && !to && !this.v.message_defaults?.from_address) {
       showErrors(this.testOut.parentElement, [{ field: "to", message: "enter an address to send the test e-mail to" }]);
       return;
     }
-    if (this.o.isNew) { toast("Save the new configuration first, then test it.", "bad"); return; }
+    // An unsaved new configuration is tested by sending it along (API.md "Test and diagnose").
+    const path = this.o.isNew && this.o.collectionBase
+      ? `${this.o.collectionBase}/${encodeURIComponent(this.name || "new")}/test`
+      : `${this.o.apiBase}/test`;
     const steps = mode === "dry_run" ? TEST_STEPS.slice(0, -1) : TEST_STEPS;
     const list = h("ol", { class: "steps", "aria-label": "Test steps" }, steps.map((s, i) => h("li", { class: "pending", dataset: { step: s } },
       h("span", { class: "name" }, s), h("span", { class: "result" }, i === 0 ? h("span", { class: "spinner", "aria-label": "running" }) : "waiting"), h("span", { class: "detail" }), h("span", { class: "ms" }))));
@@ -360,15 +364,13 @@ export class ServerForm {
     busy(button, true, mode === "send" ? "Sending…" : "Testing…");
     const body = { mode };
     if (to) body.to = to;
-    if (this.isDirty()) body.config = this.body();
+    if (this.isDirty() || this.o.isNew) body.config = this.body();
     try {
-      const r = await post(`${this.o.apiBase}/test`, body);
+      const r = await post(path, body);
       this.renderTest(r, list);
     } catch (err) {
-      const rest = showErrors(this.testOut.parentElement, (err.errors || []).filter((e) => e.field === "to"));
-      clear(this.testOut, banner("bad", err.status === 422 && this.isDirty() ? "The unsaved settings are not valid: " : "", errorText(err)));
-      if (err.status === 422 && body.config) showErrors(this.el, err.errors.map((e) => ({ ...e, field: e.field.replace(/^config\./, "") })));
-      void rest;
+      clear(this.testOut, banner("bad", err.status === 422 && body.config ? "The settings are not valid yet; see the marked fields. " : "", errorText(err)));
+      if (err.status === 422) showErrors(this.el, (err.errors || []).map((e) => ({ ...e, field: e.field.replace(/^config\./, "") })));
     }
     this.testButtons.forEach((b) => busy(b, false));
   }

@@ -100,6 +100,7 @@ async function main() {
       value, isNew, isSystem: false,
       canEdit: ctx.canEditServers, canTest: ctx.canTest,
       apiBase: isNew ? null : `${base}/${enc(value.name)}`,
+      collectionBase: base,
       remoteClients: remote.clients, remoteAllowed: remote.allowed,
       testTo: ctx.me.email || "",
       onChange: () => { renderRibbon(); renderStatus(); },
