@@ -246,8 +246,9 @@ def test_oauth2_authorize_round_trip(
 ) -> None:
     redirect = f"{mailgate.url}/settings/oauth2code"
     oauth_server.server.add_client("ui-app", "ui-app-secret", {redirect})
+    live = oauth_server.server.token_is_live  # (token, user); the SMTP server asks (user, token)
     smtp = smtp_servers.start(
-        tls="starttls", xoauth2=oauth_server.server.token_is_live, require_starttls=True
+        tls="starttls", xoauth2=lambda user, token: live(token, user), require_starttls=True
     )
     assert smtp.pki is not None
     make_tenant(mailgate, mailgate.token(), "oauth")

@@ -25,7 +25,10 @@ async function main() {
   const oauth = params.get("oauth2");
   if (oauth) {
     const msg = params.get("message");
-    clear(flash, banner(oauth === "ok" ? "ok" : "bad", h("strong", {}, oauth === "ok" ? "Authorized. " : "Authorization failed. "), msg || (oauth === "ok" ? "mailgate stored the tokens; the server can send now." : "")));
+    const text = msg ? msg.charAt(0).toUpperCase() + msg.slice(1) : "";
+    clear(flash, oauth === "ok"
+      ? banner("ok", text || "Authorized: mailgate stored the tokens; the server can send now.")
+      : banner("bad", h("strong", {}, "Authorization failed. "), text));
     params.delete("oauth2");
     params.delete("message");
     history.replaceState(null, "", `${location.pathname}?${params}`);
