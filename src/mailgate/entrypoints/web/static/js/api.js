@@ -31,7 +31,7 @@ export async function api(method, path, body, { raw = false, signOutOn401 = true
   }
   if (res.status === 401 && signOutOn401 && !location.pathname.startsWith("/ui/login")) {
     location.assign(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`);
-    throw new ApiError(401, { detail: "signed out" });
+    return new Promise(() => {}); // the page is going away: nothing after this should run
   }
   if (res.status === 204) return null;
   if (raw && res.ok) return res.text();

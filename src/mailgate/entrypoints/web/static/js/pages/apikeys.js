@@ -48,13 +48,14 @@ async function main() {
       const r = await post(base, { name: name.value.trim(), role: role.value });
       name.value = "";
       await load();
+      busy(create, false);
       toast(`Created ${r.name}`);
       await tokenDialog(`API key "${r.name}"`, r.token);
     } catch (err) {
+      busy(create, false);
       const rest = showErrors(form, err.errors);
       if (rest.length || !err.errors.length) toast(errorText(err), "bad", 6000);
     }
-    busy(create, false);
   });
   await load();
 }

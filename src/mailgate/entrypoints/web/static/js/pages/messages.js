@@ -1,14 +1,14 @@
 // Workflow → Messages: list with status filters and search, detail with attempts and raw
-// message, and hold / release / cancel / retry for one or many.
+// message, and release / cancel / retry for one or many.
 import { get, post, enc } from "../api.js";
 import { h, clear, banner, toast, badge, fmtTime, errorText, busy, confirmDialog, nextId } from "../ui.js";
 import { boot, needTenant, tenantUrl } from "../shell.js";
 
 const ctx = await boot();
 const STATUSES = ["held", "scheduled", "queued", "sending", "deferred", "sent", "failed", "cancelled"];
-// Which action applies to which status (API.md "Messages").
+// Which action applies to which status (API.md "Messages"). Mail is held when it is submitted
+// ("hold": true); the API has no action to hold a message that is already queued.
 const ACTIONS = {
-  hold: { label: "Hold", ok: ["queued", "scheduled", "deferred"] },
   release: { label: "Release", ok: ["held"] },
   retry: { label: "Retry now", ok: ["deferred", "failed"] },
   cancel: { label: "Cancel", ok: ["held", "scheduled", "queued", "deferred"], danger: true },
@@ -164,9 +164,11 @@ async function detail(id) {
         h("dt", {}, "From"), h("dd", {}, addr(m.from) || env.mail_from || "—"),
         h("dt", {}, "To"), h("dd", {}, addrs(m.to) || (env.rcpt_to || []).join(", ")),
         m.cc?.length ? [h("dt", {}, "Cc"), h("dd", {}, addrs(m.cc))] : null,
-        env.mail_from ? [h("dt", {}, "Envelope"), h("dd", { class: "mono" }, `MAIL FROM:<${env.mail_from}> RCPT TO:${(env.rcpt_to || []).map((r) => `<${r}>`).join(" ")}`)] : null,
-        h("dt", {}, "Size"), h("dd", {}, m.size != null ? `${Number(m.size).toLocaleString()} bytes` : "—"),
-        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at)),
+        env.mail_from !== undefined ? [h("dt", {}, "Envelope"), h("dd", { class: "mono" }, `MAIL FROM:<${env.mail_from}> RCPT TO:${(env.rcpt_to || []).map((r) => `<${r}>`).join(" ")}`)] : null,
+        h("dt", {}, "Size"), h("dd", {}, m.size_bytes != null ? `${Number(m.size_bytes).toLocaleString()} bytes` : "—"),
+        m.headers?.From ? [h("dt", {}, "From header"), h("dd", {}, m.headers.From)] : null,
+        m.headers?.["Message-ID"] ? [h("dt", {}, "Message-ID"), h("dd", { class: "mono" }, m.headers["Message-ID"])] : null,
+        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : ""),
         m.send_at ? [h("dt", {}, "Send at"), h("dd", {}, fmtTime(m.send_at))] : null,
         h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)))),
     h("section", { class: "panel" }, h("h2", {}, "Attempts"),

@@ -51,13 +51,14 @@ async function main() {
       const r = await post(base, { name: name.value.trim() });
       name.value = "";
       await load();
+      busy(create, false);
       toast(`Created ${r.name}`);
       await tokenDialog(`Remote client "${r.name}"`, r.token, "Give this token to the agent (mailgate agent --token …). It is shown only now.");
     } catch (err) {
+      busy(create, false);
       const rest = showErrors(form, err.errors);
       if (rest.length || !err.errors.length) toast(errorText(err), "bad", 6000);
     }
-    busy(create, false);
   });
   render();
 }

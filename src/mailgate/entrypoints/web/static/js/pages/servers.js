@@ -42,7 +42,7 @@ async function main() {
     const want = select ?? ctx.item ?? state.servers[0]?.name;
     const found = state.servers.find((s) => s.name === want) || state.servers[0];
     if (found) open(found);
-    else if (ctx.canEditServers) openNew();
+    else if (ctx.canEditServers) openNew(false);
     else { renderRibbon(); clear(body, banner("info", "This tenant has no e-mail server yet. An administrator can add one.")); }
   }
 
@@ -62,7 +62,7 @@ async function main() {
         h("span", { class: "tab-label" }, (selected && state.form?.name) || state.draft.name || "New server"), h("span", { class: "dirty-dot", title: "Not saved yet" })));
     }
     const add = ctx.canEditServers ? h("button", { type: "button", class: "add-tab", title: "New configuration", "aria-label": "New configuration" }, "+") : null;
-    add?.addEventListener("click", () => switchTo(openNew));
+    add?.addEventListener("click", () => switchTo(() => openNew(true)));
     clear(ribbon, tabs, add);
   }
 
@@ -89,12 +89,12 @@ async function main() {
     history.replaceState(null, "", tenantUrl(`/ui/email-servers/${enc(server.name)}`, ctx.tenant));
   }
 
-  function openNew() {
+  function openNew(focus = true) {
     state.current = null;
     state.draft = emptyServer(state.servers.length ? "" : "DEFAULT");
     mount(state.draft, true);
     history.replaceState(null, "", tenantUrl("/ui/email-servers", ctx.tenant));
-    body.querySelector("input[name=name]")?.focus();
+    if (focus) body.querySelector("input[name=name]")?.focus();
   }
 
   function mount(value, isNew) {
