@@ -10,11 +10,11 @@ from fastapi import APIRouter, BackgroundTasks, status
 from pydantic import Field
 
 from mailgate.adapters.db.tables import SystemSetting
+from mailgate.adapters.smtp import TransportError
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.api.deps import DB, AppContainer
 from mailgate.schemas.common import StrictModel
 from mailgate.services import password_reset as svc
-from mailgate.adapters.smtp import TransportError
 from mailgate.services.system_mailer import SystemMailError
 
 router = APIRouter(prefix="/api/v1/auth/password-reset", tags=["auth"])
