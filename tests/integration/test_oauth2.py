@@ -447,3 +447,27 @@ def test_keeper_thread_refreshes_in_the_background(lite: Env) -> None:
     finally:
         keeper.stop()
     assert len(lite.oauth.server.refresh_requests()) == 1
+
+
+def test_system_server_authorizes_through_its_own_endpoints(lite: Env) -> None:
+    system = "/api/v1/system/email-server"
+    body = oauth_config("SYSTEM")
+    del body["name"]
+    r = lite.api.request("PUT", system, lite.admin, json=body)
+    assert r.status_code in (200, 201), r.text
+    user = lite.api.make_user(lite.admin, "ann", {"home": "admin"})
+    assert lite.api.request("POST", f"{system}/oauth2/authorize", user).status_code == 403
+    r = lite.api.request("POST", f"{system}/oauth2/authorize", lite.admin)
+    assert r.status_code == 200, r.text
+    back = lite.callback(lite.oauth.consent(r.json()["authorization_url"]))
+    assert back.status_code == 303
+    assert back.headers["location"].startswith("/ui/system-email-server?oauth2=ok")
+    status = lite.api.request("GET", system, lite.admin).json()["oauth2_status"]
+    assert status["state"] == "authorized"
+    r = lite.api.request("POST", f"{system}/oauth2/refresh", lite.admin)
+    assert r.status_code == 200, r.text
+    assert len(lite.oauth.server.refresh_requests()) == 1
+    assert lite.api.request("DELETE", f"{system}/oauth2", user).status_code == 403
+    assert lite.api.request("DELETE", f"{system}/oauth2", lite.admin).status_code == 204
+    status = lite.api.request("GET", system, lite.admin).json()["oauth2_status"]
+    assert status["state"] == "not_authorized"

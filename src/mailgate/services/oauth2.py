@@ -265,13 +265,10 @@ class OAuth2Service:
 
     def ui_redirect(self, result: CallbackResult) -> str:
         """Where the browser goes after the callback (the server's page in the web UI)."""
-        query = urlencode(
-            {
-                "tenant": result.tenant,
-                "oauth2": "ok" if result.ok else "error",
-                "message": result.message,
-            }
-        )
+        outcome = {"oauth2": "ok" if result.ok else "error", "message": result.message}
+        if not result.tenant:  # the system e-mail server
+            return f"/ui/system-email-server?{urlencode(outcome)}"
+        query = urlencode({"tenant": result.tenant, **outcome})
         return f"/ui/email-servers/{quote(result.server, safe='')}?{query}"
 
     # ---- tokens ------------------------------------------------------------------------------

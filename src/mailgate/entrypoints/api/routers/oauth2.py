@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import RedirectResponse
 
 from mailgate.domain.access import Perm
-from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
+from mailgate.services.email_servers import SYSTEM_SERVER_NAME
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(tags=["oauth2"])
@@ -41,6 +42,34 @@ def forget(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> R
     """Forget the stored tokens; the configuration must be authorized again."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     c.oauth2.forget(db, c.servers.get(db, t.id, name))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# ---- the system e-mail server (system_admin only): same flow, no tenant ----------------------
+SYSTEM = "/api/v1/system/email-server/oauth2"
+
+
+@router.post(f"{SYSTEM}/authorize", tags=["system"])
+def system_authorize(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
+    return {"authorization_url": c.oauth2.begin_authorization(db, row)}
+
+
+@router.post(f"{SYSTEM}/refresh", tags=["system"])
+def system_refresh(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    require_system_admin(caller)
+    server_id = c.servers.get(db, None, SYSTEM_SERVER_NAME).id
+    db.commit()  # see refresh(): the refresh runs in its own transaction
+    c.oauth2.refresh_now(server_id)
+    db.expire_all()
+    return c.servers.view(c.servers.get(db, None, SYSTEM_SERVER_NAME))
+
+
+@router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
+def system_forget(caller: Caller, db: DB, c: AppContainer) -> Response:
+    require_system_admin(caller)
+    c.oauth2.forget(db, c.servers.get(db, None, SYSTEM_SERVER_NAME))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
