@@ -476,3 +476,20 @@ export async function remoteContext(ctx) {
   }
   return { clients, allowed: allowed === null ? clients.length > 0 : allowed };
 }
+
+// The OAuth2 callback sends the browser back to the server's page with
+// ?oauth2=ok|error&message=...: a banner, shown once (the URL is cleaned at once).
+export function oauthFlash() {
+  const params = new URLSearchParams(location.search);
+  const oauth = params.get("oauth2");
+  if (!oauth) return null;
+  const msg = params.get("message") || "";
+  params.delete("oauth2");
+  params.delete("message");
+  const rest = params.toString();
+  history.replaceState(null, "", rest ? `${location.pathname}?${rest}` : location.pathname);
+  const text = msg ? msg.charAt(0).toUpperCase() + msg.slice(1) : "";
+  return oauth === "ok"
+    ? banner("ok", text || "Authorized: mailgate stored the tokens; the server can send now.")
+    : banner("bad", h("strong", {}, "Authorization failed. "), text);
+}

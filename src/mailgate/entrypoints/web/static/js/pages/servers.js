@@ -2,7 +2,7 @@
 import { get, post, put, del, enc } from "../api.js";
 import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
 import { boot, needTenant, setDirtyCheck, tenantUrl } from "../shell.js";
-import { ServerForm, emptyServer, remoteContext } from "../server_form.js";
+import { ServerForm, emptyServer, remoteContext, oauthFlash } from "../server_form.js";
 
 const ctx = await boot();
 if (needTenant(ctx)) await main();
@@ -11,7 +11,6 @@ async function main() {
   const base = `/api/v1/tenants/${enc(ctx.tenant)}/email-servers`;
   const remote = ctx.canEditServers ? await remoteContext(ctx) : { clients: [], allowed: false };
   const state = { servers: [], current: null, draft: null, form: null, removing: false };
-  const params = new URLSearchParams(location.search);
   const flash = h("div", { id: "flash" });
   const ribbon = h("div", { class: "ribbon", role: "tablist", "aria-label": "E-mail server configurations" });
   const body = h("div", { id: "server-panel", role: "tabpanel" });
@@ -21,18 +20,8 @@ async function main() {
   const savebar = h("div", { class: "savebar" }, status, removeBtn, saveBtn);
   clear(ctx.el, flash, ribbon, body, ctx.canEditServers ? savebar : null);
 
-  // The OAuth2 callback sends the browser back here with ?oauth2=ok|error&message=...
-  const oauth = params.get("oauth2");
-  if (oauth) {
-    const msg = params.get("message");
-    const text = msg ? msg.charAt(0).toUpperCase() + msg.slice(1) : "";
-    clear(flash, oauth === "ok"
-      ? banner("ok", text || "Authorized: mailgate stored the tokens; the server can send now.")
-      : banner("bad", h("strong", {}, "Authorization failed. "), text));
-    params.delete("oauth2");
-    params.delete("message");
-    history.replaceState(null, "", `${location.pathname}?${params}`);
-  }
+  const flashed = oauthFlash();
+  if (flashed) clear(flash, flashed);
 
   const dirty = () => !!state.form && (state.form.isDirty() || state.removing);
   setDirtyCheck(dirty);

@@ -2,7 +2,7 @@
 import { get, put, del } from "../api.js";
 import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
 import { boot, setDirtyCheck } from "../shell.js";
-import { ServerForm, emptyServer } from "../server_form.js";
+import { ServerForm, emptyServer, oauthFlash } from "../server_form.js";
 
 const ctx = await boot();
 const URL_ = "/api/v1/system/email-server";
@@ -62,7 +62,7 @@ removeBtn.addEventListener("click", async () => {
 if (!ctx.systemAdmin) {
   clear(ctx.el, banner("bad", "Only system administrators can see this page."));
 } else {
-  clear(ctx.el, body, h("div", { class: "savebar" }, status, removeBtn, saveBtn));
+  clear(ctx.el, h("div", { id: "flash" }, oauthFlash()), body, h("div", { class: "savebar" }, status, removeBtn, saveBtn));
   try { await load(); } catch (err) { clear(body, banner("bad", errorText(err))); }
 }
 document.getElementById("main").dataset.ready = "1";
