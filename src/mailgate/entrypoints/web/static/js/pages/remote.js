@@ -31,14 +31,16 @@ async function main() {
 
   function render() {
     clear(list, h("h2", {}, "Remote clients"), items.length ? h("table", {},
-      h("thead", {}, h("tr", {}, ["Name", "Connection", "Last seen", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Name", "Connection", "Last seen", "Agent", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, items.map((c) => {
         const rm = h("button", { type: "button", class: "danger small", "aria-label": `Delete ${c.name}` }, "Delete");
         rm.addEventListener("click", async () => {
           if (!(await confirmDialog(`Delete "${c.name}"?`, "The agent with this token can no longer connect.", "Delete", true))) return;
           try { await del(`${base}/${enc(c.name)}`); toast(`Deleted ${c.name}`); await load(); } catch (err) { toast(errorText(err), "bad"); }
         });
-        return h("tr", {}, h("td", {}, c.name), h("td", {}, c.connected ? badge("ok", "connected") : badge("", "not connected")), h("td", {}, fmtTime(c.last_seen_at)), h("td", { class: "num" }, rm));
+        return h("tr", {}, h("td", {}, c.name), h("td", {}, c.connected ? badge("ok", "connected") : badge("", "not connected")), h("td", {}, fmtTime(c.last_seen_at)),
+          h("td", {}, c.agent_version ? `mailgate ${c.agent_version}` : "—", c.agent_address ? h("div", { class: "muted mono" }, c.agent_address) : null),
+          h("td", { class: "num" }, rm));
       }))) : h("p", { class: "empty" }, "No remote clients yet."));
   }
   async function load() { items = (await get(base)).items; render(); }
