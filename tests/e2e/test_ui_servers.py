@@ -279,6 +279,7 @@ def test_oauth2_authorize_round_trip(
         expect(page.locator(".toast").last).to_contain_text("Saved DEFAULT")
         status = page.locator(".oauth-status")
         expect(status).to_contain_text("not authorized")
+        status.get_by_role("button", name="Authorize").scroll_into_view_if_needed()
         shot(page, "10-oauth2-not-authorized", full_page=False)
 
         # Authorize: the provider's consent page, then back to this page with the result.
@@ -292,6 +293,8 @@ def test_oauth2_authorize_round_trip(
         expect(status).to_contain_text(USER)
         assert "oauth2=" not in page.url  # the banner is shown once, not on reload
         shot(page, "11-oauth2-authorized", full_page=False)
+        status.scroll_into_view_if_needed()
+        shot(page, "11b-oauth2-status", full_page=False)
 
         # The stored token works: XOAUTH2 against the test SMTP server.
         control(page, "Send test e-mail to").fill("someone@example.com")
