@@ -11,21 +11,26 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgate.adapters.db import notify
 from mailgate.adapters.db.engine import make_engine, make_session_factory, migrate
 from mailgate.adapters.db.tables import SystemSetting, User
+from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
+from mailgate.services.delivery import SessionOpener, TokenProvider
 from mailgate.services.email_servers import EmailServers, ResolvedServer
 from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
+from mailgate.services.outbox import Outbox
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.remote_hub import RemoteHub
 from mailgate.services.system_mailer import TransportSystemMailer
@@ -47,6 +52,11 @@ class Container:
     servers: EmailServers
     remote_clients: RemoteClients
     oauth2: OAuth2Service
+    outbox: Outbox
+    wakeup: notify.Wakeup
+    metrics: Metrics
+    open_session: SessionOpener
+    """How the delivery worker opens an SMTP session (tests may swap in their own)."""
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
     system_mailer: TransportSystemMailer | None = None
@@ -94,6 +104,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         ),
         public_base_url=settings.public_base_url,
     )
+    wakeup = notify.Wakeup()
+    notify.install(sessions, wakeup)
     c = Container(
         settings=settings,
         engine=engine,
@@ -113,10 +125,26 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         servers=servers,
         remote_clients=RemoteClients(clock),
         oauth2=oauth2,
+        outbox=Outbox(
+            servers,
+            clock,
+            settings.max_message_bytes,
+            timedelta(seconds=settings.retry_max_age_s),
+        ),
+        wakeup=wakeup,
+        metrics=Metrics(sessions, clock),
+        open_session=_open_smtp_session,
     )
     c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
     oauth2.mailer = c.system_mailer
     return c
+
+
+async def _open_smtp_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:
+    # Imported on first use: CLI commands that never send need not load the SMTP stack.
+    from mailgate.adapters.smtp_delivery import open_smtp_session
+
+    return await open_smtp_session(server, tokens)
 
 
 def _say(message: str) -> None:

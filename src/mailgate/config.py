@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     """Temporary failures are retried until the message is this old, then it fails."""
     lease_s: int = Field(default=120, ge=5)
     """How long a worker owns a claimed message before another may take it."""
+    retry_base_s: float = Field(default=60, gt=0)
+    """First retry delay; it doubles with each attempt (with jitter) up to ``retry_cap_s``."""
+    retry_cap_s: float = Field(default=3600, gt=0)
+    worker_batch: int = Field(default=200, ge=1, le=5000)
+    """Messages a worker claims at a time (and keeps in flight at most)."""
+    worker_poll_s: float = Field(default=5.0, gt=0)
+    """Safety-net poll of an idle worker; new mail wakes it at once (in-process, or by
+    PostgreSQL NOTIFY), so this only matters for mail submitted by another SQLite process."""
 
     remote_heartbeat_s: float = Field(default=15, gt=0, le=300)
     """Remote agents send a heartbeat this often; silence for three times as long ends the

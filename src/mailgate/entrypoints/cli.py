@@ -1,4 +1,5 @@
-"""The ``mailgate`` command: serve | agent | migrate | tenant | user | apikey | keygen.
+"""The ``mailgate`` command: serve | worker | agent | send | messages | migrate | tenant |
+user | apikey | keygen.
 
 Passwords are read from a prompt or from standard input, never from the command line (argv
 is visible to every user of the machine through ``ps``).
@@ -27,7 +28,9 @@ app = typer.Typer(help="mailgate: a multi-tenant outbound e-mail gateway.", no_a
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+messages_app = typer.Typer(help="Release, cancel or retry messages in bulk.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(messages_app, name="messages")
 app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(server_app, name="server")
@@ -441,6 +444,221 @@ def secrets_rotate() -> None:
             "keep the old keys until they are re-entered"
         )
     typer.echo("every secret is under the current key; older keys can be removed")
+
+
+@app.command()
+def worker(
+    workers: Annotated[
+        int, typer.Option("--workers", "-n", min=1, max=64, help="Workers in this process.")
+    ] = 1,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (127.0.0.1).")
+    ] = None,
+    stats_every: Annotated[
+        float, typer.Option(help="Print a progress line every this many seconds (0: never).")
+    ] = 10.0,
+) -> None:
+    """Deliver queued mail until SIGTERM or Ctrl-C (run many of these on PostgreSQL)."""
+    import asyncio
+    import signal
+    import time
+
+    from mailgate.entrypoints.worker import Worker, default_worker_id
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    c = build(settings)
+    run_migrations(c.engine)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=c.metrics.registry)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        pool = [Worker(c, worker_id=default_worker_id(i)) for i in range(workers)]
+        tasks = [asyncio.create_task(w.run(stop)) for w in pool]
+        typer.echo(f"mailgate worker: {workers} worker(s) delivering; Ctrl-C or SIGTERM stops")
+        started, last = time.monotonic(), 0
+        while not stop.is_set() and stats_every > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), stats_every)
+            except TimeoutError:
+                total = sum(w.delivered for w in pool)
+                rate = (total - last) / stats_every
+                typer.echo(
+                    f"delivered {total} in {time.monotonic() - started:.0f} s ({rate:.1f}/s now)"
+                )
+                last = total
+        await asyncio.gather(*tasks)
+        typer.echo(f"stopped after delivering {sum(w.delivered for w in pool)} messages")
+
+    asyncio.run(main_loop())
+
+
+@app.command()
+def send(
+    tenant: str,
+    to: Annotated[list[str], typer.Option("--to", help="Recipient, repeatable.")],
+    subject: Annotated[str | None, typer.Option()] = None,
+    server: Annotated[str | None, typer.Option(help="Default: the tenant's default.")] = None,
+    sender: Annotated[str | None, typer.Option("--from", help="Default: from the server.")] = None,
+    cc: Annotated[list[str] | None, typer.Option("--cc")] = None,
+    bcc: Annotated[list[str] | None, typer.Option("--bcc")] = None,
+    text: Annotated[str | None, typer.Option(help="Plain text body ('-': stdin).")] = None,
+    html_file: Annotated[Path | None, typer.Option(help="HTML body from a file.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(help="Attach a file, repeatable.")] = None,
+    hold: Annotated[bool, typer.Option("--hold", help="Store, but send only on release.")] = False,
+) -> None:
+    """Queue a message for delivery (the worker sends it) and print its id."""
+    import base64
+    import mimetypes
+
+    from pydantic import ValidationError
+    from sqlalchemy import select
+
+    from mailgate.schemas.email_server import pydantic_field_errors
+    from mailgate.schemas.message import MessageIn
+    from mailgate.services.outbox import Owner
+
+    attachments = []
+    for path in attach or []:
+        if not path.is_file():
+            _fail(f"--attach {path}: no such file")
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        attachments.append(
+            {
+                "filename": path.name,
+                "content_type": ctype,
+                "content_base64": base64.b64encode(path.read_bytes()).decode(),
+            }
+        )
+    body_text = sys.stdin.read() if text == "-" else text
+    data = {
+        "server": server,
+        "from": sender,
+        "to": to,
+        "cc": cc or [],
+        "bcc": bcc or [],
+        "subject": subject,
+        "text": body_text,
+        "html": html_file.read_text() if html_file else None,
+        "attachments": attachments,
+        "hold": hold,
+    }
+    try:
+        body = MessageIn.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        _fail("; ".join(f"{e.field}: {e.message}" for e in pydantic_field_errors(exc)))
+        return
+    c = _container()
+    first_start(c, echo=lambda _m: None)
+    try:
+        with c.session() as db:
+            t = db.scalar(select(Tenant).where(Tenant.name == tenant))
+            if t is None:
+                _fail(f"tenant {tenant!r} not found")
+            assert t is not None
+            submitted = c.outbox.submit(db, t.id, Owner("cli", None), body)
+            message_id, status = submitted.message.id, submitted.message.status
+    except MailgateError as exc:
+        _fail(exc.detail)
+        return
+    typer.echo(f"{message_id}\t{status}")
+
+
+def _bulk_command(
+    action: str,
+    tenant: str,
+    ids: list[str] | None,
+    status: str | None,
+    server: str | None,
+) -> None:
+    from pydantic import ValidationError
+    from sqlalchemy import func, select
+
+    from mailgate.adapters.db.tables import Message
+    from mailgate.domain.messages import ALLOWED_FROM, Action
+    from mailgate.schemas.email_server import pydantic_field_errors
+    from mailgate.schemas.message import BulkIn
+
+    try:
+        body = BulkIn.model_validate({"ids": ids or None, "status": status, "server": server})
+    except ValidationError as exc:
+        _fail("; ".join(f"{e.field}: {e.message}" for e in pydantic_field_errors(exc)))
+        return
+    act = Action(action)
+    c = _container()
+    first_start(c, echo=lambda _m: None)
+    try:
+        with c.session() as db:
+            t = db.scalar(select(Tenant).where(Tenant.name == tenant))
+            if t is None:
+                _fail(f"tenant {tenant!r} not found")
+            assert t is not None
+            if body.ids is not None:
+                total = len(body.ids)
+            else:
+                statuses = (
+                    [body.status.value] if body.status else [s.value for s in ALLOWED_FROM[act]]
+                )
+                query = select(func.count()).where(
+                    Message.tenant_id == t.id, Message.status.in_(statuses)
+                )
+                if body.server is not None:
+                    query = query.where(Message.server_name == body.server)
+                total = db.scalar(query) or 0
+            with typer.progressbar(length=total, label=f"{action}", file=sys.stderr) as bar:
+                result = c.outbox.bulk(db, t.id, act, body, progress=bar.update)
+    except MailgateError as exc:
+        _fail(exc.detail)
+        return
+    typer.echo(f"{action}: {len(result.changed)} changed, {len(result.skipped)} skipped")
+    for item in result.skipped[:20]:
+        typer.echo(f"  {item['id']}: {item['reason']}")
+
+
+_IDS = typer.Option("--id", help="Message id, repeatable.")
+_STATUS = typer.Option(help="Filter: only messages with this status.")
+_SERVER = typer.Option(help="Filter: only messages for this e-mail server.")
+
+
+@messages_app.command("release")
+def messages_release(
+    tenant: str,
+    ids: Annotated[list[str] | None, _IDS] = None,
+    status: Annotated[str | None, _STATUS] = None,
+    server: Annotated[str | None, _SERVER] = None,
+) -> None:
+    """Release held messages."""
+    _bulk_command("release", tenant, ids, status, server)
+
+
+@messages_app.command("cancel")
+def messages_cancel(
+    tenant: str,
+    ids: Annotated[list[str] | None, _IDS] = None,
+    status: Annotated[str | None, _STATUS] = None,
+    server: Annotated[str | None, _SERVER] = None,
+) -> None:
+    """Cancel messages that are not sent yet."""
+    _bulk_command("cancel", tenant, ids, status, server)
+
+
+@messages_app.command("retry")
+def messages_retry(
+    tenant: str,
+    ids: Annotated[list[str] | None, _IDS] = None,
+    status: Annotated[str | None, _STATUS] = None,
+    server: Annotated[str | None, _SERVER] = None,
+) -> None:
+    """Try deferred and failed messages now."""
+    _bulk_command("retry", tenant, ids, status, server)
 
 
 def main() -> None:

@@ -165,6 +165,8 @@ class Message(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
         Index("ix_messages_claim", "status", "next_attempt_at"),
         Index("ix_messages_tenant_created", "tenant_id", "created_at"),
+        Index("ix_messages_ready", "status", "priority", "next_attempt_at"),
+        Index("ix_messages_tenant_id", "tenant_id", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from mailgate import __version__
@@ -16,6 +20,7 @@ from mailgate.entrypoints.api.routers import (
     certificates,
     email_servers,
     health,
+    messages,
     oauth2,
     password_reset,
     remote_clients,
@@ -28,7 +33,25 @@ from mailgate.entrypoints.api.routers import (
 
 
 def create_app(container: Container) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # MAILGATE_WORKERS delivery workers share this process's event loop; on shutdown
+        # (SIGTERM to uvicorn) they finish what they send and give back the rest.
+        from mailgate.entrypoints.worker import Worker, default_worker_id
+
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(Worker(container, worker_id=default_worker_id(i)).run(stop))
+            for i in range(container.settings.workers)
+        ]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="mailgate",
         version=__version__,
         description="Multi-tenant outbound e-mail gateway. Errors are application/problem+json.",
@@ -52,6 +75,7 @@ def create_app(container: Container) -> FastAPI:
         audit,
         oauth2,
         certificates,
+        messages,
     ):
         app.include_router(module.router)
     web.install(app)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
 
-from mailgate.adapters.db.tables import Message
+from mailgate.adapters.metrics import CONTENT_TYPE, queue_numbers
 from mailgate.entrypoints.api.deps import AppContainer
 
 router = APIRouter(tags=["operations"])
@@ -16,16 +15,33 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz")
 def healthz(c: AppContainer) -> Any:
+    """``queue.queued``: messages waiting for delivery (queued, scheduled, deferred, sending);
+    ``queue.oldest_s``: how long the oldest message that is due has waited for a worker (a
+    growing number means the workers do not keep up, or none runs)."""
     try:
         with c.sessions() as db:
-            queued, oldest = db.execute(
-                select(func.count(), func.min(Message.created_at)).where(
-                    Message.status.in_(("queued", "deferred", "sending"))
-                )
-            ).one()
+            numbers = queue_numbers(db, c.clock())
     except Exception:
         return JSONResponse(
             {"status": "error", "database": "unavailable", "queue": None}, status_code=503
         )
-    oldest_s = int((c.clock() - oldest).total_seconds()) if oldest else 0
-    return {"status": "ok", "database": "ok", "queue": {"queued": queued, "oldest_s": oldest_s}}
+    by_status = numbers["by_status"]
+    return {
+        "status": "ok",
+        "database": "ok",
+        "queue": {
+            "queued": numbers["pending"],
+            "oldest_s": numbers["oldest_ready_s"],
+            "ready": by_status["queued"],
+            "scheduled": by_status["scheduled"],
+            "deferred": by_status["deferred"],
+            "sending": by_status["sending"],
+            "held": by_status["held"],
+        },
+    }
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(c: AppContainer) -> Response:
+    """Prometheus text format: messages by status, queue depth, delivery latency, replies."""
+    return Response(c.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,106 @@
+"""Prometheus metrics (prometheus-client): delivery counters of this process, and queue
+numbers read from the database at scrape time (so they are right with many workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.adapters.db.tables import Message
+from mailgate.domain.clock import Clock
+from mailgate.domain.messages import PENDING, Status
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def queue_numbers(db: Session, now: datetime) -> dict[str, Any]:
+    """Messages by status, and how long the oldest ready message has waited for a worker."""
+    by_status = {s.value: 0 for s in Status}
+    for status, count in db.execute(select(Message.status, func.count()).group_by(Message.status)):
+        by_status[status] = count
+    oldest = db.scalar(
+        select(func.min(Message.next_attempt_at)).where(
+            Message.status.in_(
+                [Status.QUEUED.value, Status.SCHEDULED.value, Status.DEFERRED.value]
+            ),
+            Message.next_attempt_at <= now,
+        )
+    )
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+
+        oldest = oldest.replace(tzinfo=UTC)
+    return {
+        "by_status": by_status,
+        "pending": sum(by_status[s.value] for s in PENDING),
+        "oldest_ready_s": max(0, int((now - oldest).total_seconds())) if oldest else 0,
+    }
+
+
+class _QueueCollector:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+        self.sessions = sessions
+        self.clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.sessions() as db:
+            numbers = queue_numbers(db, self.clock())
+        by_status = GaugeMetricFamily(
+            "mailgate_messages", "Messages in the outbox by status", labels=["status"]
+        )
+        for status, count in numbers["by_status"].items():
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(
+            "mailgate_queue_depth",
+            "Messages waiting for delivery (queued, scheduled, deferred, sending)",
+            value=numbers["pending"],
+        )
+        yield GaugeMetricFamily(
+            "mailgate_queue_oldest_ready_seconds",
+            "How long the oldest ready message has waited for a worker",
+            value=numbers["oldest_ready_s"],
+        )
+
+
+class Metrics:
+    """One registry per container, so that several apps in one process do not collide."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "mailgate_delivery_latency_seconds",
+            "From acceptance to delivery, for delivered messages",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400),
+            registry=self.registry,
+        )
+        self.replies = Counter(
+            "mailgate_smtp_replies",
+            "Final SMTP replies of delivery attempts by code class (none: no reply)",
+            ["code_class"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "mailgate_delivery_attempts",
+            "Delivery attempts by the message's resulting status",
+            ["result"],
+            registry=self.registry,
+        )
+        self.registry.register(_QueueCollector(sessions, clock))
+
+    def observe_attempt(
+        self, code: int | None, status: Status, created_at: datetime, now: datetime
+    ) -> None:
+        self.replies.labels(f"{code // 100}xx" if code else "none").inc()
+        self.attempts.labels(status.value).inc()
+        if status is Status.SENT:
+            self.latency.observe(max(0.0, (now - created_at).total_seconds()))
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,278 @@
+"""Messages: submit, list, inspect, release, cancel, retry (API.md "Messages")."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime, ValidationError
+from sqlalchemy.orm import Session
+
+from mailgate.bootstrap import Container
+from mailgate.domain.access import Perm, Principal
+from mailgate.domain.errors import BadRequest, MailgateError, PayloadTooLarge, ValidationFailed
+from mailgate.domain.messages import Action, Priority, Status
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.schemas.common import ObjectName
+from mailgate.schemas.email_server import pydantic_field_errors
+from mailgate.schemas.message import BulkIn, MessageIn
+from mailgate.services.outbox import Owner, Submitted
+from mailgate.services.tenants import tenant_for
+
+router = APIRouter(prefix="/api/v1/tenants/{tenant}/messages", tags=["messages"])
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The request schema with ``$defs`` inlined, for ``openapi_extra`` (no shared refs)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inline_refs(MessageIn.model_json_schema(by_alias=True))
+            },
+            "message/rfc822": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "A complete MIME message; recipients from To/Cc/Bcc.",
+            },
+        },
+    }
+}
+
+
+class UnsupportedMediaType(MailgateError):
+    status = 415
+    title = "Unsupported media type"
+
+    def __init__(self, ctype: str) -> None:
+        super().__init__(f"send application/json or message/rfc822, not {ctype!r}")
+
+
+def owner_of(caller: Principal, tenant_id: int) -> Owner:
+    """Callers without ``messages:read`` (web_service keys) see only their own messages."""
+    return Owner(
+        name=caller.name,
+        api_key_id=caller.api_key_id,
+        own_only=not caller.can(tenant_id, Perm.MESSAGES_READ),
+    )
+
+
+def _accepted(submitted: Submitted, response: Response) -> dict[str, Any]:
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    m = submitted.message
+    return {"id": m.id, "status": m.status}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, openapi_extra=_SUBMIT_BODY)
+async def submit_message(
+    tenant: str,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    server: Annotated[ObjectName | None, Query(description="message/rfc822 only")] = None,
+    hold: Annotated[bool, Query(description="message/rfc822 only")] = False,
+    send_at: Annotated[AwareDatetime | None, Query(description="message/rfc822 only")] = None,
+    priority: Annotated[Priority, Query(description="message/rfc822 only")] = Priority.NORMAL,
+) -> dict[str, Any]:
+    """Accept a message: ``202`` means it is stored durably and will be delivered."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "message/rfc822", ""):
+        raise UnsupportedMediaType(ctype)
+    limit = c.settings.max_message_bytes
+    body = await request.body()
+    if ctype == "message/rfc822":
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the message is larger than {limit} bytes")
+        submitted = await run_in_threadpool(
+            _submit_raw,
+            c,
+            db,
+            caller,
+            tenant,
+            body,
+            server,
+            hold,
+            send_at,
+            priority,
+            idempotency_key,
+        )
+    else:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest("the request body is not valid JSON") from exc
+        try:
+            parsed = MessageIn.model_validate(data)
+        except ValidationError as exc:
+            raise ValidationFailed(pydantic_field_errors(exc)) from None
+        submitted = await run_in_threadpool(
+            _submit_json, c, db, caller, tenant, parsed, idempotency_key
+        )
+    return _accepted(submitted, response)
+
+
+def _submit_json(
+    c: Container, db: Session, caller: Principal, tenant: str, body: MessageIn, key: str | None
+) -> Submitted:
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
+    return c.outbox.submit(db, t.id, owner_of(caller, t.id), body, key)
+
+
+def _submit_raw(
+    c: Container,
+    db: Session,
+    caller: Principal,
+    tenant: str,
+    raw: bytes,
+    server: str | None,
+    hold: bool,
+    send_at: datetime | None,
+    priority: Priority,
+    key: str | None,
+) -> Submitted:
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
+    return c.outbox.submit_raw(
+        db,
+        t.id,
+        owner_of(caller, t.id),
+        raw,
+        server_name=server,
+        hold=hold,
+        send_at=send_at,
+        priority=priority,
+        idempotency_key=key,
+    )
+
+
+@router.get("")
+def list_messages(
+    tenant: str,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+    status: Status | None = None,
+    server: str | None = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Newest first. ``next_cursor`` is null on the last page."""
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
+    rows, next_cursor = c.outbox.search(
+        db,
+        t.id,
+        owner_of(caller, t.id),
+        status=status,
+        server=server,
+        q=q,
+        limit=limit,
+        cursor=cursor,
+    )
+    return {"items": [c.outbox.summary(r) for r in rows], "next_cursor": next_cursor}
+
+
+def _bulk(
+    action: Action,
+    tenant: str,
+    body: BulkIn,
+    caller: Principal,
+    db: Session,
+    c: Container,
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
+    return c.outbox.bulk(db, t.id, action, body).view()
+
+
+@router.post("/release")
+def release_many(
+    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    """Release held messages, by ``ids`` or by filter (``status``, ``server``)."""
+    return _bulk(Action.RELEASE, tenant, body, caller, db, c)
+
+
+@router.post("/cancel")
+def cancel_many(
+    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    """Cancel messages not yet sent, by ``ids`` or by filter."""
+    return _bulk(Action.CANCEL, tenant, body, caller, db, c)
+
+
+@router.post("/retry")
+def retry_many(
+    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    """Try deferred and failed messages now, by ``ids`` or by filter."""
+    return _bulk(Action.RETRY, tenant, body, caller, db, c)
+
+
+@router.get("/{message_id}")
+def get_message(
+    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
+    return c.outbox.view(db, c.outbox.get(db, t.id, owner_of(caller, t.id), message_id))
+
+
+@router.get(
+    "/{message_id}/raw",
+    response_class=Response,
+    responses={200: {"content": {"message/rfc822": {}}}},
+)
+def get_raw(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> Response:
+    """The stored MIME message, as it is sent (without Bcc)."""
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
+    row = c.outbox.get(db, t.id, owner_of(caller, t.id), message_id)
+    return Response(c.outbox.raw(db, row), media_type="message/rfc822")
+
+
+def _act(
+    action: Action, tenant: str, message_id: str, caller: Principal, db: Session, c: Container
+) -> dict[str, Any]:
+    t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
+    row = c.outbox.act(db, t.id, message_id, action)
+    return c.outbox.summary(row)
+
+
+@router.post("/{message_id}/release")
+def release(
+    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+) -> dict[str, Any]:
+    """A held message goes to the queue (or waits for its send_at)."""
+    return _act(Action.RELEASE, tenant, message_id, caller, db, c)
+
+
+@router.post("/{message_id}/cancel")
+def cancel(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Held, scheduled, queued or deferred mail is not sent; 409 for anything else."""
+    return _act(Action.CANCEL, tenant, message_id, caller, db, c)
+
+
+@router.post("/{message_id}/retry")
+def retry(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Try a deferred or failed message now."""
+    return _act(Action.RETRY, tenant, message_id, caller, db, c)

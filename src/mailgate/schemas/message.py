@@ -1,0 +1,131 @@
+"""The send request (API.md "Messages") and the bulk action request."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, Field, StringConstraints, field_validator, model_validator
+
+from mailgate.domain.messages import Priority, Status
+from mailgate.schemas.common import (
+    EmailAddress,
+    HeaderName,
+    ObjectName,
+    SingleLine,
+    StrictModel,
+    check_no_crlf,
+)
+
+# Bodies keep their whitespace (the model strips strings by default).
+Body = Annotated[str, StringConstraints(strip_whitespace=False, max_length=25 * 1024 * 1024)]
+MimeType = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
+    ),
+]
+DisplayName = Annotated[str, StringConstraints(max_length=200)]
+# Headers built from request fields; setting them through "headers" would bypass validation.
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+    }
+)
+
+
+class AddressIn(StrictModel):
+    address: EmailAddress
+    name: DisplayName | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        return None if value is None else check_no_crlf(value)
+
+
+Address = EmailAddress | AddressIn
+
+
+class AttachmentIn(StrictModel):
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    content_type: MimeType = "application/octet-stream"
+    content_base64: Annotated[str, StringConstraints(strip_whitespace=False)]
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str) -> str:
+        check_no_crlf(value)
+        if "/" in value or "\\" in value:
+            raise ValueError("a file name, not a path")
+        return value
+
+
+class MessageIn(StrictModel):
+    server: ObjectName | None = None
+    from_: Address | None = Field(default=None, alias="from")
+    to: list[Address] = Field(default_factory=list, max_length=1000)
+    cc: list[Address] = Field(default_factory=list, max_length=1000)
+    bcc: list[Address] = Field(default_factory=list, max_length=1000)
+    reply_to: list[Address] = Field(default_factory=list, max_length=100)
+    subject: SingleLine | None = None
+    text: Body | None = None
+    html: Body | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
+    headers: dict[HeaderName, SingleLine] = Field(default_factory=dict, max_length=100)
+    hold: bool = False
+    send_at: AwareDatetime | None = None
+    priority: Priority = Priority.NORMAL
+    idempotency_key: (
+        Annotated[SingleLine, StringConstraints(min_length=1, max_length=200)] | None
+    ) = None
+
+    model_config = {"populate_by_name": True}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reply_to_scalar(cls, data: Any) -> Any:
+        # A single reply-to address is common; accept it as well as a list.
+        if isinstance(data, dict) and isinstance(data.get("reply_to"), str | dict):
+            data = {**data, "reply_to": [data["reply_to"]]}
+        return data
+
+    @field_validator("headers")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(
+                    f"{name!r} is set from its own field (from, to, cc, subject, ...), "
+                    "not through headers"
+                )
+        return value
+
+
+class BulkIn(StrictModel):
+    """Either ``ids`` or a filter (``status``, ``server``)."""
+
+    ids: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
+        default=None, max_length=10_000
+    )
+    status: Status | None = None
+    server: ObjectName | None = None
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> BulkIn:
+        if self.ids is None and self.status is None and self.server is None:
+            raise ValueError("give 'ids', or a filter with 'status' and/or 'server'")
+        if self.ids is not None and (self.status is not None or self.server is not None):
+            raise ValueError("give either 'ids' or a filter, not both")
+        return self

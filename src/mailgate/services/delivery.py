@@ -1,0 +1,376 @@
+"""The outbox as a queue: claim ready messages with a lease, record what an attempt did.
+
+Claiming is ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so many workers on many
+machines never take the same row; on SQLite every write transaction is ``BEGIN IMMEDIATE``
+(see ``adapters/db/engine.py``), which serialises claims. A claim sets ``locked_until`` and
+``next_attempt_at`` to the lease's end: if the worker dies, the row becomes claimable again
+then, and the next worker delivers it (at-least-once; the attempt log shows a repeat).
+
+Database work is batched: one transaction claims up to a batch, one records many results.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
+from mailgate.domain.clock import Clock
+from mailgate.domain.messages import (
+    AttemptResult,
+    Decision,
+    Outcome,
+    RetryPolicy,
+    Status,
+    decide,
+)
+from mailgate.services.email_servers import ResolvedServer
+
+_FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
+_AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
+_ATTEMPT_OUTCOME = {Status.SENT: "delivered", Status.DEFERRED: "deferred", Status.FAILED: "failed"}
+
+
+class TokenProvider(Protocol):
+    """Gives the OAuth2 access token for XOAUTH2 (same shape as ``adapters.smtp``'s)."""
+
+    async def access_token(self, *, force_refresh: bool = False) -> str: ...
+
+
+class DeliverySession(Protocol):
+    """Port to the SMTP transport: one open connection sending messages one by one."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult: ...
+
+    async def close(self) -> None: ...
+
+
+class SessionFailed(Exception):
+    """Opening a session failed; ``result`` says how (temporary or permanent)."""
+
+    def __init__(self, result: AttemptResult) -> None:
+        super().__init__(result.text)
+        self.result = result
+
+
+SessionOpener = Callable[[ResolvedServer, TokenProvider | None], Awaitable[DeliverySession]]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message a worker holds: what it needs to send it, and nothing else."""
+
+    id: str
+    tenant_id: int
+    server_id: int | None
+    server_name: str
+    mail_from: str
+    rcpt_to: list[str]
+    """The recipients still to be tried (all of them, on a first attempt)."""
+    raw: bytes
+    attempt_count: int
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Recorded:
+    message: Claimed
+    result: AttemptResult
+    decision: Decision
+
+
+class DeliveryStore:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Clock,
+        lease: timedelta,
+        policy: RetryPolicy,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.lease = lease
+        self.policy = policy
+        self.rand = rand
+
+    def claim(self, worker_id: str, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` ready messages: fresh mail first by priority, but a quarter of
+        the batch is kept for retries so that neither starves the other."""
+        now = self.clock()
+        with self.sessions.begin() as db:
+            retry_share = max(1, limit // 4)
+            fresh = self._ready_ids(db, _FRESH, now, limit - retry_share)
+            again = self._ready_ids(db, _AGAIN, now, limit - len(fresh))
+            if len(fresh) == limit - retry_share and len(again) < retry_share:
+                fresh += self._ready_ids(db, _FRESH, now, retry_share - len(again), exclude=fresh)
+            ids = fresh + again
+            if not ids:
+                return []
+            until = now + self.lease
+            db.execute(
+                update(Message)
+                .where(Message.id.in_(ids))
+                .values(
+                    status=Status.SENDING.value,
+                    locked_by=worker_id,
+                    locked_until=until,
+                    next_attempt_at=until,
+                    updated_at=now,
+                )
+            )
+            rows = db.execute(
+                select(
+                    Message.id,
+                    Message.tenant_id,
+                    Message.server_id,
+                    Message.server_name,
+                    Message.mail_from,
+                    Message.rcpt_to,
+                    Message.recipient_status,
+                    Message.attempt_count,
+                    Message.created_at,
+                    Message.expires_at,
+                    MessageContent.raw,
+                )
+                .join(MessageContent, MessageContent.message_id == Message.id)
+                .where(Message.id.in_(ids))
+            ).all()
+        order = {mid: i for i, mid in enumerate(ids)}
+        claimed = [
+            Claimed(
+                id=r.id,
+                tenant_id=r.tenant_id,
+                server_id=r.server_id,
+                server_name=r.server_name,
+                mail_from=r.mail_from,
+                rcpt_to=_pending(r.rcpt_to, r.recipient_status),
+                raw=r.raw,
+                attempt_count=r.attempt_count,
+                created_at=r.created_at,
+                expires_at=r.expires_at,
+            )
+            for r in rows
+        ]
+        claimed.sort(key=lambda c: order[c.id])
+        return claimed
+
+    @staticmethod
+    def _ready_ids(
+        db: Session,
+        statuses: tuple[str, ...],
+        now: datetime,
+        limit: int,
+        exclude: Sequence[str] = (),
+    ) -> list[str]:
+        if limit <= 0:
+            return []
+        query = (
+            select(Message.id)
+            .where(Message.status.in_(statuses), Message.next_attempt_at <= now)
+            .order_by(Message.priority, Message.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if exclude:
+            query = query.where(Message.id.not_in(list(exclude)))
+        return list(db.scalars(query))
+
+    def record(
+        self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]
+    ) -> list[Recorded]:
+        """Store the attempts and the next state of each message, in one transaction.
+
+        A row whose lease was lost (another worker took it after it expired) keeps the other
+        worker's state; the attempt is still logged, so a duplicate is visible.
+        """
+        if not items:
+            return []
+        now = self.clock()
+        out: list[Recorded] = []
+        with self.sessions.begin() as db:
+            previous: dict[str, dict[str, Any] | None] = {
+                mid: state
+                for mid, state in db.execute(
+                    select(Message.id, Message.recipient_status).where(
+                        Message.id.in_([c.id for c, _ in items])
+                    )
+                )
+            }
+            updates: list[dict[str, Any]] = []
+            attempts: list[dict[str, Any]] = []
+            for claimed, result in items:
+                attempt_no = claimed.attempt_count + 1
+                decision = decide(
+                    result,
+                    claimed.rcpt_to,
+                    attempt_no,
+                    claimed.expires_at,
+                    now,
+                    self.policy,
+                    self.rand,
+                )
+                status = _merge_recipients(previous.get(claimed.id), claimed, result, decision)
+                updates.append(
+                    {
+                        "b_id": claimed.id,
+                        "b_worker": worker_id,
+                        "status": decision.status.value,
+                        "next_attempt_at": decision.next_attempt_at,
+                        "last_error": decision.last_error,
+                        "attempt_count": attempt_no,
+                        "locked_by": None,
+                        "locked_until": None,
+                        "updated_at": now,
+                        "recipient_status": status,
+                    }
+                )
+                attempts.append(
+                    {
+                        "message_id": claimed.id,
+                        "at": now,
+                        "outcome": _ATTEMPT_OUTCOME.get(decision.status, "deferred"),
+                        "smtp_code": result.code,
+                        "smtp_response": result.text[:2000],
+                        "ms": result.ms,
+                        "worker": worker_id,
+                        "recipients": _recipients_view(result) if result.recipients else None,
+                    }
+                )
+                out.append(Recorded(claimed, result, decision))
+            table = Message.__table__
+            assert isinstance(table, Table)
+            db.connection().execute(
+                update(table)
+                .where(
+                    table.c.id == bindparam("b_id"),
+                    table.c.locked_by == bindparam("b_worker"),
+                )
+                .values(
+                    status=bindparam("status"),
+                    next_attempt_at=bindparam("next_attempt_at"),
+                    last_error=bindparam("last_error"),
+                    attempt_count=bindparam("attempt_count"),
+                    locked_by=bindparam("locked_by"),
+                    locked_until=bindparam("locked_until"),
+                    updated_at=bindparam("updated_at"),
+                    recipient_status=bindparam("recipient_status"),
+                ),
+                updates,
+            )
+            db.execute(insert(MessageAttempt), attempts)
+        return out
+
+    def postpone(
+        self,
+        worker_id: str,
+        items: Sequence[tuple[Claimed, datetime, str | None]],
+    ) -> None:
+        """Give claimed messages back without an attempt, to be tried at the given time.
+
+        Used when the server cannot be used yet (OAuth2 needs re-authorization: the reason is
+        shown as ``last_error`` and the mail is ``deferred``, never failed), when a rate limit
+        would hold a message past its lease, and on shutdown.
+        """
+        if not items:
+            return
+        now = self.clock()
+        with self.sessions.begin() as db:
+            for claimed, when, reason in items:
+                if reason is not None:
+                    status = Status.DEFERRED
+                else:
+                    status = Status.QUEUED if claimed.attempt_count == 0 else Status.DEFERRED
+                values: dict[str, Any] = {
+                    "status": status.value,
+                    "next_attempt_at": when,
+                    "locked_by": None,
+                    "locked_until": None,
+                    "updated_at": now,
+                }
+                if reason is not None:
+                    values["last_error"] = reason
+                db.execute(
+                    update(Message)
+                    .where(Message.id == claimed.id, Message.locked_by == worker_id)
+                    .values(**values)
+                )
+
+    def extend(self, worker_id: str, ids: Sequence[str]) -> None:
+        """Renew the lease on messages still in flight, so that a slow batch (a congested
+        server, a rate limit) is not taken over and sent twice by another worker."""
+        if not ids:
+            return
+        until = self.clock() + self.lease
+        with self.sessions.begin() as db:
+            for i in range(0, len(ids), 500):
+                db.execute(
+                    update(Message)
+                    .where(
+                        Message.id.in_(list(ids[i : i + 500])),
+                        Message.locked_by == worker_id,
+                        Message.status == Status.SENDING.value,
+                    )
+                    .values(locked_until=until, next_attempt_at=until)
+                )
+
+    def next_due(self) -> datetime | None:
+        """When the earliest claimable message becomes ready (for an idle worker's sleep)."""
+        with self.sessions() as db:
+            value: datetime | None = db.scalar(
+                select(func.min(Message.next_attempt_at)).where(
+                    Message.status.in_([*_FRESH, *_AGAIN])
+                )
+            )
+        if value is not None and value.tzinfo is None:
+            from datetime import UTC
+
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def _pending(rcpt_to: list[str], recipient_status: dict[str, Any] | None) -> list[str]:
+    if not recipient_status:
+        return list(rcpt_to)
+    return [r for r in rcpt_to if recipient_status.get(r, {}).get("status", "pending") == "pending"]
+
+
+def _recipients_view(result: AttemptResult) -> dict[str, Any]:
+    return {
+        r: {"outcome": rr.outcome.value, "code": rr.code, "text": rr.text[:500]}
+        for r, rr in result.recipients.items()
+    }
+
+
+def _merge_recipients(
+    previous: dict[str, Any] | None,
+    claimed: Claimed,
+    result: AttemptResult,
+    decision: Decision,
+) -> dict[str, Any] | None:
+    """Per-recipient state: ``delivered``, ``refused`` (permanently) or ``pending``."""
+    if previous is None and decision.status is Status.SENT and decision.last_error is None:
+        return None  # the common case: everyone got it at the first try
+    state = dict(previous or {})
+    pending = set(decision.pending)
+    for rcpt in claimed.rcpt_to:
+        rr = result.recipients.get(rcpt)
+        code, text = (rr.code, rr.text) if rr is not None else (result.code, result.text)
+        if rcpt in pending:
+            status = "pending" if decision.status is Status.DEFERRED else "refused"
+        elif (rr.outcome if rr is not None else result.outcome) is Outcome.DELIVERED:
+            status = "delivered"
+        else:
+            status = "refused"
+        state[rcpt] = {"status": status, "code": code, "text": text[:500]}
+    return state
