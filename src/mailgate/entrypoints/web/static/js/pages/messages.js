@@ -14,11 +14,6 @@ const ACTIONS = {
   cancel: { label: "Cancel", ok: ["held", "scheduled", "queued", "deferred"], danger: true },
 };
 
-if (needTenant(ctx)) {
-  if (ctx.item) await detail(ctx.item);
-  else await list();
-}
-document.getElementById("main").dataset.ready = "1";
 
 const base = () => `/api/v1/tenants/${enc(ctx.tenant)}/messages`;
 const addr = (a) => (a == null ? "" : typeof a === "string" ? a : a.name ? `${a.name} <${a.address}>` : a.address);
@@ -178,3 +173,9 @@ async function detail(id) {
         : h("p", { class: "muted" }, "No delivery attempt yet.")),
     h("section", { class: "panel" }, raw));
 }
+
+if (needTenant(ctx)) {
+  if (ctx.item) await detail(ctx.item);
+  else await list();
+}
+document.getElementById("main").dataset.ready = "1";
