@@ -137,6 +137,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
     )
     c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
     oauth2.mailer = c.system_mailer
+    oauth2.on_token_request = lambda result: c.metrics.token_requests.labels(result).inc()
     return c
 
 

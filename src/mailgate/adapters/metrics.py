@@ -92,6 +92,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.token_requests = Counter(
+            "mailgate_oauth2_token_requests",
+            "OAuth2 token endpoint requests (code exchange, refresh, client credentials) by "
+            "result: ok, refused (the provider said no), unavailable (network, 5xx)",
+            ["result"],
+            registry=self.registry,
+        )
         self.registry.register(_QueueCollector(sessions, clock))
 
     def observe_attempt(

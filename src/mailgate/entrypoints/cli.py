@@ -498,7 +498,16 @@ def worker(
         await asyncio.gather(*tasks)
         typer.echo(f"stopped after delivering {sum(w.delivered for w in pool)} messages")
 
-    asyncio.run(main_loop())
+    from mailgate.entrypoints.keeper import TokenKeeper
+
+    # Every process that sends keeps OAuth2 tokens alive; the row lock makes one refresh
+    # of a configuration happen once however many keepers run.
+    keeper = TokenKeeper(c.oauth2)
+    keeper.start()
+    try:
+        asyncio.run(main_loop())
+    finally:
+        keeper.stop()
 
 
 @app.command()

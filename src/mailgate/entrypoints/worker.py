@@ -258,7 +258,9 @@ class Worker:
         if lane.server.config.authentication.method != "oauth2":
             return None
         state = lane.oauth2_state
-        if state != "authorized":
+        # Client credentials need no sign-in: the first token request authorizes them.
+        app_only = lane.server.config.authentication.grant == "client_credentials"
+        if state != "authorized" and not (app_only and state in (None, "not_authorized")):
             return (
                 f"waiting for OAuth2 authorization of e-mail server {m.server_name!r} "
                 f"(state: {state or 'not_authorized'}); an administrator must sign in again"

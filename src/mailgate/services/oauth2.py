@@ -116,6 +116,12 @@ class OAuth2Service:
         self.providers = providers
         self.public_base_url = public_base_url.rstrip("/")
         self.mailer = mailer
+        # Hears "ok", "refused" or "unavailable" after every token endpoint request (metrics).
+        self.on_token_request: Callable[[str], None] | None = None
+
+    def _count(self, result: str) -> None:
+        if self.on_token_request is not None:
+            self.on_token_request(result)
 
     # ---- configuration -----------------------------------------------------------------------
 
@@ -236,6 +242,8 @@ class OAuth2Service:
                 now=now,
             )
         except (TokenRefused, EndpointUnreachable, NeedsAuthorization) as exc:
+            if not isinstance(exc, NeedsAuthorization):
+                self._count("refused" if isinstance(exc, TokenRefused) else "unavailable")
             text = exc.description if isinstance(exc, TokenRefused) else str(exc)
             row.oauth2_last_error = str(exc)
             return result(False, f"the code exchange failed: {text}")
@@ -246,6 +254,7 @@ class OAuth2Service:
                 "the provider returned no refresh token (Microsoft: add the offline_access "
                 "scope; Google: access_type=offline and prompt=consent)",
             )
+        self._count("ok")
         self._store(row, tokens, now, previous={})
         log.info("oauth2: server %s authorized", row.id)
         return result(True, "authorized: mail is sent with XOAUTH2 from now on")
@@ -443,11 +452,14 @@ class OAuth2Service:
                         now=now,
                     )
             except TokenRefused as exc:
+                self._count("refused")
                 return self._refused(row, exc, app_only)
             except NeedsAuthorization as exc:
                 return _Outcome(error=exc)
             except EndpointUnreachable as exc:
+                self._count("unavailable")
                 return self._unreachable(row, tokens, str(exc), now)
+            self._count("ok")
             self._store(row, fresh, now, previous=tokens, refresh_used=not app_only)
             return _Outcome(token=TokenInfo(fresh.access_token, True, fresh.expires_at))
 
