@@ -90,7 +90,49 @@ def fresh_user(w: World, _tenant: str | None) -> dict[str, str]:
 
 
 def server(name: str) -> dict[str, Any]:
-    return password_server(name, host="smtp.example.net")
+    # Port 1 on the loopback refuses at once: a server test fails fast, with no DNS lookup.
+    return password_server(name, host="127.0.0.1", port=1)
+
+
+def oauth2_server(name: str) -> dict[str, Any]:
+    return password_server(
+        name,
+        host="127.0.0.1",
+        port=1,
+        authentication={
+            "method": "oauth2",
+            "provider": "microsoft",
+            "grant": "authorization_code",
+            "username": "sender@contoso.com",
+            "directory_tenant_id": "contoso.onmicrosoft.com",
+            "client_id": "app-id",
+            "client_secret": "app-secret",
+        },
+    )
+
+
+def held_message(w: World, tenant: str | None) -> str:
+    r = w.call(
+        "POST",
+        f"/api/v1/tenants/{tenant}/messages",
+        w.admin,
+        json={"to": ["someone@example.com"], "subject": "held", "text": "x", "hold": True},
+    )
+    assert r.status_code == 202, r.text
+    message_id: str = r.json()["id"]
+    return message_id
+
+
+def fresh_message(w: World, tenant: str | None) -> dict[str, str]:
+    return {**w.standing[tenant], "message": held_message(w, tenant)}
+
+
+def fresh_system_server(w: World, _tenant: str | None) -> dict[str, str]:
+    body = server("SYSTEM")
+    body.pop("name")
+    r = w.call("PUT", "/api/v1/system/email-server", w.admin, json=body)
+    assert r.status_code in (200, 201), r.text
+    return w.standing[None]
 
 
 @dataclass(frozen=True)
@@ -101,6 +143,7 @@ class Endpoint:
     ok: int = 200
     body: Callable[[World, str | None], Any] | None = None
     fresh: Callable[[World, str | None], dict[str, str]] | None = None
+    not_own: int | None = None  # the answer for callers limited to their own messages
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
@@ -138,6 +181,42 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", T + "/import?dry_run=true", Perm.EXPORT, body=export_of),
     Endpoint("POST", T + "/import", Perm.EXPORT, body=export_of),
     Endpoint("GET", T + "/audit", Perm.AUDIT_READ),
+    Endpoint(
+        "POST",
+        T + "/email-servers/{server}/test",
+        Perm.SERVERS_TEST,
+        body=lambda _w, _t: {"to": "someone@example.com", "mode": "dry_run"},
+    ),
+    Endpoint("POST", T + "/email-servers/o365/oauth2/authorize", Perm.SERVERS_WRITE),
+    Endpoint("DELETE", T + "/email-servers/o365/oauth2", Perm.SERVERS_WRITE, 204),
+    Endpoint(
+        "POST",
+        T + "/messages",
+        Perm.MESSAGES_SEND,
+        202,
+        lambda _w, _t: {"to": ["x@example.com"], "subject": "s", "text": "t", "hold": True},
+    ),
+    Endpoint("GET", T + "/messages", Perm.MESSAGES_READ_OWN),
+    # Callers that may read only their own messages get 404 for someone else's.
+    Endpoint("GET", T + "/messages/{message}", Perm.MESSAGES_READ_OWN, not_own=404),
+    Endpoint("GET", T + "/messages/{message}/raw", Perm.MESSAGES_READ_OWN, not_own=404),
+    Endpoint("POST", T + "/messages/{message}/release", Perm.MESSAGES_MANAGE, fresh=fresh_message),
+    Endpoint("POST", T + "/messages/{message}/cancel", Perm.MESSAGES_MANAGE, fresh=fresh_message),
+    # A held message cannot be retried: 409 proves the caller got past authorization.
+    Endpoint("POST", T + "/messages/{message}/retry", Perm.MESSAGES_MANAGE, 409),
+    Endpoint(
+        "POST",
+        T + "/messages/release",
+        Perm.MESSAGES_MANAGE,
+        body=lambda w, t: {"ids": [held_message(w, t)]},
+    ),
+    Endpoint(
+        "POST",
+        T + "/messages/cancel",
+        Perm.MESSAGES_MANAGE,
+        body=lambda w, t: {"ids": [held_message(w, t)]},
+    ),
+    Endpoint("POST", T + "/messages/retry", Perm.MESSAGES_MANAGE, body=lambda _w, _t: {"ids": []}),
 ]
 
 SYSTEM_ENDPOINTS: list[Endpoint] = [
@@ -157,6 +236,20 @@ SYSTEM_ENDPOINTS: list[Endpoint] = [
     Endpoint("DELETE", "/api/v1/users/{username}", None, 204, fresh=fresh_user),
     Endpoint("GET", "/api/v1/system/settings", None),
     Endpoint("PUT", "/api/v1/system/settings", None, body=lambda _w, _t: {}),
+    Endpoint("GET", "/api/v1/system/email-server", None),
+    Endpoint(
+        "PUT",
+        "/api/v1/system/email-server",
+        None,
+        body=lambda _w, _t: {k: v for k, v in server("x").items() if k != "name"},
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/system/email-server/test",
+        None,
+        body=lambda _w, _t: {"to": "someone@example.com", "mode": "dry_run"},
+    ),
+    Endpoint("DELETE", "/api/v1/system/email-server", None, 204, fresh=fresh_system_server),
 ]
 
 
@@ -175,7 +268,12 @@ class Caller:
         if ep.perm is None:
             return 403
         assert tenant is not None
-        return ep.ok if ep.perm in ROLE_PERMS[self.roles[tenant]] else 403
+        perms = ROLE_PERMS[self.roles[tenant]]
+        if ep.perm not in perms:
+            return 403
+        if ep.not_own is not None and Perm.MESSAGES_READ not in perms:
+            return ep.not_own  # the standing resources were made by the system administrator
+        return ep.ok
 
 
 def build_world(api: Api) -> tuple[World, list[Caller]]:
@@ -191,8 +289,12 @@ def build_world(api: Api) -> tuple[World, list[Caller]]:
         key = r.json()["id"]
         r = w.call("POST", f"/api/v1/tenants/{t}/remote-clients", admin, json={"name": "plant"})
         assert r.status_code == 201, r.text
+        r = w.call("POST", f"/api/v1/tenants/{t}/email-servers", admin, json=oauth2_server("o365"))
+        assert r.status_code == 201, r.text
         w.standing[t] = {"tenant": t, "server": "main", "key": key, "remote": "plant"}
+        w.standing[t]["message"] = held_message(w, t)
     w.standing[None] = {"username": "alpha-admin"}
+    fresh_system_server(w, None)
     callers = [Caller("system_admin", admin, {}, system_admin=True)]
     for role in (Role.ADMIN, Role.USER, Role.READ_ONLY):
         token = api.make_user(admin, f"alpha-{role.value}".replace("_", "-"), {"alpha": role})
