@@ -9,7 +9,11 @@ states only which permission an endpoint needs. When you add an endpoint, add a 
   request, so names can be unique);
 - ``fresh``: for calls that consume their target (DELETE), a factory that creates a disposable
   target as system administrator and returns the path parameters. Denied calls use the
-  standing resources (and must not change them).
+  standing resources (and must not change them);
+- ``ok``: the answer for an authorized caller (usually 2xx; a 409 is fine where the standing
+  resource is in the wrong state, it still proves the caller got past authorization);
+- ``not_own``: the answer for callers limited to their own messages (``web_service``), since
+  the standing resources belong to the system administrator.
 
 For each row: callers of tenant A on tenant B's resources get 404 and change nothing; inside
 a tenant each role gets the success status if its role has ``perm``, else 403 and nothing
