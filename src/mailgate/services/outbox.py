@@ -106,6 +106,7 @@ class Outbox:
             return Submitted(first, True)
         server = self._server(db, tenant_id, body.server)
         cfg = self.servers.resolve(server).config
+        _end_reading(db)
         now = self.clock()
         built = build_mime(body, cfg.message_defaults, now)
         self._check_size(len(built.raw), cfg.limits.max_message_bytes)
@@ -141,6 +142,7 @@ class Outbox:
         self._check_size(len(raw), None)
         server = self._server(db, tenant_id, server_name)
         cfg = self.servers.resolve(server).config
+        _end_reading(db)
         built = prepare_raw(raw, cfg.message_defaults, self.clock())
         self._check_size(len(built.raw), cfg.limits.max_message_bytes)
         return self._store(
@@ -453,6 +455,18 @@ class Outbox:
                 for a in self.attempts(db, row)
             ],
         }
+
+
+def _end_reading(db: Session) -> None:
+    """End a transaction that only read, before the slow part (building MIME).
+
+    On SQLite every transaction holds the database's write lock (``BEGIN IMMEDIATE``), so
+    building a message inside it would make concurrent submissions wait for each other. The
+    insert then runs in a short transaction of its own; a repeated idempotency key is still
+    caught there by the unique constraint.
+    """
+    if not (db.new or db.dirty or db.deleted):
+        db.commit()
 
 
 def _next_attempt(row: Message) -> datetime | None:
