@@ -1,0 +1,396 @@
+"""mailgate delivery benchmark (issue 4). One run, one machine, one sink for every row.
+
+    .venv/bin/python bench/run.py [--n 5000] [--rss-n 100000] [--database-url URL]
+
+(a) raw aiosmtplib, 8 reused connections: the ceiling of the client library;
+(b) mailgate's worker draining N pre-queued messages;
+(c) end to end: N messages submitted through the HTTP API by a concurrent client while the
+    worker of the same ``mailgate serve`` process delivers them;
+(d) idle-queue latency from the request (and from the 202) to the sink receiving the message;
+(e) peak RSS of the ``mailgate serve`` process with RSS_N messages queued.
+
+All messages are about 10 KB. Results are printed and written to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import httpx
+from sqlalchemy import insert, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sink import Sink
+
+from mailgate.adapters.db.tables import Message, MessageContent, Tenant
+from mailgate.adapters.secrets import generate_key
+from mailgate.bootstrap import Container, build, first_start
+from mailgate.config import Settings
+from mailgate.domain.messages import new_message_id
+from mailgate.entrypoints.worker import Worker
+from mailgate.schemas.email_server import EmailServerIn
+from mailgate.schemas.message import MessageIn
+from mailgate.services.outbox import Owner
+
+# 128 lines of 76 characters + line ends: 10 KB of 7-bit text (no transfer encoding).
+BODY = ("".join(f"{i:04d} " + "x" * 71 + "\n" for i in range(128)))[: 10 * 1024]
+CONNECTIONS = 8
+ADMIN_PASSWORD = "bench-admin-password"
+
+
+def server_config(port: int) -> dict[str, Any]:
+    return {
+        "name": "SINK",
+        "protocol": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "starttls": "disabled",
+        "helo_name": "bench.mailgate.test",
+        "timeouts": {"connect_s": 30, "command_s": 120},
+        "limits": {"max_connections": CONNECTIONS},
+        "message_defaults": {"from_address": "bench@example.com"},
+    }
+
+
+def raw_message(i: int) -> bytes:
+    return (
+        f"From: bench@example.com\r\nTo: sink@example.com\r\nSubject: raw {i}\r\n"
+        f"Message-ID: <raw{i}@example.com>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        + BODY.replace("\n", "\r\n")
+    ).encode()
+
+
+# ---- (a) raw aiosmtplib ---------------------------------------------------------------------
+
+
+async def raw_client(port: int, n: int) -> float:
+    messages = [raw_message(i) for i in range(n)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for m in messages:
+        queue.put_nowait(m)
+
+    async def conn() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        while not queue.empty():
+            m = queue.get_nowait()
+            await smtp.sendmail("bench@example.com", ["sink@example.com"], m)
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
+    return time.perf_counter() - started
+
+
+# ---- (b) the worker draining a pre-queued outbox ----------------------------------------------
+
+
+def container(data_dir: Path, database_url: str | None) -> Container:
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        secret_key=generate_key(),
+        admin_password=ADMIN_PASSWORD,
+        workers=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    c = build(settings)
+    first_start(c, echo=lambda _m: None)
+    return c
+
+
+def prequeue(c: Container, port: int, n: int, server_exists: bool = False) -> None:
+    """Queue ``n`` messages: the first through the outbox service, the rest as copies of its
+    rows (a bulk insert; building them is not what (b) measures)."""
+    with c.session() as db:
+        tenant = db.scalar(select(Tenant).where(Tenant.name == "home"))
+        assert tenant is not None
+        if not server_exists:
+            c.servers.create(db, tenant, EmailServerIn.model_validate(server_config(port)))
+        body = MessageIn.model_validate(
+            {"server": "SINK", "to": ["sink@example.com"], "subject": "b", "text": BODY}
+        )
+        first = c.outbox.submit(db, tenant.id, Owner("bench", None), body).message
+        content = db.get(MessageContent, first.id)
+        assert content is not None
+        template = {col.key: getattr(first, col.key) for col in Message.__table__.columns}
+        for start in range(1, n, 5000):
+            rows, contents = [], []
+            for _ in range(start, min(n, start + 5000)):
+                mid = new_message_id()
+                rows.append({**template, "id": mid})
+                contents.append({"message_id": mid, "raw": content.raw})
+            db.execute(insert(Message), rows)
+            db.execute(insert(MessageContent), contents)
+            db.flush()
+
+
+async def drain(c: Container, sink: Sink, n: int) -> float:
+    worker = Worker(c, worker_id="bench")
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(worker.run(stop))
+    while worker.delivered < n:
+        await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await task
+    assert sink.count >= n
+    return elapsed
+
+
+# ---- (c), (d), (e): a real `mailgate serve` ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Serve:
+    def __init__(self, data_dir: Path, secret_key: str, database_url: str | None) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "MAILGATE_DATA_DIR": str(data_dir),
+            "MAILGATE_SECRET_KEY": secret_key,
+            "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "MAILGATE_WORKERS": os.environ.get("MAILGATE_WORKERS", "1"),
+            "MAILGATE_LOG_LEVEL": "WARNING",
+        }
+        if database_url:
+            env["MAILGATE_DATABASE_URL"] = database_url
+        self.log = (data_dir / "serve.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("mailgate serve did not start; see serve.log")
+            time.sleep(0.2)
+        r = httpx.post(
+            self.url + "/api/v1/auth/login",
+            json={"username": "admin", "password": ADMIN_PASSWORD},
+        )
+        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+async def submit_all(serve: Serve, n: int, concurrency: int = 16) -> tuple[float, int]:
+    url = f"{serve.url}/api/v1/tenants/home/messages"
+    body = {"server": "SINK", "to": ["sink@example.com"], "subject": "c", "text": BODY}
+    errors = 0
+    counter = iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(headers=serve.headers, limits=limits, timeout=60) as client:
+
+        async def one() -> None:
+            nonlocal errors
+            for _ in counter:
+                r = await client.post(url, json=body)
+                if r.status_code != 202:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return time.perf_counter() - started, errors
+
+
+def idle_latency(serve: Serve, sink: Sink, samples: int) -> tuple[list[float], list[float]]:
+    url = f"{serve.url}/api/v1/tenants/home/messages"
+    from_request, from_202 = [], []
+    with httpx.Client(headers=serve.headers, timeout=30) as client:
+        for i in range(samples):
+            bench_id = f"lat-{i}"
+            body = {
+                "server": "SINK",
+                "to": ["sink@example.com"],
+                "subject": "d",
+                "text": BODY,
+                "headers": {"X-Bench-Id": bench_id},
+            }
+            t_request = time.time()
+            r = client.post(url, json=body)
+            t_202 = time.time()
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 30
+            while True:
+                arrived = sink.arrivals().get(bench_id)
+                if arrived is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(bench_id)
+                time.sleep(0.001)
+            from_request.append((arrived - t_request) * 1000)
+            from_202.append((arrived - t_202) * 1000)
+            time.sleep(0.05)  # the queue is idle again before the next one
+    return from_request, from_202
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--rss-n", type=int, default=100_000)
+    ap.add_argument("--latency-samples", type=int, default=200)
+    ap.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    args = ap.parse_args()
+    n = args.n
+    results: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
+        f"load {os.getloadavg()[0]:.1f} at start",
+        "python": sys.version.split()[0],
+        "n": n,
+        "database": args.database_url.split("@")[-1] if args.database_url else "sqlite",
+    }
+    sink = Sink()
+    try:
+        print(f"sink on port {sink.port}; {n} messages of {len(raw_message(0))} bytes", flush=True)
+
+        elapsed = asyncio.run(raw_client(sink.port, n))
+        sink.wait_for(n)
+        results["a_raw_aiosmtplib_per_s"] = n / elapsed
+        print(
+            f"(a) raw aiosmtplib, {CONNECTIONS} connections: {n / elapsed:8.0f} msg/s", flush=True
+        )
+
+        sink.reset()
+        with tempfile.TemporaryDirectory() as tmp:
+            c = container(Path(tmp), args.database_url)
+            prequeue(c, sink.port, n)
+            elapsed = asyncio.run(drain(c, sink, n))
+            c.engine.dispose()
+        results["b_worker_drain_per_s"] = n / elapsed
+        print(f"(b) worker draining {n} queued:     {n / elapsed:8.0f} msg/s", flush=True)
+
+        sink.reset()
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp)
+            c = container(data, args.database_url)
+            secret = c.settings.secret_key or ""
+            c.engine.dispose()
+            serve = Serve(data, secret, args.database_url)
+            try:
+                r = httpx.post(
+                    f"{serve.url}/api/v1/tenants/home/email-servers",
+                    headers=serve.headers,
+                    json=server_config(sink.port),
+                )
+                assert r.status_code == 201, r.text
+                started = time.perf_counter()
+                submit_s, errors = asyncio.run(submit_all(serve, n))
+                sink.wait_for(n)
+                elapsed = time.perf_counter() - started
+                results["c_end_to_end_per_s"] = n / elapsed
+                results["c_submit_only_per_s"] = n / submit_s
+                results["c_errors"] = errors
+                print(
+                    f"(c) end to end through the API:  {n / elapsed:8.0f} msg/s "
+                    f"(submission alone {n / submit_s:.0f}/s, {errors} errors)",
+                    flush=True,
+                )
+
+                sink.reset()
+                lat_req, lat_202 = idle_latency(serve, sink, args.latency_samples)
+                results["d_latency_ms"] = {
+                    "from_request_p50": pct(lat_req, 50),
+                    "from_request_p99": pct(lat_req, 99),
+                    "from_202_p50": pct(lat_202, 50),
+                    "from_202_p99": pct(lat_202, 99),
+                    "samples": len(lat_req),
+                }
+                print(
+                    f"(d) idle latency, request->sink p50 {pct(lat_req, 50):.1f} ms, "
+                    f"p99 {pct(lat_req, 99):.1f} ms; 202->sink p50 {pct(lat_202, 50):.1f} ms, "
+                    f"p99 {pct(lat_202, 99):.1f} ms",
+                    flush=True,
+                )
+            finally:
+                serve.stop()
+
+            # (e) the same installation with RSS_N messages waiting, then started again.
+            c = container(data, args.database_url)
+            t = time.perf_counter()
+            prequeue(c, sink.port, args.rss_n, server_exists=True)
+            c.engine.dispose()
+            print(
+                f"    queued {args.rss_n} messages in {time.perf_counter() - t:.0f} s", flush=True
+            )
+            sink.reset()
+            serve = Serve(data, secret, args.database_url)
+            try:
+                health = httpx.get(serve.url + "/healthz").json()
+                time.sleep(20)  # delivering from the backlog
+                for _ in range(5):
+                    httpx.get(
+                        f"{serve.url}/api/v1/tenants/home/messages?limit=100",
+                        headers=serve.headers,
+                    )
+                    httpx.get(serve.url + "/metrics")
+                rss = serve.peak_rss_mb()
+                delivered = sink.count
+            finally:
+                serve.stop()
+            results["e_peak_rss_mb"] = rss
+            results["e_queue_at_start"] = health["queue"]
+            print(
+                f"(e) peak RSS with {args.rss_n} queued: {rss:.0f} MB "
+                f"(delivered {delivered} in the 20 s measured)",
+                flush=True,
+            )
+    finally:
+        sink.stop()
+
+    a = results["a_raw_aiosmtplib_per_s"]
+    results["ratio_b_a"] = results["b_worker_drain_per_s"] / a
+    results["ratio_c_a"] = results["c_end_to_end_per_s"] / a
+    print(f"\n(b)/(a) = {results['ratio_b_a']:.2f}   (target >= 0.8)")
+    print(f"(c)/(a) = {results['ratio_c_a']:.2f}   (target >= 0.5)")
+    out = Path(__file__).with_name("results.json")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
