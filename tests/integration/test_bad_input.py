@@ -333,6 +333,7 @@ CASES = [
         json={"authentication": {"method": "oauth2", "provider": "google"}},
     ),
     Case("PATCH rename clash", "PATCH", SERVERS + "/main", 409, json={"name": "second"}),
+    Case("PATCH name null", "PATCH", SERVERS + "/main", 422, "name", json={"name": None}),
     # Tenants, users, API keys, sign-in
     Case("tenant name upper case", "POST", "/api/v1/tenants", 422, "name", json={"name": "Acme"}),
     Case("tenant name too long", "POST", "/api/v1/tenants", 422, "name", json={"name": "a" * 64}),

@@ -234,6 +234,10 @@ class EmailServers:
     def patch(self, db: Session, row: EmailServer, patch: Any) -> EmailServer:
         if not isinstance(patch, dict):
             raise ValidationFailed.one("body", "a JSON object (merge patch) is expected")
+        if row.tenant_id is not None and "name" in patch and patch["name"] is None:
+            # A merge-patch null removes the member, and the model would then fall back to
+            # its default name "DEFAULT": a silent rename. A name cannot be removed.
+            raise ValidationFailed.one("name", "a configuration keeps a name; send a new one")
         current = {"name": row.name, **copy.deepcopy(row.config)}
         merged = merge_patch(current, patch)
         if row.tenant_id is None:
