@@ -61,6 +61,11 @@ def test_ribbon_create_rename_validate_save_remove(
     expect(secret.get_by_role("button", name="Change")).to_be_visible()
     assert PASSWORD not in page.content()
 
+    # The ribbon follows the WAI-ARIA tabs pattern: arrow keys move between the tabs.
+    page.get_by_role("tab", name=re.compile("DEFAULT")).focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("button", name="New configuration")).to_be_focused()
+
     # "+" opens a new empty configuration; typing the name updates the tab label at once.
     page.get_by_role("button", name="New configuration").click()
     expect_tabs(page, ["DEFAULT", "New server"])

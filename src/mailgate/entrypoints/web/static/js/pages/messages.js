@@ -5,6 +5,7 @@ import { h, clear, banner, toast, badge, fmtTime, errorText, busy, confirmDialog
 import { boot, needTenant, tenantUrl } from "../shell.js";
 
 const ctx = await boot();
+const ACTIVE = ["queued", "sending"];
 const STATUSES = ["held", "scheduled", "queued", "sending", "deferred", "sent", "failed", "cancelled"];
 // Which action applies to which status (API.md "Messages"). Mail is held when it is submitted
 // ("hold": true); the API has no action to hold a message that is already queued.
@@ -98,6 +99,13 @@ async function list() {
     renderBulk();
   }
 
+  // While mail is on its way, the list refreshes itself, so a release is seen to finish.
+  let poll = null;
+  function schedulePoll() {
+    clearTimeout(poll);
+    if (state.items.some((m) => ACTIVE.includes(m.status))) poll = setTimeout(() => load(false), 3000);
+  }
+
   async function load(append = false) {
     const q = new URLSearchParams({ limit: "50" });
     if (state.status) q.set("status", state.status);
@@ -110,6 +118,7 @@ async function list() {
       state.cursor = r.next_cursor || null;
       more.hidden = !state.cursor;
       render();
+      if (!append) schedulePoll();
     } catch (err) {
       clear(table, banner("bad", errorText(err)));
     }
@@ -146,6 +155,7 @@ async function detail(id) {
       raw.dataset.loaded = "1";
     } catch (err) { raw.querySelector("pre").textContent = errorText(err); }
   });
+  if (ACTIVE.includes(m.status)) setTimeout(() => location.reload(), 3000);
   const attempts = m.attempts || [];
   const env = m.envelope || {};
   clear(ctx.el,
