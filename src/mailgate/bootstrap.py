@@ -105,6 +105,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         public_base_url=settings.public_base_url,
     )
     wakeup = notify.Wakeup()
+    hub = RemoteHub()
     notify.install(sessions, wakeup)
     c = Container(
         settings=settings,
@@ -133,12 +134,25 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         ),
         wakeup=wakeup,
         metrics=Metrics(sessions, clock),
-        open_session=_open_smtp_session,
+        open_session=_delivery_opener(hub, settings.remote_job_timeout_s),
+        hub=hub,
     )
     c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
     oauth2.mailer = c.system_mailer
     oauth2.on_token_request = lambda result: c.metrics.token_requests.labels(result).inc()
     return c
+
+
+def _delivery_opener(hub: RemoteHub, timeout_s: float) -> SessionOpener:
+    """Direct SMTP, or through the remote client agent for ``remote_output`` configs."""
+
+    async def open_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:
+        # Imported on first use, like the SMTP stack below.
+        from mailgate.adapters.remote_delivery import remote_opener
+
+        return await remote_opener(hub, _open_smtp_session, timeout_s)(server, tokens)
+
+    return open_session
 
 
 async def _open_smtp_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:

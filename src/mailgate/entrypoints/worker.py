@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -44,6 +44,7 @@ log = logging.getLogger("mailgate.worker")
 # 5 minutes servers wait for a command (RFC 5321 4.5.3.2.7).
 IDLE_SESSION_S = 10.0
 OAUTH_RECHECK = timedelta(minutes=1)
+SKIP_RECHECK_S = 2.0
 
 
 def default_worker_id(n: int = 0) -> str:
@@ -92,6 +93,7 @@ class Worker:
                 max_age=timedelta(seconds=s.retry_max_age_s),
             ),
         )
+        self._skip: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
         self.lanes: dict[int | None, _Lane] = {}
         self.inflight = 0
         self.results: asyncio.Queue[tuple[Claimed, AttemptResult]] = asyncio.Queue()
@@ -101,6 +103,24 @@ class Worker:
         self.delivered = 0
         self.held: set[str] = set()
         """Ids of claimed messages not yet recorded (their leases are renewed)."""
+
+    # ---- claiming (in a thread) -------------------------------------------------------------
+
+    def _skip_servers(self) -> list[int]:
+        """Remote-output servers whose agent this process cannot reach (rechecked every few
+        seconds): their mail is left to the API process the agent is connected to."""
+        at, ids = self._skip
+        if time.monotonic() - at >= SKIP_RECHECK_S:
+            with self.c.sessions() as db:
+                ids = self.c.remote_clients.servers_for_other_processes(db, self.c.hub)
+            self._skip = (time.monotonic(), ids)
+        return ids
+
+    def _claim(self, limit: int) -> list[Claimed]:
+        return self.store.claim(self.id, limit, skip_servers=self._skip_servers())
+
+    def _next_due(self) -> datetime | None:
+        return self.store.next_due(skip_servers=self._skip_servers())
 
     # ---- entry points ----------------------------------------------------------------------
 
@@ -122,7 +142,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
-                claimed = await asyncio.to_thread(self.store.claim, self.id, self.batch)
+                claimed = await asyncio.to_thread(self._claim, self.batch)
                 if not claimed:
                     break
                 await self._dispatch(claimed)
@@ -180,9 +200,7 @@ class Worker:
             if self.inflight < low_water:
                 wake.clear()
                 try:
-                    claimed = await asyncio.to_thread(
-                        self.store.claim, self.id, self.batch - self.inflight
-                    )
+                    claimed = await asyncio.to_thread(self._claim, self.batch - self.inflight)
                 except Exception:
                     log.exception("claiming failed; retrying shortly")
                     claimed = []
@@ -192,7 +210,7 @@ class Worker:
                     continue
                 if self.inflight == 0:
                     timeout = poll
-                    due = await asyncio.to_thread(self.store.next_due)
+                    due = await asyncio.to_thread(self._next_due)
                     if due is not None:
                         timeout = min(poll, max(0.0, (due - self.c.clock()).total_seconds()))
                     if timeout > 0:

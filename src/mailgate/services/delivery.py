@@ -12,12 +12,12 @@ Database work is batched: one transaction claims up to a batch, one records many
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
@@ -104,16 +104,22 @@ class DeliveryStore:
         self.policy = policy
         self.rand = rand
 
-    def claim(self, worker_id: str, limit: int) -> list[Claimed]:
+    def claim(
+        self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
+    ) -> list[Claimed]:
         """Take up to ``limit`` ready messages: fresh mail first by priority, but a quarter of
-        the batch is kept for retries so that neither starves the other."""
+        the batch is kept for retries so that neither starves the other. Mail of
+        ``skip_servers`` is left to other processes (remote output, see ``RemoteClients``)."""
         now = self.clock()
+        skip = list(skip_servers)
         with self.sessions.begin() as db:
             retry_share = max(1, limit // 4)
-            fresh = self._ready_ids(db, _FRESH, now, limit - retry_share)
-            again = self._ready_ids(db, _AGAIN, now, limit - len(fresh))
+            fresh = self._ready_ids(db, _FRESH, now, limit - retry_share, skip=skip)
+            again = self._ready_ids(db, _AGAIN, now, limit - len(fresh), skip=skip)
             if len(fresh) == limit - retry_share and len(again) < retry_share:
-                fresh += self._ready_ids(db, _FRESH, now, retry_share - len(again), exclude=fresh)
+                fresh += self._ready_ids(
+                    db, _FRESH, now, retry_share - len(again), exclude=fresh, skip=skip
+                )
             ids = fresh + again
             if not ids:
                 return []
@@ -172,6 +178,7 @@ class DeliveryStore:
         now: datetime,
         limit: int,
         exclude: Sequence[str] = (),
+        skip: Sequence[int] = (),
     ) -> list[str]:
         if limit <= 0:
             return []
@@ -184,6 +191,8 @@ class DeliveryStore:
         )
         if exclude:
             query = query.where(Message.id.not_in(list(exclude)))
+        if skip:
+            query = query.where(_not_in_servers(skip))
         return list(db.scalars(query))
 
     def record(
@@ -324,14 +333,15 @@ class DeliveryStore:
                     .values(locked_until=until, next_attempt_at=until)
                 )
 
-    def next_due(self) -> datetime | None:
+    def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:
         """When the earliest claimable message becomes ready (for an idle worker's sleep)."""
+        query = select(func.min(Message.next_attempt_at)).where(
+            Message.status.in_([*_FRESH, *_AGAIN])
+        )
+        if skip_servers:
+            query = query.where(_not_in_servers(list(skip_servers)))
         with self.sessions() as db:
-            value: datetime | None = db.scalar(
-                select(func.min(Message.next_attempt_at)).where(
-                    Message.status.in_([*_FRESH, *_AGAIN])
-                )
-            )
+            value: datetime | None = db.scalar(query)
         if value is not None and value.tzinfo is None:
             from datetime import UTC
 
@@ -374,3 +384,8 @@ def _merge_recipients(
             status = "refused"
         state[rcpt] = {"status": status, "code": code, "text": text[:500]}
     return state
+
+
+def _not_in_servers(server_ids: Sequence[int]) -> Any:
+    # NOT IN alone would also drop rows whose server_id is NULL (SQL three-valued logic).
+    return or_(Message.server_id.is_(None), Message.server_id.not_in(list(server_ids)))

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
+from mailgate.adapters.db.notify import mark_ready
+from mailgate.adapters.db.tables import EmailServer, Message, RemoteClient, SystemSetting, Tenant
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, NotFound, Unauthenticated
 from mailgate.services.identity import new_token, token_hash
@@ -130,6 +131,35 @@ class RemoteClients:
         row = db.get(RemoteClient, agent.client_id)
         if row is not None:
             row.connected_until = None
+
+    def wake_waiting_mail(self, db: Session, agent: AgentIdentity) -> int:
+        """Make the deferred mail of configurations this client delivers due now: it has been
+        waiting for the agent, which is back. Returns how many messages were woken."""
+        server_ids = [
+            row.id
+            for row in db.scalars(
+                select(EmailServer).where(EmailServer.tenant_id == agent.tenant_id)
+            )
+            if (row.config.get("remote_output") or {}).get("enabled")
+            and (row.config.get("remote_output") or {}).get("remote_client") == agent.name
+        ]
+        if not server_ids:
+            return 0
+        now = self.clock()
+        result = db.execute(
+            update(Message)
+            .where(
+                Message.tenant_id == agent.tenant_id,
+                Message.server_id.in_(server_ids),
+                Message.status == "deferred",
+                Message.next_attempt_at > now,
+            )
+            .values(next_attempt_at=now)
+        )
+        woken = int(getattr(result, "rowcount", 0) or 0)
+        if woken:
+            mark_ready(db)
+        return woken
 
     def servers_for_other_processes(self, db: Session, hub: RemoteHub) -> builtins.list[int]:
         """E-mail servers whose mail this process's workers must leave alone.

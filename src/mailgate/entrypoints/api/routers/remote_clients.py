@@ -150,6 +150,14 @@ async def remote_connect(ws: WebSocket) -> None:
         ).model_dump()
     )
     await c.hub.register(conn)
+    woken = await run_in_threadpool(_wake, c, agent)
+    if woken:
+        log.info(
+            "remote client %s/%s is back: %d waiting message(s) are due now",
+            agent.tenant_name,
+            agent.name,
+            woken,
+        )
     try:
         await _serve(ws, c, conn, heartbeat_s)
     finally:
@@ -207,6 +215,11 @@ def _touch(
             db, agent, alive_for_s=heartbeat_s * 3, version=version, address=address
         )
         return True
+
+
+def _wake(c: Container, agent: AgentIdentity) -> int:
+    with c.session() as db:
+        return c.remote_clients.wake_waiting_mail(db, agent)
 
 
 def _mark_disconnected(c: Container, agent: AgentIdentity) -> None:
