@@ -245,3 +245,29 @@ def test_agent_command_checks_its_url_before_connecting() -> None:
     assert result.exit_code == 1 and "absolute http(s)://" in result.output
     result = runner.invoke(app, ["agent"], env={"MAILGATE_AGENT_TOKEN": "mgr_x"})
     assert result.exit_code != 0 and "--url" in result.output
+
+
+def test_a_silent_agent_is_dropped_after_three_heartbeats(remote_container: Container) -> None:
+    import websockets
+    from websockets.exceptions import ConnectionClosed
+
+    from mailgate.schemas.remote import CLOSE_HEARTBEAT_MISSED
+
+    c = remote_container
+    token = setup_client(c)
+
+    async def silent(url: str) -> int | None:
+        ws_url = websocket_url(url)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(ws_url, additional_headers=headers) as ws:
+            await ws.send('{"type": "hello", "v": 1}')
+            assert '"welcome"' in str(await ws.recv())
+            try:
+                await asyncio.wait_for(ws.recv(), 10)  # no heartbeat from us: 3 x 0.2 s
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    with live_server(create_app(c)) as url:
+        assert asyncio.run(silent(url)) == CLOSE_HEARTBEAT_MISSED
+        wait_for(lambda: client_view(c)["connected"] is False)
