@@ -89,6 +89,32 @@ def test_hold_release_from_the_list_and_see_it_delivered(
     page.wait_for_selector("main[data-ready='1'] .badge.cancelled")
 
 
+def test_hold_scheduled_mail_from_the_list(page: Any, mailgate: Mailgate) -> None:
+    admin = mailgate.token()
+    with mailgate.api(admin) as api:
+        assert api.post("/api/v1/tenants", json={"name": "later"}).status_code == 201
+        body = {"name": "DEFAULT", "host": "smtp.example.com"}
+        assert api.post("/api/v1/tenants/later/email-servers", json=body).status_code == 201
+        r = api.post(
+            "/api/v1/tenants/later/messages",
+            json={
+                "from": "a@example.com",
+                "to": ["x@example.com"],
+                "subject": "Report",
+                "send_at": "2999-01-01T00:00:00Z",
+            },
+        )
+        assert r.json()["status"] == "scheduled", r.text
+
+    sign_in(page)
+    page.goto("/ui/messages?tenant=later")
+    page.wait_for_selector("main[data-ready='1']")
+    page.get_by_label("Select Report").check()
+    page.get_by_role("button", name="Hold (1)").click()
+    expect(page.locator(".toast").last).to_contain_text("Hold: 1 message")
+    expect(page.locator("tbody tr[data-status='held']")).to_contain_text("Report")
+
+
 def test_read_only_user_cannot_act_on_messages(page: Any, mailgate: Mailgate) -> None:
     admin = mailgate.token()
     with mailgate.api(admin) as api:

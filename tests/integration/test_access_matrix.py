@@ -221,6 +221,9 @@ ENDPOINTS: list[Endpoint] = [
         body=lambda w, t: {"ids": [held_message(w, t)]},
     ),
     Endpoint("POST", T + "/messages/retry", Perm.MESSAGES_MANAGE, body=lambda _w, _t: {"ids": []}),
+    # A held message cannot be held again: 409 proves the caller got past authorization.
+    Endpoint("POST", T + "/messages/{message}/hold", Perm.MESSAGES_MANAGE, 409),
+    Endpoint("POST", T + "/messages/hold", Perm.MESSAGES_MANAGE, body=lambda _w, _t: {"ids": []}),
 ]
 
 SYSTEM_ENDPOINTS: list[Endpoint] = [

@@ -362,3 +362,34 @@ def test_secrets_rotate_reencrypts_everything_with_the_first_key(tmp_path: Path)
     assert unknown.returncode == 1
     assert "6 secrets do not decrypt" in unknown.stderr
     assert "email_servers.secrets_enc of row 1" in unknown.stderr
+
+
+def test_messages_hold_and_release_in_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mailgate messages hold|release` steer the queue by filter, with a progress bar."""
+    from mailgate.schemas.message import MessageIn
+    from mailgate.services.outbox import Owner
+
+    key = generate_key()
+    db_url = f"sqlite:///{tmp_path / 'data' / 'mailgate.db'}"
+    c = build(settings_for(tmp_path, db_url, key, admin_password="admin-test-password"))
+    first_start(c, echo=lambda _m: None)
+    with c.session() as db:
+        home = db.scalar(select(Tenant).where(Tenant.name == "home"))
+        assert home is not None
+        c.servers.create(db, home, EmailServerIn.model_validate(password_server()))
+    with c.session() as db:
+        for i in range(3):
+            body = MessageIn.model_validate({"to": [f"r{i}@example.net"], "subject": f"m{i}"})
+            c.outbox.submit(db, home.id, Owner("cli-test", None), body)
+    c.engine.dispose()
+
+    monkeypatch.chdir(tmp_path)
+    env = clean_env(MAILGATE_DATABASE_URL=db_url, MAILGATE_SECRET_KEY=key)
+    runner = CliRunner()
+    held = runner.invoke(cli_app, ["messages", "hold", "home", "--status", "queued"], env=env)
+    assert held.exit_code == 0, held.output
+    assert "hold: 3 changed, 0 skipped" in held.output
+    again = runner.invoke(cli_app, ["messages", "hold", "home", "--status", "held"], env=env)
+    assert again.exit_code == 1 and "cannot hold a held message" in again.output
+    released = runner.invoke(cli_app, ["messages", "release", "home", "--status", "held"], env=env)
+    assert released.exit_code == 0 and "release: 3 changed" in released.output

@@ -196,6 +196,31 @@ def test_hold_release_cancel_retry_and_bulk(api: Api) -> None:
     assert api.request("GET", f"{BASE}?status=bogus", admin).status_code == 422
 
 
+def test_hold_stops_waiting_mail_until_released(api: Api) -> None:
+    admin = api.admin_token()
+    setup_server(api, admin)
+    queued = api.request("POST", BASE, admin, json={"to": ["a@example.net"]}).json()["id"]
+    later = api.request(
+        "POST", BASE, admin, json={"to": ["a@example.net"], "send_at": "2999-01-01T00:00:00Z"}
+    ).json()["id"]
+
+    r = api.request("POST", f"{BASE}/{queued}/hold", admin)
+    assert r.status_code == 200 and r.json()["status"] == "held"
+    r = api.request("POST", f"{BASE}/{queued}/hold", admin)
+    assert r.status_code == 409 and "cannot hold a held message" in r.json()["detail"]
+    # A held message is not claimable: the worker's due query must not see it.
+    detail = api.request("GET", f"{BASE}/{queued}", admin).json()
+    assert detail["status"] == "held" and detail["next_attempt_at"] is None
+
+    r = api.request("POST", f"{BASE}/hold", admin, json={"status": "scheduled"})
+    assert r.status_code == 200 and r.json()["ids"] == [later]
+    assert api.request("POST", f"{BASE}/hold", admin, json={"status": "sent"}).status_code == 409
+
+    # Release puts each back where it belongs: the queue, or waiting for its send_at.
+    assert api.request("POST", f"{BASE}/{queued}/release", admin).json()["status"] == "queued"
+    assert api.request("POST", f"{BASE}/{later}/release", admin).json()["status"] == "scheduled"
+
+
 def test_list_pagination_search_and_isolation(api: Api) -> None:
     admin = api.admin_token()
     setup_server(api, admin)

@@ -116,6 +116,12 @@ def test_unreported_recipient_shares_the_overall_outcome() -> None:
         (Action.RETRY, Status.DEFERRED, True),
         (Action.RETRY, Status.SENT, False),
         (Action.RETRY, Status.CANCELLED, False),
+        (Action.HOLD, Status.QUEUED, True),
+        (Action.HOLD, Status.SCHEDULED, True),
+        (Action.HOLD, Status.DEFERRED, True),
+        (Action.HOLD, Status.HELD, False),
+        (Action.HOLD, Status.SENDING, False),
+        (Action.HOLD, Status.SENT, False),
     ],
 )
 def test_transitions(action: Action, status: Status, legal: bool) -> None:

@@ -6,6 +6,7 @@ Statuses (API.md "Messages")::
     queued ──claim──> sending ──> sent | deferred | failed
     deferred ──(next_attempt_at)──> sending      deferred | failed ──retry──> queued
     held | scheduled | queued | deferred ──cancel──> cancelled
+    scheduled | queued | deferred ──hold──> held
 
 ``sending`` is owned by one worker until its lease runs out; a worker that dies leaves the
 row ``sending`` with an expired lease and the next claim takes it again (at-least-once).
@@ -37,6 +38,7 @@ class Action(StrEnum):
     RELEASE = "release"
     CANCEL = "cancel"
     RETRY = "retry"
+    HOLD = "hold"
 
 
 # Statuses a worker may claim (once next_attempt_at has come). A ``sending`` row is claimable
@@ -50,6 +52,8 @@ ALLOWED_FROM: dict[Action, tuple[Status, ...]] = {
     Action.RELEASE: (Status.HELD,),
     Action.CANCEL: (Status.HELD, Status.SCHEDULED, Status.QUEUED, Status.DEFERRED),
     Action.RETRY: (Status.DEFERRED, Status.FAILED),
+    # Stop mail that is waiting (e.g. a wrong batch noticed in time); release sends it.
+    Action.HOLD: (Status.SCHEDULED, Status.QUEUED, Status.DEFERRED),
 }
 
 _WHY_NOT: dict[Status, str] = {

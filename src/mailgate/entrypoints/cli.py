@@ -28,7 +28,9 @@ app = typer.Typer(help="mailgate: a multi-tenant outbound e-mail gateway.", no_a
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
-messages_app = typer.Typer(help="Release, cancel or retry messages in bulk.", no_args_is_help=True)
+messages_app = typer.Typer(
+    help="Hold, release, cancel or retry messages in bulk.", no_args_is_help=True
+)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(messages_app, name="messages")
 app.add_typer(user_app, name="user")
@@ -635,6 +637,17 @@ def _bulk_command(
 _IDS = typer.Option("--id", help="Message id, repeatable.")
 _STATUS = typer.Option(help="Filter: only messages with this status.")
 _SERVER = typer.Option(help="Filter: only messages for this e-mail server.")
+
+
+@messages_app.command("hold")
+def messages_hold(
+    tenant: str,
+    ids: Annotated[list[str] | None, _IDS] = None,
+    status: Annotated[str | None, _STATUS] = None,
+    server: Annotated[str | None, _SERVER] = None,
+) -> None:
+    """Hold scheduled, queued and deferred messages until they are released."""
+    _bulk_command("hold", tenant, ids, status, server)
 
 
 @messages_app.command("release")

@@ -379,7 +379,7 @@ class Outbox:
                 db.flush()
                 if progress:
                     progress(len(rows))
-        if changed and action is not Action.CANCEL:
+        if changed and action in (Action.RELEASE, Action.RETRY):
             mark_ready(db)
         return BulkResult(changed, skipped)
 
@@ -387,6 +387,9 @@ class Outbox:
         now = self.clock()
         if action is Action.CANCEL:
             row.status = Status.CANCELLED.value
+            row.next_attempt_at = None
+        elif action is Action.HOLD:
+            row.status = Status.HELD.value
             row.next_attempt_at = None
         elif action is Action.RELEASE:
             start = max(row.send_at or now, now)

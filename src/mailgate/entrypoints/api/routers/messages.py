@@ -230,6 +230,12 @@ def retry_many(
     return _bulk(Action.RETRY, tenant, body, caller, db, c)
 
 
+@router.post("/hold")
+def hold_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Hold scheduled, queued and deferred messages, by ``ids`` or by filter."""
+    return _bulk(Action.HOLD, tenant, body, caller, db, c)
+
+
 @router.get("/{message_id}")
 def get_message(
     tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
@@ -270,6 +276,12 @@ def release(
 def cancel(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
     """Held, scheduled, queued or deferred mail is not sent; 409 for anything else."""
     return _act(Action.CANCEL, tenant, message_id, caller, db, c)
+
+
+@router.post("/{message_id}/hold")
+def hold(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+    """Stop a scheduled, queued or deferred message until it is released."""
+    return _act(Action.HOLD, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/retry")

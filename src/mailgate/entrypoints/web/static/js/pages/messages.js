@@ -1,5 +1,5 @@
 // Workflow → Messages: list with status filters and search, detail with attempts and raw
-// message, and release / cancel / retry for one or many.
+// message, and hold / release / cancel / retry for one or many.
 import { get, post, enc } from "../api.js";
 import { h, clear, banner, toast, badge, fmtTime, errorText, busy, confirmDialog, nextId } from "../ui.js";
 import { boot, needTenant, tenantUrl } from "../shell.js";
@@ -10,6 +10,7 @@ const STATUSES = ["held", "scheduled", "queued", "sending", "deferred", "sent", 
 // Which action applies to which status (API.md "Messages"). Mail is held when it is submitted
 // ("hold": true); the API has no action to hold a message that is already queued.
 const ACTIONS = {
+  hold: { label: "Hold", ok: ["scheduled", "queued", "deferred"] },
   release: { label: "Release", ok: ["held"] },
   retry: { label: "Retry now", ok: ["deferred", "failed"] },
   cancel: { label: "Cancel", ok: ["held", "scheduled", "queued", "deferred"], danger: true },
