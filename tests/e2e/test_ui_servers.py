@@ -246,6 +246,33 @@ def test_send_test_email_steps_and_wrong_password_hint(
     assert len(smtp.received) == 1
 
 
+def test_test_steps_appear_as_they_complete(
+    page: Any, mailgate: Mailgate, smtp_servers: SmtpServers
+) -> None:
+    """A server that stalls after the login: the finished steps show while MAIL FROM waits."""
+    smtp = smtp_servers.start(tls="starttls", users={USER: PASSWORD}, require_starttls=True)
+    smtp.fail("MAIL", "hang")
+    admin = mailgate.token()
+    make_tenant(mailgate, admin, "stall")
+    with mailgate.api(admin) as api:
+        body = smtp.password_config(USER, PASSWORD, timeouts={"connect_s": 5, "command_s": 4})
+        assert api.post("/api/v1/tenants/stall/email-servers", json=body).status_code == 201
+    sign_in(page)
+    page.goto("/ui/email-servers/DEFAULT?tenant=stall")
+    page.wait_for_selector("main[data-ready='1']")
+    control(page, "Send test e-mail to").fill("someone@example.com")
+    page.get_by_role("button", name="Dry run").click()
+    steps = page.locator("ol.steps li")
+    # While MAIL FROM hangs, the first five steps are done and the sixth is running.
+    expect(steps.locator(".badge")).to_have_text(["ok"] * 5, timeout=3_000)
+    expect(page.locator("ol.steps li[data-step='mail_from'] .spinner")).to_have_count(1)
+    shot(page, "08b-test-email-in-progress", full_page=False)
+    expect(page.locator("ol.steps li[data-step='mail_from'] .badge")).to_have_text(
+        "failed", timeout=15_000
+    )
+    expect(page.locator(".test-result .banner.bad")).to_contain_text("Test failed")
+
+
 def test_oauth2_authorize_round_trip(
     browser: Any, mailgate: Mailgate, oauth_server: RunningAuthServer, smtp_servers: SmtpServers
 ) -> None:

@@ -495,3 +495,52 @@ def test_xoauth2_with_tokens_of_the_authorization_server(
 def _row(c: Any) -> Any:
     with c.session() as db:
         return c.servers.get(db, _home(db).id, "DEFAULT")
+
+
+def test_streamed_test_reports_each_step_as_it_completes(
+    lite: Api, smtp_servers: SmtpServers
+) -> None:
+    """``Accept: application/x-ndjson``: step lines as they happen, then the whole result."""
+    import json
+
+    server = secure_server(smtp_servers)
+    server.fail("MAIL", "hang")  # the dialogue stalls after login, until the command timeout
+    admin = lite.admin_token()
+    body = server.password_config("alice", PASSWORD)
+    body["timeouts"] = {"connect_s": 5, "command_s": 2}
+    create(lite, admin, body)
+
+    started = time.monotonic()
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    with lite.client.stream(
+        "POST",
+        f"{BASE}/DEFAULT/test",
+        headers={**lite.auth(admin), "Accept": "application/x-ndjson"},
+        json={"to": "rcpt@example.org", "mode": "dry_run"},
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        for line in r.iter_lines():
+            if line:
+                arrivals.append((time.monotonic() - started, json.loads(line)))
+    events = [e for _t, e in arrivals]
+    assert [e["event"] for e in events] == ["step"] * 6 + ["result"]
+    streamed = [e["step"] for e in events[:-1]]
+    result = events[-1]["result"]
+    assert streamed == result["steps"]
+    assert [s["step"] for s in streamed] == ALL_STEPS[:6]
+    assert streamed[-1]["step"] == "mail_from" and not streamed[-1]["ok"]
+    # The steps up to the login arrived before the stalled MAIL FROM timed out (2 s).
+    auth_at = next(t for t, e in arrivals if e.get("step", {}).get("step") == "auth")
+    assert auth_at < arrivals[-1][0] - 1.0
+    assert PASSWORD not in json.dumps(events)
+
+    # Problems come before the stream, as ordinary problem documents.
+    r = lite.request(
+        "POST",
+        f"{BASE}/nope/test",
+        admin,
+        headers={"Accept": "application/x-ndjson"},
+        json={"to": "rcpt@example.org"},
+    )
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"

@@ -4,19 +4,29 @@ plus the system e-mail server itself (``GET|PUT|DELETE /api/v1/system/email-serv
 The test endpoints are ``async``: the SMTP dialogue runs on the event loop, and the database
 work (short, synchronous) runs in the thread pool, finished before the first byte goes out,
 so no transaction stays open while a slow server is waited for.
+
+A client that sends ``Accept: application/x-ndjson`` gets the same result as a stream: one
+line ``{"event": "step", "step": {...}}`` as each step completes (a slow TLS handshake or
+login shows where it is), then ``{"event": "result", "result": {...}}``. Authorization and
+validation errors come before the stream, as ordinary problem documents.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from mailgate.adapters.remote_jobs import remote_client_of, remote_test
+from mailgate.adapters.smtp import Step
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import NotFound, ValidationFailed
@@ -44,12 +54,24 @@ class TestRequest(StrictModel):
     )
 
 
-async def _diagnose(
-    c: Container, server: ResolvedServer, body: TestRequest, label: str
-) -> dict[str, Any]:
+NDJSON = "application/x-ndjson"
+
+
+def _recipient(server: ResolvedServer, body: TestRequest) -> str:
     to = body.to or sender_of(server.config)[0]
     if to is None:
         raise ValidationFailed.one("to", "required (the configuration has no from_address)")
+    return to
+
+
+async def _diagnose(
+    c: Container,
+    server: ResolvedServer,
+    body: TestRequest,
+    label: str,
+    on_step: Callable[[Step], None] | None = None,
+) -> dict[str, Any]:
+    to = _recipient(server, body)
     if remote_client_of(server) is not None:
         # remote_output: only the tenant's agent can reach this server; it runs the test.
         return await remote_test(
@@ -67,8 +89,46 @@ async def _diagnose(
         label=label,
         clock=c.clock,
         token_provider=token_provider(c, server),
+        on_step=on_step,
     )
     return result.as_dict()
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+async def _stream(
+    c: Container, server: ResolvedServer, body: TestRequest, label: str
+) -> AsyncIterator[bytes]:
+    steps: asyncio.Queue[Step] = asyncio.Queue()
+    task = asyncio.create_task(_diagnose(c, server, body, label, on_step=steps.put_nowait))
+    try:
+        while not task.done() or not steps.empty():
+            waiter = asyncio.ensure_future(steps.get())
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                yield _line({"event": "step", "step": waiter.result().as_dict()})
+            else:
+                waiter.cancel()
+        try:
+            result = task.result()
+        except Exception as exc:  # the diagnosis never raises for SMTP trouble; be safe anyway
+            log.error("server test failed unexpectedly: %s", type(exc).__name__)
+            yield _line({"event": "error", "detail": "an unexpected error occurred"})
+            return
+        yield _line({"event": "result", "result": result})
+    finally:
+        task.cancel()  # the client went away: stop talking to the SMTP server
+
+
+async def _answer(
+    request: Request, c: Container, server: ResolvedServer, body: TestRequest, label: str
+) -> Any:
+    if NDJSON in request.headers.get("accept", ""):
+        _recipient(server, body)  # a missing recipient is a 422 before the stream starts
+        return StreamingResponse(_stream(c, server, body, label), media_type=NDJSON)
+    return await _diagnose(c, server, body, label)
 
 
 def _load_tenant_server(
@@ -93,15 +153,16 @@ def _load_tenant_server(
 async def test_server(
     tenant: str,
     name: str,
+    request: Request,
     caller: Caller,
     db: DB,
     c: AppContainer,
     body: TestRequest | None = None,
-) -> dict[str, Any]:
+) -> Any:
     """Run the step-by-step diagnosis; every SMTP failure is a step result, never a 5xx."""
-    request = body or TestRequest()
-    server = await run_in_threadpool(_load_tenant_server, c, db, caller, tenant, name, request)
-    return await _diagnose(c, server, request, f"{tenant}/{server.name}")
+    test = body or TestRequest()
+    server = await run_in_threadpool(_load_tenant_server, c, db, caller, tenant, name, test)
+    return await _answer(request, c, server, test, f"{tenant}/{server.name}")
 
 
 # ---- the system e-mail server (system_admin only) ---------------------------------------------
@@ -147,8 +208,8 @@ def _load_system_server(
 
 @router.post(SYSTEM + "/test", tags=["system"])
 async def test_system_server(
-    caller: Caller, db: DB, c: AppContainer, body: TestRequest | None = None
-) -> dict[str, Any]:
-    request = body or TestRequest()
-    server = await run_in_threadpool(_load_system_server, c, db, caller, request)
-    return await _diagnose(c, server, request, "system e-mail server")
+    request: Request, caller: Caller, db: DB, c: AppContainer, body: TestRequest | None = None
+) -> Any:
+    test = body or TestRequest()
+    server = await run_in_threadpool(_load_system_server, c, db, caller, test)
+    return await _answer(request, c, server, test, "system e-mail server")

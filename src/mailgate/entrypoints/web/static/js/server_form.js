@@ -1,7 +1,7 @@
 // The e-mail server form, shared by the tenant page (with its ribbon) and the system server
 // page (no ribbon). Inputs are bound to dotted API paths, so problem+json `errors[].field`
 // lands next to the input it names.
-import { post, del, get } from "./api.js";
+import { post, postStream, del, get } from "./api.js";
 import { h, clear, field, showErrors, clearErrors, banner, badge, fmtTime, toast, busy, errorText, nextId } from "./ui.js";
 
 export const DEFAULT_PORTS = { smtp: 587, smtps: 465 };
@@ -360,19 +360,41 @@ export class ServerForm {
     const list = h("ol", { class: "steps", "aria-label": "Test steps" }, steps.map((s, i) => h("li", { class: "pending", dataset: { step: s } },
       h("span", { class: "name" }, s), h("span", { class: "result" }, i === 0 ? h("span", { class: "spinner", "aria-label": "running" }) : "waiting"), h("span", { class: "detail" }), h("span", { class: "ms" }))));
     clear(this.testOut, list);
+    list.scrollIntoView({ block: "nearest" }); // the steps fill in as they complete: keep them in sight
     this.testButtons.forEach((b) => { b.disabled = true; });
     busy(button, true, mode === "send" ? "Sending…" : "Testing…");
     const body = { mode };
     if (to) body.to = to;
     if (this.isDirty() || this.o.isNew) body.config = this.body();
     try {
-      const r = await post(path, body);
-      this.renderTest(r, list);
+      let result = null;
+      await postStream(path, body, (e) => {
+        if (e.event === "step") this.renderStep(list, e.step);
+        else if (e.event === "result") result = e.result;
+        else if (e.event === "error") throw new Error(e.detail || "the test stopped unexpectedly");
+      });
+      if (result) this.renderTest(result, list);
     } catch (err) {
       clear(this.testOut, banner("bad", err.status === 422 && body.config ? "The settings are not valid yet; see the marked fields. " : "", errorText(err)));
       if (err.status === 422) showErrors(this.el, (err.errors || []).map((e) => ({ ...e, field: e.field.replace(/^config\./, "") })));
     }
     this.testButtons.forEach((b) => busy(b, false));
+  }
+
+  // One step finished: show it, and move the spinner to the next one.
+  renderStep(list, s) {
+    const items = [...list.children];
+    const i = items.findIndex((li) => li.dataset.step === s.step);
+    if (i < 0) return;
+    const li = items[i];
+    const [, result, detail, ms] = li.children;
+    li.classList.remove("pending");
+    li.classList.add(s.ok ? "ok" : "failed");
+    clear(result, badge(s.ok ? "ok" : "bad", s.ok ? "ok" : "failed"));
+    detail.textContent = s.detail || "";
+    ms.textContent = s.ms != null ? `${s.ms} ms` : "";
+    const next = items[i + 1];
+    if (s.ok && next && next.classList.contains("pending")) clear(next.children[1], h("span", { class: "spinner", "aria-label": "running" }));
   }
 
   renderTest(r, list) {
