@@ -12,56 +12,22 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from tests.conftest import make_settings
 from tests.live_server import live_server
-from tests.smtp_fixtures import SmtpServer, SmtpServers
+from tests.remote_helpers import RAW, remote_container, remote_server, until_connected
+from tests.smtp_fixtures import SmtpServers
 
 from mailgate.adapters.db.tables import SystemSetting, Tenant
-from mailgate.bootstrap import Container, build, first_start
+from mailgate.bootstrap import Container
 from mailgate.domain.messages import Outcome
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner
 from mailgate.entrypoints.api.app import create_app
 from mailgate.schemas.email_server import EmailServerIn
 from mailgate.services.delivery import SessionFailed
-from mailgate.services.email_servers import ResolvedServer
-
-RAW = (
-    b"From: noreply@example.com\r\nTo: rcpt@example.org\r\nSubject: remote\r\n"
-    b"Message-ID: <m1@example.com>\r\n\r\nhello\r\n"
-)
 
 
 @pytest.fixture
 def c(tmp_path: Path, sqlite_url: str) -> Iterator[Container]:
-    container = build(make_settings(tmp_path, sqlite_url, remote_heartbeat_s=0.5))
-    first_start(container, echo=lambda _m: None)
-    yield container
-    container.engine.dispose()
-
-
-def remote_server(
-    c: Container, smtp_servers: SmtpServers
-) -> tuple[ResolvedServer, str, SmtpServer]:
-    smtp = smtp_servers.start(tls="starttls", users={"alice": "s3cret-pw"})
-    with c.session() as db:
-        db.get(SystemSetting, "allow_remote_clients").value = True  # type: ignore[union-attr]
-        home = db.scalar(select(Tenant).where(Tenant.name == "home"))
-        assert home is not None
-        _row, token = c.remote_clients.create(db, home, "plant-1")
-        body = smtp.password_config(
-            "alice", "s3cret-pw", remote_output={"enabled": True, "remote_client": "plant-1"}
-        )
-        row = c.servers.create(db, home, EmailServerIn.model_validate(body))
-        server = c.servers.resolve(row)
-    return server, token, smtp
-
-
-async def until_connected(c: Container) -> None:
-    for _ in range(200):
-        if c.hub.is_connected(1, "plant-1"):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the agent did not connect")
+    yield from remote_container(tmp_path, sqlite_url)
 
 
 def test_opener_sends_through_the_agent_and_reports_like_smtp(

@@ -9,6 +9,7 @@ or one of two errors: ``TokenRefused`` (the provider said no, with its ``error``
 from __future__ import annotations
 
 import ssl
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,12 @@ from urllib.parse import quote
 import certifi
 import httpx
 from authlib.integrations.base_client import OAuthError
-from authlib.integrations.httpx_client import OAuth2Client
+
+with warnings.catch_warnings():
+    # Authlib 1.9 prefers the "httpx2" fork and warns when it falls back to httpx, on every
+    # command. We use httpx (its exceptions and SSL context below); the client API is the same.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from authlib.integrations.httpx_client import OAuth2Client
 
 # Microsoft identity platform, "Authenticate an IMAP, POP or SMTP connection using OAuth":
 # delegated SMTP needs SMTP.Send on the outlook.office.com resource; offline_access gives

@@ -639,48 +639,26 @@ _STATUS = typer.Option(help="Filter: only messages with this status.")
 _SERVER = typer.Option(help="Filter: only messages for this e-mail server.")
 
 
-@messages_app.command("hold")
-def messages_hold(
-    tenant: str,
-    ids: Annotated[list[str] | None, _IDS] = None,
-    status: Annotated[str | None, _STATUS] = None,
-    server: Annotated[str | None, _SERVER] = None,
-) -> None:
-    """Hold scheduled, queued and deferred messages until they are released."""
-    _bulk_command("hold", tenant, ids, status, server)
+def _bulk_steering_command(action: str, doc: str) -> None:
+    def command(
+        tenant: str,
+        ids: Annotated[list[str] | None, _IDS] = None,
+        status: Annotated[str | None, _STATUS] = None,
+        server: Annotated[str | None, _SERVER] = None,
+    ) -> None:
+        _bulk_command(action, tenant, ids, status, server)
+
+    command.__doc__ = doc
+    messages_app.command(action)(command)
 
 
-@messages_app.command("release")
-def messages_release(
-    tenant: str,
-    ids: Annotated[list[str] | None, _IDS] = None,
-    status: Annotated[str | None, _STATUS] = None,
-    server: Annotated[str | None, _SERVER] = None,
-) -> None:
-    """Release held messages."""
-    _bulk_command("release", tenant, ids, status, server)
-
-
-@messages_app.command("cancel")
-def messages_cancel(
-    tenant: str,
-    ids: Annotated[list[str] | None, _IDS] = None,
-    status: Annotated[str | None, _STATUS] = None,
-    server: Annotated[str | None, _SERVER] = None,
-) -> None:
-    """Cancel messages that are not sent yet."""
-    _bulk_command("cancel", tenant, ids, status, server)
-
-
-@messages_app.command("retry")
-def messages_retry(
-    tenant: str,
-    ids: Annotated[list[str] | None, _IDS] = None,
-    status: Annotated[str | None, _STATUS] = None,
-    server: Annotated[str | None, _SERVER] = None,
-) -> None:
-    """Try deferred and failed messages now."""
-    _bulk_command("retry", tenant, ids, status, server)
+for _action, _doc in (
+    ("hold", "Hold scheduled, queued and deferred messages until they are released."),
+    ("release", "Release held messages."),
+    ("cancel", "Cancel messages that are not sent yet."),
+    ("retry", "Try deferred and failed messages now."),
+):
+    _bulk_steering_command(_action, _doc)
 
 
 def main() -> None:
