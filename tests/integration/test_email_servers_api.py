@@ -71,3 +71,32 @@ def test_validation_names_fields_and_changes_nothing(api: Api) -> None:
     fields = {e["field"] for e in r.json()["errors"]}
     assert "port" in fields
     assert api.request("GET", f"{BASE}/DEFAULT", admin).json() == before
+
+
+def test_secrets_no_key_opens_stay_readable_and_can_be_entered_again(api: Api) -> None:
+    """A key dropped before rotating: the configuration still lists, says why, and a save with
+    the secret entered again repairs it (instead of a 500 on every page)."""
+    from mailgate.adapters.secrets import SecretBox, generate_key
+
+    admin = api.admin_token()
+    api.request("POST", BASE, admin, json=password_server())
+    api.container.servers.box = SecretBox.from_spec(generate_key())  # the old key is gone
+
+    listed = api.request("GET", BASE, admin)
+    assert listed.status_code == 200
+    [view] = listed.json()["items"]
+    assert "cannot be decrypted" in view["secrets_error"]
+    assert view["authentication"]["password_set"] is False
+
+    # Saving without the secret cannot keep what nobody can read: the field is named.
+    r = api.request("PATCH", f"{BASE}/DEFAULT", admin, json={"host": "mail.example.org"})
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["errors"]] == ["authentication.password"]
+    r = api.request(
+        "PATCH", f"{BASE}/DEFAULT", admin, json={"authentication": {"password": "New-pw-123"}}
+    )
+    assert r.status_code == 200, r.text
+    assert "secrets_error" not in r.json() and r.json()["authentication"]["password_set"]
+    with api.container.session() as db:
+        row = api.container.servers.get(db, 1, "DEFAULT")
+        assert api.container.servers.secrets_of(row).password == "New-pw-123"

@@ -39,6 +39,7 @@ _READ_ONLY = {
     "client_secret_set",
     "client_key_set",
     "oauth2_status",
+    "secrets_error",
 }
 MAX_PEM = 64 * 1024
 

@@ -7,6 +7,7 @@ row (``email-server:<id>``), never returned: views carry ``*_set`` flags instead
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
-from mailgate.adapters.secrets import SecretBox
+from mailgate.adapters.secrets import SecretBox, SecretKeyError
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
 from mailgate.schemas.email_server import (
@@ -23,6 +24,8 @@ from mailgate.schemas.email_server import (
     parse_and_validate,
     validate_semantics,
 )
+
+log = logging.getLogger("mailgate.servers")
 
 SYSTEM_SERVER_NAME = "SYSTEM"
 # Changing any of these makes stored OAuth2 tokens meaningless: they are forgotten.
@@ -117,6 +120,19 @@ class EmailServers:
     def secrets_of(self, row: EmailServer) -> ServerSecrets:
         return ServerSecrets.from_dict(self.box.decrypt_json(row.secrets_enc, _ctx(row)))
 
+    def readable_secrets(self, row: EmailServer) -> ServerSecrets | None:
+        """The stored secrets, or ``None`` when no configured key opens them (a key was
+        dropped from MAILGATE_SECRET_KEY before ``mailgate secrets rotate``): the
+        configuration must stay readable and fixable by entering the secrets again."""
+        try:
+            return self.secrets_of(row)
+        except SecretKeyError:
+            log.error(
+                "the secrets of e-mail server %s cannot be decrypted with the configured keys",
+                row.id,
+            )
+            return None
+
     def resolve(self, row: EmailServer) -> ResolvedServer:
         cfg = EmailServerIn.model_validate({**row.config, "name": row.name})
         return ResolvedServer(row.id, row.tenant_id, row.name, cfg, self.secrets_of(row))
@@ -129,7 +145,8 @@ class EmailServers:
 
     def view(self, row: EmailServer) -> dict[str, Any]:
         cfg = copy.deepcopy(row.config)
-        secrets = self.secrets_of(row)
+        readable = self.readable_secrets(row)
+        secrets = readable or ServerSecrets()
         method = cfg["authentication"].get("method", "none")
         auth = {k: cfg["authentication"].get(k) for k in _AUTH_FIELDS_BY_METHOD[method]}
         if method == "password":
@@ -139,6 +156,12 @@ class EmailServers:
         cfg["authentication"] = auth
         cfg["tls"]["client_key_set"] = bool(secrets.client_key_pem)
         out: dict[str, Any] = {"name": row.name, "is_default": row.is_default, **cfg}
+        if readable is None:
+            out["secrets_error"] = (
+                "the stored secrets cannot be decrypted with the configured keys "
+                "(MAILGATE_SECRET_KEY): restore the key they were made with, or enter the "
+                "secrets again and save"
+            )
         if method == "oauth2":
             out["oauth2_status"] = {
                 "state": row.oauth2_state or "not_authorized",
@@ -203,7 +226,7 @@ class EmailServers:
 
     def replace(self, db: Session, row: EmailServer, cfg: EmailServerIn) -> EmailServer:
         """Full replace (PUT). Omitted secrets keep their stored value."""
-        stored = self.secrets_of(row)
+        stored = self.readable_secrets(row) or ServerSecrets()  # unreadable: must be re-entered
         self.check(cfg, stored)
         self._check_remote_output(db, row.tenant_id, cfg)
         if row.tenant_id is not None and cfg.name != row.name:
@@ -242,7 +265,7 @@ class EmailServers:
         merged = merge_patch(current, patch)
         if row.tenant_id is None:
             merged.pop("name", None)
-        cfg = self.parse(merged, self.secrets_of(row))
+        cfg = self.parse(merged, self.readable_secrets(row) or ServerSecrets())
         if "is_default" not in patch:
             cfg.is_default = None
         return self.replace(db, row, cfg)
