@@ -173,6 +173,7 @@ export class ServerForm {
   build() {
     const o = this.o;
     const parts = [this.topBanner];
+    if (o.value.secrets_error) this.message("bad", h("strong", {}, "Stored secrets unreadable. "), o.value.secrets_error);
     if (!o.isSystem) {
       const isDefault = o.value.is_default && !o.isNew;
       const def = this.check("Default server of this tenant", "is_default", isDefault ? "To change it, make another server the default." : "Used when a message names no server.");
