@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import notify
@@ -173,6 +173,34 @@ def first_start(c: Container, echo: Any = _say) -> str | None:
 
     Returns the generated admin password when one was generated (it is printed once).
     """
+    with startup_lock(c.engine):
+        return _first_start(c, echo)
+
+
+# Any constant works; it only has to be the same in every mailgate process.
+_STARTUP_LOCK_ID = 0x6D61696C67617465 & 0x7FFFFFFFFFFFFFFF  # "mailgate"
+
+
+@contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """Serialize migration and first start across processes sharing one PostgreSQL database
+    (API replicas and workers started together would race Alembic and the admin's creation).
+    A session-level advisory lock is released when its connection closes, also on a crash.
+    SQLite is one process by design; its BEGIN IMMEDIATE already serializes writers."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _STARTUP_LOCK_ID})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _STARTUP_LOCK_ID})
+            conn.commit()
+
+
+def _first_start(c: Container, echo: Any) -> str | None:
     migrate(c.engine)
     with c.session() as db:
         if db.scalar(select(User.id).limit(1)) is not None:

@@ -393,3 +393,33 @@ def test_messages_hold_and_release_in_bulk(tmp_path: Path, monkeypatch: pytest.M
     assert again.exit_code == 1 and "cannot hold a held message" in again.output
     released = runner.invoke(cli_app, ["messages", "release", "home", "--status", "held"], env=env)
     assert released.exit_code == 0 and "release: 3 changed" in released.output
+
+
+def test_processes_starting_together_on_an_empty_postgres(
+    tmp_path: Path, empty_postgres: str
+) -> None:
+    """API replicas and workers started at once: one migrates and creates admin, the others
+    wait for it (advisory lock) instead of racing Alembic into duplicate-table errors."""
+    env = clean_env(
+        MAILGATE_DATABASE_URL=empty_postgres,
+        MAILGATE_SECRET_KEY=generate_key(),
+        MAILGATE_ADMIN_PASSWORD="Started-together-1",
+    )
+    procs = [
+        subprocess.Popen(
+            [str(MAILGATE), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in (["tenant", "list"], ["user", "list"], ["migrate"], ["tenant", "list"])
+    ]
+    outcomes = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    assert all(code == 0 for code, _err in outcomes), outcomes
+    engine = create_engine(empty_postgres)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM users")).scalar() == 1
+        assert conn.execute(text("SELECT name FROM tenants")).scalars().all() == ["home"]
+    engine.dispose()

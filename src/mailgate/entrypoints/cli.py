@@ -172,8 +172,11 @@ def agent(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (also done at every start)."""
+    from mailgate.bootstrap import startup_lock
+
     c = _container()
-    run_migrations(c.engine)
+    with startup_lock(c.engine):
+        run_migrations(c.engine)
     typer.echo("database is at the newest schema")
 
 
