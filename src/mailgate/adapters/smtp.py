@@ -472,6 +472,13 @@ def build_tls_context(tls: TlsSettings, client_key_pem: str | None) -> ssl.SSLCo
 # ---- the session ----------------------------------------------------------------------------
 
 
+def _mechanism_missing(what: str, offered: list[str]) -> TransportError:
+    listed = " ".join(offered).upper() or "none"
+    return TransportError(
+        Outcome.TEMPORARY, "auth", f"{what} (offered: {listed})", kind="auth_mechanism_missing"
+    )
+
+
 class _RecordingSMTP(aiosmtplib.SMTP):
     """aiosmtplib with every command and reply written to a ``Transcript``."""
 
@@ -874,28 +881,14 @@ class SmtpSession:
                     reply = await self._auth_continue(enc_password)
                 mechanism = "LOGIN"
             else:
-                raise TransportError(
-                    Outcome.TEMPORARY,
-                    "auth",
-                    "the server offers neither PLAIN nor LOGIN (offered: "
-                    + (" ".join(offered).upper() or "none")
-                    + ")",
-                    kind="auth_mechanism_missing",
-                )
+                raise _mechanism_missing("the server offers neither PLAIN nor LOGIN", offered)
             self._check_auth_reply(reply, mechanism)
             return f"{reply} ({mechanism} as {user})"
         return await self._xoauth2(user, offered)
 
     async def _xoauth2(self, user: str, offered: list[str]) -> str:
         if "xoauth2" not in offered:
-            raise TransportError(
-                Outcome.TEMPORARY,
-                "auth",
-                "the server does not offer XOAUTH2 (offered: "
-                + (" ".join(offered).upper() or "none")
-                + ")",
-                kind="auth_mechanism_missing",
-            )
+            raise _mechanism_missing("the server does not offer XOAUTH2", offered)
         if self.token_provider is None:
             raise TransportError(
                 Outcome.TEMPORARY,

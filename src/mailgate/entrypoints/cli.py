@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.engine import migrate as run_migrations
 from mailgate.adapters.db.tables import Tenant, User
@@ -47,6 +48,17 @@ def _container() -> Container:
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def _tenant(db: Session, name: str) -> Tenant:
+    """The tenant ``name``, or exit with an error naming it."""
+    from sqlalchemy import select
+
+    t: Tenant | None = db.scalar(select(Tenant).where(Tenant.name == name))
+    if t is None:
+        _fail(f"tenant {name!r} not found")
+    assert t is not None
+    return t
 
 
 def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
@@ -241,7 +253,7 @@ def _fail_with(exc: MailgateError) -> None:
 def _cli_tenant(c: Container, db: Any, name: str) -> Tenant:
     from sqlalchemy import select
 
-    t = db.scalar(select(Tenant).where(Tenant.name == name))
+    t: Tenant | None = db.scalar(select(Tenant).where(Tenant.name == name))
     if t is None:
         _fail(f"tenant {name!r} not found")
     assert isinstance(t, Tenant)
@@ -405,17 +417,13 @@ def apikey_create(
     ] = "web_service",
 ) -> None:
     """Create an API key; the token is printed once."""
-    from sqlalchemy import select
 
     if role not in {r.value for r in Role}:
         _fail(f"--role must be one of {', '.join(r.value for r in Role)}")
     c = _container()
     first_start(c, echo=lambda _m: None)
     with c.session() as db:
-        t = db.scalar(select(Tenant).where(Tenant.name == tenant))
-        if t is None:
-            _fail(f"tenant {tenant!r} not found")
-        assert t is not None
+        t = _tenant(db, tenant)
         _key, token = c.identity.create_api_key(db, t, name, Role(role), "cli")
     typer.echo(token)
 
@@ -534,7 +542,6 @@ def send(
     import mimetypes
 
     from pydantic import ValidationError
-    from sqlalchemy import select
 
     from mailgate.schemas.email_server import pydantic_field_errors
     from mailgate.schemas.message import MessageIn
@@ -574,10 +581,7 @@ def send(
     first_start(c, echo=lambda _m: None)
     try:
         with c.session() as db:
-            t = db.scalar(select(Tenant).where(Tenant.name == tenant))
-            if t is None:
-                _fail(f"tenant {tenant!r} not found")
-            assert t is not None
+            t = _tenant(db, tenant)
             submitted = c.outbox.submit(db, t.id, Owner("cli", None), body)
             message_id, status = submitted.message.id, submitted.message.status
     except MailgateError as exc:
@@ -611,10 +615,7 @@ def _bulk_command(
     first_start(c, echo=lambda _m: None)
     try:
         with c.session() as db:
-            t = db.scalar(select(Tenant).where(Tenant.name == tenant))
-            if t is None:
-                _fail(f"tenant {tenant!r} not found")
-            assert t is not None
+            t = _tenant(db, tenant)
             if body.ids is not None:
                 total = len(body.ids)
             else:
