@@ -48,6 +48,7 @@ from mailgate.domain.messages import (
 from mailgate.schemas.common import normalize_email
 from mailgate.schemas.email_server import MessageDefaults
 from mailgate.schemas.message import Address, AddressIn, BulkIn, MessageIn
+from mailgate.services import simple_mime
 from mailgate.services.email_servers import EmailServers
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -536,8 +537,13 @@ def _msgid(mail_from: str) -> str:
     return make_msgid(domain=mail_from.rpartition("@")[2] or "mailgate.invalid")
 
 
-def build_mime(body: MessageIn, defaults: MessageDefaults, now: datetime) -> BuiltMessage:
-    """The request, with the configuration's defaults for what it leaves out, as MIME."""
+def build_mime(
+    body: MessageIn, defaults: MessageDefaults, now: datetime, *, fast: bool = True
+) -> BuiltMessage:
+    """The request, with the configuration's defaults for what it leaves out, as MIME.
+
+    The common simple message is written by ``simple_mime`` (the same bytes, a fraction of
+    the CPU); ``fast=False`` always uses the standard library (the reference in tests)."""
     errors: list[FieldError] = []
     sender: Address | None = body.from_
     if sender is None and defaults.from_address:
@@ -566,6 +572,29 @@ def build_mime(body: MessageIn, defaults: MessageDefaults, now: datetime) -> Bui
     if text is None and html is None:
         text, html = defaults.body_text, defaults.body_html
 
+    mail_from = defaults.envelope_from or _address(sender)[0]
+    rcpts = _unique([_address(a)[0] for a in [*body.to, *cc, *bcc]])
+    headers = {**defaults.headers, **body.headers}
+    date = format_datetime(now)
+    if fast and not body.attachments:
+        message_id = None
+        if not any(k.lower() == "message-id" for k in headers):
+            message_id = _msgid(_address(sender)[0])
+        raw = simple_mime.render(
+            sender=_address(sender),
+            to=[_address(a) for a in body.to],
+            cc=[_address(a) for a in cc],
+            reply_to=[_address(a) for a in reply_to],
+            subject=subject,
+            date=date,
+            message_id=message_id,
+            headers=headers.items(),
+            text=text,
+            html=html,
+        )
+        if raw is not None:
+            return BuiltMessage(raw, mail_from, rcpts, subject, message_id)
+
     msg = EmailMessage(policy=email_policy.SMTP)
     try:
         msg["From"] = _header_address(sender)
@@ -577,12 +606,16 @@ def build_mime(body: MessageIn, defaults: MessageDefaults, now: datetime) -> Bui
             msg["Reply-To"] = [_header_address(a) for a in reply_to]
         if subject is not None:
             msg["Subject"] = subject
-        msg["Date"] = format_datetime(now)
-        headers = {**defaults.headers, **body.headers}
+        msg["Date"] = date
         if not any(k.lower() == "message-id" for k in headers):
             msg["Message-ID"] = _msgid(_address(sender)[0])
         for name, value in headers.items():
-            msg[name] = value
+            try:
+                msg[name] = value
+            except Exception as exc:  # the parser has crashed (IndexError on "Sender: <")
+                raise ValidationFailed.one(
+                    f"headers.{name}", f"not a valid {name} header: {exc or type(exc).__name__}"
+                ) from exc
         if text is not None and html is not None:
             msg.set_content(text)
             msg.add_alternative(html, subtype="html")
@@ -597,8 +630,6 @@ def build_mime(body: MessageIn, defaults: MessageDefaults, now: datetime) -> Bui
     except (ValueError, TypeError) as exc:
         # The stdlib refuses what it cannot encode safely (e.g. header injection attempts).
         raise ValidationFailed.one("body", f"cannot build the message: {exc}") from exc
-    mail_from = defaults.envelope_from or _address(sender)[0]
-    rcpts = _unique([_address(a)[0] for a in [*body.to, *cc, *bcc]])
     return BuiltMessage(raw, mail_from, rcpts, subject, str(msg["Message-ID"] or "") or None)
 
 

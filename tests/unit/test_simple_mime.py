@@ -1,0 +1,165 @@
+"""``simple_mime`` writes exactly the bytes the standard library writes, or declines.
+
+Generated requests (addresses with and without names, subjects and custom headers that are
+and are not simple, text and HTML bodies with long lines, non-ASCII, leading dots and
+"From ", bare CR and LF) are built both ways; the results must be identical, including
+which requests are refused.
+"""
+
+from __future__ import annotations
+
+import email.generator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailgate.domain.errors import MailgateError, ValidationFailed
+from mailgate.schemas.email_server import MessageDefaults
+from mailgate.schemas.message import MessageIn
+from mailgate.services import outbox, simple_mime
+
+NOW = datetime(2026, 11, 29, 2, 30, 5, tzinfo=UTC)
+
+addresses = st.sampled_from(
+    [
+        "a@example.com",
+        "first.last@example.org",
+        "x+tag@sub.example.net",
+        "o'neil@example.com",
+        "b_c-d@e-x.example",
+        "user@xn--bcher-kva.example",
+        "UPPER@Example.COM",
+        "very.long.local.part.that.goes.on.and.on@a-really-long-domain-name.example",
+    ]
+)
+names = st.one_of(
+    st.none(),
+    st.sampled_from(["Ann", "Ann Smith", "Smith, Ann", "A. Smith", "Zoë", 'say "hi"', "a  b"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x17F), max_size=30),
+)
+
+
+def address() -> st.SearchStrategy[Any]:
+    return st.one_of(addresses, st.builds(lambda a, n: {"address": a, "name": n}, addresses, names))
+
+
+header_text = st.one_of(
+    st.sampled_from(["Invoice 42", "Re: your order", "=?utf-8?q?x?=", "a  b", " lead", "é"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x7F), max_size=90),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=20),
+)
+line = st.one_of(
+    st.sampled_from(["", ".", "..x", "From here", "x" * 78, "y" * 79, "ü" * 39, "ü" * 40]),
+    st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=0x24F), max_size=90),
+)
+body_text = st.builds(
+    lambda lines, sep, end: sep.join(lines) + end,
+    st.lists(line, max_size=6),
+    st.sampled_from(["\n", "\r\n", "\r"]),
+    st.sampled_from(["", "\n", "\r\n"]),
+)
+requests = st.fixed_dictionaries(
+    {"from": address(), "to": st.lists(address(), min_size=1, max_size=3)},
+    optional={
+        "cc": st.lists(address(), max_size=2),
+        "reply_to": st.lists(address(), max_size=2),
+        "subject": header_text,
+        "text": body_text,
+        "html": body_text,
+        "headers": st.dictionaries(
+            st.sampled_from(["X-Bench-Id", "X-Mailer", "In-Reply-To", "References", "Sender"]),
+            header_text,
+            max_size=2,
+        ),
+    },
+)
+
+
+def _build(body: MessageIn, fast: bool) -> tuple[str, Any]:
+    try:
+        built = outbox.build_mime(body, MessageDefaults(), NOW, fast=fast)
+    except MailgateError as exc:
+        return "error", type(exc).__name__
+    return "ok", (built.raw, built.mail_from, built.rcpt_to, built.subject, built.message_id)
+
+
+@pytest.fixture
+def fixed_msgid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "_msgid", lambda sender: "<1.2.3@example.com>")
+    # multipart boundaries are random: the same one for both builds
+    monkeypatch.setattr(
+        email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: "=b=")
+    )
+
+
+@settings(
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=requests)
+def test_same_bytes_as_the_standard_library(data: dict[str, Any], fixed_msgid: None) -> None:
+    try:
+        body = MessageIn.model_validate(data)
+    except ValueError:
+        return  # refused by the schema before any MIME is built
+    assert _build(body, fast=True) == _build(body, fast=False)
+
+
+def test_the_common_message_takes_the_direct_path(fixed_msgid: None) -> None:
+    data = {
+        "from": {"address": "billing@example.com", "name": "Billing Team"},
+        "to": ["customer@example.org"],
+        "subject": "Invoice 2026-1142",
+        "text": "".join(f"{i:04d} " + "x" * 71 + "\n" for i in range(128)),
+        "headers": {"X-Bench-Id": "b-1"},
+    }
+    body = MessageIn.model_validate(data)
+    raw = simple_mime.render(
+        sender=("billing@example.com", "Billing Team"),
+        to=[("customer@example.org", None)],
+        cc=[],
+        reply_to=[],
+        subject=data["subject"],
+        date="Sun, 29 Nov 2026 02:30:05 +0000",
+        message_id="<1.2.3@example.com>",
+        headers=[("X-Bench-Id", "b-1")],
+        text=data["text"],
+        html=None,
+    )
+    assert raw is not None
+    assert raw == outbox.build_mime(body, MessageDefaults(), NOW, fast=False).raw
+
+
+def test_a_header_the_standard_library_cannot_parse_is_the_clients_error() -> None:
+    # "Sender: <" made email.headerregistry raise IndexError: a 500 before.
+    body = MessageIn.model_validate(
+        {"from": "a@example.com", "to": ["b@example.com"], "headers": {"Sender": "<"}}
+    )
+    with pytest.raises(ValidationFailed) as err:
+        outbox.build_mime(body, MessageDefaults(), NOW)
+    assert err.value.errors[0].field == "headers.Sender"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "Grüße"},  # needs an encoded word
+        {"subject": "x" * 80},  # needs folding
+        {"from": {"address": "a@example.com", "name": "Smith, Ann"}},  # needs quotes
+        {"text": "x" * 79},  # quoted-printable
+        {"html": "<p>x</p>"},  # multipart/alternative
+        {"attachments": [{"filename": "a.txt", "content_base64": "eA=="}]},
+    ],
+)
+def test_anything_else_is_left_to_the_standard_library(
+    change: dict[str, Any], fixed_msgid: None
+) -> None:
+    data: dict[str, Any] = {"from": "a@example.com", "to": ["b@example.com"], "text": "hi"}
+    body = MessageIn.model_validate({**data, **change})
+    fast = _build(body, fast=True)
+    assert fast == _build(body, fast=False)
+    assert fast[0] == "ok"
