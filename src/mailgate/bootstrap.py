@@ -19,7 +19,13 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import notify
-from mailgate.adapters.db.engine import make_engine, make_session_factory, migrate
+from mailgate.adapters.db.batch_writer import BatchWriter
+from mailgate.adapters.db.engine import (
+    make_engine,
+    make_session_factory,
+    migrate,
+    read_only,
+)
 from mailgate.adapters.db.tables import SystemSetting, User
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
@@ -30,7 +36,7 @@ from mailgate.services.delivery import SessionOpener, TokenProvider
 from mailgate.services.email_servers import EmailServers, ResolvedServer
 from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
-from mailgate.services.outbox import Outbox
+from mailgate.services.outbox import Outbox, Prepared
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.remote_hub import RemoteHub
 from mailgate.services.system_mailer import TransportSystemMailer
@@ -57,6 +63,10 @@ class Container:
     metrics: Metrics
     open_session: SessionOpener
     """How the delivery worker opens an SMTP session (tests may swap in their own)."""
+    read_engine: Engine
+    """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
+    submissions: BatchWriter[Prepared]
+    """Group commit of submissions without an idempotency key."""
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
     system_mailer: TransportSystemMailer | None = None
@@ -136,6 +146,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         metrics=Metrics(sessions, clock),
         open_session=_delivery_opener(hub, settings.remote_job_timeout_s),
         hub=hub,
+        read_engine=read_only(engine),
+        submissions=BatchWriter(sessions, Outbox.store_many),
     )
     c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
     oauth2.mailer = c.system_mailer

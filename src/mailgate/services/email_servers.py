@@ -7,11 +7,12 @@ row (``email-server:<id>``), never returned: views carry ``*_set`` flags instead
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Text, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
@@ -57,6 +58,23 @@ _AUTH_FIELDS_BY_METHOD = {
 }
 
 
+class ServerRef(NamedTuple):
+    """The columns of an e-mail server a submission needs (the settings as stored JSON)."""
+
+    id: int
+    name: str
+    config_json: str
+
+
+_REF = select(EmailServer.id, EmailServer.name, cast(EmailServer.config, Text).label("config_json"))
+_DEFAULT_REF = _REF.where(
+    EmailServer.tenant_id == bindparam("tenant_id"), EmailServer.is_default.is_(True)
+)
+_NAMED_REF = _REF.where(
+    EmailServer.tenant_id == bindparam("tenant_id"), EmailServer.name == bindparam("name")
+)
+
+
 @dataclass(frozen=True)
 class ResolvedServer:
     """Everything a transport needs: the validated settings and the decrypted secrets."""
@@ -86,6 +104,7 @@ class EmailServers:
         self.box = box
         self.clock = clock
         self.public_base_url = public_base_url
+        self._configs: dict[tuple[str, str], EmailServerIn] = {}
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -117,6 +136,35 @@ class EmailServers:
             raise NotFound("this tenant has no e-mail server yet")
         return row
 
+    def ref(self, conn: Connection, tenant_id: int, name: str | None) -> ServerRef:
+        """``get`` (or ``get_default`` for ``name`` None) as one column query: what a
+        submission needs, without the row's secrets and tokens."""
+        if name is None:
+            found = conn.execute(_DEFAULT_REF, {"tenant_id": tenant_id}).first()
+        else:
+            found = conn.execute(_NAMED_REF, {"tenant_id": tenant_id, "name": name}).first()
+        if found is None:
+            if name is None:
+                raise NotFound("this tenant has no e-mail server yet")
+            raise NotFound(f"e-mail server {name!r} not found")
+        return ServerRef(found.id, found.name, found.config_json)
+
+    def config_of(self, row: EmailServer | ServerRef) -> EmailServerIn:
+        """The validated settings without the secrets (a submission needs only the message
+        defaults and limits). For a ``ServerRef`` the result is kept, keyed by the stored
+        JSON itself, so an edited configuration is never served from the cache; validating
+        (addresses with email-validator) cost more than the rest of a submission."""
+        if isinstance(row, EmailServer):
+            return EmailServerIn.model_validate({**row.config, "name": row.name})
+        key = (row.name, row.config_json)
+        cfg = self._configs.get(key)
+        if cfg is None:
+            cfg = EmailServerIn.model_validate({**json.loads(row.config_json), "name": row.name})
+            if len(self._configs) >= 256:
+                self._configs.clear()
+            self._configs[key] = cfg
+        return cfg
+
     def secrets_of(self, row: EmailServer) -> ServerSecrets:
         return ServerSecrets.from_dict(self.box.decrypt_json(row.secrets_enc, _ctx(row)))
 
@@ -134,8 +182,9 @@ class EmailServers:
             return None
 
     def resolve(self, row: EmailServer) -> ResolvedServer:
-        cfg = EmailServerIn.model_validate({**row.config, "name": row.name})
-        return ResolvedServer(row.id, row.tenant_id, row.name, cfg, self.secrets_of(row))
+        return ResolvedServer(
+            row.id, row.tenant_id, row.name, self.config_of(row), self.secrets_of(row)
+        )
 
     def tokens_of(self, row: EmailServer) -> dict[str, Any]:
         return self.box.decrypt_json(row.tokens_enc, _ctx(row, "tokens"))

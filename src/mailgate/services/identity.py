@@ -15,7 +15,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import (
@@ -37,6 +37,24 @@ from mailgate.domain.errors import (
     ValidationFailed,
 )
 
+_SESSION_LOOKUP = (
+    select(
+        AuthSession.id,
+        AuthSession.csrf_token,
+        AuthSession.expires_at,
+        AuthSession.user_id,
+        User.username,
+        User.system_admin,
+    )
+    .join(User, User.id == AuthSession.user_id)
+    .where(AuthSession.token_hash == bindparam("h"))
+)
+_MEMBERSHIPS = select(Membership.tenant_id, Membership.role).where(
+    Membership.user_id == bindparam("user_id")
+)
+_API_KEY_LOOKUP = select(
+    ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.tenant_id, ApiKey.last_used_at
+).where(ApiKey.token_hash == bindparam("h"))
 SESSION_PREFIX = "mgs_"
 API_KEY_PREFIX = "mgk_"
 # RFC 9106's second recommended option (argon2-cffi's default); settings may tune the cost.
@@ -157,28 +175,51 @@ class Identity:
             db.execute(delete(AuthSession).where(AuthSession.id == principal.session_id))
 
     def authenticate(self, db: Session, token: str) -> Principal:
+        principal, touch = self.authenticate_read_only(db, token)
+        if touch is not None:
+            self.touch_api_keys(db, [touch])
+        return principal
+
+    def touch_api_keys(self, db: Session, key_ids: list[str]) -> None:
+        db.execute(update(ApiKey).where(ApiKey.id.in_(key_ids)).values(last_used_at=self.clock()))
+
+    def authenticate_read_only(
+        self, db: Session | Connection, token: str
+    ) -> tuple[Principal, str | None]:
+        """The caller, and the id of an API key whose ``last_used_at`` is due to be updated
+        (at most once a minute, so that there is no write per request): the caller writes
+        it with ``touch_api_keys``.
+
+        Plain column queries, no ORM objects: every API request pays for this."""
+        conn = db.connection() if isinstance(db, Session) else db
         now = self.clock()
         if token.startswith(SESSION_PREFIX):
-            sess = db.scalar(select(AuthSession).where(AuthSession.token_hash == token_hash(token)))
-            if sess is None or sess.expires_at <= now:
+            found = conn.execute(_SESSION_LOOKUP, {"h": token_hash(token)}).first()
+            if found is None or found.expires_at <= now:
                 raise Unauthenticated("session expired or unknown; sign in again")
-            user = db.get(User, sess.user_id)
-            if user is None:
-                raise Unauthenticated("session expired or unknown; sign in again")
-            return self.principal_for_user(db, user, session=sess)
+            roles = conn.execute(_MEMBERSHIPS, {"user_id": found.user_id}).all()
+            principal = Principal(
+                kind="user",
+                name=found.username,
+                user_id=found.user_id,
+                system_admin=found.system_admin,
+                roles={tid: Role(role) for tid, role in roles},
+                session_id=found.id,
+                csrf_token=found.csrf_token,
+            )
+            return principal, None
         if token.startswith(API_KEY_PREFIX):
-            key = db.scalar(select(ApiKey).where(ApiKey.token_hash == token_hash(token)))
+            key = conn.execute(_API_KEY_LOOKUP, {"h": token_hash(token)}).first()
             if key is None:
                 raise Unauthenticated("unknown or revoked API key")
-            # Update last use at most once a minute: no write per request under load.
-            if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
-                key.last_used_at = now
-            return Principal(
+            due = key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60
+            principal = Principal(
                 kind="api_key",
                 name=f"apikey:{key.name}",
                 api_key_id=key.id,
                 roles={key.tenant_id: Role(key.role)},
             )
+            return principal, key.id if due else None
         raise Unauthenticated("unknown credential")
 
     def principal_for_user(

@@ -124,7 +124,7 @@ def render(
         lines = content.encode("utf-8").splitlines()
     except UnicodeEncodeError:
         return None  # lone surrogates: the standard library's error message explains it
-    if lines and max(len(x) for x in lines) > MAX_LINE:
+    if lines and max(map(len, lines)) > MAX_LINE:
         return None  # the standard library would choose quoted-printable or base64
     try:
         content.encode("ascii")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "mailgate_read_only"
 
 
 def make_engine(url: str) -> Engine:
@@ -36,7 +37,11 @@ def make_engine(url: str) -> Engine:
         def _sqlite_begin(conn: Any) -> None:
             # BEGIN IMMEDIATE takes the write lock up front, so two writers queue up on the
             # busy timeout instead of failing with "database is locked" on lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only units of work (``read_only_sessions``) must not queue behind writers.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN DEFERRED")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         # Let SQLAlchemy's "begin" event issue the BEGIN instead of pysqlite.
         @event.listens_for(engine, "connect")
@@ -49,6 +54,13 @@ def make_engine(url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The engine for work that only reads. On SQLite its transactions begin DEFERRED, so
+    they never wait for the write lock (WAL readers see the last commit); they must never
+    write. On PostgreSQL nothing changes."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

@@ -60,7 +60,9 @@ def create_app(container: Container) -> FastAPI:
     # Agents connect here, so this process's workers can deliver remote output.
     container.hub.accepting = True
     problems.install(app)
+    # Routes are matched in order: the submission endpoint, by far the most called, first.
     for module in (
+        messages,
         health,
         auth,
         password_reset,
@@ -75,7 +77,6 @@ def create_app(container: Container) -> FastAPI:
         audit,
         oauth2,
         certificates,
-        messages,
     ):
         app.include_router(module.router)
     web.install(app)

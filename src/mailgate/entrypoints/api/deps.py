@@ -44,19 +44,30 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
-def get_principal(request: Request, db: DB, c: AppContainer) -> Principal:
+def credential(request: Request) -> tuple[str, bool]:
+    """The bearer token or session cookie of the request, and whether it is the cookie."""
     token = bearer_token(request)
     if token is not None:
-        principal = c.identity.authenticate(db, token)
-    else:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        if not cookie:
-            raise Unauthenticated("sign in or send an API key as a bearer token")
-        principal = c.identity.authenticate(db, cookie)
-        if request.method not in SAFE_METHODS:
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not principal.csrf_token or not hmac.compare_digest(sent, principal.csrf_token):
-                raise Forbidden("missing or wrong CSRF token (X-CSRF-Token header)")
+        return token, False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthenticated("sign in or send an API key as a bearer token")
+    return cookie, True
+
+
+def check_csrf(request: Request, principal: Principal) -> None:
+    """A browser session changes nothing without the double-submit CSRF token."""
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not principal.csrf_token or not hmac.compare_digest(sent, principal.csrf_token):
+            raise Forbidden("missing or wrong CSRF token (X-CSRF-Token header)")
+
+
+def get_principal(request: Request, db: DB, c: AppContainer) -> Principal:
+    token, is_cookie = credential(request)
+    principal = c.identity.authenticate(db, token)
+    if is_cookie:
+        check_csrf(request, principal)
     request.state.principal = principal
     return principal
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,12 +16,12 @@ from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import BadRequest, MailgateError, PayloadTooLarge, ValidationFailed
 from mailgate.domain.messages import Action, Priority, Status
-from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.common import ObjectName
 from mailgate.schemas.email_server import pydantic_field_errors
 from mailgate.schemas.message import BulkIn, MessageIn
-from mailgate.services.outbox import Owner, Submitted
-from mailgate.services.tenants import tenant_for
+from mailgate.services.outbox import Owner, Prepared, Submitted
+from mailgate.services.tenants import tenant_for, tenant_id_for
 
 router = APIRouter(prefix="/api/v1/tenants/{tenant}/messages", tags=["messages"])
 
@@ -88,8 +89,6 @@ async def submit_message(
     tenant: str,
     request: Request,
     response: Response,
-    caller: Caller,
-    db: DB,
     c: AppContainer,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     server: Annotated[ObjectName | None, Query(description="message/rfc822 only")] = None,
@@ -97,74 +96,128 @@ async def submit_message(
     send_at: Annotated[AwareDatetime | None, Query(description="message/rfc822 only")] = None,
     priority: Annotated[Priority, Query(description="message/rfc822 only")] = Priority.NORMAL,
 ) -> dict[str, Any]:
-    """Accept a message: ``202`` means it is stored durably and will be delivered."""
+    """Accept a message: ``202`` means it is stored durably and will be delivered.
+
+    The hot path of the gateway, so it is lean: the body is parsed on the event loop; one
+    trip to a worker thread authenticates, checks the tenant and builds the message from
+    reads only; the rows are then written by group commit (``BatchWriter``), together with
+    other requests' and before this one is answered. With an idempotency key the request
+    runs in its own transaction instead (the key must be checked and taken atomically).
+    """
+    token, is_cookie = credential(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content: MessageIn | bytes | MailgateError
     if ctype not in ("application/json", "message/rfc822", ""):
-        raise UnsupportedMediaType(ctype)
-    limit = c.settings.max_message_bytes
-    body = await request.body()
+        content = UnsupportedMediaType(ctype)
+    else:
+        content = _parse(ctype, await request.body(), c.settings.max_message_bytes)
+    options = _RawOptions(server, hold, send_at, priority)
+    key = idempotency_key
+    if isinstance(content, MessageIn) and content.idempotency_key is not None:
+        key = content.idempotency_key
+    if key is not None:
+        submitted = await run_in_threadpool(
+            _submit_keyed, c, request, token, is_cookie, tenant, content, options, idempotency_key
+        )
+        return _accepted(submitted, response)
+    prepared = await run_in_threadpool(
+        _prepare, c, request, token, is_cookie, tenant, content, options
+    )
+    await c.submissions.write(prepared)
+    return {"id": prepared.values["id"], "status": prepared.values["status"]}
+
+
+@dataclass(frozen=True)
+class _RawOptions:
+    """Query parameters of a message/rfc822 submission."""
+
+    server: str | None
+    hold: bool
+    send_at: datetime | None
+    priority: Priority
+
+
+def _parse(ctype: str, body: bytes, limit: int) -> MessageIn | bytes | MailgateError:
+    """The request body, or the error to answer once the caller is known to be allowed."""
     if ctype == "message/rfc822":
         if len(body) > limit:
-            raise PayloadTooLarge(f"the message is larger than {limit} bytes")
-        submitted = await run_in_threadpool(
-            _submit_raw,
-            c,
-            db,
-            caller,
-            tenant,
-            body,
-            server,
-            hold,
-            send_at,
-            priority,
-            idempotency_key,
-        )
-    else:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("the request body is not valid JSON") from exc
-        try:
-            parsed = MessageIn.model_validate(data)
-        except ValidationError as exc:
-            raise ValidationFailed(pydantic_field_errors(exc)) from None
-        submitted = await run_in_threadpool(
-            _submit_json, c, db, caller, tenant, parsed, idempotency_key
-        )
-    return _accepted(submitted, response)
+            return PayloadTooLarge(f"the message is larger than {limit} bytes")
+        return body
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return BadRequest("the request body is not valid JSON")
+    try:
+        return MessageIn.model_validate(data)
+    except ValidationError as exc:
+        return ValidationFailed(pydantic_field_errors(exc))
 
 
-def _submit_json(
-    c: Container, db: Session, caller: Principal, tenant: str, body: MessageIn, key: str | None
-) -> Submitted:
-    t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
-    return c.outbox.submit(db, t.id, owner_of(caller, t.id), body, key)
-
-
-def _submit_raw(
+def _prepare(
     c: Container,
-    db: Session,
-    caller: Principal,
+    request: Request,
+    token: str,
+    is_cookie: bool,
     tenant: str,
-    raw: bytes,
-    server: str | None,
-    hold: bool,
-    send_at: datetime | None,
-    priority: Priority,
-    key: str | None,
+    content: MessageIn | bytes | MailgateError,
+    options: _RawOptions,
+) -> Prepared:
+    with c.read_engine.connect() as conn:
+        caller, touch = c.identity.authenticate_read_only(conn, token)
+        if is_cookie:
+            check_csrf(request, caller)
+        request.state.principal = caller
+        tenant_id = tenant_id_for(conn, caller, tenant, Perm.MESSAGES_SEND)
+        if isinstance(content, MailgateError):
+            raise content
+        prepared = c.outbox.prepare(
+            conn,
+            tenant_id,
+            owner_of(caller, tenant_id),
+            content,
+            server_name=options.server,
+            hold=options.hold,
+            send_at=options.send_at,
+            priority=options.priority,
+        )
+    if touch is not None:
+        with c.session() as db:
+            c.identity.touch_api_keys(db, [touch])
+    return prepared
+
+
+def _submit_keyed(
+    c: Container,
+    request: Request,
+    token: str,
+    is_cookie: bool,
+    tenant: str,
+    content: MessageIn | bytes | MailgateError,
+    options: _RawOptions,
+    header_key: str | None,
 ) -> Submitted:
-    t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
-    return c.outbox.submit_raw(
-        db,
-        t.id,
-        owner_of(caller, t.id),
-        raw,
-        server_name=server,
-        hold=hold,
-        send_at=send_at,
-        priority=priority,
-        idempotency_key=key,
-    )
+    with c.session() as db:
+        caller = c.identity.authenticate(db, token)
+        if is_cookie:
+            check_csrf(request, caller)
+        request.state.principal = caller
+        t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
+        if isinstance(content, MailgateError):
+            raise content
+        owner = owner_of(caller, t.id)
+        if isinstance(content, MessageIn):
+            return c.outbox.submit(db, t.id, owner, content, header_key)
+        return c.outbox.submit_raw(
+            db,
+            t.id,
+            owner,
+            content,
+            server_name=options.server,
+            hold=options.hold,
+            send_at=options.send_at,
+            priority=options.priority,
+            idempotency_key=header_key,
+        )
 
 
 @router.get("")
