@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -115,6 +116,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         public_base_url=settings.public_base_url,
     )
     wakeup = notify.Wakeup()
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
     hub = RemoteHub()
     notify.install(sessions, wakeup)
     c = Container(

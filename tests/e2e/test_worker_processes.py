@@ -64,11 +64,14 @@ def queue_messages(c: Container, server: SmtpServer, n: int, max_connections: in
                     "raw": raw.raw.replace(b"X-Seq: 0\r\n", f"X-Seq: {i}\r\n".encode()),
                 }
             )
-        db.execute(insert(Message), rows)
-        db.execute(insert(MessageContent), contents)
+        if rows:
+            db.execute(insert(Message), rows)
+            db.execute(insert(MessageContent), contents)
 
 
-def start_worker(c: Container, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    c: Container, tmp_path: Path, name: str, poll_s: float = 0.5
+) -> subprocess.Popen[bytes]:
     s = c.settings
     env = {
         **os.environ,
@@ -77,7 +80,7 @@ def start_worker(c: Container, tmp_path: Path, name: str) -> subprocess.Popen[by
         "MAILGATE_DATA_DIR": str(s.data_dir),
         "MAILGATE_LEASE_S": "5",
         "MAILGATE_WORKER_BATCH": "100",
-        "MAILGATE_WORKER_POLL_S": "0.5",
+        "MAILGATE_WORKER_POLL_S": str(poll_s),
         "MAILGATE_LOG_LEVEL": "WARNING",
     }
     log = (tmp_path / f"{name}.log").open("wb")
@@ -110,6 +113,39 @@ def received_seqs(server: SmtpServer) -> Counter[str]:
 def stop(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=20)
+
+
+def test_a_worker_process_on_sqlite_wakes_when_mail_arrives(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """SQLite has no NOTIFY: the API process signals the worker process through a Unix
+    datagram socket. The worker polls only every 60 s here, so a delivery within seconds
+    means it was woken."""
+    server = smtp_servers.start()
+    c = build(make_settings(tmp_path, sqlite_url))
+    first_start(c, echo=lambda _m: None)
+    assert c.wakeup.local is not None
+    queue_messages(c, server, 1, max_connections=1)
+    worker = start_worker(c, tmp_path, "idle", poll_s=60)
+    try:
+        wait_until(lambda: server.count == 1, 30, "the queued message")
+        wait_until(
+            lambda: any(p.suffix == ".sock" for p in c.wakeup.local.directory.iterdir()),  # type: ignore[union-attr]
+            30,
+            "the worker to listen",
+        )
+        time.sleep(0.5)  # the worker is idle now, waiting up to 60 s
+        started = time.monotonic()
+        with c.session() as db:
+            tenant = db.scalar(select(Tenant).where(Tenant.name == "home"))
+            assert tenant is not None
+            body = MessageIn.model_validate({"to": ["r@example.org"], "text": "wake up"})
+            c.outbox.submit(db, tenant.id, Owner("test", None), body)
+        wait_until(lambda: server.count == 2, 20, "the new message")
+        assert time.monotonic() - started < 20
+    finally:
+        assert stop(worker) == 0
+    assert not any(p.suffix == ".sock" for p in c.wakeup.local.directory.iterdir())
 
 
 def test_sigkill_mid_batch_loses_nothing(

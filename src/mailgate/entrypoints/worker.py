@@ -169,6 +169,9 @@ class Worker:
                     listen_postgres(self.c.settings.effective_database_url, wake, stop)
                 )
             )
+        stop_listening = None
+        if self.c.wakeup.local is not None:
+            stop_listening = self.c.wakeup.local.listen(asyncio.get_running_loop(), wake.set)
         stopper = asyncio.create_task(stop.wait())
         log.info("worker %s started", self.id)
         try:
@@ -188,6 +191,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*helpers, stopper, return_exceptions=True)
             self.c.wakeup.unregister(wake)
+            if stop_listening is not None:
+                stop_listening()
             log.info("worker %s stopped", self.id)
 
     async def _claim_loop(
