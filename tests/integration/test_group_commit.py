@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from tests.conftest import Api, password_server
 
 from mailgate.adapters.db.batch_writer import BatchWriter
@@ -49,13 +48,13 @@ def test_waiting_submissions_share_one_transaction(api: Api) -> None:
     release = threading.Event()
     sizes: list[int] = []
 
-    def write(db: Session, batch: Sequence[Prepared]) -> None:
+    def write(conn: Connection, batch: Sequence[Prepared]) -> bool:
         sizes.append(len(batch))
         if len(sizes) == 1:
             release.wait(10)  # hold the first transaction until the others are queued
-        Outbox.store_many(db, batch)
+        return Outbox.store_many(conn, batch)
 
-    writer: BatchWriter[Prepared] = BatchWriter(c.sessions, write)
+    writer: BatchWriter[Prepared] = BatchWriter(c.engine, write)
 
     async def main() -> None:
         first = asyncio.create_task(writer.write(items[0]))
@@ -81,13 +80,13 @@ def test_a_bad_item_fails_alone(api: Api) -> None:
     release = threading.Event()
     calls: list[int] = []
 
-    def write(db: Session, batch: Sequence[Prepared]) -> None:
+    def write(conn: Connection, batch: Sequence[Prepared]) -> bool:
         calls.append(len(batch))
         if len(calls) == 1:
             release.wait(10)
-        Outbox.store_many(db, batch)
+        return Outbox.store_many(conn, batch)
 
-    writer: BatchWriter[Prepared] = BatchWriter(c.sessions, write)
+    writer: BatchWriter[Prepared] = BatchWriter(c.engine, write)
 
     async def main() -> list[Any]:
         blocker = asyncio.create_task(writer.write(items[0]))

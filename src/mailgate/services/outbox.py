@@ -20,11 +20,11 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any
 
-from sqlalchemy import Connection, String, cast, insert, or_, select
+from sqlalchemy import Connection, String, Table, cast, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailgate.adapters.db.notify import mark_ready
+from mailgate.adapters.db.notify import mark_ready, notify_other_processes
 from mailgate.adapters.db.tables import EmailServer, Message, MessageAttempt, MessageContent
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import (
@@ -53,6 +53,16 @@ from mailgate.services.email_servers import EmailServers, ServerRef
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 BULK_CHUNK = 500
+
+
+def _table(model: Any) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_MESSAGES = _table(Message)
+_CONTENTS = _table(MessageContent)
 
 
 @dataclass(frozen=True)
@@ -179,15 +189,19 @@ class Outbox:
         return Prepared(values, built.raw)
 
     @staticmethod
-    def store_many(db: Session, items: Sequence[Prepared]) -> None:
-        """Insert prepared submissions in one statement per table (one transaction, one
-        commit for all: the batch writer's group commit)."""
-        db.execute(insert(Message), [p.values for p in items])
-        db.execute(
-            insert(MessageContent), [{"message_id": p.values["id"], "raw": p.raw} for p in items]
+    def store_many(conn: Connection, items: Sequence[Prepared]) -> bool:
+        """Insert prepared submissions, one statement per table, in the caller's transaction
+        (the batch writer's group commit). Returns whether mail became ready to send: then
+        the caller wakes this process's workers after the commit (other processes' are
+        notified with the commit)."""
+        conn.execute(_MESSAGES.insert(), [p.values for p in items])
+        conn.execute(
+            _CONTENTS.insert(), [{"message_id": p.values["id"], "raw": p.raw} for p in items]
         )
-        if any(p.values["status"] == Status.QUEUED.value for p in items):
-            mark_ready(db)
+        ready = any(p.values["status"] == Status.QUEUED.value for p in items)
+        if ready:
+            notify_other_processes(conn)
+        return ready
 
     def submit_raw(
         self,

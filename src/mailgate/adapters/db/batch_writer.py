@@ -8,6 +8,11 @@ transaction holding its rows has committed, so a ``202`` still means "stored".
 If a batch fails, its items are written again one by one, each in its own transaction, so
 that one bad item (say, a row whose server was deleted meanwhile) fails alone.
 
+Under load (the last batch held more than one item) the writer waits ``linger_s`` for more
+before it writes: fewer, larger transactions; an idle writer writes at once, so a lone
+request is not delayed. Writes are Core statements on a plain connection (an ORM session
+cost 0.2-0.4 ms more per transaction).
+
 One writer thread per process, started on demand; it ends after ``idle_s`` without work.
 """
 
@@ -17,10 +22,11 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine
 
 log = logging.getLogger("mailgate.batch_writer")
 
@@ -31,15 +37,22 @@ _Job = tuple[T, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 class BatchWriter(Generic[T]):
     def __init__(
         self,
-        sessions: sessionmaker[Session],
-        write: Callable[[Session, Sequence[T]], None],
+        engine: Engine,
+        write: Callable[[Connection, Sequence[T]], bool],
+        after_commit: Callable[[], None] = lambda: None,
         *,
         max_batch: int = 256,
         idle_s: float = 5.0,
+        linger_s: float = 0.0,
     ) -> None:
-        self.sessions = sessions
+        """``write`` inserts a batch in the open transaction and returns whether
+        ``after_commit`` (say, waking this process's workers) should run after the commit."""
+        self.engine = engine
         self.write_many = write
+        self.after_commit = after_commit
         self.max_batch = max_batch
+        self.linger_s = linger_s
+        self._last_size = 0
         self.idle_s = idle_s
         self._queue: queue.SimpleQueue[_Job[T]] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -71,11 +84,16 @@ class BatchWriter(Generic[T]):
                         return
                 continue
             jobs = [first]
+            if self.linger_s and self._last_size > 1 and self._queue.empty():
+                # Under load, wait a moment for more: fewer, larger transactions. An idle
+                # writer (last batch a single item) writes at once.
+                time.sleep(self.linger_s)
             while len(jobs) < self.max_batch:
                 try:
                     jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self._last_size = len(jobs)
             self._commit(jobs)
 
     def _commit(self, jobs: list[_Job[T]]) -> None:
@@ -103,9 +121,11 @@ class BatchWriter(Generic[T]):
                 loop.call_soon_threadsafe(_settle, results)
 
     def _transaction(self, items: list[T]) -> None:
-        with self.sessions.begin() as db:
-            self.write_many(db, items)
+        with self.engine.begin() as conn:
+            signal = self.write_many(conn, items)
         self.batches += 1
+        if signal:
+            self.after_commit()
 
 
 def _settle(results: list[tuple[asyncio.Future[None], object]]) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 CHANNEL = "mailgate_outbox"
@@ -138,6 +138,13 @@ def mark_ready(db: Session) -> None:
     db.info[_FLAG] = True
     if db.get_bind().dialect.name == "postgresql":
         db.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+def notify_other_processes(conn: Connection) -> None:
+    """``mark_ready`` for work on a plain connection: PostgreSQL's NOTIFY, sent on commit.
+    The caller wakes this process's workers (``Wakeup.notify``) after the commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def install(sessions: sessionmaker[Session], wakeup: Wakeup) -> None:
