@@ -343,6 +343,7 @@ def test_all_refused_then_the_session_carries_on(smtp_servers: SmtpServers) -> N
             "mail_from",
         ),
         ("RCPT", "554 5.7.1 Relay access denied", Outcome.PERMANENT, "rcpt_to"),
+        ("DATA", "451 4.3.0 not now", Outcome.TEMPORARY, "data"),
         ("DATA_END", "552 5.3.4 Message size exceeds fixed limit", Outcome.PERMANENT, "data"),
         ("DATA_END", "451 4.7.1 greylisted", Outcome.TEMPORARY, "data"),
     ],

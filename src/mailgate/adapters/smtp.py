@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import aiosmtplib
 from aiosmtplib.auth import auth_login_encode, auth_plain_encode, auth_xoauth2_encode
-from aiosmtplib.typing import Default
+from aiosmtplib.typing import Default, SMTPStatus
 
 if TYPE_CHECKING:
     from mailgate.schemas.email_server import TlsSettings
@@ -509,9 +509,63 @@ class _RecordingSMTP(aiosmtplib.SMTP):
     ) -> aiosmtplib.SMTPResponse:
         self.transcript.client([b"DATA"])
         self.transcript.note(f"(message content, {len(message)} bytes)")
-        response = await super().data(message, timeout=timeout)
+        wire = data_wire_form(message) if isinstance(message, bytes) else None
+        if wire is None:
+            response = await super().data(message, timeout=timeout)
+        else:
+            response = await self._data_wire(wire, timeout)
         self.transcript.server(response.code, response.message)
         return response
+
+    async def _data_wire(
+        self, wire: bytes, timeout: float | Literal[Default.token] | None
+    ) -> aiosmtplib.SMTPResponse:
+        """``SMTP.data`` for content already in wire form: the library's
+        ``SMTPProtocol.execute_data_command`` without its two regular-expression passes over
+        the whole message (about 0.1 ms per 10 KB), which a canonical message does not need.
+        Mirrors aiosmtplib 5.x step by step (pinned < 6 in pyproject.toml)."""
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        await self._ehlo_or_helo_if_needed()
+        limit = self.timeout if timeout is Default.token else timeout
+        try:
+            lock = protocol._command_lock
+            if lock is None:
+                raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+            async with lock:
+                # Mark a reply as expected before each write (as the library does), so data
+                # arriving right after it is not discarded as unsolicited.
+                protocol._response_pending = True
+                protocol.write(b"DATA\r\n")
+                start = await protocol.read_response(timeout=limit)
+                if start.code != SMTPStatus.start_input:
+                    raise aiosmtplib.SMTPDataError(start.code, start.message)
+                protocol._response_pending = True
+                protocol.write(wire)
+                response = await protocol.read_response(timeout=limit)
+                if response.code != SMTPStatus.completed:
+                    raise aiosmtplib.SMTPDataError(response.code, response.message)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
+        return response
+
+
+def data_wire_form(message: bytes) -> bytes | None:
+    """The bytes DATA sends for ``message`` (dot-stuffed, RFC 5321 4.5.2, and ended by
+    ``.<CRLF>``) when it is already canonical: CRLF line ends only, ending with CRLF, as the
+    outbox stores what it builds. ``None`` otherwise: the library then normalises it."""
+    crlf = message.count(b"\r\n")
+    if (
+        not message.endswith(b"\r\n")
+        or message.count(b"\n") != crlf
+        or message.count(b"\r") != crlf
+    ):
+        return None
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class _Broken(Exception):
