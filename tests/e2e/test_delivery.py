@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.e2e.outbox_helpers import rig
 from tests.smtp_fixtures import SmtpServers
 
 from mailgate.adapters.db.tables import EmailServer
+from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.entrypoints import worker as worker_module
+from mailgate.entrypoints.worker import Worker
 
 
 def test_content_headers_attachments_and_envelope(
@@ -184,6 +190,54 @@ def test_session_reused_within_max_connections(
         assert r.run_once() == 12
         server.wait_for(12)
         assert 1 <= len(server._protocols) <= 2
+
+
+class _InstantSession:
+    """Accepts every message at once: results arrive faster than a transaction takes."""
+
+    usable = True
+
+    async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult:
+        await asyncio.sleep(0)
+        return AttemptResult(Outcome.DELIVERED, 250, "2.0.0 ok", 0)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_results_are_recorded_in_batches_while_more_are_in_flight(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = smtp_servers.start()
+    with rig(tmp_path, sqlite_url, worker_batch=40) as r:
+        r.add_server(server.config(limits={"max_connections": 4}))
+        ids = [r.send(to=["a@example.org"], subject=f"m{i}") for i in range(40)]
+
+        async def instant(*_args: Any) -> _InstantSession:
+            return _InstantSession()
+
+        worker = Worker(r.c, instant, worker_id="test-worker")
+        batches: list[int] = []
+        record = worker.store.record
+
+        def counting(worker_id: str, items: Any) -> Any:
+            batches.append(len(items))
+            return record(worker_id, items)
+
+        worker.store.record = counting  # type: ignore[method-assign]
+        assert asyncio.run(worker.run_once()) == 40
+        assert sum(batches) == 40
+        # A quarter of the claim batch (10) per transaction, not one per result.
+        assert len(batches) <= 6, batches
+        assert {r.get(mid)["status"] for mid in ids} == {"sent"}
+
+        # A lone message is recorded at once: nothing else is in flight to wait for.
+        monkeypatch.setattr(worker_module, "RECORD_LINGER_S", 60.0)
+        mid = r.send(to=["a@example.org"], subject="alone")
+        started = time.monotonic()
+        assert asyncio.run(worker.run_once()) == 1
+        assert time.monotonic() - started < 30
+        assert r.get(mid)["status"] == "sent"
 
 
 class _Tokens:

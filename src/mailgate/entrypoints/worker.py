@@ -17,6 +17,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +46,11 @@ log = logging.getLogger("mailgate.worker")
 IDLE_SESSION_S = 10.0
 OAUTH_RECHECK = timedelta(minutes=1)
 SKIP_RECHECK_S = 2.0
+# Results are written in one transaction per batch: up to RECORD_BATCH, and while more
+# messages are in flight the recorder waits up to RECORD_LINGER_S for a quarter of a claim
+# batch to gather.
+RECORD_BATCH = 1000
+RECORD_LINGER_S = 0.02
 
 
 def default_worker_id(n: int = 0) -> str:
@@ -97,6 +103,8 @@ class Worker:
         self.lanes: dict[int | None, _Lane] = {}
         self.inflight = 0
         self.results: asyncio.Queue[tuple[Claimed, AttemptResult]] = asyncio.Queue()
+        self._record_min = max(1, self.batch // 4)
+        self.batch_ready = asyncio.Event()
         self.progress = asyncio.Event()
         self.stopping = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -127,6 +135,7 @@ class Worker:
     def _fresh_loop_state(self) -> None:
         # asyncio primitives belong to one event loop; tests call run_once() in new loops.
         self.results = asyncio.Queue()
+        self.batch_ready = asyncio.Event()
         self.progress = asyncio.Event()
         self.lanes = {}
         self.stopping = False
@@ -370,12 +379,22 @@ class Worker:
 
     def _finish(self, m: Claimed, result: AttemptResult) -> None:
         self.results.put_nowait((m, result))
+        if self.results.qsize() >= self._record_min:
+            self.batch_ready.set()
 
     async def _recorder(self) -> None:
         while True:
             first = await self.results.get()
+            gathered = self.results.qsize() + 1
+            if gathered < self._record_min and self.inflight > gathered:
+                # More results are on their way: gather a few before paying for a transaction
+                # (one per ~50 results costs a fraction of one per handful), but never hold
+                # them for long.
+                self.batch_ready.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.batch_ready.wait(), RECORD_LINGER_S)
             items = [first]
-            while not self.results.empty() and len(items) < 1000:
+            while not self.results.empty() and len(items) < RECORD_BATCH:
                 items.append(self.results.get_nowait())
             try:
                 recorded = await asyncio.to_thread(self.store.record, self.id, items)
