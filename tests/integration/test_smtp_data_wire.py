@@ -1,7 +1,9 @@
-"""The DATA fast path (``data_wire_form``) puts exactly the library's bytes on the wire.
+"""The transport's fast paths put exactly the library's bytes on the wire: DATA for content
+already in wire form (``data_wire_form``), MAIL and RCPT for plain addresses
+(``is_plain_address``).
 
-A raw socket server records every byte the client sends; the same messages go once through
-plain aiosmtplib and once through the transport's ``_RecordingSMTP``.
+A raw socket server records every byte the client sends; the same envelopes and messages go
+once through plain aiosmtplib and once through the transport's ``_RecordingSMTP``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,18 @@ import asyncio
 
 import aiosmtplib
 import pytest
+from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.adapters.smtp import Transcript, _RecordingSMTP, data_wire_form
+from mailgate.adapters.smtp import (
+    _PLAIN_ADDRESS,
+    Transcript,
+    _RecordingSMTP,
+    data_wire_form,
+    is_plain_address,
+)
 
 CANONICAL = [
     b"Subject: x\r\n\r\nhello\r\n",
@@ -58,6 +67,36 @@ def test_fast_path_matches_the_library_or_declines(parts: list[bytes]) -> None:
         assert wire is None
 
 
+@given(st.from_regex(_PLAIN_ADDRESS, fullmatch=True))
+def test_a_plain_address_is_what_the_library_would_quote(address: str) -> None:
+    assert is_plain_address(address)
+    assert quote_address(address) == f"<{address}>"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Name <a@example.com>",
+        '"a b"@example.com',
+        "a@[127.0.0.1]",
+        "a@example.com ",
+        " a@example.com",
+        "a@example.com>",
+        "a@example.com\r\nRCPT TO:<x@y.z>",
+        "a..b@example.com",
+        ".a@example.com",
+        "a@-example.com",
+        "a@example.com.",
+        "ä@example.com",
+        "a@bücher.example",
+        "a",
+        "",
+    ],
+)
+def test_anything_else_goes_through_the_library(address: str) -> None:
+    assert not is_plain_address(address)
+
+
 class Recorder:
     """An SMTP server that answers everything with success and keeps the raw bytes."""
 
@@ -88,15 +127,27 @@ class Recorder:
         writer.close()
 
 
+SENDERS = ["a@example.com", "Name <a.b+c@example.com>", '"a b"@example.com', "a@[127.0.0.1]"]
+RECIPIENTS = [
+    "b@example.org",
+    "o'hara@mail.example.org",
+    "Bob <b@example.org>",
+    "x@[::1]",
+    "c@example.org>\r\nRSET",  # the library's parsing drops the tail; so must we
+    "d@example.org SIZE=1",
+]
+
+
 async def wire_bytes(client: aiosmtplib.SMTP, messages: list[bytes]) -> bytes:
     recorder = Recorder()
     server = await asyncio.start_server(recorder.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         await client.connect(hostname="127.0.0.1", port=port, start_tls=False)
-        for message in messages:
-            await client.mail("a@example.com")
-            await client.rcpt("b@example.org")
+        for i, message in enumerate(messages):
+            options = ["SIZE=" + str(len(message))] if i % 2 else []
+            await client.mail(SENDERS[i % len(SENDERS)], options=options)
+            await client.rcpt(RECIPIENTS[i % len(RECIPIENTS)])
             await client.data(message)
         await client.quit()
     finally:
