@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailgate.adapters.smtp import (
     REDACTED,
@@ -79,6 +81,27 @@ def test_multi_line_reply_keeps_one_enhanced_code() -> None:
     assert SmtpReply.parse(-1, "").code is None
 
 
+def _parse_reference(code: int | None, message: str) -> SmtpReply:
+    """SmtpReply.parse before its one-line shortcut: the shortcut must not change a thing."""
+    lines = [parse_enhanced(line) for line in message.splitlines()] or [(None, "")]
+    text = " ".join(rest.strip() for _e, rest in lines).strip()
+    return SmtpReply(code if code and code > 0 else None, lines[0][0], text)
+
+
+@given(
+    st.one_of(st.none(), st.integers(-1, 599)),
+    st.one_of(
+        st.text(),
+        st.from_regex(r"[245]\.\d{1,3}\.\d{1,3}( [ -~]*)?", fullmatch=True),
+        st.lists(st.sampled_from(["2.0.0 ok", " x ", "", "\r", "\n", "5.1.1", "\x85"])).map(
+            "".join
+        ),
+    ),
+)
+def test_reply_parsing_shortcut_changes_nothing(code: int | None, message: str) -> None:
+    assert SmtpReply.parse(code, message) == _parse_reference(code, message)
+
+
 @pytest.mark.parametrize(
     ("code", "outcome"),
     [
@@ -128,6 +151,8 @@ def test_transcript_is_bounded() -> None:
     t = Transcript(limit=3)
     for _ in range(10):
         t.note("x")
+    t.client([b"MAIL", b"FROM:<x@y.z>"])
+    t.server(250, "ok")
     assert len(t.lines) == 4 and "truncated" in t.lines[-1]
 
 

@@ -97,11 +97,16 @@ class SmtpReply:
 
     @classmethod
     def parse(cls, code: int | None, message: str) -> SmtpReply:
+        code = code if code and code > 0 else None
+        raw_lines = message.splitlines()
+        if len(raw_lines) == 1:  # the usual reply, without the list work below
+            enhanced, rest = parse_enhanced(raw_lines[0])
+            return cls(code, enhanced, rest.strip())
         # Multi-line replies repeat the enhanced code on every line; keep the first.
-        lines = [parse_enhanced(line) for line in message.splitlines()] or [(None, "")]
+        lines = [parse_enhanced(line) for line in raw_lines] or [(None, "")]
         enhanced = lines[0][0]
         text = " ".join(rest.strip() for _e, rest in lines).strip()
-        return cls(code if code and code > 0 else None, enhanced, text)
+        return cls(code, enhanced, text)
 
     @property
     def outcome(self) -> Outcome:
@@ -252,21 +257,31 @@ class Transcript:
         elif len(self.lines) == self._limit:
             self.lines.append("*  (transcript truncated)")
 
+    @property
+    def _full(self) -> bool:
+        # Past the limit and its "truncated" note nothing is kept: skip the formatting (a
+        # long-lived delivery session sends thousands of commands).
+        return len(self.lines) > self._limit
+
     def client(self, args: Sequence[bytes]) -> None:
-        self._add("C: " + redact_command(args, in_auth=self._in_auth))
+        if not self._full:
+            self._add("C: " + redact_command(args, in_auth=self._in_auth))
         if args and args[0].upper() == b"AUTH":
             self._in_auth = True
 
     def server(self, code: int, message: str) -> None:
         if code != 334:
             self._in_auth = False
+        if self._full:
+            return
         lines = message.splitlines() or [""]
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
             self._add(f"S: {code}{sep}{line}".rstrip())
 
     def note(self, text: str) -> None:
-        self._add(f"*  {text}")
+        if not self._full:
+            self._add(f"*  {text}")
 
 
 def redact_command(args: Sequence[bytes], *, in_auth: bool) -> str:
