@@ -163,7 +163,6 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
-        Index("ix_messages_claim", "status", "next_attempt_at"),
         Index("ix_messages_tenant_created", "tenant_id", "created_at"),
         Index("ix_messages_ready", "status", "priority", "next_attempt_at"),
         Index("ix_messages_tenant_id", "tenant_id", "id"),
