@@ -46,6 +46,7 @@ log = logging.getLogger("mailgate.worker")
 IDLE_SESSION_S = 10.0
 OAUTH_RECHECK = timedelta(minutes=1)
 SKIP_RECHECK_S = 2.0
+CLAIM_SPACING_S = 0.01
 # Results are written in one transaction per batch: up to RECORD_BATCH, and while more
 # messages are in flight the recorder waits up to RECORD_LINGER_S for a quarter of a claim
 # batch to gather.
@@ -209,9 +210,16 @@ class Worker:
     ) -> None:
         low_water = max(1, self.batch // 2)
         poll = self.c.settings.worker_poll_s
+        last_claim_at, last_claimed = 0.0, 0
         while not stop.is_set():
             self.progress.clear()
             if self.inflight < low_water:
+                since = time.monotonic() - last_claim_at
+                if 0 < last_claimed < self.batch // 4 and since < CLAIM_SPACING_S:
+                    # Mail trickles in (the last claim found a handful): let a few more
+                    # arrive, so that one claim transaction takes many instead of each.
+                    # A worker that found nothing last time claims at once.
+                    await _wait_any([stopper], CLAIM_SPACING_S - since)
                 wake.clear()
                 try:
                     claimed = await asyncio.to_thread(self._claim, self.batch - self.inflight)
@@ -219,6 +227,7 @@ class Worker:
                     log.exception("claiming failed; retrying shortly")
                     claimed = []
                     await _wait_any([stopper], 1.0)
+                last_claim_at, last_claimed = time.monotonic(), len(claimed)
                 if claimed:
                     await self._dispatch(claimed)
                     continue
