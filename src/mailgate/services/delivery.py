@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
+from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.messages import (
     AttemptResult,
@@ -71,6 +71,24 @@ _CLAIMED = (
     .where(Message.id.in_(bindparam("ids", expanding=True)))
 )
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+_MESSAGES = table_of(Message)
+_ATTEMPTS = table_of(MessageAttempt)
+_RECORD = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("b_id"), _MESSAGES.c.locked_by == bindparam("b_worker"))
+    .values(
+        status=bindparam("status"),
+        next_attempt_at=bindparam("next_attempt_at"),
+        last_error=bindparam("last_error"),
+        attempt_count=bindparam("attempt_count"),
+        locked_by=bindparam("locked_by"),
+        locked_until=bindparam("locked_until"),
+        updated_at=bindparam("updated_at"),
+        recipient_status=bindparam("recipient_status"),
+    )
+)
 
 
 def _by_turn(groups: Iterable[list[tuple[int, datetime | None, str]]]) -> list[str]:
@@ -126,6 +144,9 @@ class Claimed:
     attempt_count: int
     created_at: datetime
     expires_at: datetime
+    recipient_status: dict[str, Any] | None = None
+    """Per-recipient state as claimed (only this worker changes it while it holds the
+    lease; a worker that lost its lease does not overwrite the row)."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,7 @@ class DeliveryStore:
                 attempt_count=r.attempt_count,
                 created_at=r.created_at,
                 expires_at=r.expires_at,
+                recipient_status=r.recipient_status,
             )
             for r in rows
         ]
@@ -231,77 +253,50 @@ class DeliveryStore:
             return []
         now = self.clock()
         out: list[Recorded] = []
-        with self.sessions.begin() as db:
-            previous: dict[str, dict[str, Any] | None] = {
-                mid: state
-                for mid, state in db.execute(
-                    select(Message.id, Message.recipient_status).where(
-                        Message.id.in_([c.id for c, _ in items])
-                    )
-                )
-            }
-            updates: list[dict[str, Any]] = []
-            attempts: list[dict[str, Any]] = []
-            for claimed, result in items:
-                attempt_no = claimed.attempt_count + 1
-                decision = decide(
-                    result,
-                    claimed.rcpt_to,
-                    attempt_no,
-                    claimed.expires_at,
-                    now,
-                    self.policy,
-                    self.rand,
-                )
-                status = _merge_recipients(previous.get(claimed.id), claimed, result, decision)
-                updates.append(
-                    {
-                        "b_id": claimed.id,
-                        "b_worker": worker_id,
-                        "status": decision.status.value,
-                        "next_attempt_at": decision.next_attempt_at,
-                        "last_error": decision.last_error,
-                        "attempt_count": attempt_no,
-                        "locked_by": None,
-                        "locked_until": None,
-                        "updated_at": now,
-                        "recipient_status": status,
-                    }
-                )
-                attempts.append(
-                    {
-                        "message_id": claimed.id,
-                        "at": now,
-                        "outcome": _ATTEMPT_OUTCOME.get(decision.status, "deferred"),
-                        "smtp_code": result.code,
-                        "smtp_response": result.text[:2000],
-                        "ms": result.ms,
-                        "worker": worker_id,
-                        "recipients": _recipients_view(result) if result.recipients else None,
-                    }
-                )
-                out.append(Recorded(claimed, result, decision))
-            table = Message.__table__
-            assert isinstance(table, Table)
-            db.connection().execute(
-                update(table)
-                .where(
-                    table.c.id == bindparam("b_id"),
-                    table.c.locked_by == bindparam("b_worker"),
-                )
-                .values(
-                    status=bindparam("status"),
-                    next_attempt_at=bindparam("next_attempt_at"),
-                    last_error=bindparam("last_error"),
-                    attempt_count=bindparam("attempt_count"),
-                    locked_by=bindparam("locked_by"),
-                    locked_until=bindparam("locked_until"),
-                    updated_at=bindparam("updated_at"),
-                    recipient_status=bindparam("recipient_status"),
-                ),
-                updates,
+        updates: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        for claimed, result in items:
+            attempt_no = claimed.attempt_count + 1
+            decision = decide(
+                result,
+                claimed.rcpt_to,
+                attempt_no,
+                claimed.expires_at,
+                now,
+                self.policy,
+                self.rand,
             )
-            db.execute(insert(MessageAttempt), attempts)
+            status = _merge_recipients(claimed.recipient_status, claimed, result, decision)
+            updates.append(
+                {
+                    "b_id": claimed.id,
+                    "b_worker": worker_id,
+                    "status": decision.status.value,
+                    "next_attempt_at": decision.next_attempt_at,
+                    "last_error": decision.last_error,
+                    "attempt_count": attempt_no,
+                    "locked_by": None,
+                    "locked_until": None,
+                    "updated_at": now,
+                    "recipient_status": status,
+                }
+            )
+            attempts.append(
+                {
+                    "message_id": claimed.id,
+                    "at": now,
+                    "outcome": _ATTEMPT_OUTCOME.get(decision.status, "deferred"),
+                    "smtp_code": result.code,
+                    "smtp_response": result.text[:2000],
+                    "ms": result.ms,
+                    "worker": worker_id,
+                    "recipients": _recipients_view(result) if result.recipients else None,
+                }
+            )
+            out.append(Recorded(claimed, result, decision))
+        with self.engine.begin() as conn:
+            conn.execute(_RECORD, updates)
+            conn.execute(_ATTEMPTS.insert(), attempts)
         return out
 
     def postpone(

@@ -20,12 +20,18 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, cast, or_, select
+from sqlalchemy import Connection, String, cast, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.notify import mark_ready, notify_other_processes
-from mailgate.adapters.db.tables import EmailServer, Message, MessageAttempt, MessageContent
+from mailgate.adapters.db.tables import (
+    EmailServer,
+    Message,
+    MessageAttempt,
+    MessageContent,
+    table_of,
+)
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import (
     Conflict,
@@ -55,14 +61,8 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 BULK_CHUNK = 500
 
 
-def _table(model: Any) -> Table:
-    table = model.__table__
-    assert isinstance(table, Table)
-    return table
-
-
-_MESSAGES = _table(Message)
-_CONTENTS = _table(MessageContent)
+_MESSAGES = table_of(Message)
+_CONTENTS = table_of(MessageContent)
 
 
 @dataclass(frozen=True)
