@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email import policy as email_policy
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
@@ -637,6 +638,16 @@ def _header_address(value: Address) -> HeaderAddress:
     return HeaderAddress(display_name=name or "", addr_spec=addr)
 
 
+def _date_header(now: datetime) -> str:
+    """``format_datetime(now)`` (whole seconds), formatted once per second, not per message."""
+    return _date_of_second(int(now.timestamp()), now.utcoffset())
+
+
+@functools.lru_cache(maxsize=8)
+def _date_of_second(second: int, offset: timedelta | None) -> str:
+    return format_datetime(datetime.fromtimestamp(second, timezone(offset or timedelta(0))))
+
+
 def _msgid(mail_from: str) -> str:
     # make_msgid() without a domain asks DNS for the FQDN on every call: use the sender's.
     return make_msgid(domain=mail_from.rpartition("@")[2] or "mailgate.invalid")
@@ -681,7 +692,7 @@ def build_mime(
     mail_from = defaults.envelope_from or _address(sender)[0]
     rcpts = _unique([_address(a)[0] for a in [*body.to, *cc, *bcc]])
     headers = {**defaults.headers, **body.headers}
-    date = format_datetime(now)
+    date = _date_header(now)
     if fast and not body.attachments:
         message_id = None
         if not any(k.lower() == "message-id" for k in headers):

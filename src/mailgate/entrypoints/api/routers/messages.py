@@ -164,12 +164,10 @@ def _parse(ctype: str, body: bytes, limit: int) -> MessageIn | bytes | MailgateE
             return PayloadTooLarge(f"the message is larger than {limit} bytes")
         return body
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return BadRequest("the request body is not valid JSON")
-    try:
-        return MessageIn.model_validate(data)
+        return MessageIn.model_validate_json(body)
     except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            return BadRequest("the request body is not valid JSON")
         return ValidationFailed(pydantic_field_errors(exc))
 
 
