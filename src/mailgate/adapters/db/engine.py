@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "mailgate_read_only"
+NO_WAIT = "mailgate_no_wait"
 BUSY_TIMEOUT_MS = 30000
 
 
@@ -41,10 +42,15 @@ def make_engine(url: str) -> Engine:
             # BEGIN IMMEDIATE takes the write lock up front, so two writers queue up on the
             # busy timeout instead of failing with "database is locked" on lock upgrade.
             # Read-only units of work (``read_only_sessions``) must not queue behind writers.
-            if conn.get_execution_options().get(READ_ONLY):
+            options = conn.get_execution_options()
+            if options.get(READ_ONLY):
                 conn.exec_driver_sql("BEGIN DEFERRED")
+            elif options.get(NO_WAIT):
+                # One try: "database is locked" if another writer holds the lock. For a
+                # connection whose busy timeout is 0 (the caller's), so nothing waits.
+                conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
             else:
-                _begin_immediate(conn.connection.driver_connection)
+                _begin_immediate(conn.connection.driver_connection, BUSY_TIMEOUT_MS / 1000)
 
         # Let SQLAlchemy's "begin" event issue the BEGIN instead of pysqlite.
         @event.listens_for(engine, "connect")
@@ -55,7 +61,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _begin_immediate(raw: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+def _begin_immediate(raw: sqlite3.Connection, timeout_s: float) -> None:
     """BEGIN IMMEDIATE, waiting for the write lock in short steps.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries: a writer
