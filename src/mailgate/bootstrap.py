@@ -150,7 +150,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         open_session=_delivery_opener(hub, settings.remote_job_timeout_s),
         hub=hub,
         read_engine=read_only(engine),
-        submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.005),
+        submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.001),
     )
     c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
     oauth2.mailer = c.system_mailer
