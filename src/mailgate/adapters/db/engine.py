@@ -44,7 +44,9 @@ def make_engine(url: str) -> Engine:
             # Read-only units of work (``read_only_sessions``) must not queue behind writers.
             options = conn.get_execution_options()
             if options.get(READ_ONLY):
-                conn.exec_driver_sql("BEGIN DEFERRED")
+                # No transaction at all: each SELECT reads the last commit by itself, and
+                # the BEGIN/ROLLBACK pair cost more than the reads of a submission.
+                return
             elif options.get(NO_WAIT):
                 # One try: "database is locked" if another writer holds the lock. For a
                 # connection whose busy timeout is 0 (the caller's), so nothing waits.
@@ -91,9 +93,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def read_only(engine: Engine) -> Engine:
-    """The engine for work that only reads. On SQLite its transactions begin DEFERRED, so
-    they never wait for the write lock (WAL readers see the last commit); they must never
-    write. On PostgreSQL nothing changes."""
+    """The engine for work that only reads. On SQLite it opens no transaction (every
+    statement reads the last commit, WAL readers never wait for the write lock), so a unit
+    of work on it sees no single snapshot and must never write. On PostgreSQL nothing
+    changes."""
     return engine.execution_options(**{READ_ONLY: True})
 
 
