@@ -102,6 +102,10 @@ def serve(
             host=host or settings.host,
             port=port if port is not None else settings.port,  # 0: an ephemeral port
             log_level=settings.log_level.lower(),
+            # Below INFO nothing is logged per request: then uvicorn need not even build the
+            # access log line (client address, quoted path) for every request.
+            access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0)
+            <= logging.INFO,
             proxy_headers=False,
         )
     finally:

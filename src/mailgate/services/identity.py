@@ -10,7 +10,7 @@ import functools
 import hashlib
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -55,6 +55,19 @@ _MEMBERSHIPS = select(Membership.tenant_id, Membership.role).where(
 _API_KEY_LOOKUP = select(
     ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.tenant_id, ApiKey.last_used_at
 ).where(ApiKey.token_hash == bindparam("h"))
+
+
+def api_key_principal(key_id: str, name: str, role: str, tenant_id: int) -> Principal:
+    return Principal(
+        kind="api_key", name=f"apikey:{name}", api_key_id=key_id, roles={tenant_id: Role(role)}
+    )
+
+
+def touch_due(last_used_at: datetime | None, now: datetime) -> bool:
+    """An API key's ``last_used_at`` is written at most once a minute: no write per request."""
+    return last_used_at is None or (now - last_used_at).total_seconds() > 60
+
+
 SESSION_PREFIX = "mgs_"
 API_KEY_PREFIX = "mgk_"
 # RFC 9106's second recommended option (argon2-cffi's default); settings may tune the cost.
@@ -212,14 +225,9 @@ class Identity:
             key = conn.execute(_API_KEY_LOOKUP, {"h": token_hash(token)}).first()
             if key is None:
                 raise Unauthenticated("unknown or revoked API key")
-            due = key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60
-            principal = Principal(
-                kind="api_key",
-                name=f"apikey:{key.name}",
-                api_key_id=key.id,
-                roles={key.tenant_id: Role(key.role)},
+            return api_key_principal(key.id, key.name, key.role, key.tenant_id), (
+                key.id if touch_due(key.last_used_at, now) else None
             )
-            return principal, key.id if due else None
         raise Unauthenticated("unknown credential")
 
     def principal_for_user(

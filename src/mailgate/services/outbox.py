@@ -153,10 +153,12 @@ class Outbox:
         hold: bool = False,
         send_at: datetime | None = None,
         priority: Priority = Priority.NORMAL,
+        server: ServerRef | None = None,
     ) -> Prepared:
         """Everything a submission without an idempotency key needs, from reads only (a
-        read-only session will do): the rows to insert, for ``store_many``. ``body`` is the
-        JSON request, or a complete message with the options given separately."""
+        read-only connection will do): the rows to insert, for ``store_many``. ``body`` is
+        the JSON request, or a complete message with the options given separately;
+        ``server`` the e-mail server if the caller has read it already."""
         if isinstance(body, bytes):
             self._check_size(len(body), None)
         else:
@@ -166,10 +168,11 @@ class Outbox:
                 body.send_at,
                 body.priority,
             )
-        try:
-            server = self.servers.ref(conn, tenant_id, server_name)
-        except NotFound as exc:
-            raise ValidationFailed.one("server", exc.detail) from exc
+        if server is None:
+            try:
+                server = self.servers.ref(conn, tenant_id, server_name)
+            except NotFound as exc:
+                raise ValidationFailed.one("server", exc.detail) from exc
         cfg = self.servers.config_of(server)
         now = self.clock()
         if isinstance(body, bytes):

@@ -23,12 +23,14 @@ def tenant_for(db: Session, principal: Principal, name: str, perm: Perm) -> Tena
     tenant names cannot be probed. A role without the permission answers 403.
     """
     tenant = db.scalar(select(Tenant).where(Tenant.name == name))
-    _check(principal, name, tenant.id if tenant is not None else None, perm)
+    check_access(principal, name, tenant.id if tenant is not None else None, perm)
     assert tenant is not None
     return tenant
 
 
-def _check(principal: Principal, name: str, tenant_id: int | None, perm: Perm) -> None:
+def check_access(principal: Principal, name: str, tenant_id: int | None, perm: Perm) -> None:
+    """404 for a tenant the caller has no role in (as if it did not exist), 403 for a role
+    without ``perm``."""
     if tenant_id is None or principal.role_in(tenant_id) is None:
         raise NotFound(f"tenant {name!r} not found")
     if not principal.can(tenant_id, perm):
@@ -38,7 +40,7 @@ def _check(principal: Principal, name: str, tenant_id: int | None, perm: Perm) -
 def tenant_id_for(conn: Connection, principal: Principal, name: str, perm: Perm) -> int:
     """``tenant_for`` as one column query, for the submission hot path."""
     tenant_id: int | None = conn.execute(_TENANT_ID, {"name": name}).scalar()
-    _check(principal, name, tenant_id, perm)
+    check_access(principal, name, tenant_id, perm)
     assert tenant_id is not None
     return tenant_id
 

@@ -18,6 +18,8 @@ from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, 
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
 from mailgate.schemas.message import BulkIn, MessageIn
+from mailgate.services import submission_lookup
+from mailgate.services.identity import API_KEY_PREFIX
 from mailgate.services.outbox import Owner, Prepared, Submitted
 from mailgate.services.tenants import tenant_for, tenant_id_for
 
@@ -181,11 +183,24 @@ def _prepare(
     options: RawOptions,
 ) -> Prepared:
     with c.read_engine.connect() as conn:
-        caller, touch = c.identity.authenticate_read_only(conn, token)
-        if is_cookie:
-            check_csrf(request, caller)
+        found = None
+        if (
+            not is_cookie
+            and token.startswith(API_KEY_PREFIX)
+            and not isinstance(content, MailgateError)
+        ):
+            # A workflow's usual request: its reads in one statement.
+            server = content.server if isinstance(content, MessageIn) else options.server
+            found = submission_lookup.lookup(conn, token, tenant, server, c.clock())
+        if found is not None:
+            caller, touch, tenant_id, ref = found.caller, found.touch, found.tenant_id, found.server
+        else:
+            caller, touch = c.identity.authenticate_read_only(conn, token)
+            if is_cookie:
+                check_csrf(request, caller)
+            tenant_id = tenant_id_for(conn, caller, tenant, Perm.MESSAGES_SEND)
+            ref = None
         request.state.principal = caller
-        tenant_id = tenant_id_for(conn, caller, tenant, Perm.MESSAGES_SEND)
         if isinstance(content, MailgateError):
             raise content
         prepared = c.outbox.prepare(
@@ -197,6 +212,7 @@ def _prepare(
             hold=options.hold,
             send_at=options.send_at,
             priority=options.priority,
+            server=ref,
         )
     if touch is not None:
         with c.session() as db:
