@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -348,11 +349,92 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def row_a(sink: Sink, n: int) -> float:
+    sink.reset()
+    elapsed = run_loop(raw_client(sink.port, n))
+    sink.wait_for(n)
+    return n / elapsed
+
+
+def row_b(sink: Sink, n: int, database_url: str | None) -> float:
+    sink.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        c = container(Path(tmp), database_url)
+        prequeue(c, sink.port, n)
+        elapsed = run_loop(drain(c, sink, n))
+        c.engine.dispose()
+    return n / elapsed
+
+
+def row_c(
+    sink: Sink, n: int, database_url: str | None, split: bool, samples: int = 0
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(c) in one layout; with ``samples`` also (d) on the same installation."""
+    sink.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        c = container(data, database_url)
+        secret = c.settings.secret_key or ""
+        c.engine.dispose()
+        serve = Serve(data, secret, database_url, split=split)
+        try:
+            serve.create_server_and_key(sink.port)
+            row = end_to_end(serve, sink, n)
+            latency = None
+            if samples:
+                sink.reset()
+                lat_req, lat_202 = idle_latency(serve, sink, samples)
+                latency = {
+                    "from_request_p50": pct(lat_req, 50),
+                    "from_request_p99": pct(lat_req, 99),
+                    "from_202_p50": pct(lat_202, 50),
+                    "from_202_p99": pct(lat_202, 99),
+                    "samples": len(lat_req),
+                }
+        finally:
+            serve.stop()
+    return row, latency
+
+
+def row_e(sink: Sink, rss_n: int, database_url: str | None) -> dict[str, Any]:
+    """(e) an installation with ``rss_n`` messages waiting, started (one serve process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        c = container(data, database_url)
+        secret = c.settings.secret_key or ""
+        t = time.perf_counter()
+        prequeue(c, sink.port, rss_n)
+        c.engine.dispose()
+        print(f"    queued {rss_n} messages in {time.perf_counter() - t:.0f} s", flush=True)
+        sink.reset()
+        serve = Serve(data, secret, database_url)
+        try:
+            health = httpx.get(serve.url + "/healthz").json()
+            time.sleep(20)  # delivering from the backlog
+            for _ in range(5):
+                httpx.get(
+                    f"{serve.url}/api/v1/tenants/home/messages?limit=100", headers=serve.headers
+                )
+                httpx.get(serve.url + "/metrics")
+            rss = serve.peak_rss_mb()
+            delivered = sink.count
+        finally:
+            serve.stop()
+    return {"peak_rss_mb": rss, "queue_at_start": health["queue"], "delivered_in_20s": delivered}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--rss-n", type=int, default=100_000)
     ap.add_argument("--latency-samples", type=int, default=200)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of (a), (b), (c); each row's median is reported (the machine's speed "
+        "drifts between rounds, so the rows of one round are measured back to back)",
+    )
     ap.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
     args = ap.parse_args()
     n = args.n
@@ -361,119 +443,83 @@ def main() -> None:
         f"load {os.getloadavg()[0]:.1f} at start",
         "python": sys.version.split()[0],
         "n": n,
+        "rounds": args.repeat,
         "database": args.database_url.split("@")[-1] if args.database_url else "sqlite",
     }
+    rounds: list[dict[str, Any]] = []
     sink = Sink()
     try:
         print(f"sink on port {sink.port}; {n} messages of {len(raw_message(0))} bytes", flush=True)
-
-        elapsed = run_loop(raw_client(sink.port, n))
-        sink.wait_for(n)
-        results["a_raw_aiosmtplib_per_s"] = n / elapsed
-        print(
-            f"(a) raw aiosmtplib, {CONNECTIONS} connections: {n / elapsed:8.0f} msg/s", flush=True
-        )
-
-        sink.reset()
-        with tempfile.TemporaryDirectory() as tmp:
-            c = container(Path(tmp), args.database_url)
-            prequeue(c, sink.port, n)
-            elapsed = run_loop(drain(c, sink, n))
-            c.engine.dispose()
-        results["b_worker_drain_per_s"] = n / elapsed
-        print(f"(b) worker draining {n} queued:     {n / elapsed:8.0f} msg/s", flush=True)
-
-        # (c) both ways to run it: API and worker in one process (`make run`), and the API
-        # process with a separate `mailgate worker` process (the scale-out layout). (d) on the
-        # second, so the wake-up between processes is part of what it measures.
-        for split in (False, True):
-            label = "c_split" if split else "c_one_process"
-            sink.reset()
-            with tempfile.TemporaryDirectory() as tmp:
-                data = Path(tmp)
-                c = container(data, args.database_url)
-                secret = c.settings.secret_key or ""
-                c.engine.dispose()
-                serve = Serve(data, secret, args.database_url, split=split)
-                try:
-                    serve.create_server_and_key(sink.port)
-                    row = end_to_end(serve, sink, n)
-                    results[label] = row
-                    layout = "serve + worker processes" if split else "one serve process"
-                    print(
-                        f"(c) end to end, {layout}: {row['per_s']:8.0f} msg/s (submission alone "
-                        f"{row['submit_per_s']:.0f}/s, {row['errors']} errors; CPU ms/message "
-                        f"{row['cpu_ms_per_msg']})",
-                        flush=True,
-                    )
-                    if split:
-                        sink.reset()
-                        lat_req, lat_202 = idle_latency(serve, sink, args.latency_samples)
-                        results["d_latency_ms"] = {
-                            "from_request_p50": pct(lat_req, 50),
-                            "from_request_p99": pct(lat_req, 99),
-                            "from_202_p50": pct(lat_202, 50),
-                            "from_202_p99": pct(lat_202, 99),
-                            "samples": len(lat_req),
-                        }
-                        print(
-                            f"(d) idle latency, request->sink p50 {pct(lat_req, 50):.1f} ms, "
-                            f"p99 {pct(lat_req, 99):.1f} ms; 202->sink p50 "
-                            f"{pct(lat_202, 50):.1f} ms, p99 {pct(lat_202, 99):.1f} ms",
-                            flush=True,
-                        )
-                finally:
-                    serve.stop()
-        results["c_end_to_end_per_s"] = max(
-            results["c_split"]["per_s"], results["c_one_process"]["per_s"]
-        )
-
-        # (e) an installation with RSS_N messages waiting, started (one serve process).
-        with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp)
-            c = container(data, args.database_url)
-            secret = c.settings.secret_key or ""
-            t = time.perf_counter()
-            prequeue(c, sink.port, args.rss_n)
-            c.engine.dispose()
+        for i in range(args.repeat):
+            r: dict[str, Any] = {"load": round(os.getloadavg()[0], 2)}
+            r["a"] = row_a(sink, n)
+            r["b"] = row_b(sink, n, args.database_url)
+            r["c_one_process"], _ = row_c(sink, n, args.database_url, split=False)
+            samples = args.latency_samples if i == args.repeat - 1 else 0
+            r["c_split"], latency = row_c(sink, n, args.database_url, split=True, samples=samples)
+            if latency is not None:
+                results["d_latency_ms"] = latency
+            rounds.append(r)
             print(
-                f"    queued {args.rss_n} messages in {time.perf_counter() - t:.0f} s", flush=True
-            )
-            sink.reset()
-            serve = Serve(data, secret, args.database_url)
-            try:
-                health = httpx.get(serve.url + "/healthz").json()
-                time.sleep(20)  # delivering from the backlog
-                for _ in range(5):
-                    httpx.get(
-                        f"{serve.url}/api/v1/tenants/home/messages?limit=100",
-                        headers=serve.headers,
-                    )
-                    httpx.get(serve.url + "/metrics")
-                rss = serve.peak_rss_mb()
-                delivered = sink.count
-            finally:
-                serve.stop()
-            results["e_peak_rss_mb"] = rss
-            results["e_queue_at_start"] = health["queue"]
-            print(
-                f"(e) peak RSS with {args.rss_n} queued: {rss:.0f} MB "
-                f"(delivered {delivered} in the 20 s measured)",
+                f"round {i + 1}: (a) {r['a']:.0f}  (b) {r['b']:.0f}  "
+                f"(c) one process {r['c_one_process']['per_s']:.0f}, "
+                f"serve + worker {r['c_split']['per_s']:.0f} msg/s; CPU ms/message "
+                f"one process {r['c_one_process']['cpu_ms_per_msg']}, "
+                f"serve + worker {r['c_split']['cpu_ms_per_msg']}",
                 flush=True,
             )
+        results["rounds_detail"] = rounds
+        results["e"] = row_e(sink, args.rss_n, args.database_url)
     finally:
         sink.stop()
 
-    a = results["a_raw_aiosmtplib_per_s"]
-    results["ratio_b_a"] = results["b_worker_drain_per_s"] / a
-    results["ratio_c_a"] = results["c_end_to_end_per_s"] / a
-    results["ratio_c_one_process_a"] = results["c_one_process"]["per_s"] / a
-    results["ratio_c_split_a"] = results["c_split"]["per_s"] / a
-    print(f"\n(b)/(a) = {results['ratio_b_a']:.2f}   (target >= 0.8)")
-    print(
-        f"(c)/(a) = {results['ratio_c_one_process_a']:.2f} one serve process, "
-        f"{results['ratio_c_split_a']:.2f} serve + worker processes   (target >= 0.5)"
+    def median(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    a = median([r["a"] for r in rounds])
+    b = median([r["b"] for r in rounds])
+    c1 = median([r["c_one_process"]["per_s"] for r in rounds])
+    c2 = median([r["c_split"]["per_s"] for r in rounds])
+    results.update(
+        {
+            "a_raw_aiosmtplib_per_s": a,
+            "b_worker_drain_per_s": b,
+            "c_one_process_per_s": c1,
+            "c_split_per_s": c2,
+            "ratio_b_a": b / a,
+            "ratio_c_one_process_a": c1 / a,
+            "ratio_c_split_a": c2 / a,
+            "ratios_per_round": [
+                {
+                    "b/a": round(r["b"] / r["a"], 3),
+                    "c_one_process/a": round(r["c_one_process"]["per_s"] / r["a"], 3),
+                    "c_split/a": round(r["c_split"]["per_s"] / r["a"], 3),
+                }
+                for r in rounds
+            ],
+        }
     )
+    d, e = results["d_latency_ms"], results["e"]
+    print(f"\nmedians of {len(rounds)} rounds:")
+    print(f"(a) raw aiosmtplib, {CONNECTIONS} connections: {a:8.0f} msg/s")
+    print(f"(b) worker draining {n} queued:       {b:8.0f} msg/s")
+    print(f"(c) end to end, one serve process:      {c1:8.0f} msg/s")
+    print(f"(c) end to end, serve + worker process: {c2:8.0f} msg/s")
+    print(
+        f"(d) idle latency, request->sink p50 {d['from_request_p50']:.1f} ms, "
+        f"p99 {d['from_request_p99']:.1f} ms; 202->sink p50 {d['from_202_p50']:.1f} ms, "
+        f"p99 {d['from_202_p99']:.1f} ms (serve + worker process)"
+    )
+    print(
+        f"(e) peak RSS with {args.rss_n} queued: {e['peak_rss_mb']:.0f} MB "
+        f"(delivered {e['delivered_in_20s']} in the 20 s measured)"
+    )
+    print(f"\n(b)/(a) = {b / a:.2f}   (target >= 0.8)")
+    print(
+        f"(c)/(a) = {c1 / a:.2f} one serve process, {c2 / a:.2f} serve + worker processes"
+        "   (target >= 0.5)"
+    )
+    print(f"per round: {results['ratios_per_round']}")
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {out}")
