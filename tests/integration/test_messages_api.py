@@ -268,3 +268,24 @@ def test_healthz_and_metrics_count_the_queue(api: Api) -> None:
     text = api.client.get("/metrics").text
     assert 'mailgate_messages{status="queued"} 1.0' in text
     assert "mailgate_queue_depth 1.0" in text
+
+
+def test_the_submission_endpoint_is_documented_and_served_by_one_function(api: Api) -> None:
+    """It is served by a plain route ahead of FastAPI's (messages.submit_route); the FastAPI
+    route still documents it, and both must be the same endpoint."""
+    op = api.client.get("/openapi.json").json()["paths"]["/api/v1/tenants/{tenant}/messages"]
+    post = op["post"]
+    assert set(post["requestBody"]["content"]) == {"application/json", "message/rfc822"}
+    assert {p["name"] for p in post["parameters"]} >= {
+        "tenant",
+        "server",
+        "hold",
+        "send_at",
+        "priority",
+        "Idempotency-Key",
+    }
+    assert "202" in post["responses"]
+    assert "get" in op  # the list, served by FastAPI
+    r = api.request("POST", BASE, api.admin_token(), json={"to": ["a@example.com"]})
+    assert r.status_code == 422  # the plain route answers: no server yet
+    assert r.json()["errors"][0]["field"] == "server"

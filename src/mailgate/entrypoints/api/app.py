@@ -60,7 +60,6 @@ def create_app(container: Container) -> FastAPI:
     # Agents connect here, so this process's workers can deliver remote output.
     container.hub.accepting = True
     problems.install(app)
-    # Routes are matched in order: the submission endpoint, by far the most called, first.
     for module in (
         messages,
         health,
@@ -79,6 +78,9 @@ def create_app(container: Container) -> FastAPI:
         certificates,
     ):
         app.include_router(module.router)
+    # The submission endpoint, by far the most called, is served by a plain route matched
+    # before all others (see messages.submit_route); its FastAPI route documents it.
+    app.router.routes.insert(0, messages.submit_route())
     web.install(app)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
