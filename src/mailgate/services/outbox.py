@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.notify import mark_ready, notify_other_processes
 from mailgate.adapters.db.tables import (
-    EmailServer,
     Message,
     MessageAttempt,
     MessageContent,
@@ -124,12 +123,9 @@ class Outbox:
         key = _idempotency_key(body.idempotency_key, idempotency_header)
         if key is not None and (first := self._replay(db, tenant_id, owner, key)) is not None:
             return Submitted(first, True)
-        server = self._server(db, tenant_id, body.server)
-        cfg = self.servers.config_of(server)
+        server = self._server(db.connection(), tenant_id, body.server)
         _end_reading(db)
-        now = self.clock()
-        built = build_mime(body, cfg.message_defaults, now)
-        self._check_size(len(built.raw), cfg.limits.max_message_bytes)
+        built = self._build(server, body)
         return self._store(
             db,
             tenant_id,
@@ -169,17 +165,8 @@ class Outbox:
                 body.priority,
             )
         if server is None:
-            try:
-                server = self.servers.ref(conn, tenant_id, server_name)
-            except NotFound as exc:
-                raise ValidationFailed.one("server", exc.detail) from exc
-        cfg = self.servers.config_of(server)
-        now = self.clock()
-        if isinstance(body, bytes):
-            built = prepare_raw(body, cfg.message_defaults, now)
-        else:
-            built = build_mime(body, cfg.message_defaults, now)
-        self._check_size(len(built.raw), cfg.limits.max_message_bytes)
+            server = self._server(conn, tenant_id, server_name)
+        built = self._build(server, body)
         values = self._row_values(
             tenant_id,
             owner,
@@ -225,11 +212,9 @@ class Outbox:
             return Submitted(first, True)
         # Check the size before parsing: the configuration's limit applies after that.
         self._check_size(len(raw), None)
-        server = self._server(db, tenant_id, server_name)
-        cfg = self.servers.config_of(server)
+        server = self._server(db.connection(), tenant_id, server_name)
         _end_reading(db)
-        built = prepare_raw(raw, cfg.message_defaults, self.clock())
-        self._check_size(len(built.raw), cfg.limits.max_message_bytes)
+        built = self._build(server, raw)
         return self._store(
             db,
             tenant_id,
@@ -242,13 +227,23 @@ class Outbox:
             key=key,
         )
 
-    def _server(self, db: Session, tenant_id: int, name: str | None) -> EmailServer:
+    def _server(self, conn: Connection, tenant_id: int, name: str | None) -> ServerRef:
+        """The named (or default) e-mail server; an unknown one is the field's error."""
         try:
-            if name is None:
-                return self.servers.get_default(db, tenant_id)
-            return self.servers.get(db, tenant_id, name)
+            return self.servers.ref(conn, tenant_id, name)
         except NotFound as exc:
             raise ValidationFailed.one("server", exc.detail) from exc
+
+    def _build(self, server: ServerRef, body: MessageIn | bytes) -> BuiltMessage:
+        """The message as MIME with the server's defaults, within its size limit."""
+        cfg = self.servers.config_of(server)
+        now = self.clock()
+        if isinstance(body, bytes):
+            built = prepare_raw(body, cfg.message_defaults, now)
+        else:
+            built = build_mime(body, cfg.message_defaults, now)
+        self._check_size(len(built.raw), cfg.limits.max_message_bytes)
+        return built
 
     def _check_size(self, size: int, server_limit: int | None) -> None:
         limit = self.max_message_bytes
@@ -271,7 +266,7 @@ class Outbox:
         self,
         tenant_id: int,
         owner: Owner,
-        server: EmailServer | ServerRef,
+        server: ServerRef,
         built: BuiltMessage,
         *,
         hold: bool,
@@ -308,7 +303,7 @@ class Outbox:
         db: Session,
         tenant_id: int,
         owner: Owner,
-        server: EmailServer,
+        server: ServerRef,
         built: BuiltMessage,
         *,
         hold: bool,
