@@ -14,8 +14,7 @@ from tests.smtp_fixtures import SmtpServer, SmtpServers
 
 from mailgate.adapters.db.tables import SystemSetting, Tenant
 from mailgate.bootstrap import Container, build, first_start
-from mailgate.schemas.email_server import EmailServerIn
-from mailgate.services.email_servers import ResolvedServer
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer
 
 RAW = (
     b"From: noreply@example.com\r\nTo: rcpt@example.org\r\nSubject: remote\r\n"

@@ -37,8 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailgate.schemas.email_server import EmailServerIn, ServerSecrets
-from mailgate.services.email_servers import ResolvedServer
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 
 HOST = "127.0.0.1"
 T = TypeVar("T")

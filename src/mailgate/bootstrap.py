@@ -33,8 +33,9 @@ from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
-from mailgate.services.delivery import SessionOpener, TokenProvider
-from mailgate.services.email_servers import EmailServers, ResolvedServer
+from mailgate.ports import SessionOpener, TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
+from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
 from mailgate.services.outbox import Outbox, Prepared

@@ -21,8 +21,8 @@ from mailgate.bootstrap import Container
 from mailgate.domain.messages import Outcome
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner
 from mailgate.entrypoints.api.app import create_app
+from mailgate.ports import SessionFailed
 from mailgate.schemas.email_server import EmailServerIn
-from mailgate.services.delivery import SessionFailed
 
 
 @pytest.fixture

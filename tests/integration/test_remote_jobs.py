@@ -21,8 +21,8 @@ from mailgate.adapters.smtp import Outcome, SendResult
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner
 from mailgate.entrypoints.api.app import create_app
+from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import Deliver
-from mailgate.services.email_servers import ResolvedServer
 
 
 @pytest.fixture

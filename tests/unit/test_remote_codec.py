@@ -16,9 +16,8 @@ from mailgate.adapters.smtp import (
     SmtpReply,
     TransportError,
 )
-from mailgate.schemas.email_server import EmailServerIn, ServerSecrets
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.schemas.remote import ServerSpec
-from mailgate.services.email_servers import ResolvedServer
 
 
 def oauth_server() -> ResolvedServer:

@@ -7,15 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from mailgate.adapters.smtp import (
-    Outcome,
     RecipientResult,
     SendResult,
     SmtpReply,
     TransportError,
 )
-from mailgate.schemas.email_server import EmailServerIn, ServerSecrets
+from mailgate.domain.messages import Outcome
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.schemas.remote import ServerSpec
-from mailgate.services.email_servers import ResolvedServer
 
 
 def server_spec(server: ResolvedServer, access_token: str | None = None) -> ServerSpec:

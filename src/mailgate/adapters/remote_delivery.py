@@ -20,9 +20,9 @@ from mailgate.adapters.remote_jobs import access_token, ms_since, not_connected,
 from mailgate.adapters.smtp import SendResult, TransportError
 from mailgate.adapters.smtp_delivery import from_send_result, from_transport_error
 from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import Deliver
-from mailgate.services.delivery import DeliverySession, SessionFailed, SessionOpener, TokenProvider
-from mailgate.services.email_servers import ResolvedServer
 from mailgate.services.remote_hub import RemoteError, RemoteHub
 
 # base64 grows by 4/3; the JSON around it is small.

@@ -8,9 +8,10 @@ import time
 from typing import Any, Literal
 
 from mailgate.adapters.remote_codec import server_spec
-from mailgate.adapters.smtp import Step, TokenProvider
+from mailgate.adapters.smtp import Step
+from mailgate.ports import TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import ServerTest
-from mailgate.services.email_servers import ResolvedServer
 from mailgate.services.remote_hub import AgentUnavailable, RemoteError, RemoteHub
 
 

@@ -38,27 +38,22 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiosmtplib
 from aiosmtplib.auth import auth_login_encode, auth_plain_encode, auth_xoauth2_encode
 from aiosmtplib.typing import Default, SMTPStatus
 
+from mailgate.domain.messages import Outcome
+from mailgate.ports import TokenProvider
+
 if TYPE_CHECKING:
-    from mailgate.schemas.email_server import TlsSettings
-    from mailgate.services.email_servers import ResolvedServer
+    from mailgate.schemas.email_server import ResolvedServer, TlsSettings
 
 _T = TypeVar("_T")
 STEPS = ("resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data")
 REDACTED = "<redacted>"
-
-
-class Outcome(StrEnum):
-    DELIVERED = "delivered"
-    TEMPORARY = "temporary"
-    PERMANENT = "permanent"
 
 
 # A refused login says nothing about the message: defer it while the credentials are fixed,
@@ -193,12 +188,6 @@ class TransportError(Exception):
         self.detail = detail
         self.reply = reply
         self.kind = kind
-
-
-class TokenProvider(Protocol):
-    """Gives the OAuth2 access token that XOAUTH2 presents (filled in by the OAuth2 code)."""
-
-    async def access_token(self, *, force_refresh: bool = False) -> str: ...
 
 
 # ---- pure helpers ---------------------------------------------------------------------------

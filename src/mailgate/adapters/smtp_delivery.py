@@ -7,8 +7,8 @@ import time
 
 from mailgate.adapters.smtp import SendResult, SmtpReply, SmtpSession, TransportError
 from mailgate.domain.messages import AttemptResult, Outcome, RecipientResult
-from mailgate.services.delivery import DeliverySession, SessionFailed, TokenProvider
-from mailgate.services.email_servers import ResolvedServer
+from mailgate.ports import DeliverySession, SessionFailed, TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
 
 
 def _reply(reply: SmtpReply | None) -> tuple[int | None, str]:

@@ -14,8 +14,8 @@ from mailgate.bootstrap import Container, build, first_start
 from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError
 from mailgate.schemas.common import normalize_email
+from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.diagnosis import Mode, run_test, token_provider
-from mailgate.services.email_servers import ResolvedServer
 
 server_app = typer.Typer(help="E-mail server configurations.", no_args_is_help=True)
 

@@ -28,16 +28,9 @@ from mailgate.adapters.db.notify import listen_postgres
 from mailgate.adapters.db.tables import EmailServer
 from mailgate.bootstrap import Container
 from mailgate.domain.messages import AttemptResult, Outcome, RetryPolicy
-from mailgate.services.delivery import (
-    Claimed,
-    DeliverySession,
-    DeliveryStore,
-    Recorded,
-    SessionFailed,
-    SessionOpener,
-    TokenProvider,
-)
-from mailgate.services.email_servers import ResolvedServer
+from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
+from mailgate.services.delivery import Claimed, DeliveryStore, Recorded
 
 log = logging.getLogger("mailgate.worker")
 

@@ -162,6 +162,17 @@ class ServerSecrets:
         return cls(**{k: data.get(k) for k in SECRET_FIELDS})
 
 
+@dataclass(frozen=True)
+class ResolvedServer:
+    """Everything a transport needs: the validated settings and the decrypted secrets."""
+
+    id: int
+    tenant_id: int | None
+    name: str
+    config: EmailServerIn
+    secrets: ServerSecrets
+
+
 def _check_url(value: str | None, field: str, errors: list[FieldError]) -> None:
     if value is None:
         return

@@ -12,10 +12,10 @@ Database work is batched: one transaction claims up to a batch, one records many
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,7 +30,6 @@ from mailgate.domain.messages import (
     Status,
     decide,
 )
-from mailgate.services.email_servers import ResolvedServer
 
 _FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
 _AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
@@ -99,34 +98,6 @@ def _by_turn(groups: Iterable[list[tuple[int, datetime | None, str]]]) -> list[s
 
 
 _ATTEMPT_OUTCOME = {Status.SENT: "delivered", Status.DEFERRED: "deferred", Status.FAILED: "failed"}
-
-
-class TokenProvider(Protocol):
-    """Gives the OAuth2 access token for XOAUTH2 (same shape as ``adapters.smtp``'s)."""
-
-    async def access_token(self, *, force_refresh: bool = False) -> str: ...
-
-
-class DeliverySession(Protocol):
-    """Port to the SMTP transport: one open connection sending messages one by one."""
-
-    @property
-    def usable(self) -> bool: ...
-
-    async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult: ...
-
-    async def close(self) -> None: ...
-
-
-class SessionFailed(Exception):
-    """Opening a session failed; ``result`` says how (temporary or permanent)."""
-
-    def __init__(self, result: AttemptResult) -> None:
-        super().__init__(result.text)
-        self.result = result
-
-
-SessionOpener = Callable[[ResolvedServer, TokenProvider | None], Awaitable[DeliverySession]]
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,18 @@ from email.utils import format_datetime, formataddr
 from typing import Any, Literal
 
 from mailgate.adapters.smtp import (
-    Outcome,
     SmtpSession,
     Step,
-    TokenProvider,
     Transcript,
     TransportError,
     hint_for,
 )
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import FieldError, MailgateError, ValidationFailed
-from mailgate.schemas.email_server import EmailServerIn, ServerSecrets
-from mailgate.services.email_servers import EmailServers, ResolvedServer
+from mailgate.domain.messages import Outcome
+from mailgate.ports import TokenProvider
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
+from mailgate.services.email_servers import EmailServers
 from mailgate.services.oauth2 import OAuth2TokenProvider, oauth2_hint
 
 log = logging.getLogger("mailgate.server_test")

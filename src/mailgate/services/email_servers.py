@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Text, bindparam, cast, func, select
@@ -21,6 +20,7 @@ from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
 from mailgate.schemas.email_server import (
     EmailServerIn,
+    ResolvedServer,
     ServerSecrets,
     parse_and_validate,
     validate_semantics,
@@ -73,17 +73,6 @@ _DEFAULT_REF = _REF.where(
 _NAMED_REF = _REF.where(
     EmailServer.tenant_id == bindparam("tenant_id"), EmailServer.name == bindparam("name")
 )
-
-
-@dataclass(frozen=True)
-class ResolvedServer:
-    """Everything a transport needs: the validated settings and the decrypted secrets."""
-
-    id: int
-    tenant_id: int | None
-    name: str
-    config: EmailServerIn
-    secrets: ServerSecrets
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

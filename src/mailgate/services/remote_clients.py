@@ -8,9 +8,8 @@ random string shown once; only its SHA-256 is stored, like API keys.
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -19,10 +18,9 @@ from mailgate.adapters.db.notify import mark_ready
 from mailgate.adapters.db.tables import EmailServer, Message, RemoteClient, SystemSetting, Tenant
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, NotFound, Unauthenticated
+from mailgate.domain.remote import AgentIdentity
+from mailgate.ports import AgentDirectory
 from mailgate.services.identity import new_token, token_hash
-
-if TYPE_CHECKING:
-    from mailgate.services.remote_hub import RemoteHub
 
 REMOTE_TOKEN_PREFIX = "mgr_"
 ALLOW_SETTING = "allow_remote_clients"
@@ -31,16 +29,6 @@ ALLOW_SETTING = "allow_remote_clients"
 def remote_clients_allowed(db: Session) -> bool:
     row = db.get(SystemSetting, ALLOW_SETTING)
     return bool(row is not None and row.value is True)
-
-
-@dataclass(frozen=True)
-class AgentIdentity:
-    """Who is on the other end of a WebSocket: one remote client of one tenant."""
-
-    client_id: int
-    tenant_id: int
-    tenant_name: str
-    name: str
 
 
 class RemoteClients:
@@ -161,7 +149,7 @@ class RemoteClients:
             mark_ready(db)
         return woken
 
-    def servers_for_other_processes(self, db: Session, hub: RemoteHub) -> builtins.list[int]:
+    def servers_for_other_processes(self, db: Session, hub: AgentDirectory) -> builtins.list[int]:
         """E-mail servers whose mail this process's workers must leave alone.
 
         Remote output is delivered through the agent's WebSocket, which ends in one API

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailgate.domain.remote import AgentIdentity
 from mailgate.schemas.remote import CLOSE_REPLACED
-from mailgate.services.remote_clients import AgentIdentity
 
 log = logging.getLogger("mailgate.remote")
 T = TypeVar("T")

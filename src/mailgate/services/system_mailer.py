@@ -14,11 +14,14 @@ from email.utils import format_datetime, formataddr, make_msgid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.smtp import Outcome, SmtpSession, TokenProvider, Transcript
+from mailgate.adapters.smtp import SmtpSession, Transcript
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import NotFound
+from mailgate.domain.messages import Outcome
+from mailgate.ports import TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.diagnosis import sender_of
-from mailgate.services.email_servers import SYSTEM_SERVER_NAME, EmailServers, ResolvedServer
+from mailgate.services.email_servers import SYSTEM_SERVER_NAME, EmailServers
 
 
 class SystemMailError(Exception):

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
 from mailgate.domain.errors import Unauthenticated
+from mailgate.domain.remote import AgentIdentity
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.entrypoints.api.problems import PROBLEM_JSON
 from mailgate.schemas.common import ObjectName, StrictModel
@@ -31,7 +32,7 @@ from mailgate.schemas.remote import (
     Hello,
     Welcome,
 )
-from mailgate.services.remote_clients import AgentIdentity, remote_clients_allowed
+from mailgate.services.remote_clients import remote_clients_allowed
 from mailgate.services.remote_hub import AgentConnection
 from mailgate.services.tenants import tenant_for
 

@@ -32,9 +32,8 @@ from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import NotFound, ValidationFailed
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel
-from mailgate.schemas.email_server import EmailServerIn
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer
 from mailgate.services.diagnosis import resolve_for_test, run_test, sender_of, token_provider
-from mailgate.services.email_servers import ResolvedServer
 from mailgate.services.tenants import tenant_for
 
 log = logging.getLogger("mailgate.api")

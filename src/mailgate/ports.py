@@ -1,0 +1,93 @@
+"""The small contracts the services need from the outside world (the ports).
+
+Services and entrypoints depend on these Protocols; adapters implement them; ``bootstrap``
+plugs one into the other. Nothing here does I/O. Value types that cross a port live in
+``domain/`` (outcomes, steps, agent identities) or, for a configuration and its decrypted
+secrets, in ``schemas/email_server.py`` (``ResolvedServer``: the validated settings are a
+pydantic model, and ``domain/`` stays standard-library only).
+
+::
+
+    services ──uses──> ports <──implements── adapters
+                         │
+                       domain, schemas (value types)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from mailgate.domain.messages import AttemptResult
+from mailgate.domain.remote import AgentIdentity
+from mailgate.schemas.email_server import ResolvedServer
+
+
+class TokenProvider(Protocol):
+    """The OAuth2 access token of one configuration (XOAUTH2, Graph, Gmail API).
+
+    ``force_refresh`` asks for a new token after the peer refused the current one. Call it
+    outside any database transaction: a refresh is an HTTP call and takes the row's lock.
+    """
+
+    async def access_token(self, *, force_refresh: bool = False) -> str: ...
+
+
+class DeliverySession(Protocol):
+    """One open channel to a configuration's mail system, sending messages one by one.
+
+    ``send`` never raises for a delivery problem: it classifies the outcome once
+    (delivered, temporary, permanent, with the deciding reply) and the delivery service alone
+    decides what happens next. ``usable`` turns false when the channel can take no more
+    messages (the peer hung up, a protocol error); the caller then opens a new one.
+    """
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult: ...
+
+    async def close(self) -> None: ...
+
+
+class SessionFailed(Exception):
+    """Opening a session failed; ``result`` says how (temporary or permanent). Every message
+    waiting for the same configuration would fail the same way."""
+
+    def __init__(self, result: AttemptResult) -> None:
+        super().__init__(result.text)
+        self.result = result
+
+
+class Transport(Protocol):
+    """A way to deliver a configuration's mail: SMTP, an HTTP mail API, a remote agent."""
+
+    async def open(
+        self, server: ResolvedServer, tokens: TokenProvider | None
+    ) -> DeliverySession: ...
+
+
+SessionOpener = Callable[[ResolvedServer, TokenProvider | None], Awaitable[DeliverySession]]
+"""``Transport.open`` as a plain function (tests hand the worker one of their own)."""
+
+
+class SystemMailer(Protocol):
+    """Mail from the installation itself (password reset links, OAuth2 and pause notices),
+    through the system e-mail server. Raises when it cannot be sent; never blocks an event
+    loop (callers run it in a thread)."""
+
+    def send_system_mail(self, to: str, subject: str, text: str) -> None: ...
+
+
+class AgentDirectory(Protocol):
+    """Which remote agents are connected to this process (the WebSocket hub).
+
+    ``accepting`` is true in a process that serves the agents' WebSocket endpoint; a
+    standalone worker's directory never has an agent."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def connected(self) -> list[AgentIdentity]: ...
+
+    def is_connected(self, tenant_id: int, client: str) -> bool: ...
