@@ -30,6 +30,7 @@ from mailgate.adapters.db.engine import (
 from mailgate.adapters.db.tables import SystemSetting, User
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
+from mailgate.adapters.remote.hub import RemoteHub
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
@@ -40,7 +41,6 @@ from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
 from mailgate.services.outbox import Outbox, Prepared
 from mailgate.services.remote_clients import RemoteClients
-from mailgate.services.remote_hub import RemoteHub
 from mailgate.services.system_mailer import TransportSystemMailer
 from mailgate.services.tenants import HOME_TENANT, create_tenant
 
@@ -164,7 +164,7 @@ def _delivery_opener(hub: RemoteHub, timeout_s: float) -> SessionOpener:
 
     async def open_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:
         # Imported on first use, like the SMTP stack below.
-        from mailgate.adapters.remote_delivery import remote_opener
+        from mailgate.adapters.remote.delivery import remote_opener
 
         return await remote_opener(hub, _open_smtp_session, timeout_s)(server, tokens)
 

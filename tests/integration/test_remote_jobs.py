@@ -16,7 +16,7 @@ from tests.live_server import live_server
 from tests.remote_helpers import RAW, remote_container, remote_server, until_connected
 from tests.smtp_fixtures import SmtpServers
 
-from mailgate.adapters.remote_codec import decode_outcome, server_spec
+from mailgate.adapters.remote.codec import decode_outcome, server_spec
 from mailgate.adapters.smtp import Outcome, SendResult
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner

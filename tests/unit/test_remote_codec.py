@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailgate.adapters.remote_codec import (
+from mailgate.adapters.remote.codec import (
     decode_outcome,
     encode_send_result,
     encode_transport_error,

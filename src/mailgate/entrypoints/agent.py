@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from mailgate import __version__
-from mailgate.adapters.remote_codec import (
+from mailgate.adapters.remote.codec import (
     StaticToken,
     as_dict,
     encode_send_result,

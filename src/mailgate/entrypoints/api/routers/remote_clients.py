@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
+from mailgate.adapters.remote.hub import AgentConnection
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
 from mailgate.domain.errors import Unauthenticated
@@ -33,7 +34,6 @@ from mailgate.schemas.remote import (
     Welcome,
 )
 from mailgate.services.remote_clients import remote_clients_allowed
-from mailgate.services.remote_hub import AgentConnection
 from mailgate.services.tenants import tenant_for
 
 log = logging.getLogger("mailgate.remote")

@@ -25,7 +25,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from mailgate.adapters.remote_jobs import remote_client_of, remote_test
+from mailgate.adapters.remote.jobs import remote_client_of, remote_test
 from mailgate.adapters.smtp import Step
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from mailgate.adapters.remote_codec import server_spec
+from mailgate.adapters.remote.codec import server_spec
+from mailgate.adapters.remote.hub import AgentUnavailable, RemoteError, RemoteHub
 from mailgate.adapters.smtp import Step
 from mailgate.ports import TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import ServerTest
-from mailgate.services.remote_hub import AgentUnavailable, RemoteError, RemoteHub
 
 
 def remote_client_of(server: ResolvedServer) -> str | None:

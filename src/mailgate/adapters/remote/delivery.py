@@ -15,15 +15,15 @@ import time
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from mailgate.adapters.remote_codec import decode_outcome, server_spec
-from mailgate.adapters.remote_jobs import access_token, ms_since, not_connected, remote_client_of
+from mailgate.adapters.remote.codec import decode_outcome, server_spec
+from mailgate.adapters.remote.hub import RemoteError, RemoteHub
+from mailgate.adapters.remote.jobs import access_token, ms_since, not_connected, remote_client_of
 from mailgate.adapters.smtp import SendResult, TransportError
 from mailgate.adapters.smtp_delivery import from_send_result, from_transport_error
 from mailgate.domain.messages import AttemptResult, Outcome
 from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import Deliver
-from mailgate.services.remote_hub import RemoteError, RemoteHub
 
 # base64 grows by 4/3; the JSON around it is small.
 _FRAME_OVERHEAD = 64 * 1024
