@@ -1,0 +1,80 @@
+"""``mailgate worker``: delivery workers without the API (run many of these on PostgreSQL)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from mailgate.adapters.db.engine import migrate as run_migrations
+from mailgate.bootstrap import build
+from mailgate.config import Settings
+
+
+def worker(
+    workers: Annotated[
+        int, typer.Option("--workers", "-n", min=1, max=64, help="Workers in this process.")
+    ] = 1,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (127.0.0.1).")
+    ] = None,
+    stats_every: Annotated[
+        float, typer.Option(help="Print a progress line every this many seconds (0: never).")
+    ] = 10.0,
+) -> None:
+    """Deliver queued mail until SIGTERM or Ctrl-C (run many of these on PostgreSQL)."""
+    import asyncio
+    import signal
+    import time
+
+    import uvloop
+
+    from mailgate.entrypoints.worker import Worker, default_worker_id
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    c = build(settings)
+    run_migrations(c.engine)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=c.metrics.registry)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        pool = [Worker(c, worker_id=default_worker_id(i)) for i in range(workers)]
+        tasks = [asyncio.create_task(w.run(stop)) for w in pool]
+        typer.echo(f"mailgate worker: {workers} worker(s) delivering; Ctrl-C or SIGTERM stops")
+        started, last = time.monotonic(), 0
+        while not stop.is_set() and stats_every > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), stats_every)
+            except TimeoutError:
+                total = sum(w.delivered for w in pool)
+                rate = (total - last) / stats_every
+                typer.echo(
+                    f"delivered {total} in {time.monotonic() - started:.0f} s ({rate:.1f}/s now)"
+                )
+                last = total
+        await asyncio.gather(*tasks)
+        typer.echo(f"stopped after delivering {sum(w.delivered for w in pool)} messages")
+
+    from mailgate.entrypoints.keeper import TokenKeeper
+
+    # Every process that sends keeps OAuth2 tokens alive; the row lock makes one refresh
+    # of a configuration happen once however many keepers run.
+    keeper = TokenKeeper(c.oauth2)
+    keeper.start()
+    try:
+        # The same event loop as `mailgate serve` (uvicorn picks uvloop): 5-8 % less CPU per
+        # message delivered than asyncio's own loop.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main_loop())
+    finally:
+        keeper.stop()
