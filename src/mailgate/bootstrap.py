@@ -30,12 +30,14 @@ from mailgate.adapters.db.engine import (
 from mailgate.adapters.db.tables import SystemSetting, User
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
+from mailgate.adapters.remote.delivery import RemoteTransport
 from mailgate.adapters.remote.hub import RemoteHub
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
-from mailgate.ports import SessionOpener, TokenProvider
+from mailgate.ports import DeliverySession, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
+from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
 from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
@@ -63,8 +65,8 @@ class Container:
     outbox: Outbox
     wakeup: notify.Wakeup
     metrics: Metrics
-    open_session: SessionOpener
-    """How the delivery worker opens an SMTP session (tests may swap in their own)."""
+    transports: TransportRouter
+    """Every way this process can deliver (SMTP, remote agents); tests may wrap it."""
     read_engine: Engine
     """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
     submissions: BatchWriter[Prepared]
@@ -148,7 +150,10 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         ),
         wakeup=wakeup,
         metrics=Metrics(sessions, clock),
-        open_session=_delivery_opener(hub, settings.remote_job_timeout_s),
+        transports=TransportRouter(
+            {"smtp": _LazySmtpTransport()},
+            remote=RemoteTransport(hub, settings.remote_job_timeout_s),
+        ),
         hub=hub,
         read_engine=read_only(engine),
         submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.001),
@@ -159,23 +164,14 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
     return c
 
 
-def _delivery_opener(hub: RemoteHub, timeout_s: float) -> SessionOpener:
-    """Direct SMTP, or through the remote client agent for ``remote_output`` configs."""
+class _LazySmtpTransport:
+    """The SMTP transport, imported on first use: CLI commands that never send need not load
+    the SMTP stack."""
 
-    async def open_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:
-        # Imported on first use, like the SMTP stack below.
-        from mailgate.adapters.remote.delivery import remote_opener
+    async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
+        from mailgate.adapters.smtp_delivery import open_smtp_session
 
-        return await remote_opener(hub, _open_smtp_session, timeout_s)(server, tokens)
-
-    return open_session
-
-
-async def _open_smtp_session(server: ResolvedServer, tokens: TokenProvider | None) -> Any:
-    # Imported on first use: CLI commands that never send need not load the SMTP stack.
-    from mailgate.adapters.smtp_delivery import open_smtp_session
-
-    return await open_smtp_session(server, tokens)
+        return await open_smtp_session(server, tokens)
 
 
 def _say(message: str) -> None:

@@ -15,10 +15,12 @@ pydantic model, and ``domain/`` stays standard-library only).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
 from typing import Protocol
 
-from mailgate.domain.messages import AttemptResult
+from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.remote import AgentIdentity
 from mailgate.schemas.email_server import ResolvedServer
 
@@ -91,3 +93,36 @@ class AgentDirectory(Protocol):
     def connected(self) -> list[AgentIdentity]: ...
 
     def is_connected(self, tenant_id: int, client: str) -> bool: ...
+
+
+class DeliveryQueue(Protocol):
+    """The outbox as a queue of leased messages (``adapters/db/queue.py``).
+
+    Blocking calls: the delivery service runs them in a thread, never inside its event loop.
+    Every method acts only on rows the worker still holds (``locked_by``), so a worker whose
+    lease expired cannot overwrite the state another worker wrote since.
+    """
+
+    def claim(
+        self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
+    ) -> list[Claimed]: ...
+
+    def record(
+        self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]
+    ) -> list[Recorded]: ...
+
+    def postpone(
+        self, worker_id: str, items: Sequence[tuple[Claimed, datetime, str | None]]
+    ) -> None: ...
+
+    def extend(self, worker_id: str, ids: Sequence[str]) -> None: ...
+
+    def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None: ...
+
+
+class DeliveryObserver(Protocol):
+    """Counts what delivery did (the Prometheus metrics)."""
+
+    def observe_attempt(
+        self, code: int | None, status: Status, created_at: datetime, now: datetime
+    ) -> None: ...

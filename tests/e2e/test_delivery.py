@@ -15,8 +15,8 @@ from tests.smtp_fixtures import SmtpServers
 
 from mailgate.adapters.db.tables import EmailServer
 from mailgate.domain.messages import AttemptResult, Outcome
-from mailgate.entrypoints import worker as worker_module
 from mailgate.entrypoints.worker import Worker
+from mailgate.services.delivery import service as delivery_service
 
 
 def test_content_headers_attachments_and_envelope(
@@ -232,7 +232,7 @@ def test_results_are_recorded_in_batches_while_more_are_in_flight(
         assert {r.get(mid)["status"] for mid in ids} == {"sent"}
 
         # A lone message is recorded at once: nothing else is in flight to wait for.
-        monkeypatch.setattr(worker_module, "RECORD_LINGER_S", 60.0)
+        monkeypatch.setattr(delivery_service, "RECORD_LINGER_S", 60.0)
         mid = r.send(to=["a@example.org"], subject="alone")
         started = time.monotonic()
         assert asyncio.run(worker.run_once()) == 1

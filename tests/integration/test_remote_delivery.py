@@ -37,7 +37,7 @@ def test_opener_sends_through_the_agent_and_reports_like_smtp(
 
     async def scenario(url: str) -> None:
         with pytest.raises(SessionFailed) as offline:
-            await c.open_session(server, None)
+            await c.transports.open(server, None)
         assert offline.value.result.text == "remote client plant-1 is not connected"
         assert offline.value.result.outcome is Outcome.TEMPORARY
 
@@ -50,7 +50,7 @@ def test_opener_sends_through_the_agent_and_reports_like_smtp(
         )
         try:
             await until_connected(c)
-            session = await c.open_session(server, None)
+            session = await c.transports.open(server, None)
             assert session.usable
             ok = await session.send("noreply@example.com", ["rcpt@example.org"], RAW)
             assert (ok.outcome, ok.code) == (Outcome.DELIVERED, 250)
@@ -131,7 +131,7 @@ def test_oauth2_access_token_goes_to_the_agent_and_a_rejected_one_is_refreshed(
                 await original(frame)
 
             conn.send_json = spy
-            session = await c.open_session(server, tokens)
+            session = await c.transports.open(server, tokens)
             result = await session.send("sender@contoso.com", ["rcpt@example.org"], RAW)
             assert (result.outcome, result.code) == (Outcome.DELIVERED, 250), result
         finally:

@@ -172,6 +172,13 @@ class ResolvedServer:
     config: EmailServerIn
     secrets: ServerSecrets
 
+    @property
+    def remote_client(self) -> str | None:
+        """The remote client (agent) that delivers this configuration's mail, if any.
+        System mail never goes through an agent."""
+        ro = self.config.remote_output
+        return ro.remote_client if ro.enabled and self.tenant_id is not None else None
+
 
 def _check_url(value: str | None, field: str, errors: list[FieldError]) -> None:
     if value is None:

@@ -1,4 +1,5 @@
-"""The outbox as a queue: claim ready messages with a lease, record what an attempt did.
+"""The outbox as a queue (``ports.DeliveryQueue``): claim ready messages with a lease, record
+what an attempt did.
 
 Claiming is ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so many workers on many
 machines never take the same row; on SQLite every write transaction is ``BEGIN IMMEDIATE``
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
 from mailgate.domain.clock import Clock
+from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import (
     AttemptResult,
     Decision,
@@ -100,34 +101,9 @@ def _by_turn(groups: Iterable[list[tuple[int, datetime | None, str]]]) -> list[s
 _ATTEMPT_OUTCOME = {Status.SENT: "delivered", Status.DEFERRED: "deferred", Status.FAILED: "failed"}
 
 
-@dataclass(frozen=True)
-class Claimed:
-    """A message a worker holds: what it needs to send it, and nothing else."""
+class SqlDeliveryQueue:
+    """``ports.DeliveryQueue`` on SQLite or PostgreSQL."""
 
-    id: str
-    tenant_id: int
-    server_id: int | None
-    server_name: str
-    mail_from: str
-    rcpt_to: list[str]
-    """The recipients still to be tried (all of them, on a first attempt)."""
-    raw: bytes
-    attempt_count: int
-    created_at: datetime
-    expires_at: datetime
-    recipient_status: dict[str, Any] | None = None
-    """Per-recipient state as claimed (only this worker changes it while it holds the
-    lease; a worker that lost its lease does not overwrite the row)."""
-
-
-@dataclass(frozen=True)
-class Recorded:
-    message: Claimed
-    result: AttemptResult
-    decision: Decision
-
-
-class DeliveryStore:
     def __init__(
         self,
         sessions: sessionmaker[Session],

@@ -1,8 +1,8 @@
 """Delivery through a remote client agent (the mailgate side of the worker hand-off).
 
-``remote_opener`` wraps the worker's session opener: a configuration with ``remote_output``
-enabled gets a ``RemoteDeliverySession`` that hands each message to the connected agent of
-that tenant and client name, and turns the agent's report back into the same
+``RemoteTransport`` is the transport of configurations with ``remote_output`` enabled: its
+``RemoteDeliverySession`` hands each message to the connected agent of that tenant and
+client name, and turns the agent's report back into the same
 ``AttemptResult`` a direct SMTP delivery gives (the agent runs the same transport; its
 ``SendResult``/``TransportError`` cross the WebSocket unchanged). A lost agent is a temporary
 failure: the message is retried, never lost.
@@ -17,11 +17,11 @@ from typing import Any
 
 from mailgate.adapters.remote.codec import decode_outcome, server_spec
 from mailgate.adapters.remote.hub import RemoteError, RemoteHub
-from mailgate.adapters.remote.jobs import access_token, ms_since, not_connected, remote_client_of
+from mailgate.adapters.remote.jobs import access_token, ms_since, not_connected
 from mailgate.adapters.smtp import SendResult, TransportError
 from mailgate.adapters.smtp_delivery import from_send_result, from_transport_error
 from mailgate.domain.messages import AttemptResult, Outcome
-from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
+from mailgate.ports import DeliverySession, SessionFailed, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import Deliver
 
@@ -118,17 +118,18 @@ class RemoteDeliverySession:
         """Nothing to close here: the agent keeps (and closes) its own SMTP sessions."""
 
 
-def remote_opener(hub: RemoteHub, direct: SessionOpener, timeout_s: float) -> SessionOpener:
-    """The worker's session opener, sending ``remote_output`` configurations via agents."""
+class RemoteTransport:
+    """``ports.Transport`` for configurations with ``remote_output``: through their agent."""
 
-    async def open_session(server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
-        client = remote_client_of(server)
-        if client is None:
-            return await direct(server, tokens)
-        if server.tenant_id is None or not hub.is_connected(server.tenant_id, client):
+    def __init__(self, hub: RemoteHub, timeout_s: float) -> None:
+        self.hub = hub
+        self.timeout_s = timeout_s
+
+    async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
+        client = server.remote_client
+        assert client is not None, "only configurations with remote output come here"
+        if server.tenant_id is None or not self.hub.is_connected(server.tenant_id, client):
             raise SessionFailed(
                 AttemptResult(Outcome.TEMPORARY, None, not_connected(client), 0, step="connect")
             )
-        return RemoteDeliverySession(hub, server, client, tokens, timeout_s)
-
-    return open_session
+        return RemoteDeliverySession(self.hub, server, client, tokens, self.timeout_s)

@@ -15,11 +15,6 @@ from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import ServerTest
 
 
-def remote_client_of(server: ResolvedServer) -> str | None:
-    ro = server.config.remote_output
-    return ro.remote_client if ro.enabled and server.tenant_id is not None else None
-
-
 def not_connected(client: str) -> str:
     return str(AgentUnavailable(client))
 
@@ -44,7 +39,7 @@ async def remote_test(
     """ "Send test e-mail" through the agent: the same step-by-step result as a direct test.
 
     Failures to reach the agent are a failed ``connect`` step, never an exception."""
-    client = remote_client_of(server)
+    client = server.remote_client
     assert client is not None and server.tenant_id is not None
     tenant_id = server.tenant_id
     started = time.monotonic()

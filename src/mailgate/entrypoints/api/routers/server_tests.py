@@ -25,7 +25,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from mailgate.adapters.remote.jobs import remote_client_of, remote_test
+from mailgate.adapters.remote.jobs import remote_test
 from mailgate.adapters.smtp import Step
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
@@ -71,7 +71,7 @@ async def _diagnose(
     on_step: Callable[[Step], None] | None = None,
 ) -> dict[str, Any]:
     to = _recipient(server, body)
-    if remote_client_of(server) is not None:
+    if server.remote_client is not None:
         # remote_output: only the tenant's agent can reach this server; it runs the test.
         return await remote_test(
             c.hub,

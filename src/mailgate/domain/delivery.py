@@ -1,0 +1,41 @@
+"""What a delivery worker holds and what it learned: claimed messages and recorded attempts.
+
+Pure values; the queue port (``ports.DeliveryQueue``) hands them out and takes them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mailgate.domain.messages import AttemptResult, Decision
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message a worker holds under a lease: what it needs to send it, and nothing else."""
+
+    id: str
+    tenant_id: int
+    server_id: int | None
+    server_name: str
+    mail_from: str
+    rcpt_to: list[str]
+    """The recipients still to be tried (all of them, on a first attempt)."""
+    raw: bytes
+    attempt_count: int
+    created_at: datetime
+    expires_at: datetime
+    recipient_status: dict[str, Any] | None = None
+    """Per-recipient state as claimed (only this worker changes it while it holds the
+    lease; a worker that lost its lease does not overwrite the row)."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One attempt as stored, with what the retry policy decided."""
+
+    message: Claimed
+    result: AttemptResult
+    decision: Decision

@@ -1,0 +1,228 @@
+"""Lanes: the claimed messages of each configuration and the sessions that send them.
+
+A lane runs up to ``limits.max_connections`` sessions of the configuration's transport; each
+session takes the lane's messages one after the other on the same connection, paced by
+``limits.messages_per_minute`` on the service's clock. The dispatcher never decides what an
+outcome means: it hands every (message, result) to ``finish`` and the service records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from mailgate.domain.clock import Clock
+from mailgate.domain.delivery import Claimed
+from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
+from mailgate.schemas.email_server import ResolvedServer
+from mailgate.services.delivery.policy import (
+    Pacer,
+    fail_now,
+    oauth2_wait_reason,
+    spacing_s,
+    unexpected_error,
+)
+
+log = logging.getLogger("mailgate.worker")
+
+# How long mail of an OAuth2 configuration waits before the state is checked again.
+OAUTH2_RECHECK_S = 60.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A configuration as the dispatcher needs it (``server`` None: it no longer exists)."""
+
+    server: ResolvedServer | None
+    oauth2_state: str | None = None
+
+
+TargetLoader = Callable[[Collection[int | None]], dict[int | None, Target]]
+"""Reads configurations by id (blocking: the dispatcher runs it in a thread)."""
+
+Postponed = tuple[Claimed, float, str | None]
+"""(message, seconds from now until it is due again, reason shown as its last error)."""
+
+
+@dataclass
+class Lane:
+    """The messages of one configuration and the sessions that send them."""
+
+    server: ResolvedServer | None
+    tokens: TokenProvider | None
+    max_connections: int
+    pacer: Pacer
+    oauth2_state: str | None = None
+    queue: deque[tuple[Claimed, float]] = field(default_factory=deque)
+    sessions: int = 0
+    idle: int = 0
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        open_session: SessionOpener,
+        load_targets: TargetLoader,
+        tokens_for: Callable[[ResolvedServer], TokenProvider | None],
+        finish: Callable[[Claimed, AttemptResult], None],
+        postpone: Callable[[list[Postponed]], Awaitable[None]],
+        *,
+        clock: Clock,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_wait_s: float,
+        idle_session_s: float,
+    ) -> None:
+        self.open_session = open_session
+        self.load_targets = load_targets
+        self.tokens_for = tokens_for
+        self.finish = finish
+        self.postpone = postpone
+        self.clock = clock
+        self.sleep = sleep
+        self.max_wait_s = max_wait_s
+        """A paced message whose slot is further away is given back to the queue."""
+        self.idle_session_s = idle_session_s
+        """How long an open session waits for more mail before it closes (0: at once)."""
+        self.lanes: dict[int | None, Lane] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    def _now(self) -> float:
+        return self.clock().timestamp()
+
+    async def dispatch(self, claimed: list[Claimed]) -> None:
+        """Queue each message on its lane and start sessions as the lane's limit allows."""
+        # (Re)read the configuration of lanes without an active session: it may have been
+        # edited, or its OAuth2 state may have changed.
+        stale = {
+            m.server_id
+            for m in claimed
+            if m.server_id not in self.lanes or self.lanes[m.server_id].sessions == 0
+        }
+        if stale:
+            targets = await asyncio.to_thread(self.load_targets, stale)
+            for sid in stale:
+                self._refresh_lane(sid, targets.get(sid, Target(None)))
+        postpone: list[Postponed] = []
+        now = self._now()
+        for m in claimed:
+            lane = self.lanes[m.server_id]
+            if lane.server is None:
+                self.finish(m, fail_now("the e-mail server configuration no longer exists"))
+                continue
+            reason = oauth2_wait_reason(lane.server, lane.oauth2_state, lane.tokens is not None)
+            if reason is not None:
+                postpone.append((m, OAUTH2_RECHECK_S, reason))
+                continue
+            slot, keep = lane.pacer.reserve(now, self.max_wait_s)
+            if not keep:
+                postpone.append((m, slot - now, None))
+                continue
+            lane.queue.append((m, slot))
+            lane.more.set()
+            if lane.sessions < lane.max_connections and len(lane.queue) > lane.idle:
+                lane.sessions += 1
+                self._spawn(self._session_loop(lane))
+        if postpone:
+            await self.postpone(postpone)
+
+    def _refresh_lane(self, sid: int | None, target: Target) -> None:
+        server = target.server
+        if server is None:
+            lane = Lane(None, None, 1, Pacer(0.0))
+        else:
+            limits = server.config.limits
+            lane = Lane(
+                server,
+                self.tokens_for(server),
+                limits.max_connections,
+                Pacer(spacing_s(limits)),
+                oauth2_state=target.oauth2_state,
+            )
+        old = self.lanes.get(sid)
+        if old is None:
+            self.lanes[sid] = lane
+        elif old.sessions == 0 and not old.queue:
+            # Keep the pace across reloads: a reload must not reset the rate limit.
+            lane.pacer.next_slot = old.pacer.next_slot
+            self.lanes[sid] = lane
+
+    async def _session_loop(self, lane: Lane) -> None:
+        assert lane.server is not None
+        session: DeliverySession | None = None
+        try:
+            while True:
+                if not lane.queue:
+                    if self.stopping or self.idle_session_s <= 0:
+                        break
+                    lane.more.clear()
+                    lane.idle += 1
+                    try:
+                        await asyncio.wait_for(lane.more.wait(), self.idle_session_s)
+                    except TimeoutError:
+                        if not lane.queue:
+                            break
+                    finally:
+                        lane.idle -= 1
+                    continue
+                m, slot = lane.queue.popleft()
+                if session is None or not session.usable:
+                    if session is not None:
+                        await _close(session)
+                        session = None
+                    try:
+                        session = await self.open_session(lane.server, lane.tokens)
+                    except SessionFailed as failed:
+                        # Every message waiting for this configuration would fail the same way.
+                        self.finish(m, failed.result)
+                        while lane.queue:
+                            self.finish(lane.queue.popleft()[0], failed.result)
+                        break
+                delay = slot - self._now()
+                if delay > 0:
+                    await self.sleep(delay)
+                try:
+                    result = await session.send(m.mail_from, m.rcpt_to, m.raw)
+                except Exception as exc:  # the transport classifies; anything else: retry later
+                    log.warning("send of %s failed unexpectedly: %s", m.id, type(exc).__name__)
+                    result = unexpected_error()
+                self.finish(m, result)
+                if result.outcome is not Outcome.DELIVERED and not session.usable:
+                    await _close(session)
+                    session = None
+        finally:
+            lane.sessions -= 1
+            if session is not None:
+                await _close(session)
+
+    def take_waiting(self) -> list[Claimed]:
+        """Remove and return every message not yet started (to give back on shutdown)."""
+        waiting = [m for lane in self.lanes.values() for m, _slot in lane.queue]
+        for lane in self.lanes.values():
+            lane.queue.clear()
+            lane.more.set()
+        return waiting
+
+    async def join(self) -> None:
+        """Wake idle sessions so they close, and wait for every session to end."""
+        for lane in self.lanes.values():
+            lane.more.set()
+        if self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+async def _close(session: DeliverySession) -> None:
+    try:
+        await session.close()
+    except Exception:
+        log.debug("closing a delivery session failed", exc_info=True)

@@ -1,0 +1,74 @@
+"""Delivery decisions that need no I/O: when a configuration's mail may go, and when not.
+
+The retry policy itself (backoff, what a reply means for each recipient) is in
+``domain/messages.py``; this module decides around an attempt: whether a configuration can be
+used at all right now (OAuth2), and the pacing of ``limits.messages_per_minute``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.schemas.email_server import Limits, ResolvedServer
+
+
+def oauth2_wait_reason(
+    server: ResolvedServer, oauth2_state: str | None, has_token_provider: bool
+) -> str | None:
+    """Why mail of an OAuth2 configuration must wait instead of being tried, or ``None``.
+
+    Waiting mail is deferred, never failed: an administrator signing in again releases it.
+    """
+    auth = server.config.authentication
+    if auth.method != "oauth2":
+        return None
+    # Client credentials need no sign-in: the first token request authorizes them.
+    app_only = auth.grant == "client_credentials"
+    if oauth2_state != "authorized" and not (app_only and oauth2_state in (None, "not_authorized")):
+        return (
+            f"waiting for OAuth2 authorization of e-mail server {server.name!r} "
+            f"(state: {oauth2_state or 'not_authorized'}); an administrator must sign in again"
+        )
+    if not has_token_provider:
+        return f"waiting: no OAuth2 token provider is available for e-mail server {server.name!r}"
+    return None
+
+
+def spacing_s(limits: Limits) -> float:
+    """Seconds between two messages of one configuration (0: no rate limit)."""
+    return 60.0 / limits.messages_per_minute if limits.messages_per_minute else 0.0
+
+
+@dataclass
+class Pacer:
+    """``messages_per_minute`` as evenly spaced send slots (a leaky bucket of depth one).
+
+    Times are seconds on the delivery service's clock. A message whose slot lies further
+    ahead than ``max_wait_s`` is not held in memory until then: the caller gives it back to
+    the queue due at that slot (its lease would run out while it waited).
+    """
+
+    spacing_s: float
+    next_slot: float = 0.0
+
+    def reserve(self, now: float, max_wait_s: float) -> tuple[float, bool]:
+        """(slot, keep): the time this message may be sent, and whether to keep it until then
+        (``False``: give it back, due at ``slot``; no slot is used up)."""
+        if not self.spacing_s:
+            return now, True
+        slot = max(now, self.next_slot)
+        if slot - now > max_wait_s:
+            return slot, False
+        self.next_slot = slot + self.spacing_s
+        return slot, True
+
+
+def fail_now(text: str) -> AttemptResult:
+    """A permanent failure decided without trying (e.g. the configuration was deleted)."""
+    return AttemptResult(Outcome.PERMANENT, None, text, 0)
+
+
+def unexpected_error() -> AttemptResult:
+    """A transport raised where it should have classified: try again later."""
+    return AttemptResult(Outcome.TEMPORARY, None, "unexpected error", 0)

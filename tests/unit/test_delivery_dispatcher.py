@@ -1,0 +1,315 @@
+"""The delivery service and its dispatcher on fakes: an in-memory queue, a scripted
+transport and a clock that moves only when the service sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
+from mailgate.ports import SessionFailed, TokenProvider
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
+from mailgate.services.delivery.dispatcher import Target
+from mailgate.services.delivery.service import DeliveryService, DeliverySettings
+
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+class StepClock:
+    """Wall-clock time that stands still until the service sleeps; a sleep ends at its
+    deadline (concurrent sleepers share one timeline, as on a real clock)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.now + timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+        self.now = max(self.now, deadline)
+
+    def offset(self) -> float:
+        return (self.now - T0).total_seconds()
+
+
+@dataclass
+class MemoryQueue:
+    """``ports.DeliveryQueue`` in memory: every message is ready once."""
+
+    ready: list[Claimed]
+    recorded: list[tuple[Claimed, AttemptResult]] = field(default_factory=list)
+    postponed: list[tuple[Claimed, datetime, str | None]] = field(default_factory=list)
+
+    def claim(
+        self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
+    ) -> list[Claimed]:
+        taken = [m for m in self.ready if m.server_id not in skip_servers][:limit]
+        self.ready = [m for m in self.ready if m not in taken]
+        return taken
+
+    def record(
+        self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]
+    ) -> list[Recorded]:
+        self.recorded.extend(items)
+        status = {Outcome.DELIVERED: Status.SENT, Outcome.TEMPORARY: Status.DEFERRED}
+        return [
+            Recorded(m, r, Decision(status.get(r.outcome, Status.FAILED), None, None, []))
+            for m, r in items
+        ]
+
+    def postpone(
+        self, worker_id: str, items: Sequence[tuple[Claimed, datetime, str | None]]
+    ) -> None:
+        self.postponed.extend(items)
+
+    def extend(self, worker_id: str, ids: Sequence[str]) -> None:
+        pass
+
+    def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:
+        return None
+
+    def outcome_of(self, mid: str) -> AttemptResult:
+        return next(r for m, r in self.recorded if m.id == mid)
+
+
+@dataclass
+class Sent:
+    server: str
+    message: str
+    at: float
+    session: int
+
+
+class ScriptedTransport:
+    """``ports.Transport``: records every send with the clock's time and its session."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+        self.sent: list[Sent] = []
+        self.opened: dict[str, int] = {}
+        self.open_now: dict[str, int] = {}
+        self.most_open: dict[str, int] = {}
+        self.refuse: dict[str, AttemptResult] = {}
+        self.raise_on: set[str] = set()
+        self.block: dict[str, asyncio.Event] = {}
+
+    async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> Any:
+        if server.name in self.refuse:
+            raise SessionFailed(self.refuse[server.name])
+        self.opened[server.name] = self.opened.get(server.name, 0) + 1
+        self.open_now[server.name] = self.open_now.get(server.name, 0) + 1
+        self.most_open[server.name] = max(
+            self.most_open.get(server.name, 0), self.open_now[server.name]
+        )
+        return _Session(self, server.name, self.opened[server.name])
+
+
+class _Session:
+    def __init__(self, transport: ScriptedTransport, server: str, number: int) -> None:
+        self.transport = transport
+        self.server = server
+        self.number = number
+        self.usable = True
+
+    async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult:
+        mid = raw.decode()
+        if mid in self.transport.raise_on:
+            raise RuntimeError("a bug in a transport")
+        self.transport.sent.append(
+            Sent(self.server, mid, self.transport.clock.offset(), self.number)
+        )
+        if mid in self.transport.block:
+            await self.transport.block[mid].wait()
+        await asyncio.sleep(0.001)  # other sessions run meanwhile
+        return AttemptResult(Outcome.DELIVERED, 250, "2.0.0 ok", 1)
+
+    async def close(self) -> None:
+        self.transport.open_now[self.server] -= 1
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.statuses: list[Status] = []
+
+    def observe_attempt(
+        self, code: int | None, status: Status, created_at: datetime, now: datetime
+    ) -> None:
+        self.statuses.append(status)
+
+
+def config(server_id: int, limits: dict[str, Any] | None = None, **auth: str) -> ResolvedServer:
+    cfg = EmailServerIn.model_validate(
+        {
+            "name": f"S{server_id}",
+            "host": "smtp.example.com",
+            "limits": limits or {},
+            "authentication": auth or {"method": "none"},
+        }
+    )
+    return ResolvedServer(server_id, 1, f"S{server_id}", cfg, ServerSecrets())
+
+
+def messages(server_id: int | None, n: int, prefix: str = "") -> list[Claimed]:
+    return [
+        Claimed(
+            id=f"{prefix or server_id}-{i}",
+            tenant_id=1,
+            server_id=server_id,
+            server_name=f"S{server_id}",
+            mail_from="a@example.com",
+            rcpt_to=["b@example.org"],
+            raw=f"{prefix or server_id}-{i}".encode(),
+            attempt_count=0,
+            created_at=T0,
+            expires_at=T0 + timedelta(days=2),
+        )
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Rig:
+    clock: StepClock
+    queue: MemoryQueue
+    transport: ScriptedTransport
+    counter: Counter
+    service: DeliveryService
+
+
+def rig(
+    ready: list[Claimed],
+    targets: dict[int | None, Target],
+    *,
+    batch: int = 50,
+    lease_s: float = 120,
+    tokens: bool = True,
+) -> Rig:
+    clock = StepClock()
+    queue = MemoryQueue(list(ready))
+    transport = ScriptedTransport(clock)
+    counter = Counter()
+
+    def load(ids: Collection[int | None]) -> dict[int | None, Target]:
+        return {sid: targets.get(sid, Target(None)) for sid in ids}
+
+    class _Tokens:
+        async def access_token(self, *, force_refresh: bool = False) -> str:
+            return "token"
+
+    service = DeliveryService(
+        "w1",
+        queue,
+        transport.open,
+        load,
+        lambda server: _Tokens() if tokens else None,
+        lambda: [],
+        counter,
+        DeliverySettings(batch=batch, lease_s=lease_s, poll_s=0.05),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    return Rig(clock, queue, transport, counter, service)
+
+
+def test_messages_per_minute_spaces_sends_on_the_injected_clock() -> None:
+    r = rig(messages(1, 5), {1: Target(config(1, {"messages_per_minute": 60}))})
+    assert asyncio.run(r.service.run_once()) == 5
+    assert [s.at for s in r.transport.sent] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert r.counter.statuses == [Status.SENT] * 5
+
+
+def test_a_rate_limit_does_not_hold_mail_past_half_its_lease() -> None:
+    # 2 a minute, lease 60 s: slots at 0, 30 s are kept; later ones go back to the queue,
+    # due at their slot, without attempt and without using up the slot.
+    r = rig(messages(1, 4), {1: Target(config(1, {"messages_per_minute": 2}))}, lease_s=60)
+    assert asyncio.run(r.service.run_once()) == 4
+    assert [s.at for s in r.transport.sent] == [0.0, 30.0]
+    assert [(m.id, when - T0, reason) for m, when, reason in r.queue.postponed] == [
+        ("1-2", timedelta(seconds=60), None),
+        ("1-3", timedelta(seconds=60), None),
+    ]
+
+
+def test_max_connections_bounds_sessions_which_are_reused() -> None:
+    r = rig(messages(1, 12), {1: Target(config(1, {"max_connections": 2}))})
+    assert asyncio.run(r.service.run_once()) == 12
+    assert r.transport.most_open["S1"] == 2
+    assert r.transport.opened["S1"] == 2
+    assert len({s.message for s in r.transport.sent}) == 12
+    assert r.transport.open_now["S1"] == 0  # closed after the cycle
+
+
+def test_one_configuration_failing_to_open_fails_only_its_own_mail() -> None:
+    refused = AttemptResult(Outcome.TEMPORARY, 421, "4.7.0 try later", 3, step="connect")
+    r = rig(
+        messages(1, 3) + messages(2, 3),
+        {1: Target(config(1, {"max_connections": 1})), 2: Target(config(2))},
+    )
+    r.transport.refuse["S1"] = refused
+    assert asyncio.run(r.service.run_once()) == 6
+    assert [r.queue.outcome_of(f"1-{i}") for i in range(3)] == [refused] * 3
+    assert [s.message for s in r.transport.sent] == ["2-0", "2-1", "2-2"]
+
+
+def test_mail_of_a_deleted_configuration_fails_without_trying() -> None:
+    r = rig(messages(9, 2), {})
+    assert asyncio.run(r.service.run_once()) == 2
+    result = r.queue.outcome_of("9-0")
+    assert result.outcome is Outcome.PERMANENT and "no longer exists" in result.text
+    assert r.transport.sent == []
+
+
+def test_oauth2_mail_waits_for_authorization_instead_of_failing() -> None:
+    oauth = config(
+        3,
+        method="oauth2",
+        provider="google",
+        grant="authorization_code",
+        username="a@example.com",
+        client_id="id",
+    )
+    r = rig(messages(3, 2), {3: Target(oauth, "needs_reauthorization")})
+    assert asyncio.run(r.service.run_once()) == 2
+    assert r.transport.sent == [] and r.queue.recorded == []
+    due = {(when - T0).total_seconds() for _m, when, _r in r.queue.postponed}
+    assert due == {60.0}
+    assert all("sign in again" in (reason or "") for _m, _w, reason in r.queue.postponed)
+
+
+def test_a_transport_that_raises_defers_the_message_and_the_lane_goes_on() -> None:
+    r = rig(messages(1, 3), {1: Target(config(1))})
+    r.transport.raise_on.add("1-1")
+    assert asyncio.run(r.service.run_once()) == 3
+    assert r.queue.outcome_of("1-1").outcome is Outcome.TEMPORARY
+    assert r.queue.outcome_of("1-2").outcome is Outcome.DELIVERED
+
+
+@pytest.mark.timeout(10)
+def test_run_gives_back_what_it_has_not_started_when_stopped() -> None:
+    # One connection: 1-0 is on the wire when stop comes; 1-1 and 1-2 wait in the lane and
+    # go back to the queue, due now; 1-0 is finished and recorded, not abandoned.
+    r = rig(messages(1, 3), {1: Target(config(1, {"max_connections": 1}))})
+    r.transport.block["1-0"] = asyncio.Event()
+
+    async def scenario() -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(r.service.run(stop, wake))
+        while not r.transport.sent:
+            await asyncio.sleep(0.001)
+        stop.set()
+        await asyncio.sleep(0.01)
+        r.transport.block["1-0"].set()
+        await task
+
+    asyncio.run(scenario())
+    assert [s.message for s in r.transport.sent] == ["1-0"]
+    assert [m.id for m, _r in r.queue.recorded] == ["1-0"]
+    assert [(m.id, when) for m, when, _r in r.queue.postponed] == [("1-1", T0), ("1-2", T0)]
