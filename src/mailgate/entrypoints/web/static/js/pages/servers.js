@@ -2,7 +2,8 @@
 import { get, post, put, del, enc } from "../api.js";
 import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
 import { boot, needTenant, setDirtyCheck, tenantUrl } from "../shell.js";
-import { ServerForm, emptyServer, remoteContext, oauthFlash } from "../server_form.js";
+import { ServerForm, emptyServer, remoteContext } from "../server_form/form.js";
+import { oauthFlash } from "../server_form/oauth2_panel.js";
 
 const ctx = await boot();
 if (needTenant(ctx)) await main();

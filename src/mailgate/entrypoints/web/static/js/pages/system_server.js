@@ -2,7 +2,8 @@
 import { get, put, del } from "../api.js";
 import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
 import { boot, setDirtyCheck } from "../shell.js";
-import { ServerForm, emptyServer, oauthFlash } from "../server_form.js";
+import { ServerForm, emptyServer } from "../server_form/form.js";
+import { oauthFlash } from "../server_form/oauth2_panel.js";
 
 const ctx = await boot();
 const URL_ = "/api/v1/system/email-server";

@@ -1,0 +1,214 @@
+// The e-mail server form, shared by the tenant page (with its ribbon) and the system server
+// page (no ribbon): its sections, the authentication method, and the state a page saves
+// (body(), isDirty(), errors shown at their fields). Inputs are bound by ./binding.js; the
+// OAuth2 and test sections are panels of their own.
+import { get } from "../api.js";
+import { h, clear, field, showErrors, clearErrors, banner, nextId } from "../ui.js";
+import { BoundForm } from "./binding.js";
+import { OAuth2Panel } from "./oauth2_panel.js";
+import { TestPanel } from "./test_panel.js";
+
+export const DEFAULT_PORTS = { smtp: 587, smtps: 465 };
+
+export function emptyServer(name = "") {
+  return {
+    name, is_default: false, protocol: "smtp", host: "", port: 587, starttls: "required",
+    tls: { verify: true, ca_certificates_pem: null, client_certificate_pem: null, client_key_set: false },
+    helo_name: null, timeouts: { connect_s: 15, command_s: 60 },
+    limits: { max_connections: 3, messages_per_minute: null, max_message_bytes: null },
+    authentication: { method: "none" },
+    message_defaults: { from_address: null, from_name: null, reply_to: null, envelope_from: null, cc: [], bcc: [], subject: null, body_text: null, body_html: null, headers: {} },
+    remote_output: { enabled: false, remote_client: null },
+  };
+}
+
+export class ServerForm extends BoundForm {
+  /**
+   * opts: value (API view or emptyServer()), isNew, isSystem, canEdit, canTest, apiBase (the
+   * resource URL once saved), collectionBase (tenant servers: the list URL, to test a new
+   * config), remoteClients (names), remoteAllowed, testTo, onChange, onReload.
+   */
+  constructor(opts) {
+    super(opts);
+    this.portEdited = !opts.isNew && this.v.port !== DEFAULT_PORTS[this.v.protocol];
+    this.el = h("form", { class: "server-form", novalidate: true, "aria-label": "E-mail server settings" });
+    this.el.addEventListener("submit", (e) => e.preventDefault());
+    this.topBanner = h("div", { class: "form-banner" });
+    this.build();
+    this.initial = this.snapshot();
+    this.sync();
+  }
+
+  // ---- layout ---------------------------------------------------------------------------
+
+  build() {
+    const o = this.o;
+    const parts = [this.topBanner];
+    if (o.value.secrets_error) this.message("bad", h("strong", {}, "Stored secrets unreadable. "), o.value.secrets_error);
+    if (!o.isSystem) {
+      const isDefault = o.value.is_default && !o.isNew;
+      const def = this.check("Default server of this tenant", "is_default", isDefault ? "To change it, make another server the default." : "Used when a message names no server.");
+      if (isDefault) def.querySelector("input").disabled = true;
+      parts.push(this.section("Name", "Workflows choose a configuration by this name.",
+        h("div", { class: "grid" },
+          this.text("Name", "name", { placeholder: "e.g. DEFAULT or invoices", help: "Letters, digits, - and _." }), def)));
+    }
+    this.starttlsField = this.select("STARTTLS", "starttls", { required: "Required (refuse without TLS)", opportunistic: "Opportunistic (use TLS when offered)", disabled: "Disabled (never; plain text)" }, { help: "Only for SMTP; SMTPS is encrypted from the start." });
+    this.portInput = h("input", { type: "number", min: "1", max: "65535", inputmode: "numeric" });
+    this.bind("port", this.portInput, "int");
+    this.portInput.addEventListener("input", () => { this.portEdited = this.portInput.value.trim() !== ""; this.portHelp(); });
+    this.portField = field("Port", this.portInput, { path: "port" });
+    this.portHelpEl = this.portField.querySelector(".help") || h("span", { class: "help" });
+    this.portField.insertBefore(this.portHelpEl, this.portField.querySelector(".field-error"));
+    const proto = this.select("Protocol", "protocol", { smtp: "SMTP (STARTTLS, port 587)", smtps: "SMTPS (implicit TLS, port 465)" });
+    proto.querySelector("select").addEventListener("change", () => {
+      if (!this.portEdited) {
+        this.v.port = DEFAULT_PORTS[this.v.protocol];
+        this.portInput.value = this.v.port;
+      }
+    });
+    parts.push(this.section("Protocol and host", null,
+      h("div", { class: "grid" },
+        proto,
+        this.text("Host", "host", { placeholder: "smtp.office365.com" }),
+        this.portField,
+        this.starttlsField),
+      h("details", { class: "advanced" }, h("summary", {}, "Connection details"),
+        h("div", { class: "grid" },
+          this.text("HELO/EHLO name", "helo_name", { help: "Default: this machine's name." }),
+          this.text("Connect timeout (s)", "timeouts.connect_s", { kind: "int", type: "number" }),
+          this.text("Command timeout (s)", "timeouts.command_s", { kind: "int", type: "number" }),
+          this.text("Max. connections", "limits.max_connections", { kind: "int", type: "number", help: "Office 365 allows 3 per mailbox." }),
+          this.text("Messages per minute", "limits.messages_per_minute", { kind: "int", type: "number", help: "Empty: no limit. Office 365: 30." }),
+          this.text("Max. message size (bytes)", "limits.max_message_bytes", { kind: "int", type: "number", help: "Empty: the installation's limit." })))));
+
+    this.clientKey = this.secret("Client key (PEM)", "tls.client_key_pem", "tls.client_key_set", "Unencrypted PEM private key of the client certificate.");
+    parts.push(this.section("Certificates", "Trust a company CA or a self-signed server certificate, and optionally present a client certificate.",
+      h("div", { class: "grid" },
+        this.check("Verify the server certificate and host name", "tls.verify", "Turn off only for a test server."),
+        this.pem("Trusted CA or server certificates (PEM)", "tls.ca_certificates_pem", "Paste one or more certificates, or upload a .pem file."),
+        this.pem("Client certificate (PEM)", "tls.client_certificate_pem", "For servers that require mutual TLS."),
+        this.clientKey)));
+
+    parts.push(this.buildAuth());
+
+    parts.push(this.section("Message defaults", "Used when a message leaves these out.",
+      h("div", { class: "grid" },
+        this.text("From address", "message_defaults.from_address", { type: "email", placeholder: "noreply@example.com" }),
+        this.text("From name", "message_defaults.from_name"),
+        this.text("Reply-To", "message_defaults.reply_to", { type: "email" }),
+        this.text("Envelope sender (MAIL FROM)", "message_defaults.envelope_from", { type: "email", help: "Default: the From address." }),
+        this.text("Cc", "message_defaults.cc", { kind: "list", help: "Comma-separated addresses." }),
+        this.text("Bcc", "message_defaults.bcc", { kind: "list", help: "Comma-separated addresses." }),
+        this.text("Subject", "message_defaults.subject", { wide: true }),
+        field("Extra headers", this.bind("message_defaults.headers", h("textarea", { placeholder: "X-Mailer-Group: finance" }), "headers"), { path: "message_defaults.headers", help: "One 'Name: value' per line.", wide: true }),
+        field("Text body", this.bind("message_defaults.body_text", h("textarea"), "raw"), { path: "message_defaults.body_text", wide: true }))));
+
+    if (!o.isSystem) parts.push(this.buildRemote());
+    this.test = new TestPanel(this);
+    parts.push(this.test.el);
+    this.el.append(...parts);
+  }
+
+  buildAuth() {
+    const method = h("div", { class: "radios", role: "radiogroup", "aria-label": "Authentication method" });
+    for (const [v, l] of Object.entries({ none: "None", password: "User and password", oauth2: "OAuth2" })) {
+      const r = h("input", { type: "radio", name: `auth-method-${this.o.isSystem ? "sys" : "srv"}`, value: v, id: nextId("m"), checked: this.v.authentication.method === v, disabled: !this.o.canEdit });
+      r.addEventListener("change", () => { if (r.checked) { this.v.authentication.method = v; this.changed("authentication.method"); } });
+      method.append(h("label", { class: "check", for: r.id }, r, l));
+    }
+    this.pwBlock = h("div", { class: "grid" },
+      this.text("User name", "authentication.username", { placeholder: "sender@example.com" }),
+      this.secret("Password", "authentication.password", "authentication.password_set"));
+    this.oauth2 = new OAuth2Panel(this);
+    return this.section("Authentication", null,
+      h("fieldset", {}, h("legend", {}, "Method"), method),
+      h("p", { class: "field-error", dataset: { errorFor: "authentication.method" } }),
+      h("div", { class: "auth-detail" }, this.pwBlock, this.oauth2.el));
+  }
+
+  buildRemote() {
+    const clients = this.o.remoteClients || [];
+    const usable = this.o.remoteAllowed && clients.length > 0;
+    const note = !this.o.remoteAllowed
+      ? "Remote clients are not allowed on this installation (a system administrator can allow them in System settings)."
+      : clients.length ? "Deliver through a remote client inside the customer's network." : "This tenant has no remote client yet. Add one under Administration → Remote clients.";
+    const sel = h("select", {}, h("option", { value: "" }, "Choose…"), clients.map((c) => h("option", { value: c }, c)));
+    const f = this.section("Remote output", note,
+      h("div", { class: "grid" }, this.check("Deliver through a remote client", "remote_output.enabled"),
+        field("Remote client", this.bind("remote_output.remote_client", sel, "text"), { path: "remote_output.remote_client" })));
+    if (!usable) f.querySelectorAll("input, select").forEach((i) => { i.disabled = true; });
+    this.remoteUsable = usable;
+    return f;
+  }
+
+  // ---- state ----------------------------------------------------------------------------
+
+  changed(path) {
+    if (path === "authentication.method") {
+      for (const i of this.el.querySelectorAll("input[name='authentication.username']")) i.value = this.v.authentication.username ?? "";
+    }
+    clearErrors(this.el.querySelector(`[data-field-path="${CSS.escape(path)}"]`) || h("div"));
+    this.sync();
+    this.o.onChange?.(this);
+  }
+
+  portHelp() {
+    const def = DEFAULT_PORTS[this.v.protocol];
+    this.portHelpEl.textContent = this.portEdited ? `Default for ${this.v.protocol.toUpperCase()}: ${def}.` : `The ${this.v.protocol.toUpperCase()} default; follows the protocol until you change it.`;
+  }
+
+  sync() {
+    const auth = this.v.authentication;
+    this.pwBlock.hidden = auth.method !== "password";
+    this.starttlsField.querySelector("select").disabled = !this.o.canEdit || this.v.protocol === "smtps";
+    this.portHelp();
+    this.oauth2.sync();
+  }
+
+  body() {
+    const v = this.v;
+    const a = v.authentication;
+    let auth = { method: a.method };
+    if (a.method === "password") auth = { method: "password", username: a.username ?? null };
+    if (a.method === "oauth2") auth = this.oauth2.body();
+    for (const [path, value] of Object.entries(this.secrets)) {
+      const key = path.split(".").at(-1);
+      if (path.startsWith("authentication.") && value !== "") auth[key] = value;
+    }
+    const tls = { verify: !!v.tls.verify, ca_certificates_pem: v.tls.ca_certificates_pem || null, client_certificate_pem: v.tls.client_certificate_pem || null };
+    if (this.secrets["tls.client_key_pem"]) tls.client_key_pem = this.secrets["tls.client_key_pem"];
+    const out = {
+      protocol: v.protocol, host: v.host || "", port: v.port ?? null, starttls: v.starttls, tls, helo_name: v.helo_name || null,
+      timeouts: v.timeouts, limits: v.limits, authentication: auth, message_defaults: v.message_defaults,
+    };
+    if (!this.o.isSystem) {
+      out.name = v.name || "";
+      if (v.is_default) out.is_default = true;
+      out.remote_output = { enabled: !!v.remote_output?.enabled, remote_client: v.remote_output?.remote_client || null };
+    }
+    return out;
+  }
+
+  snapshot() { return JSON.stringify([this.body(), this.secrets]); }
+  isDirty() { return this.snapshot() !== this.initial; }
+  get name() { return this.v.name || ""; }
+
+  showErrors(errors) {
+    const orphans = showErrors(this.el, errors);
+    clear(this.topBanner, orphans.length ? banner("bad", "Please fix: ", orphans.map((e) => `${e.field ? e.field + ": " : ""}${e.message}`).join("; ")) : null);
+  }
+  message(kind, ...text) { clear(this.topBanner, banner(kind, ...text)); }
+  clearMessage() { clear(this.topBanner); clearErrors(this.el); }
+}
+
+export async function remoteContext(ctx) {
+  // Remote output needs the system setting and at least one remote client of this tenant.
+  let clients = [];
+  let allowed = null;
+  try { clients = (await get(`/api/v1/tenants/${encodeURIComponent(ctx.tenant)}/remote-clients`)).items.map((c) => c.name); } catch { clients = []; }
+  if (ctx.systemAdmin) {
+    try { allowed = !!(await get("/api/v1/system/settings")).allow_remote_clients; } catch { allowed = null; }
+  }
+  return { clients, allowed: allowed === null ? clients.length > 0 : allowed };
+}
