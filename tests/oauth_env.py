@@ -41,8 +41,12 @@ class RecordingMailer:
     """Stands in for the system e-mail server where only the addressing is under test."""
 
     sent: list[tuple[str, str, str]] = field(default_factory=list)
+    down: bool = False
+    """True: every send fails, like a system e-mail server that cannot be reached."""
 
     def send_system_mail(self, to: str, subject: str, text: str) -> None:
+        if self.down:
+            raise ConnectionRefusedError("the system e-mail server is down")
         self.sent.append((to, subject, text))
 
 
@@ -125,10 +129,12 @@ def make_env(
         "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
     )
     clock = MovableClock()
-    c = build(make_settings(tmp_path, database_url, **oauth_server.settings()), clock=clock)
     mailer = RecordingMailer()
-    if record_mail:
-        c.oauth2.mailer = mailer
+    c = build(
+        make_settings(tmp_path, database_url, **oauth_server.settings()),
+        clock=clock,
+        system_mailer=mailer if record_mail else None,
+    )
     first_start(c, echo=lambda _m: None)
     with TestClient(create_app(c)) as client:
         api = Api(client, c)

@@ -29,22 +29,29 @@ from mailgate.adapters.db.engine import (
 )
 from mailgate.adapters.db.tables import SystemSetting, User
 from mailgate.adapters.metrics import Metrics
-from mailgate.adapters.oauth2 import OAuth2Http, ProviderSettings
+from mailgate.adapters.oauth2 import OAuth2Http
+from mailgate.adapters.passphrase import ScryptEnvelope
 from mailgate.adapters.remote.delivery import RemoteTransport
 from mailgate.adapters.remote.hub import RemoteHub
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
-from mailgate.ports import DeliverySession, TokenProvider
+from mailgate.domain.oauth2_providers import ProviderSettings
+from mailgate.ports import DeliverySession, SystemMailer, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
-from mailgate.services.oauth2 import OAuth2Service, OAuth2TokenProvider
+from mailgate.services.oauth2 import OAuth2
+from mailgate.services.oauth2.alerts import OAuth2Alerts
+from mailgate.services.oauth2.authorization import OAuth2AuthorizationFlow
+from mailgate.services.oauth2.keeper import OAuth2Keeper
+from mailgate.services.oauth2.tokens import OAuth2TokenProvider, OAuth2Tokens, token_providers
 from mailgate.services.outbox import Outbox, Prepared
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.system_mailer import TransportSystemMailer
 from mailgate.services.tenants import HOME_TENANT, create_tenant
+from mailgate.services.transfer import Transfer
 
 log = logging.getLogger("mailgate")
 
@@ -61,7 +68,8 @@ class Container:
     identity: Identity
     servers: EmailServers
     remote_clients: RemoteClients
-    oauth2: OAuth2Service
+    oauth2: OAuth2
+    transfer: Transfer
     outbox: Outbox
     wakeup: notify.Wakeup
     metrics: Metrics
@@ -73,7 +81,7 @@ class Container:
     """Group commit of submissions without an idempotency key."""
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
-    system_mailer: TransportSystemMailer | None = None
+    system_mailer: SystemMailer | None = None
     """Mail through the system e-mail server: OAuth2 alerts, password reset links."""
 
     def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
@@ -82,7 +90,8 @@ class Container:
         database transaction: a refresh takes the configuration's row lock."""
         if server.config.authentication.method != "oauth2":
             return None
-        return OAuth2TokenProvider(self.oauth2, server.id)
+        # With the alerts: a refusal's notices go out as soon as the transport meets it.
+        return OAuth2TokenProvider(self.oauth2.tokens, server.id, alerts=self.oauth2.alerts)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -96,7 +105,10 @@ class Container:
                 raise
 
 
-def build(settings: Settings, clock: Clock = utcnow) -> Container:
+def build(
+    settings: Settings, clock: Clock = utcnow, *, system_mailer: SystemMailer | None = None
+) -> Container:
+    """``system_mailer``: instead of mail through the system e-mail server (tests)."""
     # Only the service account needs the data directory (database, key file).
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_spec = settings.secret_key or load_or_create_key_file(settings.key_file)
@@ -104,20 +116,8 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
     box = SecretBox.from_spec(key_spec)
     sessions = make_session_factory(engine)
     servers = EmailServers(box, clock, settings.public_base_url)
-    oauth2 = OAuth2Service(
-        sessions=sessions,
-        servers=servers,
-        box=box,
-        clock=clock,
-        http=OAuth2Http(settings.oauth_ca_bundle),
-        providers=ProviderSettings(
-            microsoft_authority=settings.oauth_microsoft_authority,
-            google_authorize_url=settings.oauth_google_authorize_url,
-            google_token_url=settings.oauth_google_token_url,
-            ca_bundle=settings.oauth_ca_bundle,
-        ),
-        public_base_url=settings.public_base_url,
-    )
+    metrics = Metrics(sessions, clock)
+    oauth2, system_mailer = _oauth2(settings, sessions, servers, box, clock, metrics, system_mailer)
     wakeup = notify.Wakeup()
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
@@ -142,6 +142,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         servers=servers,
         remote_clients=RemoteClients(clock),
         oauth2=oauth2,
+        transfer=Transfer(servers, clock, ScryptEnvelope()),
         outbox=Outbox(
             servers,
             clock,
@@ -149,7 +150,7 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
             timedelta(seconds=settings.retry_max_age_s),
         ),
         wakeup=wakeup,
-        metrics=Metrics(sessions, clock),
+        metrics=metrics,
         transports=TransportRouter(
             {"smtp": _LazySmtpTransport()},
             remote=RemoteTransport(hub, settings.remote_job_timeout_s),
@@ -157,11 +158,64 @@ def build(settings: Settings, clock: Clock = utcnow) -> Container:
         hub=hub,
         read_engine=read_only(engine),
         submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.001),
+        system_mailer=system_mailer,
     )
-    c.system_mailer = TransportSystemMailer(sessions, servers, c.token_provider_for, clock)
-    oauth2.mailer = c.system_mailer
-    oauth2.on_token_request = lambda result: c.metrics.token_requests.labels(result).inc()
     return c
+
+
+def _oauth2(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    servers: EmailServers,
+    box: SecretBox,
+    clock: Clock,
+    metrics: Metrics,
+    system_mailer: SystemMailer | None,
+) -> tuple[OAuth2, SystemMailer]:
+    """The OAuth2 services and the system mailer, in dependency order. The system mailer needs
+    tokens (of the system server); the alerts need the mailer; the token service records
+    incidents and never sends mail itself, so nothing here is circular."""
+    endpoint = OAuth2Http(settings.oauth_ca_bundle)
+    providers = ProviderSettings(
+        microsoft_authority=settings.oauth_microsoft_authority,
+        google_authorize_url=settings.oauth_google_authorize_url,
+        google_token_url=settings.oauth_google_token_url,
+    )
+
+    def count(result: str) -> None:
+        metrics.token_requests.labels(result).inc()
+
+    tokens = OAuth2Tokens(
+        sessions=sessions,
+        servers=servers,
+        endpoint=endpoint,
+        providers=providers,
+        clock=clock,
+        on_token_request=count,
+    )
+    if system_mailer is None:
+        # Its own token providers carry no alerts: the system server has no tenant admins.
+        system_mailer = TransportSystemMailer(sessions, servers, token_providers(tokens), clock)
+    alerts = OAuth2Alerts(
+        sessions=sessions,
+        mailer=system_mailer,
+        clock=clock,
+        public_base_url=settings.public_base_url,
+    )
+    oauth2 = OAuth2(
+        authorization=OAuth2AuthorizationFlow(
+            servers=servers,
+            cipher=box,
+            endpoint=endpoint,
+            providers=providers,
+            clock=clock,
+            on_token_request=count,
+        ),
+        tokens=tokens,
+        alerts=alerts,
+        keeper=OAuth2Keeper(sessions=sessions, tokens=tokens, alerts=alerts, clock=clock),
+    )
+    return oauth2, system_mailer
 
 
 class _LazySmtpTransport:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import AttemptResult, Status
+from mailgate.domain.oauth2 import TokenSet
+from mailgate.domain.oauth2_providers import Endpoints
 from mailgate.domain.remote import AgentIdentity
 from mailgate.schemas.email_server import ResolvedServer
 
@@ -126,3 +128,92 @@ class DeliveryObserver(Protocol):
     def observe_attempt(
         self, code: int | None, status: Status, created_at: datetime, now: datetime
     ) -> None: ...
+
+
+class TokenEndpoint(Protocol):
+    """An OAuth2 provider's authorization and token endpoints (RFC 6749, PKCE per RFC 7636).
+
+    Every token call answers a ``TokenSet`` (``expires_at`` counted from ``now``) or raises
+    ``TokenRefused`` (the provider's ``error``) or ``EndpointUnreachable`` (network, TLS, 5xx,
+    no token in the answer), both from ``domain.oauth2``. Calls are HTTP with a deadline:
+    the refresh holds the configuration's row lock meanwhile, no other transaction.
+    """
+
+    def authorization_url(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        redirect_uri: str,
+        state: str,
+        code_verifier: str,
+    ) -> str: ...
+
+    def exchange_code(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        client_secret: str,
+        redirect_uri: str,
+        code: str,
+        code_verifier: str,
+        now: datetime,
+    ) -> TokenSet: ...
+
+    def refresh(
+        self,
+        ep: Endpoints,
+        *,
+        client_id: str,
+        client_secret: str,
+        refresh_token: str,
+        now: datetime,
+    ) -> TokenSet:
+        """A provider that does not rotate keeps the old refresh token in the answer."""
+        ...
+
+    def client_credentials(
+        self, ep: Endpoints, *, client_id: str, client_secret: str, now: datetime
+    ) -> TokenSet: ...
+
+
+class SecretCipher(Protocol):
+    """Encryption at rest of the secrets in the database (passwords, client secrets and keys,
+    OAuth2 tokens, PKCE verifiers).
+
+    ``context`` names the row a ciphertext belongs to (``email-server:<id>``): a ciphertext
+    copied into another row does not decrypt. Several keys may be configured: the current one
+    encrypts, all decrypt, ``rotate`` re-encrypts with the current one. Every failure to
+    decrypt raises ``domain.errors.SecretKeyError``.
+    """
+
+    @property
+    def current_key_id(self) -> str:
+        """A short fingerprint of the key that encrypts (not the key)."""
+        ...
+
+    def encrypt(self, plaintext: bytes, context: str) -> str: ...
+
+    def decrypt(self, token: str, context: str) -> bytes: ...
+
+    def encrypt_json(self, value: dict[str, Any], context: str) -> str: ...
+
+    def decrypt_json(self, token: str | None, context: str) -> dict[str, Any]:
+        """``{}`` for no ciphertext."""
+        ...
+
+    def needs_rotation(self, token: str) -> bool: ...
+
+    def rotate(self, token: str, context: str) -> str: ...
+
+
+class PassphraseEnvelope(Protocol):
+    """Seals the secrets of an export file under a passphrase (a memory-hard KDF, then an
+    AEAD), bound to ``associated_data`` (the rest of the document): a wrong passphrase and an
+    edit anywhere in the document fail alike, with ``domain.errors.EnvelopeError``. The
+    envelope is plain JSON, so it sits inside the document."""
+
+    def seal(self, passphrase: str, plaintext: bytes, associated_data: bytes) -> dict[str, Any]: ...
+
+    def open(self, passphrase: str, envelope: Any, associated_data: bytes) -> bytes: ...

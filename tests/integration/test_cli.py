@@ -28,9 +28,10 @@ from tests.conftest import password_server, require_postgres
 from typer.testing import CliRunner
 
 from mailgate.adapters.db.tables import Tenant
-from mailgate.adapters.secrets import SecretBox, SecretKeyError, generate_key
+from mailgate.adapters.secrets import SecretBox, generate_key
 from mailgate.bootstrap import build, first_start
 from mailgate.config import Settings
+from mailgate.domain.errors import SecretKeyError
 from mailgate.entrypoints.cli import app as cli_app
 from mailgate.schemas.email_server import EmailServerIn
 

@@ -69,7 +69,7 @@ def test_authorization_code_flow_stores_tokens_and_spends_the_state(env: Env) ->
     for secret in (tokens["access_token"], tokens["refresh_token"], "app-secret-value"):
         assert secret not in body
     row = env.server_row()
-    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(row.id), MAILBOX)
+    assert env.oauth.server.token_is_live(env.c.oauth2.tokens.access_token(row.id), MAILBOX)
 
     # Replay of the same redirect: 400, nothing changes.
     again = env.callback(redirect)
@@ -140,26 +140,26 @@ def test_expiry_refreshes_once_and_stores_the_rotated_refresh_token(env: Env) ->
     server_id = env.server_row().id
     first = env.tokens()
     # Reused until shortly before expiry: no token request.
-    assert env.c.oauth2.access_token(server_id) == first["access_token"]
+    assert env.c.oauth2.tokens.access_token(server_id) == first["access_token"]
     assert env.oauth.server.refresh_requests() == []
 
     env.clock.offset = timedelta(minutes=56)  # within the 5-minute margin of a 1h token
-    token = env.c.oauth2.access_token(server_id)
+    token = env.c.oauth2.tokens.access_token(server_id)
     second = env.tokens()
     assert token == second["access_token"] != first["access_token"]
     assert second["refresh_token"] != first["refresh_token"]
     assert len(env.oauth.server.refresh_requests()) == 1
     assert env.oauth.server.refresh_requests()[0].form["refresh_token"] == first["refresh_token"]
     assert env.oauth.server.token_is_live(token, MAILBOX)
-    assert env.c.oauth2.access_token(server_id) == token
+    assert env.c.oauth2.tokens.access_token(server_id) == token
     assert len(env.oauth.server.refresh_requests()) == 1
 
     # A forced refresh after a rejected token (SMTP 535) refreshes once more ...
-    forced = env.c.oauth2.access_token(server_id, force_refresh=True, rejected=token)
+    forced = env.c.oauth2.tokens.access_token(server_id, force_refresh=True, rejected=token)
     assert forced != token
     assert len(env.oauth.server.refresh_requests()) == 2
     # ... but not when the rejected token was already replaced by someone else.
-    assert env.c.oauth2.access_token(server_id, force_refresh=True, rejected=token) == forced
+    assert env.c.oauth2.tokens.access_token(server_id, force_refresh=True, rejected=token) == forced
     assert len(env.oauth.server.refresh_requests()) == 2
 
 
@@ -186,7 +186,7 @@ def test_revoked_grant_needs_reauthorization_and_notifies_each_admin_once(env: E
     assert env.oauth.server.revoke() == 1
     env.clock.offset = timedelta(hours=2)
     with pytest.raises(NeedsAuthorization) as caught:
-        env.c.oauth2.access_token(server_id)
+        env.c.oauth2.tokens.access_token(server_id)
     assert "AADSTS50173" in caught.value.detail
     status = env.status()
     assert status["state"] == "needs_reauthorization"
@@ -194,8 +194,8 @@ def test_revoked_grant_needs_reauthorization_and_notifies_each_admin_once(env: E
     assert "AADSTS50173" in status["last_error"]
     # Later calls fail fast, without the token endpoint and without more mail.
     with pytest.raises(NeedsAuthorization):
-        env.c.oauth2.access_token(server_id)
-    env.c.oauth2.keep_alive_once()
+        env.c.oauth2.tokens.access_token(server_id)
+    env.c.oauth2.keeper.run_once()
     assert len(env.oauth.server.refresh_requests()) == 1
     assert sorted(to for to, _s, _t in env.mailer.sent) == ["ann@example.com", "bob@example.com"]
     _to, subject, text = env.mailer.sent[0]
@@ -207,8 +207,72 @@ def test_revoked_grant_needs_reauthorization_and_notifies_each_admin_once(env: E
     env.authorize()
     assert env.status()["state"] == "authorized"
     assert env.status()["last_error"] is None
-    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(server_id), MAILBOX)
+    assert env.oauth.server.token_is_live(env.c.oauth2.tokens.access_token(server_id), MAILBOX)
     assert len(env.mailer.sent) == 2
+
+
+def add_admin(env: Env, username: str) -> None:
+    r = env.api.request(
+        "POST",
+        "/api/v1/users",
+        env.admin,
+        json={
+            "username": username,
+            "email": f"{username}@example.com",
+            "password": f"pw-{username}-long-enough-1",
+            "roles": {"home": "admin"},
+        },
+    )
+    assert r.status_code == 201, r.text
+
+
+def break_authorization(env: Env) -> None:
+    env.authorize()
+    env.oauth.server.revoke()
+    env.clock.offset += timedelta(hours=2)
+    with pytest.raises(NeedsAuthorization):
+        env.c.oauth2.tokens.access_token(env.server_row().id)
+
+
+def test_notice_waits_for_the_system_server_and_goes_out_once(env: Env) -> None:
+    add_admin(env, "ann")
+    env.mailer.down = True
+    break_authorization(env)
+    env.c.oauth2.keeper.run_once()
+    assert env.mailer.sent == []
+    # The system server is back: the keeper's next rounds send the notice, once.
+    env.mailer.down = False
+    env.clock.offset += timedelta(minutes=5)
+    env.c.oauth2.keeper.run_once()
+    env.clock.offset += timedelta(minutes=5)
+    env.c.oauth2.keeper.run_once()
+    assert [to for to, _s, _t in env.mailer.sent] == ["ann@example.com"]
+    assert "AADSTS50173" in env.mailer.sent[0][2]
+
+
+def test_notice_is_dropped_when_the_server_works_again_first(lite: Env) -> None:
+    add_admin(lite, "ann")
+    lite.mailer.down = True
+    break_authorization(lite)
+    lite.c.oauth2.keeper.run_once()
+    lite.authorize()
+    lite.mailer.down = False
+    lite.clock.offset += timedelta(minutes=5)
+    lite.c.oauth2.keeper.run_once()
+    assert lite.mailer.sent == []
+
+
+def test_notice_is_given_up_after_two_days(lite: Env) -> None:
+    add_admin(lite, "ann")
+    lite.mailer.down = True
+    break_authorization(lite)
+    for _ in range(3):
+        lite.clock.offset += timedelta(days=1)
+        lite.c.oauth2.keeper.run_once()
+    lite.mailer.down = False
+    lite.clock.offset += timedelta(hours=2)
+    lite.c.oauth2.keeper.run_once()
+    assert lite.mailer.sent == []
 
 
 def test_token_endpoint_down_is_temporary_with_backoff(env: Env) -> None:
@@ -217,12 +281,12 @@ def test_token_endpoint_down_is_temporary_with_backoff(env: Env) -> None:
     env.oauth.server.outage = 503
     env.clock.offset = timedelta(hours=2)
     with pytest.raises(TokenEndpointDown) as first:
-        env.c.oauth2.access_token(server_id)
+        env.c.oauth2.tokens.access_token(server_id)
     assert first.value.retry_at > env.clock()
     calls = len(env.oauth.server.requests)
     # Within the backoff nobody hammers the endpoint.
     with pytest.raises(TokenEndpointDown):
-        env.c.oauth2.access_token(server_id)
+        env.c.oauth2.tokens.access_token(server_id)
     assert len(env.oauth.server.requests) == calls
     status = env.status()
     assert status["state"] == "authorized"
@@ -230,13 +294,13 @@ def test_token_endpoint_down_is_temporary_with_backoff(env: Env) -> None:
     # The second failure waits longer than the first.
     env.clock.offset += timedelta(minutes=1)
     with pytest.raises(TokenEndpointDown) as second:
-        env.c.oauth2.access_token(server_id)
+        env.c.oauth2.tokens.access_token(server_id)
     assert second.value.retry_at - env.clock() > first.value.retry_at - (
         env.clock() - timedelta(minutes=1)
     )
     env.oauth.server.outage = None
     env.clock.offset += timedelta(hours=1)
-    token = env.c.oauth2.access_token(server_id)
+    token = env.c.oauth2.tokens.access_token(server_id)
     assert env.oauth.server.token_is_live(token, MAILBOX)
     assert env.status()["last_error"] is None
     assert env.mailer.sent == []
@@ -250,7 +314,7 @@ def test_client_credentials_needs_no_browser(env: Env) -> None:
     r = env.api.request("POST", f"{BASE}/APP/oauth2/authorize", env.admin)
     assert r.status_code == 409
     row = env.server_row("APP")
-    token = env.c.oauth2.access_token(row.id)
+    token = env.c.oauth2.tokens.access_token(row.id)
     assert env.oauth.server.token_is_live(token, MAILBOX)
     assert not env.oauth.server.token_is_live(token, "someone-else@example.com")
     request = env.oauth.server.requests[-1]
@@ -259,7 +323,7 @@ def test_client_credentials_needs_no_browser(env: Env) -> None:
     assert request.path == "/ms/contoso-tenant/oauth2/v2.0/token"
     assert env.status("APP")["state"] == "authorized"
     assert "refresh_token" not in env.tokens("APP")
-    assert env.c.oauth2.access_token(row.id) == token  # reused until near expiry
+    assert env.c.oauth2.tokens.access_token(row.id) == token  # reused until near expiry
     # A wrong secret is a configuration error, not a re-authorization.
     r = env.api.request(
         "PATCH", f"{BASE}/APP", env.admin, json={"authentication": {"client_secret": "nope"}}
@@ -270,7 +334,7 @@ def test_client_credentials_needs_no_browser(env: Env) -> None:
     assert "AADSTS7000215" in r.json()["detail"]
     assert env.status("APP")["state"] == "error"
     with pytest.raises(NeedsAuthorization):
-        env.c.oauth2.access_token(row.id)
+        env.c.oauth2.tokens.access_token(row.id)
     # The fix - a new secret - makes it usable again without any other step.
     r = env.api.request(
         "PATCH",
@@ -281,7 +345,7 @@ def test_client_credentials_needs_no_browser(env: Env) -> None:
     assert r.status_code == 200
     assert r.json()["oauth2_status"]["last_error"] is None
     env.clock.offset = timedelta(hours=2)
-    assert env.oauth.server.token_is_live(env.c.oauth2.access_token(row.id), MAILBOX)
+    assert env.oauth.server.token_is_live(env.c.oauth2.tokens.access_token(row.id), MAILBOX)
     assert env.status("APP")["state"] == "authorized"
 
 
@@ -323,11 +387,11 @@ def test_other_tenants_and_roles(lite: Env) -> None:
 
 def test_keeper_refreshes_idle_configurations(lite: Env) -> None:
     lite.authorize()
-    assert lite.c.oauth2.keep_alive_once() == 0
+    assert lite.c.oauth2.keeper.run_once() == 0
     lite.clock.offset = timedelta(days=8)
-    assert lite.c.oauth2.keep_alive_once() == 1
+    assert lite.c.oauth2.keeper.run_once() == 1
     assert len(lite.oauth.server.refresh_requests()) == 1
-    assert lite.c.oauth2.keep_alive_once() == 0
+    assert lite.c.oauth2.keeper.run_once() == 0
     last_used = lite.server_row().refresh_token_last_used_at
     assert last_used is not None
     assert abs(last_used - lite.clock()) < timedelta(minutes=1)
@@ -383,7 +447,7 @@ server_id, go = int(sys.argv[1]), pathlib.Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.005)
-print(c.oauth2.access_token(server_id), flush=True)
+print(c.oauth2.tokens.access_token(server_id), flush=True)
 """
 
 
@@ -438,7 +502,7 @@ def test_keeper_thread_refreshes_in_the_background(lite: Env) -> None:
 
     lite.authorize()
     lite.clock.offset = timedelta(days=8)
-    keeper = TokenKeeper(lite.c.oauth2, interval_s=0.05)
+    keeper = TokenKeeper(lite.c.oauth2.keeper, interval_s=0.05)
     keeper.start()
     try:
         deadline = time.monotonic() + 10

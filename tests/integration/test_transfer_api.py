@@ -15,7 +15,6 @@ from tests.conftest import Api, password_server
 
 from mailgate.adapters.db.tables import EmailServer, RemoteClient, Tenant
 from mailgate.bootstrap import Container
-from mailgate.services.transfer import Transfer
 
 PASSPHRASE = "correct horse battery staple"
 PASSWORD = "S3cret-pw!"
@@ -495,7 +494,7 @@ def test_non_ascii_passphrase_over_http(api: Api) -> None:
     with api.container.session() as db:
         tenant = db.scalar(select(Tenant).where(Tenant.name == "acme"))
         assert tenant is not None
-        report = Transfer(api.container.servers, api.container.clock).import_(
+        report = api.container.transfer.import_(
             db, tenant, doc, passphrase=phrase, dry_run=True, actor="test"
         )
     assert report["created"] == [{"resource": "email-servers", "name": "DEFAULT"}]

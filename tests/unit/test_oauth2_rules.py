@@ -7,22 +7,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailgate.adapters.oauth2 import (
-    GOOGLE_SCOPE,
-    MICROSOFT_APP_SCOPE,
-    MICROSOFT_DELEGATED_SCOPE,
-    EndpointUnreachable,
-    ProviderSettings,
-    endpoints_for,
-    parse_token,
-)
+from mailgate.adapters.oauth2 import parse_token
 from mailgate.domain.oauth2 import (
     BACKOFF_MAX,
+    EndpointUnreachable,
     Refusal,
     backoff,
     classify_refusal,
     needs_refresh,
     secret_warning,
+)
+from mailgate.domain.oauth2_providers import (
+    GOOGLE_SCOPE,
+    MICROSOFT_APP_SCOPE,
+    MICROSOFT_DELEGATED_SCOPE,
+    ProviderSettings,
+    endpoints_for,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,20 +1,19 @@
-"""OAuth2 client side: provider presets, authorize URL, code exchange, refresh, client credentials.
+"""The token endpoint client (``ports.TokenEndpoint``): authorize URL, code exchange, refresh,
+client credentials.
 
 The token exchange is Authlib's (``authlib.integrations.httpx_client.OAuth2Client``); this
-module only knows the providers' endpoints and scopes and turns answers into ``TokenSet``
-or one of two errors: ``TokenRefused`` (the provider said no, with its ``error``) and
-``EndpointUnreachable`` (network, TLS, 5xx, or an answer that is not a token).
+module gets the endpoints and scope from ``domain/oauth2_providers.py`` and turns answers into
+a ``TokenSet`` or one of two errors: ``TokenRefused`` (the provider said no, with its
+``error``) and ``EndpointUnreachable`` (network, TLS, 5xx, or an answer that is not a token).
 """
 
 from __future__ import annotations
 
 import ssl
 import warnings
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import certifi
 import httpx
@@ -26,97 +25,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 
-# Microsoft identity platform, "Authenticate an IMAP, POP or SMTP connection using OAuth":
-# delegated SMTP needs SMTP.Send on the outlook.office.com resource; offline_access gives
-# the refresh token. App-only (client credentials) uses the .default scope of Exchange.
-MICROSOFT_DELEGATED_SCOPE = "offline_access https://outlook.office.com/SMTP.Send"
-MICROSOFT_APP_SCOPE = "https://outlook.office365.com/.default"
-# Google, "OAuth 2.0 Mechanism" for Gmail SMTP: full mail scope; access_type=offline and
-# prompt=consent make Google return a refresh token on every consent.
-GOOGLE_SCOPE = "https://mail.google.com/"
-
-
-@dataclass(frozen=True)
-class ProviderSettings:
-    """Endpoint bases from ``MAILGATE_OAUTH_*`` (tests point them at a local server)."""
-
-    microsoft_authority: str
-    google_authorize_url: str
-    google_token_url: str
-    ca_bundle: Path | None = None
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    authorize_url: str | None
-    token_url: str
-    scope: str
-    authorize_params: dict[str, str] = field(default_factory=dict)
-    send_scope_on_refresh: bool = True
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    access_token: str
-    expires_at: datetime
-    refresh_token: str | None
-    scope: str | None
-    client_secret_expires_at: datetime | None = None
-
-
-class OAuth2ProviderError(Exception):
-    """Base of the errors of this adapter. Texts never carry secrets or tokens."""
-
-
-class TokenRefused(OAuth2ProviderError):
-    def __init__(self, error: str, description: str | None, status: int | None) -> None:
-        super().__init__(f"{error}: {description}" if description else error)
-        self.error = error
-        self.description = description or error
-        self.status = status
-
-
-class EndpointUnreachable(OAuth2ProviderError):
-    pass
-
-
-def endpoints_for(
-    settings: ProviderSettings,
-    *,
-    provider: str,
-    grant: str,
-    directory_tenant_id: str | None = None,
-    scope: str | None = None,
-    authorize_url: str | None = None,
-    token_url: str | None = None,
-) -> Endpoints:
-    """The endpoints and scope of a configuration; explicit URLs and scope win over presets."""
-    app_only = grant == "client_credentials"
-    if provider == "microsoft":
-        directory = quote(directory_tenant_id or "", safe="")
-        base = f"{settings.microsoft_authority.rstrip('/')}/{directory}"
-        return Endpoints(
-            authorize_url=authorize_url or f"{base}/oauth2/v2.0/authorize",
-            token_url=token_url or f"{base}/oauth2/v2.0/token",
-            scope=scope or (MICROSOFT_APP_SCOPE if app_only else MICROSOFT_DELEGATED_SCOPE),
-            authorize_params={"response_mode": "query"},
-        )
-    if provider == "google":
-        return Endpoints(
-            authorize_url=authorize_url or settings.google_authorize_url,
-            token_url=token_url or settings.google_token_url,
-            scope=scope or GOOGLE_SCOPE,
-            authorize_params={"access_type": "offline", "prompt": "consent"},
-            # Google refreshes without a scope; sending one only risks invalid_scope.
-            send_scope_on_refresh=False,
-        )
-    if not token_url or not scope:
-        raise ValueError("a custom provider needs token_url and scope")
-    return Endpoints(authorize_url=authorize_url, token_url=token_url, scope=scope)
+from mailgate.domain.oauth2 import EndpointUnreachable, TokenRefused, TokenSet
+from mailgate.domain.oauth2_providers import Endpoints
 
 
 class OAuth2Http:
-    """Talks to token endpoints through Authlib. One instance per process is enough."""
+    """Talks to token endpoints through Authlib (implements ``ports.TokenEndpoint``).
+    One instance per process is enough."""
 
     def __init__(self, ca_bundle: Path | None = None, timeout_s: float = 30.0) -> None:
         self._verify = ssl.create_default_context(cafile=certifi.where())

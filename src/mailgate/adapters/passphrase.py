@@ -1,4 +1,5 @@
-"""Passphrase encryption for export files: scrypt key derivation, then AES-256-GCM.
+"""Passphrase encryption for export files (``ports.PassphraseEnvelope``): scrypt key
+derivation, then AES-256-GCM.
 
 The key comes from the passphrase by scrypt (RFC 7914), a memory-hard KDF, with a random
 16-byte salt; the parameters N=2**17, r=8, p=1 follow the OWASP Password Storage Cheat Sheet
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from mailgate.domain.errors import EnvelopeError
 
 CIPHER = "AES-256-GCM"
 KDF = "scrypt"
@@ -31,11 +33,6 @@ SCRYPT_P = 1
 MAX_SCRYPT_N = 2**18
 MAX_SCRYPT_R = 16
 MAX_SCRYPT_P = 4
-MIN_PASSPHRASE_CHARS = 8
-
-
-class EnvelopeError(Exception):
-    """The envelope is malformed, or it does not open (wrong passphrase or tampering)."""
 
 
 def _b64(data: bytes) -> str:
@@ -103,8 +100,11 @@ def open_sealed(passphrase: str, envelope: Any, associated_data: bytes) -> bytes
         ) from exc
 
 
-def canonical(value: Any) -> bytes:
-    """One byte string per JSON value, whatever the key order or spacing of the file."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+class ScryptEnvelope:
+    """``seal`` and ``open_sealed`` as the ``ports.PassphraseEnvelope`` the export uses."""
+
+    def seal(self, passphrase: str, plaintext: bytes, associated_data: bytes) -> dict[str, Any]:
+        return seal(passphrase, plaintext, associated_data)
+
+    def open(self, passphrase: str, envelope: Any, associated_data: bytes) -> bytes:
+        return open_sealed(passphrase, envelope, associated_data)

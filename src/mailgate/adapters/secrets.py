@@ -1,4 +1,5 @@
-"""Encryption at rest for secrets (passwords, client secrets, keys, OAuth2 tokens).
+"""Encryption at rest for secrets (passwords, client secrets, keys, OAuth2 tokens); the
+``SecretBox`` implements ``ports.SecretCipher``.
 
 AES-256-GCM (authenticated encryption) from ``cryptography``. Every ciphertext names the key
 that made it (``v1.<key id>.<base64 nonce+ciphertext>``), so several keys can be configured at
@@ -19,11 +20,9 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mailgate.domain.errors import SecretKeyError
+
 _PREFIX = "v1"
-
-
-class SecretKeyError(Exception):
-    """The configured key material is unusable, or a ciphertext does not decrypt."""
 
 
 def _key_id(key: bytes) -> str:

@@ -11,6 +11,14 @@ Hierarchy::
     ├── Forbidden           403
     ├── Throttled           429
     └── BadRequest          400  (e.g. an unknown or expired OAuth2 state)
+
+Errors of the secret ports (``ports.SecretCipher``, ``ports.PassphraseEnvelope``), raised by
+their adapters and caught by services; not API errors of their own::
+
+    SecretKeyError          the key material is unusable, or a ciphertext does not decrypt
+    EnvelopeError           an export envelope is malformed or does not open
+
+OAuth2's errors (token unavailable, provider refusals) are in ``domain/oauth2.py``.
 """
 
 from __future__ import annotations
@@ -83,3 +91,11 @@ class ValidationFailed(MailgateError):
     @classmethod
     def one(cls, field_name: str, message: str) -> ValidationFailed:
         return cls([FieldError(field_name, message)])
+
+
+class SecretKeyError(Exception):
+    """The configured key material is unusable, or a ciphertext does not decrypt."""
+
+
+class EnvelopeError(Exception):
+    """The envelope is malformed, or it does not open (wrong passphrase or tampering)."""

@@ -1,4 +1,5 @@
-"""OAuth2 token life, as pure rules: when to refresh, how to read a refusal, how long to wait.
+"""OAuth2 token life, as pure rules: when to refresh, how to read a refusal, how long to wait;
+and the values that cross the ``ports.TokenEndpoint`` port (a token set, two errors).
 
 Errors::
 
@@ -6,10 +7,15 @@ Errors::
     └── TokenUnavailable            no access token now; the message is not failed
         ├── NeedsAuthorization      409  an administrator must act (re-authorize, fix secret)
         └── TokenEndpointDown       503  temporary: retry after ``retry_at`` (backoff)
+
+    OAuth2ProviderError             what a token endpoint answered (the port's errors)
+    ├── TokenRefused                the provider said no, with its RFC 6749 ``error``
+    └── EndpointUnreachable         network, TLS, 5xx, or an answer that is not a token
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -54,6 +60,33 @@ class TokenEndpointDown(TokenUnavailable):
     def __init__(self, detail: str, retry_at: datetime) -> None:
         super().__init__(detail)
         self.retry_at = retry_at
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A token endpoint's answer (RFC 6749 section 5.1), with absolute times."""
+
+    access_token: str
+    expires_at: datetime
+    refresh_token: str | None
+    scope: str | None
+    client_secret_expires_at: datetime | None = None
+
+
+class OAuth2ProviderError(Exception):
+    """Base of the token endpoint's errors. Texts never carry secrets or tokens."""
+
+
+class TokenRefused(OAuth2ProviderError):
+    def __init__(self, error: str, description: str | None, status: int | None) -> None:
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description or error
+        self.status = status
+
+
+class EndpointUnreachable(OAuth2ProviderError):
+    pass
 
 
 class Refusal(StrEnum):

@@ -1,21 +1,18 @@
-"""The token keeper: a background thread that keeps OAuth2 tokens from lapsing.
-
-Every process may run one; refreshes of a configuration are serialized by its row lock, and
-the keeper re-checks under the lock, so several keepers refresh a configuration once.
-"""
+"""The token keeper: a background thread that runs the OAuth2 keeper's round
+(``services/oauth2/keeper.py``) every few minutes. Every process may run one."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from mailgate.services.oauth2 import OAuth2Service
+from mailgate.services.oauth2.keeper import OAuth2Keeper
 
 log = logging.getLogger("mailgate.keeper")
 
 
 class TokenKeeper:
-    def __init__(self, service: OAuth2Service, interval_s: float = 300.0) -> None:
+    def __init__(self, service: OAuth2Keeper, interval_s: float = 300.0) -> None:
         self.service = service
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -33,7 +30,7 @@ class TokenKeeper:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                refreshed = self.service.keep_alive_once()
+                refreshed = self.service.run_once()
                 if refreshed:
                     log.info("token keeper: refreshed %d configuration(s)", refreshed)
             except Exception as exc:  # one bad round must not end the keeper

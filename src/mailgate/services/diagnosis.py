@@ -29,10 +29,11 @@ from mailgate.adapters.smtp import (
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import FieldError, MailgateError, ValidationFailed
 from mailgate.domain.messages import Outcome
+from mailgate.domain.oauth2_providers import oauth2_hint
 from mailgate.ports import TokenProvider
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.services.email_servers import EmailServers
-from mailgate.services.oauth2 import OAuth2TokenProvider, oauth2_hint
+from mailgate.services.oauth2.tokens import OAuth2TokenProvider
 
 log = logging.getLogger("mailgate.server_test")
 

@@ -1,6 +1,6 @@
 """Manage e-mail server configurations of a tenant (and the system server, tenant ``None``).
 
-Public settings are stored as JSON; secrets are encrypted with the ``SecretBox`` bound to the
+Public settings are stored as JSON; secrets are encrypted with the ``SecretCipher`` bound to the
 row (``email-server:<id>``), never returned: views carry ``*_set`` flags instead.
 """
 
@@ -15,9 +15,15 @@ from sqlalchemy import Connection, Text, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
-from mailgate.adapters.secrets import SecretBox, SecretKeyError
 from mailgate.domain.clock import Clock, isoformat
-from mailgate.domain.errors import Conflict, FieldError, NotFound, ValidationFailed
+from mailgate.domain.errors import (
+    Conflict,
+    FieldError,
+    NotFound,
+    SecretKeyError,
+    ValidationFailed,
+)
+from mailgate.ports import SecretCipher
 from mailgate.schemas.email_server import (
     EmailServerIn,
     ResolvedServer,
@@ -89,7 +95,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class EmailServers:
-    def __init__(self, box: SecretBox, clock: Clock, public_base_url: str) -> None:
+    def __init__(self, box: SecretCipher, clock: Clock, public_base_url: str) -> None:
         self.box = box
         self.clock = clock
         self.public_base_url = public_base_url

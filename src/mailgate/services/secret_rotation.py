@@ -3,7 +3,7 @@
 ``MAILGATE_SECRET_KEY`` (or the key file) may hold several keys: the first encrypts, all
 decrypt. To rotate, put a new key first, run the rotation, then drop the old key.
 
-Every column that holds ``SecretBox`` ciphertexts is listed in ``ENCRYPTED_COLUMNS`` with the
+Every column that holds ``SecretCipher`` ciphertexts is listed in ``ENCRYPTED_COLUMNS`` with the
 associated data it was sealed with. Whoever adds an encrypted column adds it there, or the
 old key can never be dropped safely.
 """
@@ -18,7 +18,8 @@ from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization
-from mailgate.adapters.secrets import SecretBox, SecretKeyError
+from mailgate.domain.errors import SecretKeyError
+from mailgate.ports import SecretCipher
 from mailgate.services.email_servers import secret_context
 
 
@@ -62,7 +63,7 @@ def count_secrets(db: Session) -> int:
 
 def rotate_all(
     sessions: sessionmaker[Session],
-    box: SecretBox,
+    box: SecretCipher,
     progress: Callable[[int], None] = lambda _n: None,
     batch: int = 200,
 ) -> RotationReport:
@@ -96,7 +97,7 @@ def rotate_all(
 
 def _rotate_one(
     db: Session,
-    box: SecretBox,
+    box: SecretCipher,
     col: EncryptedColumn,
     pk: Any,
     row: Any,

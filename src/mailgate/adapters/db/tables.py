@@ -158,6 +158,24 @@ class OAuth2Authorization(Base):
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OAuth2Notice(Base):
+    """A notice to a tenant admin that an e-mail server's OAuth2 authorization broke: written
+    with the state change, sent through the system e-mail server, deleted once sent. Until
+    then it is retried at ``next_try_at``, so an outage of the system server loses nothing."""
+
+    __tablename__ = "oauth2_notices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("email_servers.id", ondelete="CASCADE"), index=True
+    )
+    recipient: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class Message(Base):
     """An accepted message and its queue state, written in one transaction."""
 

@@ -36,7 +36,7 @@ def serve(
     first_start(c)
     from mailgate.entrypoints.keeper import TokenKeeper
 
-    keeper = TokenKeeper(c.oauth2)
+    keeper = TokenKeeper(c.oauth2.keeper)
     keeper.start()
     try:
         uvicorn.run(

@@ -71,7 +71,7 @@ def tenant_export(
     ] = False,
 ) -> None:
     """Write a tenant's configuration as JSON to stdout: mailgate tenant export T > t.json"""
-    from mailgate.services.transfer import Transfer, check_passphrase, parse_resources
+    from mailgate.services.transfer.document import check_passphrase, parse_resources
 
     passphrase = _read_passphrase(confirm=True) if passphrase_stdin else None
     c = _container()
@@ -82,7 +82,7 @@ def tenant_export(
         typer.echo(f"exporting tenant {tenant} ({', '.join(wanted)})...", err=True)
         with c.session() as db:
             t = _cli_tenant(c, db, tenant)
-            doc = Transfer(c.servers, c.clock).export(
+            doc = c.transfer.export(
                 db, t, resources=wanted, passphrase=passphrase, actor=_cli_actor()
             )
     except MailgateError as exc:
@@ -109,8 +109,6 @@ def tenant_import(
     ] = False,
 ) -> None:
     """Create or overwrite a tenant's configuration from an export file (all or nothing)."""
-    from mailgate.services.transfer import Transfer
-
     try:
         document = json.loads(file.read_bytes())
     except OSError as exc:
@@ -126,7 +124,7 @@ def tenant_import(
     try:
         with c.session() as db:
             t = _cli_tenant(c, db, tenant)
-            report = Transfer(c.servers, c.clock).import_(
+            report = c.transfer.import_(
                 db, t, document, passphrase=passphrase, dry_run=dry_run, actor=_cli_actor()
             )
     except MailgateError as exc:

@@ -69,7 +69,7 @@ def worker(
 
     # Every process that sends keeps OAuth2 tokens alive; the row lock makes one refresh
     # of a configuration happen once however many keepers run.
-    keeper = TokenKeeper(c.oauth2)
+    keeper = TokenKeeper(c.oauth2.keeper)
     keeper.start()
     try:
         # The same event loop as `mailgate serve` (uvicorn picks uvloop): 5-8 % less CPU per

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from mailgate.domain.access import Perm
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME
+from mailgate.services.oauth2.authorization import ui_redirect
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(tags=["oauth2"])
@@ -21,7 +22,7 @@ def authorize(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -
     """Start the authorization code grant: open ``authorization_url`` in the browser."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     row = c.servers.get(db, t.id, name)
-    return {"authorization_url": c.oauth2.begin_authorization(db, row)}
+    return {"authorization_url": c.oauth2.authorization.begin(db, row)}
 
 
 @router.post(f"{BASE}/refresh")
@@ -32,7 +33,7 @@ def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> 
     # End this request's transaction first: the refresh takes the row lock in its own, and
     # on SQLite an open write transaction here would block it.
     db.commit()
-    c.oauth2.refresh_now(server_id)
+    c.oauth2.tokens.refresh_now(server_id)
     db.expire_all()
     return c.servers.view(c.servers.get(db, t.id, name))
 
@@ -41,7 +42,7 @@ def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> 
 def forget(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> Response:
     """Forget the stored tokens; the configuration must be authorized again."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    c.oauth2.forget(db, c.servers.get(db, t.id, name))
+    c.oauth2.authorization.forget(db, c.servers.get(db, t.id, name))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -53,7 +54,7 @@ SYSTEM = "/api/v1/system/email-server/oauth2"
 def system_authorize(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
     require_system_admin(caller)
     row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
-    return {"authorization_url": c.oauth2.begin_authorization(db, row)}
+    return {"authorization_url": c.oauth2.authorization.begin(db, row)}
 
 
 @router.post(f"{SYSTEM}/refresh", tags=["system"])
@@ -61,7 +62,7 @@ def system_refresh(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
     require_system_admin(caller)
     server_id = c.servers.get(db, None, SYSTEM_SERVER_NAME).id
     db.commit()  # see refresh(): the refresh runs in its own transaction
-    c.oauth2.refresh_now(server_id)
+    c.oauth2.tokens.refresh_now(server_id)
     db.expire_all()
     return c.servers.view(c.servers.get(db, None, SYSTEM_SERVER_NAME))
 
@@ -69,7 +70,7 @@ def system_refresh(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
 @router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
 def system_forget(caller: Caller, db: DB, c: AppContainer) -> Response:
     require_system_admin(caller)
-    c.oauth2.forget(db, c.servers.get(db, None, SYSTEM_SERVER_NAME))
+    c.oauth2.authorization.forget(db, c.servers.get(db, None, SYSTEM_SERVER_NAME))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -84,7 +85,7 @@ def callback(
 ) -> RedirectResponse:
     """The redirect URI. ``state`` is the credential here: the browser arrives from the
     provider, and an unknown, used or expired state is a ``400`` that stores nothing."""
-    result = c.oauth2.complete_authorization(
+    result = c.oauth2.authorization.complete(
         db, state=state, code=code, error=error, error_description=error_description
     )
-    return RedirectResponse(c.oauth2.ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)
+    return RedirectResponse(ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)

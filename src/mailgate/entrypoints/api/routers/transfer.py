@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from mailgate.domain.access import Perm
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.services.tenants import tenant_for
-from mailgate.services.transfer import Transfer, check_passphrase, parse_resources
+from mailgate.services.transfer.document import check_passphrase, parse_resources
 
 router = APIRouter(prefix="/api/v1/tenants/{tenant}", tags=["export-import"])
 
@@ -53,7 +53,7 @@ def export_tenant(
 ) -> Response:
     t = tenant_for(db, caller, tenant, Perm.EXPORT)
     wanted = parse_resources(resources)
-    doc = Transfer(c.servers, c.clock).export(
+    doc = c.transfer.export(
         db, t, resources=wanted, passphrase=check_passphrase(_utf8(passphrase)), actor=caller.name
     )
     stamp = doc["exported_at"].replace(":", "").replace("-", "")
@@ -79,6 +79,6 @@ def import_tenant(
     dry_run: Annotated[bool, Query(description="Validate and report; change nothing.")] = False,
 ) -> dict[str, Any]:
     t = tenant_for(db, caller, tenant, Perm.EXPORT)
-    return Transfer(c.servers, c.clock).import_(
+    return c.transfer.import_(
         db, t, document, passphrase=_utf8(passphrase), dry_run=dry_run, actor=caller.name
     )

@@ -1,56 +1,24 @@
-"""Export and import of a tenant's configuration (API.md "Export and import").
-
-The document (format version 1)::
-
-    {
-      "format": "mailgate-tenant-export", "format_version": 1, "generator": "mailgate 0.1.0",
-      "source": {"installation_id": "...", "public_base_url": "...", "tenant": "acme"},
-      "exported_at": "2026-01-01T00:00:00Z", "exported_by": "admin",
-      "resources": ["email-servers", "remote-clients"],
-      "email_servers": [{"name": "DEFAULT", "is_default": true, ...every public field...}],
-      "remote_clients": [{"name": "plant-1"}],
-      "secrets": null,            # or the passphrase envelope (adapters/passphrase.py)
-      "not_exported": [{"resource": "email-servers", "name": "DEFAULT",
-                        "field": "authentication.password", "reason": "..."}]
-    }
-
-Secrets (passwords, client secrets, client keys, OAuth2 tokens) travel only inside the
-envelope, sealed with the rest of the document as associated data: with a passphrase, any edit
-of the file is detected. Remote client tokens are stored as hashes and can never be exported.
-
-An import validates the whole document with the rules of the API before it writes anything,
-then creates or overwrites by name in the caller's transaction; nothing else is touched.
-"""
+"""Import of an export document into a tenant: validate everything with the API's rules
+first, then create or overwrite by name in the caller's transaction, all or nothing; nothing
+else is touched. A dry run validates and reports without writing."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailgate import __version__
-from mailgate.adapters import passphrase as envelope
-from mailgate.adapters.db.tables import (
-    AuditEntry,
-    EmailServer,
-    RemoteClient,
-    SystemSetting,
-    Tenant,
-)
-from mailgate.domain.clock import Clock, isoformat
-from mailgate.domain.errors import BadRequest, Conflict, FieldError, ValidationFailed
-from mailgate.schemas.common import ObjectName, StrictModel
+from mailgate.adapters.db.tables import AuditEntry, EmailServer, RemoteClient, Tenant
+from mailgate.domain.clock import Clock
+from mailgate.domain.errors import Conflict, EnvelopeError, FieldError, ValidationFailed
+from mailgate.ports import PassphraseEnvelope
 from mailgate.schemas.email_server import (
-    SECRET_FIELDS,
     EmailServerIn,
     ServerSecrets,
     pydantic_field_errors,
@@ -58,214 +26,28 @@ from mailgate.schemas.email_server import (
 )
 from mailgate.services.email_servers import _OAUTH_IDENTITY, EmailServers, kept_secrets
 from mailgate.services.remote_clients import remote_clients_allowed
+from mailgate.services.transfer.document import (
+    PASSPHRASE_HEADER,
+    SECRET_PATHS,
+    Document,
+    RemoteClientDoc,
+    SecretsLocked,
+    associated_data,
+    check_document,
+    cleartext_secrets,
+    parse_oauth2,
+    secrets_layout,
+    with_secrets,
+)
 
-FORMAT = "mailgate-tenant-export"
-FORMAT_VERSION = 1
-RESOURCES = ("email-servers", "remote-clients")
-PASSPHRASE_HEADER = "X-Export-Passphrase"
-INSTALLATION_ID_KEY = "installation_id"
-AUDIT_EXPORT = "tenant.export"
 AUDIT_IMPORT = "tenant.import"
 
-# Where each secret sits in a configuration (for field names in warnings and errors).
-SECRET_PATHS = {
-    "password": ("authentication", "password"),
-    "client_secret": ("authentication", "client_secret"),
-    "client_key_pem": ("tls", "client_key_pem"),
-}
-_NOT_EXPORTED_REASON = "secret: export with a passphrase to include it encrypted"
 
-
-class ImportRefused(BadRequest):
-    title = "Import refused"
-
-
-class SecretsLocked(BadRequest):
-    title = "Secrets cannot be decrypted"
-
-
-# ---- the document ----------------------------------------------------------------------------
-
-
-class _RemoteClientDoc(StrictModel):
-    name: ObjectName
-
-
-class _Document(BaseModel):
-    """Shape of a format-1 document. Server entries are checked one by one afterwards, so that
-    their errors carry the API's field names."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["mailgate-tenant-export"]
-    format_version: Literal[1]
-    generator: str | None = Field(default=None, max_length=200)
-    source: dict[str, Any] | None = None
-    exported_at: str | None = Field(default=None, max_length=64)
-    exported_by: str | None = Field(default=None, max_length=200)
-    resources: list[str] | None = None
-    email_servers: list[dict[str, Any]] | None = Field(default=None, max_length=1000)
-    remote_clients: list[_RemoteClientDoc] | None = Field(default=None, max_length=1000)
-    secrets: dict[str, Any] | None = None
-    not_exported: list[dict[str, Any]] | None = None
-
-
-def parse_resources(value: str | None) -> list[str]:
-    """``email-servers,remote-clients`` -> a list in canonical order; empty means all."""
-    if value is None or not value.strip():
-        return list(RESOURCES)
-    wanted = {part.strip() for part in value.split(",") if part.strip()}
-    unknown = sorted(wanted - set(RESOURCES))
-    if unknown:
-        raise ValidationFailed.one(
-            "resources", f"unknown resource {unknown[0]!r}; choose from {', '.join(RESOURCES)}"
-        )
-    return [r for r in RESOURCES if r in wanted]
-
-
-def check_passphrase(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if len(value) < envelope.MIN_PASSPHRASE_CHARS:
-        raise ValidationFailed.one(
-            PASSPHRASE_HEADER,
-            f"use a passphrase of at least {envelope.MIN_PASSPHRASE_CHARS} characters",
-        )
-    return value
-
-
-def _associated_data(document: dict[str, Any]) -> bytes:
-    try:
-        return envelope.canonical({k: v for k, v in document.items() if k != "secrets"})
-    except ValueError:  # NaN or Infinity smuggled into the JSON
-        raise ValidationFailed.one("body", "numbers must be finite") from None
-
-
-def installation_identity(db: Session, public_base_url: str) -> dict[str, str]:
-    """This installation's id (made once, kept in system settings) and its public URL."""
-    row = db.get(SystemSetting, INSTALLATION_ID_KEY)
-    if row is None:
-        try:
-            with db.begin_nested():
-                db.add(SystemSetting(key=INSTALLATION_ID_KEY, value=str(uuid.uuid4())))
-        except IntegrityError:  # another process made it first
-            pass
-        row = db.get(SystemSetting, INSTALLATION_ID_KEY)
-    assert row is not None
-    return {"installation_id": str(row.value), "public_base_url": public_base_url}
-
-
-# ---- export ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Transfer:
-    servers: EmailServers
-    clock: Clock
-
-    def export(
-        self,
-        db: Session,
-        tenant: Tenant,
-        *,
-        resources: list[str],
-        passphrase: str | None,
-        actor: str,
-    ) -> dict[str, Any]:
-        """The export document; writes the audit entry in the same transaction."""
-        now = self.clock()
-        doc: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "generator": f"mailgate {__version__}",
-            "source": {
-                **installation_identity(db, self.servers.public_base_url),
-                "tenant": tenant.name,
-            },
-            "exported_at": isoformat(now),
-            "exported_by": actor,
-            "resources": resources,
-        }
-        secret_values: dict[str, dict[str, Any]] = {}
-        not_exported: list[dict[str, str]] = []
-        if "email-servers" in resources:
-            doc["email_servers"] = []
-            for row in self.servers.list(db, tenant.id):
-                doc["email_servers"].append(
-                    {"name": row.name, "is_default": row.is_default, **row.config}
-                )
-                values = self._secrets_of(row)
-                if values:
-                    secret_values[row.name] = values
-                for key in values:
-                    path = ".".join(SECRET_PATHS[key]) if key in SECRET_PATHS else "oauth2_tokens"
-                    not_exported.append(
-                        {
-                            "resource": "email-servers",
-                            "name": row.name,
-                            "field": path,
-                            "reason": _NOT_EXPORTED_REASON,
-                        }
-                    )
-        if "remote-clients" in resources:
-            clients = db.scalars(
-                select(RemoteClient)
-                .where(RemoteClient.tenant_id == tenant.id)
-                .order_by(RemoteClient.name)
-            )
-            doc["remote_clients"] = []
-            for client in clients:
-                doc["remote_clients"].append({"name": client.name})
-                not_exported.append(
-                    {
-                        "resource": "remote-clients",
-                        "name": client.name,
-                        "field": "token",
-                        "reason": "stored only as a hash; the client needs a new token after "
-                        "import",
-                    }
-                )
-        with_secrets = passphrase is not None
-        if with_secrets:
-            not_exported = [n for n in not_exported if n["resource"] != "email-servers"]
-        doc["not_exported"] = not_exported
-        if passphrase is not None:
-            plaintext = json.dumps({"email-servers": secret_values}).encode()
-            doc["secrets"] = envelope.seal(passphrase, plaintext, _associated_data(doc))
-        else:
-            doc["secrets"] = None
-        db.add(
-            AuditEntry(
-                tenant_id=tenant.id,
-                at=now,
-                actor=actor,
-                action=AUDIT_EXPORT,
-                detail={
-                    "with_secrets": with_secrets,
-                    "resources": resources,
-                    "email_servers": len(doc.get("email_servers", [])),
-                    "remote_clients": len(doc.get("remote_clients", [])),
-                },
-            )
-        )
-        db.flush()
-        return doc
-
-    def _secrets_of(self, row: EmailServer) -> dict[str, Any]:
-        stored = self.servers.secrets_of(row)
-        values: dict[str, Any] = {
-            k: getattr(stored, k) for k in SECRET_FIELDS if getattr(stored, k) is not None
-        }
-        tokens = self.servers.tokens_of(row)
-        if tokens:
-            values["oauth2"] = {
-                "tokens": tokens,
-                "access_token_expires_at": isoformat(row.access_token_expires_at),
-                "refresh_token_last_used_at": isoformat(row.refresh_token_last_used_at),
-            }
-        return values
-
-    # ---- import ------------------------------------------------------------------------------
+class Importer:
+    def __init__(self, servers: EmailServers, clock: Clock, envelope: PassphraseEnvelope) -> None:
+        self.servers = servers
+        self.clock = clock
+        self.envelope = envelope
 
     def import_(
         self,
@@ -278,7 +60,7 @@ class Transfer:
         actor: str,
     ) -> dict[str, Any]:
         """Validate all of ``raw``, then (unless ``dry_run``) apply it. Returns the report."""
-        doc = _check_document(raw)
+        doc = check_document(raw)
         report = _Report(dry_run=dry_run)
         secrets = self._open_secrets(raw, doc, passphrase, report)
         plan = _Plan()
@@ -330,7 +112,7 @@ class Transfer:
         return report.as_dict()
 
     def _open_secrets(
-        self, raw: dict[str, Any], doc: _Document, passphrase: str | None, report: _Report
+        self, raw: dict[str, Any], doc: Document, passphrase: str | None, report: _Report
     ) -> dict[str, dict[str, Any]] | None:
         if doc.secrets is None:
             if passphrase is not None:
@@ -344,23 +126,14 @@ class Transfer:
                 f"{PASSPHRASE_HEADER} header (or remove the secrets section to import without)"
             )
         try:
-            plaintext = envelope.open_sealed(passphrase, doc.secrets, _associated_data(raw))
-        except envelope.EnvelopeError as exc:
+            plaintext = self.envelope.open(passphrase, doc.secrets, associated_data(raw))
+        except EnvelopeError as exc:
             raise SecretsLocked(f"{exc}; nothing changed") from None
-        try:
-            opened = json.loads(plaintext)
-            servers = opened["email-servers"]
-            if not isinstance(servers, dict) or not all(
-                isinstance(v, dict) for v in servers.values()
-            ):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise ImportRefused("the secrets section has an unknown layout") from None
-        return servers
+        return secrets_layout(plaintext)
 
     def _plan_clients(
         self,
-        clients: list[_RemoteClientDoc],
+        clients: list[RemoteClientDoc],
         existing: set[str],
         plan: _Plan,
         report: _Report,
@@ -407,7 +180,7 @@ class Transfer:
         own_redirect = self.servers.public_base_url.rstrip("/") + "/settings/oauth2code"
         for i, entry in enumerate(entries):
             prefix = f"email_servers.{i}"
-            bad = _cleartext_secrets(entry)
+            bad = cleartext_secrets(entry)
             if bad:
                 errors.extend(
                     FieldError(f"{prefix}.{p}", "secrets belong in the encrypted secrets section")
@@ -417,7 +190,7 @@ class Transfer:
             name = entry.get("name")
             given = (secrets or {}).get(name, {}) if isinstance(name, str) else {}
             try:
-                cfg = EmailServerIn.model_validate(_with_secrets(entry, given))
+                cfg = EmailServerIn.model_validate(with_secrets(entry, given))
             except ValidationError as exc:
                 errors.extend(pydantic_field_errors(exc, ("email_servers", i)))
                 continue
@@ -450,7 +223,7 @@ class Transfer:
                         f"{prefix}.remote_output.remote_client", "no remote client of this name"
                     )
                 )
-            oauth2 = _parse_oauth2(given.get("oauth2"), f"{prefix}: oauth2 tokens")
+            oauth2 = parse_oauth2(given.get("oauth2"), f"{prefix}: oauth2 tokens")
             for path in missing:
                 report.warn(
                     "email-servers",
@@ -554,9 +327,6 @@ class Transfer:
             self.servers.restore(db, tenant, action.row, action.cfg, action.stored, action.oauth2)
 
 
-# ---- helpers -----------------------------------------------------------------------------------
-
-
 @dataclass
 class _ServerAction:
     cfg: EmailServerIn
@@ -599,56 +369,6 @@ def _ref(resource: str, name: str) -> dict[str, str]:
     return {"resource": resource, "name": name}
 
 
-def _check_document(raw: Any) -> _Document:
-    """Format and version first (so a newer file says so), then the shape."""
-    if not isinstance(raw, dict):
-        raise ValidationFailed.one("body", "an export document (a JSON object) is expected")
-    if raw.get("format") != FORMAT:
-        raise ValidationFailed.one("format", f"not a mailgate tenant export (expected {FORMAT!r})")
-    version = raw.get("format_version")
-    if type(version) is not int:
-        raise ValidationFailed.one("format_version", "missing or not an integer")
-    if version > FORMAT_VERSION:
-        raise ValidationFailed.one(
-            "format_version",
-            f"this document has format version {version}, written by a newer mailgate; "
-            f"this installation reads version {FORMAT_VERSION}. Upgrade mailgate first.",
-        )
-    if version != FORMAT_VERSION:
-        raise ValidationFailed.one(
-            "format_version",
-            f"unknown format version {version}; this installation reads version {FORMAT_VERSION}",
-        )
-    try:
-        return _Document.model_validate(raw)
-    except ValidationError as exc:
-        raise ValidationFailed(pydantic_field_errors(exc)) from None
-
-
-def _cleartext_secrets(entry: dict[str, Any]) -> list[str]:
-    found = []
-    for section, key in SECRET_PATHS.values():
-        part = entry.get(section)
-        if isinstance(part, dict) and part.get(key) is not None:
-            found.append(f"{section}.{key}")
-    return found
-
-
-def _with_secrets(entry: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """The entry with its decrypted secrets in place, so the API's model validates them."""
-    out = dict(entry)
-    for key, (section, attr) in SECRET_PATHS.items():
-        value = given.get(key)
-        if value is None:
-            continue
-        part = out.get(section)
-        if part is None:
-            part = {}
-        if isinstance(part, dict):
-            out[section] = {**part, attr: value}
-    return out
-
-
 def _missing_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> set[str]:
     """Secret fields the configuration needs but neither the document nor the row has."""
     have = kept_secrets(cfg, stored)
@@ -660,22 +380,6 @@ def _missing_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> set[str]:
     if cfg.tls.client_certificate_pem and "client_key_pem" not in have:
         missing.add("tls.client_key_pem")
     return missing
-
-
-def _parse_oauth2(value: Any, what: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        tokens = value["tokens"]
-        if not isinstance(tokens, dict):
-            raise TypeError
-        out: dict[str, Any] = {"tokens": tokens}
-        for key in ("access_token_expires_at", "refresh_token_last_used_at"):
-            stamp = value.get(key)
-            out[key] = datetime.fromisoformat(stamp) if stamp else None
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ImportRefused(f"{what} have an unknown layout") from None
-    return out
 
 
 def _identity_changed(row: EmailServer, cfg: EmailServerIn) -> bool:

@@ -1,0 +1,215 @@
+"""The OAuth2 authorization code grant of an e-mail server (RFC 6749 section 4.1, PKCE per
+RFC 7636): the authorize URL with a single-use ``state``, the callback's code exchange, and
+forgetting the tokens again.
+
+A pending flow is a row of ``oauth2_authorizations``: the SHA-256 of its ``state`` (the state
+itself is a credential and never stored) and the PKCE verifier, encrypted. The callback spends
+the state whatever the outcome; an unknown, used or expired one changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import quote, urlencode
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization, Tenant
+from mailgate.domain.clock import Clock
+from mailgate.domain.errors import BadRequest, Conflict
+from mailgate.domain.oauth2 import (
+    EndpointUnreachable,
+    NeedsAuthorization,
+    OAuth2State,
+    TokenRefused,
+)
+from mailgate.domain.oauth2_providers import ProviderSettings
+from mailgate.ports import SecretCipher, TokenEndpoint
+from mailgate.services.email_servers import EmailServers
+from mailgate.services.oauth2.tokens import (
+    TokenRequestCounter,
+    client_secret_of,
+    endpoints_of,
+    oauth2_settings,
+    store_token_set,
+)
+
+log = logging.getLogger("mailgate.oauth2")
+
+STATE_LIFETIME = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    tenant: str
+    server: str
+    ok: bool
+    message: str
+
+
+def _state_hash(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _verifier_context(state_hash: str) -> str:
+    return f"oauth2-state:{state_hash}"
+
+
+class OAuth2AuthorizationFlow:
+    def __init__(
+        self,
+        *,
+        servers: EmailServers,
+        cipher: SecretCipher,
+        endpoint: TokenEndpoint,
+        providers: ProviderSettings,
+        clock: Clock,
+        on_token_request: TokenRequestCounter | None = None,
+    ) -> None:
+        self.servers = servers
+        self.cipher = cipher
+        self.endpoint = endpoint
+        self.providers = providers
+        self.clock = clock
+        self.on_token_request = on_token_request
+
+    def _count(self, result: str) -> None:
+        if self.on_token_request is not None:
+            self.on_token_request(result)
+
+    def begin(self, db: Session, row: EmailServer) -> str:
+        """A fresh authorization URL with single-use ``state`` and PKCE S256 (RFC 7636)."""
+        auth = oauth2_settings(row)
+        if auth.get("grant") != "authorization_code":
+            raise Conflict(
+                "this configuration uses the client credentials grant: it needs no "
+                "authorization, tokens come straight from the token endpoint"
+            )
+        now = self.clock()
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)  # 86 characters, within RFC 7636's 43..128
+        redirect_uri = auth["redirect_uri"]
+        url = self.endpoint.authorization_url(
+            endpoints_of(self.providers, row),
+            client_id=auth["client_id"],
+            redirect_uri=redirect_uri,
+            state=state,
+            code_verifier=verifier,
+        )
+        digest = _state_hash(state)
+        db.add(
+            OAuth2Authorization(
+                state_hash=digest,
+                tenant_id=row.tenant_id,
+                server_id=row.id,
+                code_verifier_enc=self.cipher.encrypt(verifier.encode(), _verifier_context(digest)),
+                redirect_uri=redirect_uri,
+                created_at=now,
+                expires_at=now + STATE_LIFETIME,
+            )
+        )
+        # Expired flows are useless; dropping them here keeps the table small without a job.
+        for old in db.scalars(
+            select(OAuth2Authorization).where(OAuth2Authorization.expires_at < now)
+        ):
+            db.delete(old)
+        db.flush()
+        return url
+
+    def complete(
+        self,
+        db: Session,
+        *,
+        state: str | None,
+        code: str | None,
+        error: str | None,
+        error_description: str | None,
+    ) -> CallbackResult:
+        """The redirect target. An unknown, used or expired ``state`` raises ``BadRequest``
+        before anything is written; otherwise the state is spent whatever the outcome."""
+        now = self.clock()
+        if not state:
+            raise BadRequest("the OAuth2 callback has no state parameter")
+        pending = db.scalar(
+            select(OAuth2Authorization)
+            .where(OAuth2Authorization.state_hash == _state_hash(state))
+            .with_for_update()
+        )
+        if pending is None or pending.used_at is not None:
+            raise BadRequest("unknown or already used OAuth2 state; start the authorization again")
+        if pending.expires_at <= now:
+            raise BadRequest("this OAuth2 authorization expired (10 minutes); start it again")
+        row = db.get(EmailServer, pending.server_id, with_for_update=True)
+        if row is None or row.tenant_id != pending.tenant_id:
+            raise BadRequest("the e-mail server of this authorization no longer exists")
+        tenant = db.get(Tenant, row.tenant_id) if row.tenant_id is not None else None
+        tenant_name = tenant.name if tenant else ""
+        pending.used_at = now
+
+        def result(ok: bool, message: str) -> CallbackResult:
+            return CallbackResult(tenant_name, row.name, ok, message)
+
+        if error:
+            # RFC 6749 section 4.1.2.1: the provider reports refusals to the redirect URI.
+            row.oauth2_last_error = f"{error}: {error_description or ''}".strip(": ")
+            return result(False, f"the provider refused: {error_description or error}")
+        if not code:
+            return result(False, "the provider sent neither a code nor an error")
+        auth = oauth2_settings(row)
+        verifier = self.cipher.decrypt(
+            pending.code_verifier_enc, _verifier_context(pending.state_hash)
+        )
+        try:
+            tokens = self.endpoint.exchange_code(
+                endpoints_of(self.providers, row),
+                client_id=auth["client_id"],
+                client_secret=client_secret_of(self.servers, row),
+                redirect_uri=pending.redirect_uri,
+                code=code,
+                code_verifier=verifier.decode(),
+                now=now,
+            )
+        except (TokenRefused, EndpointUnreachable, NeedsAuthorization) as exc:
+            if not isinstance(exc, NeedsAuthorization):
+                self._count("refused" if isinstance(exc, TokenRefused) else "unavailable")
+            text = exc.description if isinstance(exc, TokenRefused) else str(exc)
+            row.oauth2_last_error = str(exc)
+            return result(False, f"the code exchange failed: {text}")
+        if tokens.refresh_token is None:
+            row.oauth2_last_error = "the provider returned no refresh token"
+            return result(
+                False,
+                "the provider returned no refresh token (Microsoft: add the offline_access "
+                "scope; Google: access_type=offline and prompt=consent)",
+            )
+        self._count("ok")
+        store_token_set(self.servers, row, tokens, now, previous={})
+        log.info("oauth2: server %s authorized", row.id)
+        return result(True, "authorized: mail is sent with XOAUTH2 from now on")
+
+    def forget(self, db: Session, row: EmailServer) -> None:
+        """Forget the tokens (DELETE .../oauth2). The consent at the provider stays."""
+        oauth2_settings(row)
+        db.refresh(row, with_for_update=True)
+        self.servers.store_tokens(row, {})
+        row.oauth2_state = OAuth2State.NOT_AUTHORIZED.value
+        row.access_token_expires_at = None
+        row.refresh_token_last_used_at = None
+        row.oauth2_last_error = None
+        row.oauth2_warning = None
+        row.oauth2_retry_at = None
+        row.updated_at = self.clock()
+
+
+def ui_redirect(result: CallbackResult) -> str:
+    """Where the browser goes after the callback (the server's page in the web UI)."""
+    outcome = {"oauth2": "ok" if result.ok else "error", "message": result.message}
+    if not result.tenant:  # the system e-mail server
+        return f"/ui/system-email-server?{urlencode(outcome)}"
+    query = urlencode({"tenant": result.tenant, **outcome})
+    return f"/ui/email-servers/{quote(result.server, safe='')}?{query}"

@@ -1,0 +1,408 @@
+"""OAuth2 access tokens of e-mail servers: reuse, refresh with rotation, client credentials.
+
+Tokens live encrypted in ``email_servers.tokens_enc`` (``EmailServers.store_tokens``); the
+``oauth2_*`` columns are their readable status. Every refresh of one configuration runs under
+a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serializes
+writers), and re-reads the row once it holds the lock, so two processes never spend one
+refresh token twice: the second finds the fresh token the first stored.
+
+A refusal that breaks the configuration is recorded with its notices (``alerts``) in the same
+transaction; sending them is the alerts' job, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.adapters.db.tables import EmailServer
+from mailgate.domain.clock import Clock, isoformat
+from mailgate.domain.errors import Conflict
+from mailgate.domain.oauth2 import (
+    EndpointUnreachable,
+    NeedsAuthorization,
+    OAuth2State,
+    Refusal,
+    TokenEndpointDown,
+    TokenRefused,
+    TokenSet,
+    TokenUnavailable,
+    backoff,
+    classify_refusal,
+    needs_refresh,
+    secret_warning,
+)
+from mailgate.domain.oauth2_providers import (
+    EXPIRED_SECRET_CODE,
+    Endpoints,
+    ProviderSettings,
+    endpoints_for,
+)
+from mailgate.ports import TokenEndpoint
+from mailgate.schemas.email_server import ResolvedServer
+from mailgate.services.email_servers import EmailServers
+from mailgate.services.oauth2.alerts import OAuth2Alerts, record_incident
+
+log = logging.getLogger("mailgate.oauth2")
+
+TokenRequestCounter = Callable[[str], None]
+"""Hears "ok", "refused" or "unavailable" after every token endpoint request (metrics)."""
+
+RefreshDue = Callable[[EmailServer, dict[str, Any], datetime], bool]
+"""Whether a configuration needs a new token, asked again under its row lock."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    token: str
+    refreshed: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    token: TokenInfo | None = None
+    error: Exception | None = None
+
+
+# ---- a configuration's OAuth2 settings (shared with the authorization flow) ------------------
+
+
+def oauth2_settings(row: EmailServer) -> dict[str, Any]:
+    auth: dict[str, Any] = row.config.get("authentication", {})
+    if auth.get("method") != "oauth2":
+        raise Conflict(f"e-mail server {row.name!r} does not use OAuth2")
+    return auth
+
+
+def endpoints_of(providers: ProviderSettings, row: EmailServer) -> Endpoints:
+    auth = oauth2_settings(row)
+    return endpoints_for(
+        providers,
+        provider=auth["provider"],
+        grant=auth["grant"],
+        directory_tenant_id=auth.get("directory_tenant_id"),
+        scope=auth.get("scope"),
+        authorize_url=auth.get("authorize_url"),
+        token_url=auth.get("token_url"),
+    )
+
+
+def client_secret_of(servers: EmailServers, row: EmailServer) -> str:
+    secret = servers.secrets_of(row).client_secret
+    if not secret:
+        raise NeedsAuthorization(f"e-mail server {row.name!r} has no client secret")
+    return secret
+
+
+def store_token_set(
+    servers: EmailServers,
+    row: EmailServer,
+    fresh: TokenSet,
+    now: datetime,
+    *,
+    previous: dict[str, Any],
+    refresh_used: bool = True,
+) -> None:
+    """Keep a token set on the row and mark the configuration authorized."""
+    # Rotation: keep the refresh token the provider just returned; the old one may be
+    # dead already (Microsoft identity platform "Refresh tokens"; RFC 9700 4.14.2).
+    tokens: dict[str, Any] = {
+        "access_token": fresh.access_token,
+        "obtained_at": now.isoformat(),
+    }
+    refresh = fresh.refresh_token or previous.get("refresh_token")
+    if refresh:
+        tokens["refresh_token"] = refresh
+    if fresh.scope:
+        tokens["scope"] = fresh.scope
+    servers.store_tokens(row, tokens)
+    row.oauth2_state = OAuth2State.AUTHORIZED.value
+    row.access_token_expires_at = fresh.expires_at
+    if refresh_used:
+        row.refresh_token_last_used_at = now
+    row.oauth2_last_error = None
+    row.oauth2_retry_at = None
+    row.oauth2_warning = secret_warning(fresh.client_secret_expires_at, now)
+    row.updated_at = now
+
+
+def check_usable(row: EmailServer) -> None:
+    """Raise ``NeedsAuthorization`` when only an administrator can make the row work."""
+    state = row.oauth2_state or OAuth2State.NOT_AUTHORIZED.value
+    auth = row.config.get("authentication", {})
+    if state == OAuth2State.NEEDS_REAUTHORIZATION.value:
+        raise NeedsAuthorization(
+            f"e-mail server {row.name!r} needs OAuth2 re-authorization: "
+            f"{row.oauth2_last_error or 'the grant is no longer valid'}"
+        )
+    if state == OAuth2State.ERROR.value:
+        raise NeedsAuthorization(
+            f"e-mail server {row.name!r}: OAuth2 error: {row.oauth2_last_error}"
+        )
+    if state == OAuth2State.NOT_AUTHORIZED.value and auth.get("grant") != "client_credentials":
+        raise NeedsAuthorization(f"e-mail server {row.name!r} is not authorized yet")
+
+
+# ---- the token service -----------------------------------------------------------------------
+
+
+class OAuth2Tokens:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        servers: EmailServers,
+        endpoint: TokenEndpoint,
+        providers: ProviderSettings,
+        clock: Clock,
+        on_token_request: TokenRequestCounter | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.servers = servers
+        self.endpoint = endpoint
+        self.providers = providers
+        self.clock = clock
+        self.on_token_request = on_token_request
+
+    def _count(self, result: str) -> None:
+        if self.on_token_request is not None:
+            self.on_token_request(result)
+
+    def access_token(
+        self, server_id: int, *, force_refresh: bool = False, rejected: str | None = None
+    ) -> str:
+        """A usable access token for the configuration, refreshing when it is due.
+
+        ``force_refresh`` (the SMTP server refused the token): refresh, unless the stored
+        token already differs from ``rejected`` - another process refreshed meanwhile.
+        Raises ``NeedsAuthorization`` or ``TokenEndpointDown``; the message waits either way.
+        """
+        return self.access_token_info(
+            server_id, force_refresh=force_refresh, rejected=rejected
+        ).token
+
+    def access_token_info(
+        self, server_id: int, *, force_refresh: bool = False, rejected: str | None = None
+    ) -> TokenInfo:
+        """``access_token`` with how it was obtained (for the test's transcript)."""
+        now = self.clock()
+        with self.sessions() as db:
+            row = db.get(EmailServer, server_id)
+            if row is None:
+                raise NeedsAuthorization("the e-mail server no longer exists")
+            oauth2_settings(row)
+            check_usable(row)
+            tokens = self.servers.tokens_of(row)
+            current = tokens.get("access_token")
+            if (
+                current
+                and not needs_refresh(row.access_token_expires_at, now)
+                and not (force_refresh and (rejected is None or rejected == current))
+            ):
+                return TokenInfo(str(current), False, row.access_token_expires_at)
+
+        def due(row: EmailServer, tokens: dict[str, Any], now: datetime) -> bool:
+            current = tokens.get("access_token")
+            if not current or needs_refresh(row.access_token_expires_at, now):
+                return True
+            return force_refresh and (rejected is None or rejected == current)
+
+        return self.refresh_locked(server_id, due, honour_backoff=True)
+
+    def refresh_now(self, server_id: int) -> None:
+        """Refresh now whatever the token's age (the API's POST .../oauth2/refresh)."""
+        self.refresh_locked(server_id, lambda _r, _t, _n: True, honour_backoff=False)
+
+    def refresh_locked(self, server_id: int, due: RefreshDue, *, honour_backoff: bool) -> TokenInfo:
+        """Under the row lock: refresh if ``due`` still says so, else hand out the stored
+        token. ``honour_backoff``: within the wait after a failure, raise without a request."""
+        outcome = self._refresh_in_transaction(server_id, due, honour_backoff)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.token is not None
+        return outcome.token
+
+    def _refresh_in_transaction(
+        self, server_id: int, due: RefreshDue, honour_backoff: bool
+    ) -> _Outcome:
+        with self.sessions() as db, db.begin():
+            row = db.scalar(
+                select(EmailServer).where(EmailServer.id == server_id).with_for_update()
+            )
+            if row is None:
+                return _Outcome(error=NeedsAuthorization("the e-mail server no longer exists"))
+            now = self.clock()
+            auth = oauth2_settings(row)
+            try:
+                check_usable(row)
+            except NeedsAuthorization as exc:
+                return _Outcome(error=exc)
+            tokens = self.servers.tokens_of(row)
+            if not due(row, tokens, now):
+                current = str(tokens.get("access_token", ""))
+                return _Outcome(token=TokenInfo(current, False, row.access_token_expires_at))
+            if honour_backoff and row.oauth2_retry_at is not None and row.oauth2_retry_at > now:
+                return _Outcome(
+                    error=TokenEndpointDown(
+                        f"token endpoint failed recently: {row.oauth2_last_error}; "
+                        f"next try at {row.oauth2_retry_at:%H:%M:%S}",
+                        row.oauth2_retry_at,
+                    )
+                )
+            app_only = auth.get("grant") == "client_credentials"
+            try:
+                fresh = self._request(row, auth, tokens, app_only, now)
+            except TokenRefused as exc:
+                self._count("refused")
+                return self._refused(db, row, exc, app_only)
+            except NeedsAuthorization as exc:
+                return _Outcome(error=exc)
+            except EndpointUnreachable as exc:
+                self._count("unavailable")
+                return self._unreachable(row, tokens, str(exc), now)
+            self._count("ok")
+            store_token_set(
+                self.servers, row, fresh, now, previous=tokens, refresh_used=not app_only
+            )
+            return _Outcome(token=TokenInfo(fresh.access_token, True, fresh.expires_at))
+
+    def _request(
+        self,
+        row: EmailServer,
+        auth: dict[str, Any],
+        tokens: dict[str, Any],
+        app_only: bool,
+        now: datetime,
+    ) -> TokenSet:
+        secret = client_secret_of(self.servers, row)
+        if app_only:
+            return self.endpoint.client_credentials(
+                endpoints_of(self.providers, row),
+                client_id=auth["client_id"],
+                client_secret=secret,
+                now=now,
+            )
+        refresh_token = tokens.get("refresh_token")
+        if not refresh_token:
+            raise TokenRefused("invalid_grant", "no refresh token is stored", None)
+        return self.endpoint.refresh(
+            endpoints_of(self.providers, row),
+            client_id=auth["client_id"],
+            client_secret=secret,
+            refresh_token=str(refresh_token),
+            now=now,
+        )
+
+    def _refused(
+        self, db: Session, row: EmailServer, exc: TokenRefused, app_only: bool
+    ) -> _Outcome:
+        now = self.clock()
+        kind = classify_refusal(exc.error)
+        if kind is Refusal.TEMPORARY:
+            return self._unreachable(row, self.servers.tokens_of(row), str(exc), now)
+        before = row.oauth2_state
+        if kind is Refusal.REAUTHORIZE and not app_only:
+            row.oauth2_state = OAuth2State.NEEDS_REAUTHORIZATION.value
+        else:
+            row.oauth2_state = OAuth2State.ERROR.value
+        row.oauth2_last_error = f"{exc.error}: {exc.description}"
+        if EXPIRED_SECRET_CODE in exc.description:
+            row.oauth2_warning = "the client secret has expired: create a new one at the provider"
+        row.oauth2_retry_at = None
+        row.updated_at = now
+        log.warning("oauth2: server %s refused by the token endpoint: %s", row.id, exc.error)
+        if before != row.oauth2_state:
+            record_incident(db, row, row.oauth2_last_error, now)
+        return _Outcome(
+            error=NeedsAuthorization(
+                f"e-mail server {row.name!r}: the token endpoint refused: {exc.description}"
+            )
+        )
+
+    def _unreachable(
+        self, row: EmailServer, tokens: dict[str, Any], text: str, now: datetime
+    ) -> _Outcome:
+        failures = int(tokens.get("failures", 0)) + 1
+        self.servers.store_tokens(row, {**tokens, "failures": failures})
+        row.oauth2_retry_at = now + backoff(failures)
+        row.oauth2_last_error = text
+        log.warning("oauth2: server %s: token endpoint failure %d: %s", row.id, failures, text)
+        return _Outcome(error=TokenEndpointDown(text, row.oauth2_retry_at))
+
+
+# ---- the transport's view --------------------------------------------------------------------
+
+
+class OAuth2TokenProvider:
+    """The transport's token provider for one configuration (XOAUTH2), a ``ports.TokenProvider``.
+
+    Remembers the token it handed out, so that a forced refresh after an SMTP ``535`` does
+    not refresh again when another process already replaced that token. ``note``, when set
+    (the server test sets the transcript's), hears how each token was obtained. With
+    ``alerts``, the admins' notices of a refusal that broke the configuration go out at once
+    (the keeper's round would send them within minutes otherwise).
+    """
+
+    def __init__(
+        self, tokens: OAuth2Tokens, server_id: int, *, alerts: OAuth2Alerts | None = None
+    ) -> None:
+        self.tokens = tokens
+        self.server_id = server_id
+        self.alerts = alerts
+        self.note: Callable[[str], None] | None = None
+        self._last: str | None = None
+
+    def token(self, *, force_refresh: bool = False) -> str:
+        why = " after the SMTP server refused the token" if force_refresh else ""
+        try:
+            info = self.tokens.access_token_info(
+                self.server_id, force_refresh=force_refresh, rejected=self._last
+            )
+        except TokenUnavailable as exc:
+            self._say(f"OAuth2: no access token{why}: {exc.detail}")
+            if isinstance(exc, NeedsAuthorization):
+                self._send_alerts()
+            raise
+        until = f", valid until {isoformat(info.expires_at)}" if info.expires_at else ""
+        how = "fetched from the token endpoint" if info.refreshed else "reused (still valid)"
+        self._say(f"OAuth2: access token {how}{why}{until}")
+        self._last = info.token
+        return info.token
+
+    def _send_alerts(self) -> None:
+        if self.alerts is None:
+            return
+        try:
+            self.alerts.send_due()
+        except Exception as exc:  # the keeper tries again; the token error is what counts here
+            log.warning("oauth2: sending notices failed: %s", type(exc).__name__)
+
+    def _say(self, text: str) -> None:
+        if self.note is not None:
+            self.note(text)
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        # The database and Authlib's client are synchronous: keep them off the event loop.
+        return await asyncio.to_thread(self.token, force_refresh=force_refresh)
+
+
+def token_providers(
+    tokens: OAuth2Tokens, alerts: OAuth2Alerts | None = None
+) -> Callable[[ResolvedServer], OAuth2TokenProvider | None]:
+    """``token_provider_for``: the provider of an OAuth2 configuration, ``None`` for others.
+    Call a provider outside any open database transaction: a refresh takes the row lock."""
+
+    def provider_for(server: ResolvedServer) -> OAuth2TokenProvider | None:
+        if server.config.authentication.method != "oauth2":
+            return None
+        return OAuth2TokenProvider(tokens, server.id, alerts=alerts)
+
+    return provider_for
