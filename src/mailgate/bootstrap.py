@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,7 +37,8 @@ from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.domain.oauth2_providers import ProviderSettings
-from mailgate.ports import DeliverySession, SystemMailer, TokenProvider
+from mailgate.domain.transport import Step
+from mailgate.ports import DeliverySession, Probe, Prober, SystemMailer, TokenProvider, Transport
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
@@ -79,6 +80,8 @@ class Container:
     """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
     submissions: BatchWriter[Prepared]
     """Group commit of submissions without an idempotency key."""
+    prober: Prober
+    """The transport the server test drives (SMTP)."""
     hub: RemoteHub = field(default_factory=RemoteHub)
     extras: dict[str, Any] = field(default_factory=dict)
     system_mailer: SystemMailer | None = None
@@ -117,11 +120,17 @@ def build(
     sessions = make_session_factory(engine)
     servers = EmailServers(box, clock, settings.public_base_url)
     metrics = Metrics(sessions, clock)
-    oauth2, system_mailer = _oauth2(settings, sessions, servers, box, clock, metrics, system_mailer)
+    hub = RemoteHub()
+    smtp = _LazySmtpTransport()
+    transports = TransportRouter(
+        {"smtp": smtp}, remote=RemoteTransport(hub, settings.remote_job_timeout_s)
+    )
+    oauth2, system_mailer = _oauth2(
+        settings, sessions, servers, box, clock, metrics, transports, system_mailer
+    )
     wakeup = notify.Wakeup()
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
-    hub = RemoteHub()
     notify.install(sessions, wakeup)
     c = Container(
         settings=settings,
@@ -151,10 +160,8 @@ def build(
         ),
         wakeup=wakeup,
         metrics=metrics,
-        transports=TransportRouter(
-            {"smtp": _LazySmtpTransport()},
-            remote=RemoteTransport(hub, settings.remote_job_timeout_s),
-        ),
+        transports=transports,
+        prober=smtp,
         hub=hub,
         read_engine=read_only(engine),
         submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.001),
@@ -170,6 +177,7 @@ def _oauth2(
     box: SecretBox,
     clock: Clock,
     metrics: Metrics,
+    transport: Transport,
     system_mailer: SystemMailer | None,
 ) -> tuple[OAuth2, SystemMailer]:
     """The OAuth2 services and the system mailer, in dependency order. The system mailer needs
@@ -195,7 +203,9 @@ def _oauth2(
     )
     if system_mailer is None:
         # Its own token providers carry no alerts: the system server has no tenant admins.
-        system_mailer = TransportSystemMailer(sessions, servers, token_providers(tokens), clock)
+        system_mailer = TransportSystemMailer(
+            sessions, servers, token_providers(tokens), transport, clock
+        )
     alerts = OAuth2Alerts(
         sessions=sessions,
         mailer=system_mailer,
@@ -219,13 +229,20 @@ def _oauth2(
 
 
 class _LazySmtpTransport:
-    """The SMTP transport, imported on first use: CLI commands that never send need not load
-    the SMTP stack."""
+    """The SMTP transport (delivery and the server test), imported on first use: CLI
+    commands that never send need not load the SMTP stack."""
 
     async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
-        from mailgate.adapters.smtp_delivery import open_smtp_session
+        from mailgate.adapters.smtp.transport import SmtpTransport
 
-        return await open_smtp_session(server, tokens)
+        return await SmtpTransport().open(server, tokens)
+
+    def probe(
+        self, server: ResolvedServer, tokens: TokenProvider | None, on_step: Callable[[Step], None]
+    ) -> Probe:
+        from mailgate.adapters.smtp.transport import SmtpTransport
+
+        return SmtpTransport().probe(server, tokens, on_step)
 
 
 def _say(message: str) -> None:

@@ -24,6 +24,7 @@ from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.oauth2 import TokenSet
 from mailgate.domain.oauth2_providers import Endpoints
 from mailgate.domain.remote import AgentIdentity
+from mailgate.domain.transport import Failure, Step
 from mailgate.schemas.email_server import ResolvedServer
 
 
@@ -73,6 +74,71 @@ class Transport(Protocol):
 
 SessionOpener = Callable[[ResolvedServer, TokenProvider | None], Awaitable[DeliverySession]]
 """``Transport.open`` as a plain function (tests hand the worker one of their own)."""
+
+
+class ProbeFailed(Exception):
+    """A probe could not go on: the connection or session failed (``failure`` says at which
+    step, of what kind, with the peer's reply). The step is already reported."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
+class Probe(Protocol):
+    """One diagnosis run ("Send test e-mail") over a transport, step by step.
+
+    Every step goes to the ``on_step`` given to ``Prober.probe`` as it completes, passed or
+    failed; ``transcript`` is the exchange so far with every secret redacted (the SMTP
+    dialogue, or an HTTP API's requests and answers). The caller bounds the whole run by
+    ``budget_s`` and reads ``transcript`` and ``warnings`` afterwards, also after a timeout.
+    """
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        """The steps this probe reports, in order (a timeout is blamed on the first one not
+        reported): ``resolve`` ... ``data`` for SMTP, ``token`` and ``send`` for an API."""
+        ...
+
+    @property
+    def budget_s(self) -> float:
+        """The longest the whole run may take under the configuration's timeouts."""
+        ...
+
+    @property
+    def transcript(self) -> list[str]: ...
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the admin should know about a session that opened (e.g. no encryption)."""
+        ...
+
+    def note(self, text: str) -> None:
+        """Add a line of the caller's to the transcript (how the OAuth2 token was got)."""
+
+    async def open(self) -> None:
+        """Connect and authenticate (for an API: get the token); raises ``ProbeFailed``."""
+
+    async def send(
+        self, mail_from: str, rcpt_to: str, raw: bytes, *, dry_run: bool
+    ) -> Failure | None:
+        """Send the test message; ``dry_run`` goes as far as the transport can without
+        sending (SMTP: RCPT TO, then RSET; an API: nothing after ``open``). ``None`` when
+        accepted, the ``Failure`` when the peer refused; raises ``ProbeFailed`` when the
+        connection broke before an answer."""
+
+    async def close(self) -> None: ...
+
+
+class Prober(Protocol):
+    """What the diagnosis needs from a transport: a probe of one configuration."""
+
+    def probe(
+        self,
+        server: ResolvedServer,
+        tokens: TokenProvider | None,
+        on_step: Callable[[Step], None],
+    ) -> Probe: ...
 
 
 class SystemMailer(Protocol):

@@ -17,7 +17,11 @@ from tests.oauth_env import BASE, MAILBOX, Env, make_env, oauth_config
 from tests.oauth_server import RunningAuthServer
 from tests.smtp_fixtures import SmtpServer, SmtpServers
 
-from mailgate.adapters.smtp import Outcome, SendResult, SmtpSession, Transcript, TransportError
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.replies import SendResult
+from mailgate.adapters.smtp.session import SmtpSession
+from mailgate.adapters.smtp.transcript import Transcript
+from mailgate.domain.messages import Outcome
 from mailgate.domain.oauth2 import NeedsAuthorization
 
 

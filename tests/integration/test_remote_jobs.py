@@ -17,8 +17,9 @@ from tests.remote_helpers import RAW, remote_container, remote_server, until_con
 from tests.smtp_fixtures import SmtpServers
 
 from mailgate.adapters.remote.codec import decode_outcome, server_spec
-from mailgate.adapters.smtp import Outcome, SendResult
+from mailgate.adapters.smtp.replies import SendResult
 from mailgate.bootstrap import Container
+from mailgate.domain.messages import Outcome
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner
 from mailgate.entrypoints.api.app import create_app
 from mailgate.schemas.email_server import ResolvedServer

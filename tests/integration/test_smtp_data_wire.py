@@ -3,7 +3,8 @@ already in wire form (``data_wire_form``), MAIL and RCPT for plain addresses
 (``is_plain_address``).
 
 A raw socket server records every byte the client sends; the same envelopes and messages go
-once through plain aiosmtplib and once through the transport's ``_RecordingSMTP``.
+once through plain aiosmtplib and once through the transport's ``RecordingSMTP``
+(adapters/smtp/wire.py, whose DATA fast path is why pyproject.toml pins aiosmtplib < 6).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.adapters.smtp import (
-    _PLAIN_ADDRESS,
-    Transcript,
-    _RecordingSMTP,
+from mailgate.adapters.smtp.transcript import Transcript
+from mailgate.adapters.smtp.wire import (
+    PLAIN_ADDRESS,
+    RecordingSMTP,
     data_wire_form,
     is_plain_address,
 )
@@ -67,7 +68,7 @@ def test_fast_path_matches_the_library_or_declines(parts: list[bytes]) -> None:
         assert wire is None
 
 
-@given(st.from_regex(_PLAIN_ADDRESS, fullmatch=True))
+@given(st.from_regex(PLAIN_ADDRESS, fullmatch=True))
 def test_a_plain_address_is_what_the_library_would_quote(address: str) -> None:
     assert is_plain_address(address)
     assert quote_address(address) == f"<{address}>"
@@ -162,7 +163,7 @@ def test_the_wire_is_identical_to_the_library() -> None:
     async def both() -> tuple[bytes, bytes, Transcript]:
         plain = await wire_bytes(aiosmtplib.SMTP(local_hostname="client.test"), messages)
         transcript = Transcript()
-        ours = await wire_bytes(_RecordingSMTP(transcript, local_hostname="client.test"), messages)
+        ours = await wire_bytes(RecordingSMTP(transcript, local_hostname="client.test"), messages)
         return plain, ours, transcript
 
     plain, ours, transcript = asyncio.run(both())

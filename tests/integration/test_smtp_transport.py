@@ -10,15 +10,13 @@ from typing import Any
 import pytest
 from tests.smtp_fixtures import HOST, SmtpServers, resolved
 
-from mailgate.adapters.smtp import (
-    Outcome,
-    SendResult,
-    SmtpSession,
-    Step,
-    Transcript,
-    TransportError,
-    hint_for,
-)
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.replies import SendResult
+from mailgate.adapters.smtp.session import SmtpSession
+from mailgate.adapters.smtp.transcript import Transcript
+from mailgate.domain.messages import Outcome
+from mailgate.domain.transport import Step
+from mailgate.services.diagnosis.hints import hint_for
 
 PASSWORD = "Corr3ct-Horse-Battery"
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"

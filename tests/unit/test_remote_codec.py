@@ -9,13 +9,10 @@ from mailgate.adapters.remote.codec import (
     resolved_from_spec,
     server_spec,
 )
-from mailgate.adapters.smtp import (
-    Outcome,
-    RecipientResult,
-    SendResult,
-    SmtpReply,
-    TransportError,
-)
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.replies import RecipientReply, SendResult, SmtpReply
+from mailgate.domain.messages import Outcome
+from mailgate.domain.transport import FailureKind
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.schemas.remote import ServerSpec
 
@@ -61,8 +58,8 @@ def test_send_result_round_trip_keeps_every_recipient() -> None:
         Outcome.PERMANENT,
         ok,
         {
-            "a@example.org": RecipientResult(Outcome.DELIVERED, ok),
-            "b@example.org": RecipientResult(Outcome.PERMANENT, bad),
+            "a@example.org": RecipientReply(Outcome.DELIVERED, ok),
+            "b@example.org": RecipientReply(Outcome.PERMANENT, bad),
         },
         123,
         "data",
@@ -78,7 +75,7 @@ def test_transport_error_round_trip_and_garbage_is_temporary() -> None:
         "tls",
         "certificate verification failed",
         reply=None,
-        kind="cert_untrusted",
+        kind=FailureKind.CERT_UNTRUSTED,
     )
     back = decode_outcome(encode_transport_error(err))
     assert isinstance(back, TransportError)
@@ -104,3 +101,14 @@ def test_transport_error_round_trip_and_garbage_is_temporary() -> None:
         }
     )
     assert isinstance(weird, SendResult) and weird.outcome is Outcome.TEMPORARY
+
+
+def test_an_unknown_failure_kind_from_another_agent_version_leaves_it_to_the_reply() -> None:
+    err = TransportError(Outcome.TEMPORARY, "auth", "535 nope", kind=FailureKind.AUTH_FAILED)
+    report = {**encode_transport_error(err), "error_kind": "quantum_flux"}
+    back = decode_outcome(report)
+    assert isinstance(back, TransportError) and back.kind is FailureKind.REPLY
+    assert decode_outcome(encode_transport_error(err)).kind is FailureKind.AUTH_FAILED
+    sent = encode_send_result(SendResult(Outcome.PERMANENT, None, {}, 1, "mail_from"))
+    too_large = decode_outcome({**sent, "error_kind": "too_large"})
+    assert isinstance(too_large, SendResult) and too_large.kind is FailureKind.TOO_LARGE

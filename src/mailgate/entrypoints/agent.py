@@ -41,7 +41,9 @@ from mailgate.adapters.remote.codec import (
     scrub,
     secrets_in,
 )
-from mailgate.adapters.smtp import SmtpSession, TransportError
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.session import SmtpSession
+from mailgate.adapters.smtp.transport import SmtpTransport
 from mailgate.domain.clock import utcnow
 from mailgate.schemas.remote import (
     CLOSE_NOT_ALLOWED,
@@ -380,12 +382,13 @@ class TransportJobRunner:
         return encode_send_result(result)
 
     async def test(self, job: ServerTest) -> dict[str, Any]:
-        from mailgate.services.diagnosis import run_test
+        from mailgate.services.diagnosis.run import run_test
 
         tokens = StaticToken(job.server.access_token) if job.server.access_token else None
         server = resolved_from_spec(job.server)
         diagnosis = await run_test(
             server,
+            prober=SmtpTransport(),
             to=job.to,
             mode=job.mode,
             label=f"{server.name} via remote client",

@@ -1,7 +1,8 @@
-"""System mail (OAuth2 alerts) through the system e-mail server, with the delivery transport.
+"""System mail (OAuth2 alerts, password reset links) through the system e-mail server.
 
-The system server is the configuration without a tenant. Sending goes through the same
-``SmtpSession`` as deliveries, so its TLS policy, password or XOAUTH2 apply unchanged.
+The system server is the configuration without a tenant. Sending goes through the injected
+``ports.Transport`` that delivers the outbox, so its TLS policy, password or XOAUTH2 apply
+unchanged.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from email.utils import format_datetime, formataddr, make_msgid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.smtp import SmtpSession, Transcript
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import NotFound
-from mailgate.domain.messages import Outcome
-from mailgate.ports import TokenProvider
+from mailgate.domain.messages import Outcome, describe
+from mailgate.ports import SessionFailed, TokenProvider, Transport
 from mailgate.schemas.email_server import ResolvedServer
-from mailgate.services.diagnosis import sender_of
+from mailgate.services.diagnosis.message import sender_of
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME, EmailServers
 
 
@@ -34,11 +34,13 @@ class TransportSystemMailer:
         sessions: sessionmaker[Session],
         servers: EmailServers,
         token_provider_for: Callable[[ResolvedServer], TokenProvider | None],
+        transport: Transport,
         clock: Clock,
     ) -> None:
         self.sessions = sessions
         self.servers = servers
         self.token_provider_for = token_provider_for
+        self.transport = transport
         self.clock = clock
 
     def send_system_mail(self, to: str, subject: str, text: str) -> None:
@@ -78,12 +80,16 @@ class TransportSystemMailer:
             raise errors[0]
 
     async def _send(self, server: ResolvedServer, mail_from: str, to: str, raw: bytes) -> None:
-        session = await SmtpSession.open(
-            server, token_provider=self.token_provider_for(server), transcript=Transcript()
-        )
+        try:
+            session = await self.transport.open(server, self.token_provider_for(server))
+        except SessionFailed as failed:  # the transport's texts carry no secret
+            raise SystemMailError(failed.result.text) from None
         try:
             result = await session.send(mail_from, [to], raw)
         finally:
             await session.close()
         if result.outcome is not Outcome.DELIVERED:
-            raise SystemMailError(f"the system e-mail server refused: {result.reply}")
+            if result.code is None:  # no answer: the connection broke
+                raise SystemMailError(result.text)
+            reply = describe(result.code, result.text)
+            raise SystemMailError(f"the system e-mail server refused: {reply}")

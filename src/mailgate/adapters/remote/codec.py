@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailgate.adapters.smtp import (
-    RecipientResult,
-    SendResult,
-    SmtpReply,
-    TransportError,
-)
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.replies import RecipientReply, SendResult, SmtpReply
 from mailgate.domain.messages import Outcome
+from mailgate.domain.transport import FailureKind
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.schemas.remote import ServerSpec
 
@@ -125,6 +122,13 @@ def _outcome(value: Any) -> Outcome:
         return Outcome.TEMPORARY  # an agent speaking nonsense: retry, never lose
 
 
+def _kind(value: Any) -> FailureKind | None:
+    try:
+        return FailureKind(value) if value else None
+    except ValueError:
+        return FailureKind.REPLY  # an agent of another version: let the reply speak
+
+
 def decode_outcome(data: dict[str, Any]) -> SendResult | TransportError:
     """An agent's report as the transport's own type. Anything malformed is a temporary
     ``TransportError``: the message is tried again, never dropped."""
@@ -133,7 +137,7 @@ def decode_outcome(data: dict[str, Any]) -> SendResult | TransportError:
     detail = str(data.get("detail") or "")[:2000]
     if kind == "send_result" and isinstance(data.get("recipients"), dict):
         recipients = {
-            str(address): RecipientResult(
+            str(address): RecipientReply(
                 _outcome(as_dict(r).get("outcome")), _reply_of(as_dict(r).get("reply"))
             )
             for address, r in data["recipients"].items()
@@ -146,7 +150,7 @@ def decode_outcome(data: dict[str, Any]) -> SendResult | TransportError:
             elapsed if isinstance(elapsed, int) else 0,
             step,
             detail,
-            str(data["error_kind"]) if data.get("error_kind") else None,
+            _kind(data.get("error_kind")),
         )
     if kind == "transport_error":
         return TransportError(
@@ -154,7 +158,7 @@ def decode_outcome(data: dict[str, Any]) -> SendResult | TransportError:
             step,
             detail,
             reply=_reply_of(data.get("reply")),
-            kind=str(data.get("error_kind") or "reply"),
+            kind=_kind(data.get("error_kind")) or FailureKind.REPLY,
         )
     problem = str(data.get("error") or "the remote client sent an unreadable report")[:500]
-    return TransportError(Outcome.TEMPORARY, step, problem, kind="remote")
+    return TransportError(Outcome.TEMPORARY, step, problem, kind=FailureKind.REMOTE)

@@ -18,8 +18,9 @@ from typing import Any
 from mailgate.adapters.remote.codec import decode_outcome, server_spec
 from mailgate.adapters.remote.hub import RemoteError, RemoteHub
 from mailgate.adapters.remote.jobs import access_token, ms_since, not_connected
-from mailgate.adapters.smtp import SendResult, TransportError
-from mailgate.adapters.smtp_delivery import from_send_result, from_transport_error
+from mailgate.adapters.smtp.errors import TransportError
+from mailgate.adapters.smtp.replies import SendResult
+from mailgate.adapters.smtp.transport import from_send_result, from_transport_error
 from mailgate.domain.messages import AttemptResult, Outcome
 from mailgate.ports import DeliverySession, SessionFailed, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from mailgate.adapters.remote.codec import server_spec
 from mailgate.adapters.remote.hub import AgentUnavailable, RemoteError, RemoteHub
-from mailgate.adapters.smtp import Step
+from mailgate.domain.transport import Step
 from mailgate.ports import TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.schemas.remote import ServerTest

@@ -9,13 +9,13 @@ import typer
 from sqlalchemy import select
 
 from mailgate.adapters.db.tables import Tenant
-from mailgate.adapters.smtp import Step
 from mailgate.bootstrap import Container, build, first_start
 from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError
+from mailgate.domain.transport import Step
 from mailgate.schemas.common import normalize_email
 from mailgate.schemas.email_server import ResolvedServer
-from mailgate.services.diagnosis import Mode, run_test, token_provider
+from mailgate.services.diagnosis.run import Mode, run_test, token_provider
 
 server_app = typer.Typer(help="E-mail server configurations.", no_args_is_help=True)
 
@@ -75,6 +75,7 @@ def server_test(
     result = asyncio.run(
         run_test(
             server,
+            prober=c.prober,
             to=address,
             mode=mode,
             label=f"{tenant}/{name}",

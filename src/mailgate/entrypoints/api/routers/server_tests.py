@@ -26,14 +26,16 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from mailgate.adapters.remote.jobs import remote_test
-from mailgate.adapters.smtp import Step
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import NotFound, ValidationFailed
+from mailgate.domain.transport import Step
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer
-from mailgate.services.diagnosis import resolve_for_test, run_test, sender_of, token_provider
+from mailgate.services.diagnosis.message import sender_of
+from mailgate.services.diagnosis.run import run_test, token_provider
+from mailgate.services.diagnosis.target import resolve_for_test
 from mailgate.services.tenants import tenant_for
 
 log = logging.getLogger("mailgate.api")
@@ -83,6 +85,7 @@ async def _diagnose(
         )
     result = await run_test(
         server,
+        prober=c.prober,
         to=to,
         mode=body.mode,
         label=label,
