@@ -45,7 +45,7 @@ from mailgate.domain.messages import new_message_id
 from mailgate.entrypoints.worker import Worker
 from mailgate.schemas.email_server import EmailServerIn
 from mailgate.schemas.message import MessageIn
-from mailgate.services.outbox import Owner
+from mailgate.services.outbox import Owner, SubmitOptions
 
 # 128 lines of 76 characters + line ends: 10 KB of 7-bit text (no transfer encoding).
 BODY = ("".join(f"{i:04d} " + "x" * 71 + "\n" for i in range(128)))[: 10 * 1024]
@@ -132,7 +132,9 @@ def prequeue(c: Container, port: int, n: int, server_exists: bool = False) -> No
         body = MessageIn.model_validate(
             {"server": "SINK", "to": ["sink@example.com"], "subject": "b", "text": BODY}
         )
-        first = c.outbox.submit(db, tenant.id, Owner("bench", None), body).message
+        first = c.outbox.submitter.submit(
+            db, tenant.id, Owner("bench", None), body, SubmitOptions.of(body)
+        ).message
         content = db.get(MessageContent, first.id)
         assert content is not None
         template = {col.key: getattr(first, col.key) for col in Message.__table__.columns}

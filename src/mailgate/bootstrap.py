@@ -48,7 +48,7 @@ from mailgate.services.oauth2.alerts import OAuth2Alerts
 from mailgate.services.oauth2.authorization import OAuth2AuthorizationFlow
 from mailgate.services.oauth2.keeper import OAuth2Keeper
 from mailgate.services.oauth2.tokens import OAuth2TokenProvider, OAuth2Tokens, token_providers
-from mailgate.services.outbox import Outbox, Prepared
+from mailgate.services.outbox import Outbox, Prepared, store_many
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.system_mailer import TransportSystemMailer
 from mailgate.services.tenants import HOME_TENANT, create_tenant
@@ -164,7 +164,7 @@ def build(
         prober=smtp,
         hub=hub,
         read_engine=read_only(engine),
-        submissions=BatchWriter(engine, Outbox.store_many, wakeup.notify, linger_s=0.001),
+        submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
         system_mailer=system_mailer,
     )
     return c

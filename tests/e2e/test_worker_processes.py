@@ -21,13 +21,13 @@ from mailgate.bootstrap import Container, build, first_start
 from mailgate.domain.messages import new_message_id
 from mailgate.schemas.email_server import EmailServerIn
 from mailgate.schemas.message import MessageIn
-from mailgate.services.outbox import Owner
+from mailgate.services.outbox import Owner, SubmitOptions
 
 
 def queue_messages(c: Container, server: SmtpServer, n: int, max_connections: int) -> None:
     """Queue ``n`` messages through the outbox, numbered by an X-Seq header.
 
-    The first goes through ``Outbox.submit``; the rest copy its rows with another X-Seq, in
+    The first goes through ``Submitter.submit``; the rest copy its rows with another X-Seq, in
     one bulk insert (building n MIME messages one by one is not what these tests are about).
     """
     with c.session() as db:
@@ -48,7 +48,9 @@ def queue_messages(c: Container, server: SmtpServer, n: int, max_connections: in
         body = MessageIn.model_validate(
             {"to": ["r@example.org"], "text": "x" * 500, "headers": {"X-Seq": "0"}}
         )
-        first = c.outbox.submit(db, tenant.id, Owner("test", None), body).message
+        first = c.outbox.submitter.submit(
+            db, tenant.id, Owner("test", None), body, SubmitOptions.of(body)
+        ).message
         raw = db.get(MessageContent, first.id)
         assert raw is not None
         template = {
@@ -140,7 +142,9 @@ def test_a_worker_process_on_sqlite_wakes_when_mail_arrives(
             tenant = db.scalar(select(Tenant).where(Tenant.name == "home"))
             assert tenant is not None
             body = MessageIn.model_validate({"to": ["r@example.org"], "text": "wake up"})
-            c.outbox.submit(db, tenant.id, Owner("test", None), body)
+            c.outbox.submitter.submit(
+                db, tenant.id, Owner("test", None), body, SubmitOptions.of(body)
+            )
         wait_until(lambda: server.count == 2, 20, "the new message")
         assert time.monotonic() - started < 20
     finally:

@@ -368,7 +368,7 @@ def test_secrets_rotate_reencrypts_everything_with_the_first_key(tmp_path: Path)
 def test_messages_hold_and_release_in_bulk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`mailgate messages hold|release` steer the queue by filter, with a progress bar."""
     from mailgate.schemas.message import MessageIn
-    from mailgate.services.outbox import Owner
+    from mailgate.services.outbox import Owner, SubmitOptions
 
     key = generate_key()
     db_url = f"sqlite:///{tmp_path / 'data' / 'mailgate.db'}"
@@ -381,7 +381,9 @@ def test_messages_hold_and_release_in_bulk(tmp_path: Path, monkeypatch: pytest.M
     with c.session() as db:
         for i in range(3):
             body = MessageIn.model_validate({"to": [f"r{i}@example.net"], "subject": f"m{i}"})
-            c.outbox.submit(db, home.id, Owner("cli-test", None), body)
+            c.outbox.submitter.submit(
+                db, home.id, Owner("cli-test", None), body, SubmitOptions.of(body)
+            )
     c.engine.dispose()
 
     monkeypatch.chdir(tmp_path)

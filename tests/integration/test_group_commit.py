@@ -22,7 +22,7 @@ from mailgate.adapters.db.tables import Message, MessageContent, Tenant
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.api.app import create_app
 from mailgate.schemas.message import MessageIn
-from mailgate.services.outbox import Outbox, Owner, Prepared
+from mailgate.services.outbox import Owner, Prepared, SubmitOptions, store_many
 
 
 def _prepared(api: Api, admin: str, n: int) -> list[Prepared]:
@@ -35,7 +35,10 @@ def _prepared(api: Api, admin: str, n: int) -> list[Prepared]:
     assert home is not None
     body = MessageIn.model_validate({"to": ["b@example.com"], "subject": "s", "text": "hi"})
     with c.read_engine.connect() as conn:
-        return [c.outbox.prepare(conn, home, Owner("t", None), body) for _ in range(n)]
+        return [
+            c.outbox.submitter.prepare(conn, home, Owner("t", None), body, SubmitOptions.of(body))
+            for _ in range(n)
+        ]
 
 
 def _count(c: Container) -> int:
@@ -73,7 +76,7 @@ def write_lock_held(c: Container) -> Iterator[Callable[[], None]]:
 def test_waiting_submissions_share_one_transaction(api: Api) -> None:
     c = api.container
     items = _prepared(api, api.admin_token(), 6)
-    writer: BatchWriter[Prepared] = BatchWriter(c.engine, Outbox.store_many, linger_s=0.005)
+    writer: BatchWriter[Prepared] = BatchWriter(c.engine, store_many, linger_s=0.005)
 
     async def main() -> None:
         with write_lock_held(c) as release:
@@ -97,7 +100,7 @@ def test_a_bad_item_fails_alone(api: Api) -> None:
     c = api.container
     items = _prepared(api, api.admin_token(), 3)
     bad = Prepared({**items[1].values, "tenant_id": 999_999}, items[1].raw)  # no such tenant
-    writer: BatchWriter[Prepared] = BatchWriter(c.engine, Outbox.store_many)
+    writer: BatchWriter[Prepared] = BatchWriter(c.engine, store_many)
 
     async def main() -> list[Any]:
         with write_lock_held(c) as release:
@@ -120,7 +123,7 @@ def test_the_writer_keeps_sqlites_wal_from_growing(api: Api) -> None:
         return
     items = _prepared(api, api.admin_token(), 300)
     writer: BatchWriter[Prepared] = BatchWriter(
-        c.engine, Outbox.store_many, checkpoint_bytes=256 << 10, checkpoint_check_s=0.0
+        c.engine, store_many, checkpoint_bytes=256 << 10, checkpoint_check_s=0.0
     )
     wal = Path(f"{c.engine.url.database}-wal")
 

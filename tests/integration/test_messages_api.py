@@ -8,6 +8,8 @@ from typing import Any
 
 from tests.conftest import Api, password_server
 
+from mailgate.schemas.message import SubmittedOut
+
 BASE = "/api/v1/tenants/home/messages"
 
 
@@ -289,3 +291,29 @@ def test_the_submission_endpoint_is_documented_and_served_by_one_function(api: A
     r = api.request("POST", BASE, api.admin_token(), json={"to": ["a@example.com"]})
     assert r.status_code == 422  # the plain route answers: no server yet
     assert r.json()["errors"][0]["field"] == "server"
+
+
+def test_the_plain_routes_answer_is_the_documented_model(api: Api) -> None:
+    """The plain route writes its JSON itself (validating it would cost the hot path); what
+    it writes, a replayed answer included, must be exactly what ``SubmittedOut`` documents."""
+    admin = api.admin_token()
+    setup_server(api, admin)
+    doc = api.client.get("/openapi.json").json()
+    accepted = doc["paths"]["/api/v1/tenants/{tenant}/messages"]["post"]["responses"]["202"]
+    assert accepted["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SubmittedOut"
+    }
+    answers = [
+        api.request("POST", BASE, admin, json={"to": ["a@example.net"], "hold": True}),
+        api.request(
+            "POST", BASE, admin, json={"to": ["a@example.net"]}, headers={"Idempotency-Key": "k"}
+        ),
+        api.request(
+            "POST", BASE, admin, json={"to": ["a@example.net"]}, headers={"Idempotency-Key": "k"}
+        ),
+    ]
+    assert answers[2].headers["Idempotent-Replayed"] == "true"
+    for r in answers:
+        assert r.status_code == 202, r.text
+        documented = SubmittedOut.model_validate_json(r.content)
+        assert r.json() == documented.model_dump(mode="json", by_alias=True)

@@ -21,7 +21,7 @@ from mailgate.bootstrap import Container, build, first_start
 from mailgate.entrypoints.worker import Worker
 from mailgate.schemas.email_server import EmailServerIn
 from mailgate.schemas.message import MessageIn
-from mailgate.services.outbox import Owner
+from mailgate.services.outbox import Owner, SubmitOptions
 
 
 @pytest.fixture
@@ -62,7 +62,10 @@ def setup(c: Container) -> tuple[str, str]:
             body = MessageIn.model_validate(
                 {"server": server, "to": ["a@example.org"], "subject": server, "text": "x"}
             )
-            ids.append(c.outbox.submit(db, home.id, Owner("test", None), body).message.id)
+            submitted = c.outbox.submitter.submit(
+                db, home.id, Owner("test", None), body, SubmitOptions.of(body)
+            )
+            ids.append(submitted.message.id)
     return ids[0], ids[1]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.conftest import Api, password_server
 
-from mailgate.services import submission_lookup
+from mailgate.services.outbox import lookup as submission_lookup
 
 BASE = "/api/v1/tenants/{}/messages"
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mailgate.domain.errors import MailgateError, ValidationFailed
 from mailgate.schemas.email_server import MessageDefaults
 from mailgate.schemas.message import MessageIn
-from mailgate.services import outbox, simple_mime
+from mailgate.services.outbox import mime, simple_mime
 
 NOW = datetime(2026, 11, 29, 2, 30, 5, tzinfo=UTC)
 
@@ -80,7 +80,7 @@ requests = st.fixed_dictionaries(
 
 def _build(body: MessageIn, fast: bool) -> tuple[str, Any]:
     try:
-        built = outbox.build_mime(body, MessageDefaults(), NOW, fast=fast)
+        built = mime.build_mime(body, MessageDefaults(), NOW, fast=fast)
     except MailgateError as exc:
         return "error", type(exc).__name__
     return "ok", (built.raw, built.mail_from, built.rcpt_to, built.subject, built.message_id)
@@ -88,7 +88,7 @@ def _build(body: MessageIn, fast: bool) -> tuple[str, Any]:
 
 @pytest.fixture
 def fixed_msgid(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(outbox, "_msgid", lambda sender: "<1.2.3@example.com>")
+    monkeypatch.setattr(mime, "_msgid", lambda sender: "<1.2.3@example.com>")
     # multipart boundaries are random: the same one for both builds
     monkeypatch.setattr(
         email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: "=b=")
@@ -131,7 +131,7 @@ def test_the_common_message_takes_the_direct_path(fixed_msgid: None) -> None:
         html=None,
     )
     assert raw is not None
-    assert raw == outbox.build_mime(body, MessageDefaults(), NOW, fast=False).raw
+    assert raw == mime.build_mime(body, MessageDefaults(), NOW, fast=False).raw
 
 
 def test_a_header_the_standard_library_cannot_parse_is_the_clients_error() -> None:
@@ -140,7 +140,7 @@ def test_a_header_the_standard_library_cannot_parse_is_the_clients_error() -> No
         {"from": "a@example.com", "to": ["b@example.com"], "headers": {"Sender": "<"}}
     )
     with pytest.raises(ValidationFailed) as err:
-        outbox.build_mime(body, MessageDefaults(), NOW)
+        mime.build_mime(body, MessageDefaults(), NOW)
     assert err.value.errors[0].field == "headers.Sender"
 
 

@@ -38,7 +38,7 @@ def send(
 
     from mailgate.schemas.email_server import pydantic_field_errors
     from mailgate.schemas.message import MessageIn
-    from mailgate.services.outbox import Owner
+    from mailgate.services.outbox import Owner, SubmitOptions
 
     attachments = []
     for path in attach or []:
@@ -75,7 +75,9 @@ def send(
     try:
         with c.session() as db:
             t = _tenant(db, tenant)
-            submitted = c.outbox.submit(db, t.id, Owner("cli", None), body)
+            submitted = c.outbox.submitter.submit(
+                db, t.id, Owner("cli", None), body, SubmitOptions.of(body)
+            )
             message_id, status = submitted.message.id, submitted.message.status
     except MailgateError as exc:
         _fail(exc.detail)
@@ -122,7 +124,7 @@ def _bulk_command(
                     query = query.where(Message.server_name == body.server)
                 total = db.scalar(query) or 0
             with typer.progressbar(length=total, label=f"{action}", file=sys.stderr) as bar:
-                result = c.outbox.bulk(db, t.id, act, body, progress=bar.update)
+                result = c.outbox.steering.bulk(db, t.id, act, body, progress=bar.update)
     except MailgateError as exc:
         _fail(exc.detail)
         return

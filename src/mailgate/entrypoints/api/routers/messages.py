@@ -18,10 +18,18 @@ from mailgate.domain.messages import Action, Priority, Status
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
-from mailgate.schemas.message import BulkIn, MessageIn
-from mailgate.services import submission_lookup
+from mailgate.schemas.message import (
+    BulkIn,
+    BulkOut,
+    MessageIn,
+    MessageOut,
+    MessagePageOut,
+    MessageSummaryOut,
+    SubmittedOut,
+)
 from mailgate.services.identity import API_KEY_PREFIX
-from mailgate.services.outbox import Owner, Prepared, Submitted
+from mailgate.services.outbox import Owner, Prepared, SubmitOptions, Submitted, lookup, query
+from mailgate.services.outbox.options import idempotency_key
 from mailgate.services.tenants import tenant_for, tenant_id_for
 
 SUBMIT_PATH = "/api/v1/tenants/{tenant}/messages"
@@ -103,11 +111,16 @@ _SUBMIT_DOC: dict[str, Any] = {
     + [
         {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
     ],
-    "responses": {"202": {"description": "Accepted: stored, and will be delivered"}},
 }
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, openapi_extra=_SUBMIT_DOC)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SubmittedOut,
+    response_description="Accepted: stored, and will be delivered",
+    openapi_extra=_SUBMIT_DOC,
+)
 async def submit_message(tenant: str, request: Request) -> Response:
     """Accept a message: ``202`` means it is stored durably and will be delivered.
 
@@ -117,6 +130,8 @@ async def submit_message(tenant: str, request: Request) -> Response:
     thread with PostgreSQL), and the rows written by group commit (``BatchWriter``) together
     with other requests', before this one is answered. With an idempotency key the request
     runs in its own transaction instead (the key must be checked and taken atomically).
+    The answer is written directly (its shape is ``SubmittedOut``; validating it would cost
+    the hot path for nothing).
     """
     c: Container = request.app.state.container
     token, is_cookie = credential(request)
@@ -206,7 +221,7 @@ def _prepare(
         ):
             # A workflow's usual request: its reads in one statement.
             server = content.server if isinstance(content, MessageIn) else options.server
-            found = submission_lookup.lookup(conn, token, tenant, server, c.clock())
+            found = lookup.lookup(conn, token, tenant, server, c.clock())
         if found is not None:
             caller, touch, tenant_id, ref = found.caller, found.touch, found.tenant_id, found.server
         else:
@@ -218,15 +233,12 @@ def _prepare(
         request.state.principal = caller
         if isinstance(content, MailgateError):
             raise content
-        prepared = c.outbox.prepare(
+        prepared = c.outbox.submitter.prepare(
             conn,
             tenant_id,
             owner_of(caller, tenant_id),
             content,
-            server_name=options.server,
-            hold=options.hold,
-            send_at=options.send_at,
-            priority=options.priority,
+            _submit_options(content, options, None),
             server=ref,
         )
     if touch is not None:
@@ -253,20 +265,28 @@ def _submit_keyed(
         t = tenant_for(db, caller, tenant, Perm.MESSAGES_SEND)
         if isinstance(content, MailgateError):
             raise content
-        owner = owner_of(caller, t.id)
-        if isinstance(content, MessageIn):
-            return c.outbox.submit(db, t.id, owner, content, header_key)
-        return c.outbox.submit_raw(
+        return c.outbox.submitter.submit(
             db,
             t.id,
-            owner,
+            owner_of(caller, t.id),
             content,
-            server_name=options.server,
-            hold=options.hold,
-            send_at=options.send_at,
-            priority=options.priority,
-            idempotency_key=header_key,
+            _submit_options(content, options, header_key),
         )
+
+
+def _submit_options(
+    content: MessageIn | bytes, query_options: RawOptions, idempotency_header: str | None
+) -> SubmitOptions:
+    """A JSON request carries its options in its body; a MIME message in the query."""
+    if isinstance(content, MessageIn):
+        return SubmitOptions.of(content, idempotency_header)
+    return SubmitOptions(
+        query_options.server,
+        query_options.hold,
+        query_options.send_at,
+        query_options.priority,
+        idempotency_key(None, idempotency_header),
+    )
 
 
 @router.get("")
@@ -274,16 +294,15 @@ def list_messages(
     tenant: str,
     caller: Caller,
     db: DB,
-    c: AppContainer,
     status: Status | None = None,
     server: str | None = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> MessagePageOut:
     """Newest first. ``next_cursor`` is null on the last page."""
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
-    rows, next_cursor = c.outbox.search(
+    return query.search(
         db,
         t.id,
         owner_of(caller, t.id),
@@ -293,7 +312,6 @@ def list_messages(
         limit=limit,
         cursor=cursor,
     )
-    return {"items": [c.outbox.summary(r) for r in rows], "next_cursor": next_cursor}
 
 
 def _bulk(
@@ -303,47 +321,40 @@ def _bulk(
     caller: Principal,
     db: Session,
     c: Container,
-) -> dict[str, Any]:
+) -> BulkOut:
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
-    return c.outbox.bulk(db, t.id, action, body).view()
+    return c.outbox.steering.bulk(db, t.id, action, body).out()
 
 
 @router.post("/release")
-def release_many(
-    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def release_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
     """Release held messages, by ``ids`` or by filter (``status``, ``server``)."""
     return _bulk(Action.RELEASE, tenant, body, caller, db, c)
 
 
 @router.post("/cancel")
-def cancel_many(
-    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def cancel_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
     """Cancel messages not yet sent, by ``ids`` or by filter."""
     return _bulk(Action.CANCEL, tenant, body, caller, db, c)
 
 
 @router.post("/retry")
-def retry_many(
-    tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def retry_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
     """Try deferred and failed messages now, by ``ids`` or by filter."""
     return _bulk(Action.RETRY, tenant, body, caller, db, c)
 
 
 @router.post("/hold")
-def hold_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def hold_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
     """Hold scheduled, queued and deferred messages, by ``ids`` or by filter."""
     return _bulk(Action.HOLD, tenant, body, caller, db, c)
 
 
 @router.get("/{message_id}")
-def get_message(
-    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def get_message(tenant: str, message_id: str, caller: Caller, db: DB) -> MessageOut:
+    """The message with its envelope, main headers, recipients' state and attempts."""
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
-    return c.outbox.view(db, c.outbox.get(db, t.id, owner_of(caller, t.id), message_id))
+    return query.view(db, query.get(db, t.id, owner_of(caller, t.id), message_id))
 
 
 @router.get(
@@ -351,42 +362,47 @@ def get_message(
     response_class=Response,
     responses={200: {"content": {"message/rfc822": {}}}},
 )
-def get_raw(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> Response:
+def get_raw(tenant: str, message_id: str, caller: Caller, db: DB) -> Response:
     """The stored MIME message, as it is sent (without Bcc)."""
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
-    row = c.outbox.get(db, t.id, owner_of(caller, t.id), message_id)
-    return Response(c.outbox.raw(db, row), media_type="message/rfc822")
+    row = query.get(db, t.id, owner_of(caller, t.id), message_id)
+    return Response(query.raw(db, row), media_type="message/rfc822")
 
 
 def _act(
     action: Action, tenant: str, message_id: str, caller: Principal, db: Session, c: Container
-) -> dict[str, Any]:
+) -> MessageSummaryOut:
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
-    row = c.outbox.act(db, t.id, message_id, action)
-    return c.outbox.summary(row)
+    return query.summary(c.outbox.steering.act(db, t.id, message_id, action))
 
 
 @router.post("/{message_id}/release")
 def release(
     tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> MessageSummaryOut:
     """A held message goes to the queue (or waits for its send_at)."""
     return _act(Action.RELEASE, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/cancel")
-def cancel(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def cancel(
+    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+) -> MessageSummaryOut:
     """Held, scheduled, queued or deferred mail is not sent; 409 for anything else."""
     return _act(Action.CANCEL, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/hold")
-def hold(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def hold(
+    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+) -> MessageSummaryOut:
     """Stop a scheduled, queued or deferred message until it is released."""
     return _act(Action.HOLD, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/retry")
-def retry(tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def retry(
+    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+) -> MessageSummaryOut:
     """Try a deferred or failed message now."""
     return _act(Action.RETRY, tenant, message_id, caller, db, c)

@@ -1,0 +1,69 @@
+"""What a caller hands the outbox besides the message: who it is, and how to submit.
+
+``SubmitOptions`` is the one value every submission path builds (the JSON API, the raw
+MIME API, the CLI; next the SMTP listener of issue 18), so an option added later is a field
+with a default here, not a parameter threaded through each signature: message
+``metadata`` (issue 17) joins as a field that ``SubmitOptions.of`` copies from the JSON
+body and the raw paths fill from their query parameters or headers; the submission's
+``source`` (``api``/``smtp``) and the SMTP envelope's recipients likewise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailgate.domain.errors import ValidationFailed
+from mailgate.domain.messages import Priority
+from mailgate.schemas.message import MessageIn
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who submits or looks: ``api_key_id`` set means "only this key's messages"."""
+
+    name: str
+    api_key_id: str | None
+    own_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    """How to submit a message: which e-mail server, when, how urgently, and at most once.
+
+    A JSON request carries these in its body (``SubmitOptions.of``); a complete MIME
+    message gets them from elsewhere (query parameters). ``server`` None is the tenant's
+    default; ``idempotency_key`` set means a repeat returns the first message.
+    """
+
+    server: str | None = None
+    hold: bool = False
+    send_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = None
+
+    @classmethod
+    def of(cls, body: MessageIn, idempotency_header: str | None = None) -> SubmitOptions:
+        """The options of a JSON request; its key may also come as the header."""
+        return cls(
+            body.server,
+            body.hold,
+            body.send_at,
+            body.priority,
+            idempotency_key(body.idempotency_key, idempotency_header),
+        )
+
+
+def idempotency_key(from_body: str | None, from_header: str | None) -> str | None:
+    """The request's key: the ``Idempotency-Key`` header (checked here; the body's is
+    checked by its schema), which must agree with the body's if both are given."""
+    if from_header is not None:
+        from_header = from_header.strip()
+        if not from_header or len(from_header) > 200 or not from_header.isprintable():
+            raise ValidationFailed.one(
+                "Idempotency-Key", "1 to 200 printable characters are expected"
+            )
+        if from_body is not None and from_body != from_header:
+            raise ValidationFailed.one("idempotency_key", "differs from the Idempotency-Key header")
+        return from_header
+    return from_body
