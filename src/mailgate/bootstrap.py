@@ -7,7 +7,6 @@ PostgreSQL database, a fixed clock), so the wiring they test is the wiring that 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import notify
@@ -24,10 +23,8 @@ from mailgate.adapters.db.batch_writer import BatchWriter
 from mailgate.adapters.db.engine import (
     make_engine,
     make_session_factory,
-    migrate,
     read_only,
 )
-from mailgate.adapters.db.tables import SystemSetting, User
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http
 from mailgate.adapters.passphrase import ScryptEnvelope
@@ -43,6 +40,7 @@ from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import Identity
+from mailgate.services.installation import Installation, Seeded, say
 from mailgate.services.oauth2 import OAuth2
 from mailgate.services.oauth2.alerts import OAuth2Alerts
 from mailgate.services.oauth2.authorization import OAuth2AuthorizationFlow
@@ -51,12 +49,9 @@ from mailgate.services.oauth2.tokens import OAuth2TokenProvider, OAuth2Tokens, t
 from mailgate.services.outbox import Outbox, Prepared, store_many
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.system_mailer import TransportSystemMailer
-from mailgate.services.tenants import HOME_TENANT, create_tenant
 from mailgate.services.transfer import Transfer
 
 log = logging.getLogger("mailgate")
-
-DEFAULT_SYSTEM_SETTINGS: dict[str, Any] = {"allow_remote_clients": False}
 
 
 @dataclass
@@ -245,68 +240,19 @@ class _LazySmtpTransport:
         return SmtpTransport().probe(server, tokens, on_step)
 
 
-def _say(message: str) -> None:
-    # Flushed at once: under a service manager stdout is a pipe, and the one-time password
-    # must reach the log now, not when the buffer fills.
-    print(message, flush=True)
+def installation(c: Container) -> Installation:
+    """The first-start service over this container's database and identity."""
+    return Installation(
+        c.engine,
+        c.sessions,
+        c.identity,
+        c.clock,
+        admin_password=c.settings.admin_password,
+        public_base_url=c.settings.public_base_url,
+    )
 
 
-def first_start(c: Container, echo: Any = _say) -> str | None:
-    """Migrate, then on an empty database create ``admin`` and the tenant ``home``.
-
-    Returns the generated admin password when one was generated (it is printed once).
-    """
-    with startup_lock(c.engine):
-        return _first_start(c, echo)
-
-
-# Any constant works; it only has to be the same in every mailgate process.
-_STARTUP_LOCK_ID = 0x6D61696C67617465 & 0x7FFFFFFFFFFFFFFF  # "mailgate"
-
-
-@contextmanager
-def startup_lock(engine: Engine) -> Iterator[None]:
-    """Serialize migration and first start across processes sharing one PostgreSQL database
-    (API replicas and workers started together would race Alembic and the admin's creation).
-    A session-level advisory lock is released when its connection closes, also on a crash.
-    SQLite is one process by design; its BEGIN IMMEDIATE already serializes writers."""
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    with engine.connect() as conn:
-        conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _STARTUP_LOCK_ID})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _STARTUP_LOCK_ID})
-            conn.commit()
-
-
-def _first_start(c: Container, echo: Any) -> str | None:
-    migrate(c.engine)
-    with c.session() as db:
-        if db.scalar(select(User.id).limit(1)) is not None:
-            return None
-        generated = None
-        password = c.settings.admin_password
-        if not password:
-            password = generated = secrets.token_urlsafe(12)
-        create_tenant(db, c.clock, HOME_TENANT, "Home")
-        c.identity.create_user(db, username="admin", password=password, system_admin=True)
-        for key, value in DEFAULT_SYSTEM_SETTINGS.items():
-            if db.get(SystemSetting, key) is None:
-                db.add(SystemSetting(key=key, value=value))
-        db.add(SystemSetting(key="public_base_url", value=c.settings.public_base_url))
-    if generated:
-        echo(
-            "\n  mailgate: created the system administrator 'admin' with the password\n\n"
-            f"      {generated}\n\n"
-            "  It is shown only this once. Change it after signing in.\n"
-        )
-    else:
-        echo(
-            "mailgate: created the system administrator 'admin' "
-            "(password from MAILGATE_ADMIN_PASSWORD)"
-        )
-    return generated
+def first_start(c: Container, echo: Callable[[str], None] = say) -> Seeded | None:
+    """Migrate, then on a database without users create ``admin`` and the tenant ``home``
+    (a generated password is echoed once)."""
+    return installation(c).first_start(echo)

@@ -194,11 +194,61 @@ def test_first_start_with_admin_password_and_secret_key(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "mailgate.db").is_file()
 
 
+def test_commands_other_than_serve_and_init_create_no_administrator(tmp_path: Path) -> None:
+    """On a fresh data directory, `tenant list` and the other commands used to run the first
+    start: they created `admin` with a generated password and printed nothing, so that
+    password was lost. Now they only bring the schema up to date; `serve` still sets up."""
+    env = clean_env()
+    for args in (["tenant", "list"], ["user", "list"], ["migrate"], ["tenant", "create", "acme"]):
+        run = mailgate(tmp_path, *args, env=env)
+        assert run.returncode == 0, (args, run.stderr)
+        assert "password" not in (run.stdout + run.stderr).lower(), args
+    assert mailgate(tmp_path, "user", "list", env=env).stdout == ""
+    assert mailgate(tmp_path, "tenant", "list", env=env).stdout.splitlines() == ["acme\tacme"]
+
+    with serve(tmp_path, env) as served:
+        m = re.search(r"with the password\s*\n\s*\n\s+(\S+)\s*\n", served.text)
+        assert m, served.text
+        sign_in(served.url, m.group(1))
+    listed = mailgate(tmp_path, "tenant", "list", env=env).stdout.splitlines()
+    assert listed == ["acme\tacme", "home\tHome"]
+
+
+def test_init_sets_up_once_and_prints_the_generated_password(tmp_path: Path) -> None:
+    env = clean_env()
+    first = mailgate(tmp_path, "init", env=env)
+    assert first.returncode == 0, first.stderr
+    m = re.search(r"with the password\s*\n\s*\n\s+(\S+)\s*\n", first.stdout)
+    assert m, first.stdout
+    password = m.group(1)
+    again = mailgate(tmp_path, "init", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing was created" in again.stdout and password not in again.stdout
+    assert mailgate(tmp_path, "tenant", "list", env=env).stdout.splitlines() == ["home\tHome"]
+
+    data = tmp_path / "data"
+    key = (data / "secret.key").read_text()
+    c = build(settings_for(tmp_path, f"sqlite:///{data / 'mailgate.db'}", key))
+    try:
+        with c.session() as db:
+            _tok, user, _sess = c.identity.login(db, "admin", password, "test")
+            assert user.system_admin
+    finally:
+        c.engine.dispose()
+
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    run = mailgate(chosen, "init", env=clean_env(MAILGATE_ADMIN_PASSWORD="Operator-chosen-pw-2"))
+    assert run.returncode == 0, run.stderr
+    assert "MAILGATE_ADMIN_PASSWORD" in run.stdout and "Operator-chosen-pw-2" not in run.stdout
+
+
 def test_admin_commands(tmp_path: Path, sqlite_url: str) -> None:
     env = clean_env(MAILGATE_DATABASE_URL=sqlite_url, MAILGATE_SECRET_KEY=generate_key())
     run = mailgate(tmp_path, "migrate", env=env)
     assert run.returncode == 0, run.stderr
     assert "newest schema" in run.stdout
+    assert mailgate(tmp_path, "init", env=env).returncode == 0
     made = mailgate(tmp_path, "tenant", "create", "acme", "--display-name", "Acme A/S", env=env)
     assert made.returncode == 0, made.stderr
     listed = mailgate(tmp_path, "tenant", "list", env=env)
@@ -246,6 +296,7 @@ def test_commands_on_postgres(tmp_path: Path, empty_postgres: str) -> None:
     url = empty_postgres
     env = clean_env(MAILGATE_DATABASE_URL=url, MAILGATE_SECRET_KEY=generate_key())
     assert mailgate(tmp_path, "migrate", env=env).returncode == 0
+    assert mailgate(tmp_path, "init", env=env).returncode == 0
     made = mailgate(tmp_path, "tenant", "create", "acme", env=env)
     assert made.returncode == 0, made.stderr
     assert mailgate(tmp_path, "tenant", "list", env=env).stdout.splitlines() == [
@@ -259,6 +310,7 @@ def test_command_errors(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     env = clean_env(MAILGATE_DATABASE_URL=sqlite_url, MAILGATE_SECRET_KEY=generate_key())
     runner = CliRunner()
+    assert runner.invoke(cli_app, ["init"], env=env).exit_code == 0
     cases = [
         (["tenant", "create", "Not Valid"], "", "tenant name"),
         (["tenant", "create", "home"], "", "exists already"),
@@ -286,6 +338,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
     runner = CliRunner()
     commands = [
         ["serve"],
+        ["init"],
         ["migrate"],
         ["keygen"],
         ["tenant"],
@@ -402,7 +455,8 @@ def test_processes_starting_together_on_an_empty_postgres(
     tmp_path: Path, empty_postgres: str
 ) -> None:
     """API replicas and workers started at once: one migrates and creates admin, the others
-    wait for it (advisory lock) instead of racing Alembic into duplicate-table errors."""
+    wait for it (advisory lock) instead of racing Alembic into duplicate-table errors or
+    creating admin twice (two `init` stand for two starting `serve` processes)."""
     env = clean_env(
         MAILGATE_DATABASE_URL=empty_postgres,
         MAILGATE_SECRET_KEY=generate_key(),
@@ -417,7 +471,7 @@ def test_processes_starting_together_on_an_empty_postgres(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for args in (["tenant", "list"], ["user", "list"], ["migrate"], ["tenant", "list"])
+        for args in (["init"], ["user", "list"], ["migrate"], ["init"], ["tenant", "list"])
     ]
     outcomes = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
     assert all(code == 0 for code, _err in outcomes), outcomes

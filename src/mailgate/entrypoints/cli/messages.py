@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mailgate.bootstrap import first_start
+from mailgate.bootstrap import installation
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.cli.common import _container, _fail, _tenant
 
@@ -71,7 +71,7 @@ def send(
         _fail("; ".join(f"{e.field}: {e.message}" for e in pydantic_field_errors(exc)))
         return
     c = _container()
-    first_start(c, echo=lambda _m: None)
+    installation(c).upgrade_schema()
     try:
         with c.session() as db:
             t = _tenant(db, tenant)
@@ -107,7 +107,7 @@ def _bulk_command(
         return
     act = Action(action)
     c = _container()
-    first_start(c, echo=lambda _m: None)
+    installation(c).upgrade_schema()
     try:
         with c.session() as db:
             t = _tenant(db, tenant)

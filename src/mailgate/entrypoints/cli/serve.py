@@ -1,4 +1,4 @@
-"""``mailgate serve``, ``migrate`` and ``keygen``: running the service and its setup."""
+"""``mailgate serve``, ``init``, ``migrate`` and ``keygen``: running the service and its setup."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mailgate.adapters.db.engine import migrate as run_migrations
 from mailgate.adapters.secrets import generate_key
-from mailgate.bootstrap import build, first_start
+from mailgate.bootstrap import build, first_start, installation
 from mailgate.config import Settings
 from mailgate.entrypoints.cli.common import _container
 
@@ -54,13 +53,18 @@ def serve(
         keeper.stop()
 
 
+def init() -> None:
+    """Set up a new installation: the schema, the tenant 'home' and the administrator
+    'admin' (password from MAILGATE_ADMIN_PASSWORD, else generated and printed once)."""
+    c = _container()
+    if first_start(c) is None:
+        typer.echo("mailgate: the database has users already; nothing was created")
+
+
 def migrate() -> None:
     """Create or upgrade the database schema (also done at every start)."""
-    from mailgate.bootstrap import startup_lock
-
     c = _container()
-    with startup_lock(c.engine):
-        run_migrations(c.engine)
+    installation(c).upgrade_schema()
     typer.echo("database is at the newest schema")
 
 

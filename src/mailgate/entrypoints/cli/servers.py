@@ -9,7 +9,7 @@ import typer
 from sqlalchemy import select
 
 from mailgate.adapters.db.tables import Tenant
-from mailgate.bootstrap import Container, build, first_start
+from mailgate.bootstrap import Container, build, installation
 from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError
 from mailgate.domain.transport import Step
@@ -61,7 +61,7 @@ def server_test(
         _fail(f"--to: {exc}")
         return
     c = build(Settings())
-    first_start(c, echo=lambda _m: None)
+    installation(c).upgrade_schema()
     try:
         server = _load(c, tenant, name)
     except MailgateError as exc:

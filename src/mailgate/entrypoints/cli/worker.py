@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mailgate.adapters.db.engine import migrate as run_migrations
-from mailgate.bootstrap import build
+from mailgate.bootstrap import build, installation
 from mailgate.config import Settings
 
 
@@ -37,7 +36,7 @@ def worker(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     c = build(settings)
-    run_migrations(c.engine)
+    installation(c).upgrade_schema()
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

@@ -10,10 +10,10 @@ from pydantic import AfterValidator
 from sqlalchemy import select, update
 
 from mailgate.adapters.db.tables import RemoteClient, SystemSetting
-from mailgate.bootstrap import DEFAULT_SYSTEM_SETTINGS
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.remote import CLOSE_NOT_ALLOWED
+from mailgate.services.installation import DEFAULT_SYSTEM_SETTINGS
 
 router = APIRouter(prefix="/api/v1/system/settings", tags=["system"])
 
