@@ -1,6 +1,7 @@
 """Schema-driven fuzzing: schemathesis generates requests for every operation in /openapi.json
 (valid and invalid ones) and sends them through the ASGI app as a system administrator.
-No answer may be a 500, and every error must be a problem document.
+No answer may be a 500, every error must be a problem document, and every success must match
+the response schema the document gives for it.
 
 Schemathesis keeps path parameters URL-friendly, so a second, plain hypothesis run puts any
 text (NUL, control characters, non-ASCII, percent signs) into every path and query parameter.
@@ -94,6 +95,11 @@ def fuzz_operation(
             ctype = str(response.headers.get("content-type", ""))
             if "application/problem+json" not in ctype:
                 failures.append(f"{case.method} {case.formatted_path}: not problem+json")
+        else:
+            try:
+                op.validate_response(response)
+            except AssertionError as exc:  # schemathesis's failures are AssertionErrors
+                failures.append(f"{case.method} {case.formatted_path}: {exc}"[:600])
 
     fuzz()
 

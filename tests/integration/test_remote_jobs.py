@@ -8,6 +8,7 @@ import asyncio
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from mailgate.domain.messages import Outcome
 from mailgate.entrypoints.agent import Agent, AgentOptions, TransportJobRunner
 from mailgate.entrypoints.api.app import create_app
 from mailgate.schemas.email_server import ResolvedServer
-from mailgate.schemas.remote import Deliver
+from mailgate.schemas.remote import Deliver, ServerTest
 
 
 @pytest.fixture
@@ -102,3 +103,46 @@ def test_agent_delivers_and_tests_like_mailgate_itself(
     with live_server(create_app(c)) as url:
         asyncio.run(main(url))
     assert smtp.count == 3  # two deliveries (one partly refused) and the test e-mail
+
+
+class GarbledTests:
+    """An agent whose test results this version cannot read (another version's format)."""
+
+    async def deliver(self, job: Deliver) -> dict[str, Any]:
+        raise AssertionError("unexpected job")
+
+    async def test(self, job: ServerTest) -> dict[str, Any]:
+        return {"steps": [{"step": "connect", "passed": "yes"}], "verdict": "fine"}
+
+
+def test_an_unreadable_test_result_from_the_agent_is_a_failed_step(
+    c: Container, smtp_servers: SmtpServers
+) -> None:
+    _server, token, smtp = remote_server(c, smtp_servers)
+    test_url = "/api/v1/tenants/home/email-servers/DEFAULT/test"
+
+    async def main(url: str) -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(
+            Agent(AgentOptions(url=url, token=token), GarbledTests()).run(stop)
+        )
+        try:
+            await until_connected(c)
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                r = await http.post(
+                    "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+                )
+                http.headers["Authorization"] = f"Bearer {r.json()['token']}"
+                r = await http.post(test_url, json={"to": "check@example.org"})
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["ok"] is False and result["remote_client"] == "plant-1"
+        assert "cannot read" in result["steps"][0]["detail"]
+        assert "verdict" not in result
+
+    with live_server(create_app(c)) as url:
+        asyncio.run(main(url))
+    assert smtp.count == 0

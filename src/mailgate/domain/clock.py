@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import overload
 
 Clock = Callable[[], datetime]
 
@@ -12,8 +13,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def isoformat(value: datetime) -> str: ...
+@overload
+def isoformat(value: None) -> None: ...
+@overload
+def isoformat(value: datetime | None) -> str | None: ...
+
+
 def isoformat(value: datetime | None) -> str | None:
-    """RFC 3339 UTC with a ``Z``, as API.md asks."""
+    """RFC 3339 (section 5.6) date-time in UTC, written with a ``Z``."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

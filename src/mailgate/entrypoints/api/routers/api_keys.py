@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, status
 from pydantic import Field
 from sqlalchemy import select
@@ -13,6 +11,7 @@ from mailgate.domain.access import Perm, Role
 from mailgate.domain.errors import NotFound
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.schemas.common import SingleLine, StrictModel
+from mailgate.schemas.out.identity import ApiKeyList, ApiKeyOut, NewApiKeyOut
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(prefix="/api/v1/tenants/{tenant}/api-keys", tags=["api-keys"])
@@ -24,19 +23,19 @@ class ApiKeyIn(StrictModel):
 
 
 @router.get("")
-def list_keys(tenant: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def list_keys(tenant: str, caller: Caller, db: DB, c: AppContainer) -> ApiKeyList:
     t = tenant_for(db, caller, tenant, Perm.KEYS_MANAGE)
     keys = db.scalars(select(ApiKey).where(ApiKey.tenant_id == t.id).order_by(ApiKey.created_at))
-    return {"items": [c.identity.api_key_view(k) for k in keys]}
+    return ApiKeyList(items=[ApiKeyOut.model_validate(c.identity.api_key_view(k)) for k in keys])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_key(
     tenant: str, body: ApiKeyIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> NewApiKeyOut:
     t = tenant_for(db, caller, tenant, Perm.KEYS_MANAGE)
     key, token = c.identity.create_api_key(db, t, body.name, body.role, caller.name)
-    return {**c.identity.api_key_view(key), "token": token}
+    return NewApiKeyOut.model_validate({**c.identity.api_key_view(key), "token": token})
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
@@ -12,6 +12,7 @@ from mailgate.domain.access import Perm
 from mailgate.domain.clock import isoformat
 from mailgate.domain.errors import ValidationFailed
 from mailgate.entrypoints.api.deps import DB, Caller
+from mailgate.schemas.out.system import AuditEntryOut, AuditPage
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(prefix="/api/v1/tenants/{tenant}/audit", tags=["audit"])
@@ -25,7 +26,7 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     action: Annotated[str | None, Query(max_length=64, description="e.g. tenant.export")] = None,
-) -> dict[str, Any]:
+) -> AuditPage:
     """Newest first, cursor pagination."""
     t = tenant_for(db, caller, tenant, Perm.AUDIT_READ)
     query = select(AuditEntry).where(AuditEntry.tenant_id == t.id)
@@ -39,16 +40,16 @@ def list_audit(
     rows = list(db.scalars(query.order_by(AuditEntry.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
-    return {
-        "items": [
-            {
-                "id": row.id,
-                "at": isoformat(row.at),
-                "actor": row.actor,
-                "action": row.action,
-                "detail": row.detail,
-            }
+    return AuditPage(
+        items=[
+            AuditEntryOut(
+                id=row.id,
+                at=isoformat(row.at),
+                actor=row.actor,
+                action=row.action,
+                detail=row.detail,
+            )
             for row in rows
         ],
-        "next_cursor": str(rows[-1].id) if more else None,
-    }
+        next_cursor=str(rows[-1].id) if more else None,
+    )

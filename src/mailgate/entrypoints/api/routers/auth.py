@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.api.deps import CSRF_COOKIE, DB, SESSION_COOKIE, AppContainer, Caller
 from mailgate.schemas.common import SingleLine, StrictModel
+from mailgate.schemas.out.identity import (
+    LoginOut,
+    MeOut,
+    SignedInApiKeyOut,
+    SignedInUserOut,
+    UserOut,
+)
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -20,9 +25,7 @@ class LoginIn(StrictModel):
 
 
 @router.post("/login")
-def login(
-    body: LoginIn, request: Request, response: Response, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def login(body: LoginIn, request: Request, response: Response, db: DB, c: AppContainer) -> LoginOut:
     client = request.client.host if request.client else "unknown"
     try:
         token, user, sess = c.identity.login(db, body.username, body.password, client)
@@ -43,7 +46,8 @@ def login(
         samesite="strict",
         secure=secure,
     )
-    return {"token": token, "csrf_token": sess.csrf_token, "user": c.identity.user_view(db, user)}
+    user_out = UserOut.model_validate(c.identity.user_view(db, user))
+    return LoginOut(token=token, csrf_token=sess.csrf_token, user=user_out)
 
 
 @router.post("/logout", status_code=204)
@@ -54,21 +58,22 @@ def logout(response: Response, caller: Caller, db: DB, c: AppContainer) -> None:
 
 
 @router.get("/me")
-def me(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def me(caller: Caller, db: DB, c: AppContainer) -> MeOut:
     if caller.user_id is None:
         from mailgate.adapters.db.tables import Tenant
 
         tenant_names = {
             t.id: t.name for t in db.query(Tenant).filter(Tenant.id.in_(list(caller.roles)))
         }
-        return {
-            "kind": "api_key",
-            "name": caller.name,
-            "system_admin": False,
-            "roles": {tenant_names[tid]: role.value for tid, role in caller.roles.items()},
-        }
+        return SignedInApiKeyOut(
+            kind="api_key",
+            name=caller.name,
+            system_admin=False,
+            roles={tenant_names[tid]: role for tid, role in caller.roles.items()},
+        )
     from mailgate.adapters.db.tables import User
 
     user = db.get(User, caller.user_id)
     assert user is not None
-    return {"kind": "user", **c.identity.user_view(db, user), "csrf_token": caller.csrf_token}
+    view = {"kind": "user", **c.identity.user_view(db, user), "csrf_token": caller.csrf_token}
+    return SignedInUserOut.model_validate(view)

@@ -6,7 +6,7 @@ sees at once whether they pasted the right, unexpired certificate.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -18,6 +18,7 @@ from mailgate.domain.errors import ValidationFailed
 from mailgate.entrypoints.api.deps import AppContainer, Caller
 from mailgate.schemas.common import StrictModel
 from mailgate.schemas.email_server import MAX_PEM
+from mailgate.schemas.out.system import CertificateOut, CertificatesOut
 
 router = APIRouter(prefix="/api/v1/certificates", tags=["certificates"])
 
@@ -26,20 +27,20 @@ class PemIn(StrictModel):
     pem: str = Field(min_length=1, max_length=MAX_PEM)
 
 
-def describe(cert: x509.Certificate, now: Any) -> dict[str, Any]:
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "not_before": isoformat(cert.not_valid_before_utc),
-        "not_after": isoformat(cert.not_valid_after_utc),
-        "expired": cert.not_valid_after_utc <= now,
-        "self_signed": cert.subject == cert.issuer,
-        "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
-    }
+def describe(cert: x509.Certificate, now: datetime) -> CertificateOut:
+    return CertificateOut(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=isoformat(cert.not_valid_before_utc),
+        not_after=isoformat(cert.not_valid_after_utc),
+        expired=cert.not_valid_after_utc <= now,
+        self_signed=cert.subject == cert.issuer,
+        sha256=cert.fingerprint(hashes.SHA256()).hex(":"),
+    )
 
 
 @router.post("/inspect")
-def inspect(body: PemIn, caller: Caller, c: AppContainer) -> dict[str, Any]:
+def inspect(body: PemIn, caller: Caller, c: AppContainer) -> CertificatesOut:
     """Describe the certificates in a PEM text. Needs any signed-in caller; stores nothing."""
     try:
         certs = x509.load_pem_x509_certificates(body.pem.encode())
@@ -48,4 +49,4 @@ def inspect(body: PemIn, caller: Caller, c: AppContainer) -> dict[str, Any]:
             "pem", "not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"
         ) from None
     now = c.clock()
-    return {"certificates": [describe(cert, now) for cert in certs]}
+    return CertificatesOut(certificates=[describe(cert, now) for cert in certs])

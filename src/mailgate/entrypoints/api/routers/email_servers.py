@@ -6,42 +6,46 @@ from typing import Any
 
 from fastapi import APIRouter, Body, status
 
+from mailgate.adapters.db.tables import EmailServer
+from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.schemas.email_server import EmailServerIn
+from mailgate.schemas.out.email_server import EmailServerList, EmailServerOut
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(prefix="/api/v1/tenants/{tenant}/email-servers", tags=["email-servers"])
 
 
 @router.get("")
-def list_servers(tenant: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def list_servers(tenant: str, caller: Caller, db: DB, c: AppContainer) -> EmailServerList:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_READ)
-    return {"items": [c.servers.view(row) for row in c.servers.list(db, t.id)]}
+    rows = c.servers.list(db, t.id)
+    return EmailServerList(items=[EmailServerOut.model_validate(c.servers.view(r)) for r in rows])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_server(
     tenant: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    return c.servers.view(c.servers.create(db, t, body))
+    return _out(c, c.servers.create(db, t, body))
 
 
 @router.get("/{name}")
-def get_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def get_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_READ)
-    return c.servers.view(c.servers.get(db, t.id, name))
+    return _out(c, c.servers.get(db, t.id, name))
 
 
 @router.put("/{name}")
 def replace_server(
     tenant: str, name: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     if "name" not in body.model_fields_set:
         body.name = name  # a PUT without a name keeps it (renaming is explicit)
-    return c.servers.view(c.servers.replace(db, c.servers.get(db, t.id, name), body))
+    return _out(c, c.servers.replace(db, c.servers.get(db, t.id, name), body))
 
 
 @router.patch("/{name}")
@@ -56,12 +60,16 @@ def patch_server(
         description="JSON merge patch (RFC 7396) of the configuration",
         media_type="application/json",
     ),
-) -> dict[str, Any]:
+) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    return c.servers.view(c.servers.patch(db, c.servers.get(db, t.id, name), body))
+    return _out(c, c.servers.patch(db, c.servers.get(db, t.id, name), body))
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> None:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     c.servers.delete(db, c.servers.get(db, t.id, name))
+
+
+def _out(c: Container, row: EmailServer) -> EmailServerOut:
+    return EmailServerOut.model_validate(c.servers.view(row))

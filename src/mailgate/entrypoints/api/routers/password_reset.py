@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, BackgroundTasks, status
@@ -13,6 +12,7 @@ from mailgate.adapters.db.tables import SystemSetting
 from mailgate.bootstrap import Container
 from mailgate.entrypoints.api.deps import DB, AppContainer
 from mailgate.schemas.common import StrictModel
+from mailgate.schemas.out.system import ResetDoneOut, ResetRequestedOut
 from mailgate.services import password_reset as svc
 from mailgate.services.system_mailer import SystemMailError
 
@@ -52,20 +52,20 @@ def _send(c: Container, user_id: int, token: str) -> None:
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
 def request_reset(
     body: ResetIn, background: BackgroundTasks, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> ResetRequestedOut:
     found = svc.request_reset(db, c.clock, body.username)
     if found is not None:
         user, token = found
         # Sent after the response (and after the commit): the answer's timing and content are
         # the same whether or not the account exists.
         background.add_task(_send, c, user.id, token)
-    return {
-        "status": "accepted",
-        "detail": "if the account exists and has an e-mail address, a reset link was sent",
-    }
+    return ResetRequestedOut(
+        status="accepted",
+        detail="if the account exists and has an e-mail address, a reset link was sent",
+    )
 
 
 @router.post("/confirm")
-def confirm_reset(body: ConfirmIn, db: DB, c: AppContainer) -> dict[str, Any]:
+def confirm_reset(body: ConfirmIn, db: DB, c: AppContainer) -> ResetDoneOut:
     user = svc.confirm_reset(db, c.clock, c.identity, body.token, body.password)
-    return {"status": "ok", "username": user.username}
+    return ResetDoneOut(status="ok", username=user.username)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
 
 from fastapi import APIRouter, WebSocket, status
 from fastapi.responses import JSONResponse
@@ -26,6 +25,7 @@ from mailgate.domain.remote import AgentIdentity
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.entrypoints.api.problems import PROBLEM_JSON
 from mailgate.schemas.common import ObjectName, StrictModel
+from mailgate.schemas.out.remote import NewRemoteClientOut, RemoteClientList, RemoteClientOut
 from mailgate.schemas.remote import (
     CLOSE_HEARTBEAT_MISSED,
     CLOSE_NOT_ALLOWED,
@@ -46,25 +46,30 @@ class RemoteClientIn(StrictModel):
 
 
 @router.get(BASE)
-def list_clients(tenant: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def list_clients(tenant: str, caller: Caller, db: DB, c: AppContainer) -> RemoteClientList:
     t = tenant_for(db, caller, tenant, Perm.REMOTE_MANAGE)
     now = c.clock()
-    return {"items": [c.remote_clients.view(row, now) for row in c.remote_clients.list(db, t.id)]}
+    rows = c.remote_clients.list(db, t.id)
+    return RemoteClientList(
+        items=[RemoteClientOut.model_validate(c.remote_clients.view(row, now)) for row in rows]
+    )
 
 
 @router.post(BASE, status_code=status.HTTP_201_CREATED)
 def create_client(
     tenant: str, body: RemoteClientIn, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> NewRemoteClientOut:
     t = tenant_for(db, caller, tenant, Perm.REMOTE_MANAGE)
     row, token = c.remote_clients.create(db, t, body.name)
-    return {**c.remote_clients.view(row), "token": token}
+    return NewRemoteClientOut.model_validate({**c.remote_clients.view(row), "token": token})
 
 
 @router.get(BASE + "/{name}")
-def get_client(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def get_client(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> RemoteClientOut:
     t = tenant_for(db, caller, tenant, Perm.REMOTE_MANAGE)
-    return c.remote_clients.view(c.remote_clients.get(db, t.id, name))
+    return RemoteClientOut.model_validate(
+        c.remote_clients.view(c.remote_clients.get(db, t.id, name))
+    )
 
 
 @router.delete(BASE + "/{name}", status_code=status.HTTP_204_NO_CONTENT)

@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import Field
+from pydantic import Field, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from mailgate.adapters.db.tables import EmailServer
 from mailgate.adapters.remote.jobs import remote_test
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
@@ -33,6 +34,7 @@ from mailgate.domain.transport import Step
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer
+from mailgate.schemas.out.email_server import DiagnosisOut, EmailServerOut, StepOut
 from mailgate.services.diagnosis.message import sender_of
 from mailgate.services.diagnosis.run import run_test, token_provider
 from mailgate.services.diagnosis.target import resolve_for_test
@@ -56,6 +58,14 @@ class TestRequest(StrictModel):
 
 
 NDJSON = "application/x-ndjson"
+# With "Accept: application/x-ndjson" the same result comes as a stream of JSON lines.
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {NDJSON: {"schema": {"type": "string"}}},
+        "description": 'The result; or, asked for NDJSON, one line {"event": "step", ...} per '
+        'step, then {"event": "result", "result": ...}',
+    }
+}
 
 
 def _recipient(server: ResolvedServer, body: TestRequest) -> str:
@@ -71,11 +81,12 @@ async def _diagnose(
     body: TestRequest,
     label: str,
     on_step: Callable[[Step], None] | None = None,
-) -> dict[str, Any]:
+) -> DiagnosisOut:
     to = _recipient(server, body)
-    if server.remote_client is not None:
+    client = server.remote_client
+    if client is not None:
         # remote_output: only the tenant's agent can reach this server; it runs the test.
-        return await remote_test(
+        report = await remote_test(
             c.hub,
             server,
             to=to,
@@ -83,6 +94,7 @@ async def _diagnose(
             tokens=token_provider(c, server),
             timeout_s=c.settings.remote_job_timeout_s,
         )
+        return _agent_result(report, body, client)
     result = await run_test(
         server,
         prober=c.prober,
@@ -93,7 +105,28 @@ async def _diagnose(
         token_provider=token_provider(c, server),
         on_step=on_step,
     )
-    return result.as_dict()
+    return DiagnosisOut.model_validate(result.as_dict())
+
+
+def _agent_result(report: dict[str, Any], body: TestRequest, client: str) -> DiagnosisOut:
+    """The agent's report, or a failed step when it is not a result this version can read
+    (an agent of another version): a 200 like every other failed test, not a 500."""
+    try:
+        return DiagnosisOut.model_validate(report)
+    except ValidationError as exc:
+        log.warning("remote client %s sent an unreadable test result: %s", client, exc)
+    detail = f"the remote client {client!r} sent a test result this version cannot read"
+    return DiagnosisOut(
+        ok=False,
+        mode=body.mode,
+        steps=[StepOut(step="connect", ok=False, ms=0, detail=detail)],
+        transcript=[],
+        hint="Run the same mailgate version for the agent as for the server.",
+        warnings=[],
+        ms=0,
+        message_id=None,
+        remote_client=client,
+    )
 
 
 def _line(value: dict[str, Any]) -> bytes:
@@ -119,7 +152,7 @@ async def _stream(
             log.error("server test failed unexpectedly: %s", type(exc).__name__)
             yield _line({"event": "error", "detail": "an unexpected error occurred"})
             return
-        yield _line({"event": "result", "result": result})
+        yield _line({"event": "result", "result": result.model_dump(mode="json")})
     finally:
         task.cancel()  # the client went away: stop talking to the SMTP server
 
@@ -151,7 +184,11 @@ def _load_tenant_server(
     return server
 
 
-@router.post("/api/v1/tenants/{tenant}/email-servers/{name}/test")
+@router.post(
+    "/api/v1/tenants/{tenant}/email-servers/{name}/test",
+    response_model=DiagnosisOut,
+    responses=_STREAM,
+)
 async def test_server(
     tenant: str,
     name: str,
@@ -171,22 +208,30 @@ async def test_server(
 
 
 @router.get(SYSTEM, tags=["system"])
-def get_system_server(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def get_system_server(caller: Caller, db: DB, c: AppContainer) -> EmailServerOut:
     require_system_admin(caller)
-    return c.servers.view(c.servers.get(db, None, "SYSTEM"))
+    return _server_out(c, c.servers.get(db, None, "SYSTEM"))
 
 
-@router.put(SYSTEM, tags=["system"])
+@router.put(
+    SYSTEM,
+    responses={201: {"model": EmailServerOut, "description": "Created (there was none)"}},
+    tags=["system"],
+)
 def put_system_server(
     body: EmailServerIn, response: Response, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+) -> EmailServerOut:
     """Create or fully replace the system e-mail server (omitted secrets are kept)."""
     require_system_admin(caller)
     rows = c.servers.list(db, None)
     if rows:
-        return c.servers.view(c.servers.replace(db, rows[0], body))
+        return _server_out(c, c.servers.replace(db, rows[0], body))
     response.status_code = status.HTTP_201_CREATED
-    return c.servers.view(c.servers.create(db, None, body))
+    return _server_out(c, c.servers.create(db, None, body))
+
+
+def _server_out(c: Container, row: EmailServer) -> EmailServerOut:
+    return EmailServerOut.model_validate(c.servers.view(row))
 
 
 @router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
@@ -208,7 +253,7 @@ def _load_system_server(
     return server
 
 
-@router.post(SYSTEM + "/test", tags=["system"])
+@router.post(SYSTEM + "/test", response_model=DiagnosisOut, responses=_STREAM, tags=["system"])
 async def test_system_server(
     request: Request, caller: Caller, db: DB, c: AppContainer, body: TestRequest | None = None
 ) -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from mailgate.adapters.db.tables import RemoteClient, SystemSetting
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import SingleLine, StrictModel
+from mailgate.schemas.out.system import SystemSettingsOut
 from mailgate.schemas.remote import CLOSE_NOT_ALLOWED
 from mailgate.services.installation import DEFAULT_SYSTEM_SETTINGS
 
@@ -32,24 +33,26 @@ class SystemSettingsIn(StrictModel):
     public_base_url: Annotated[SingleLine, AfterValidator(_check_base_url)] | None = None
 
 
-def _current(db: DB, c: AppContainer) -> dict[str, Any]:
+def _current(db: DB, c: AppContainer) -> SystemSettingsOut:
     values: dict[str, Any] = {
         **DEFAULT_SYSTEM_SETTINGS,
         "public_base_url": c.settings.public_base_url,
     }
     for row in db.scalars(select(SystemSetting).where(SystemSetting.key.in_(list(values)))):
         values[row.key] = row.value
-    return values
+    return SystemSettingsOut.model_validate(values)
 
 
 @router.get("")
-def get_settings(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def get_settings(caller: Caller, db: DB, c: AppContainer) -> SystemSettingsOut:
     require_system_admin(caller)
     return _current(db, c)
 
 
 @router.put("")
-def put_settings(body: SystemSettingsIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def put_settings(
+    body: SystemSettingsIn, caller: Caller, db: DB, c: AppContainer
+) -> SystemSettingsOut:
     require_system_admin(caller)
     for key, value in body.model_dump(exclude_none=True).items():
         row = db.get(SystemSetting, key)

@@ -7,12 +7,15 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import Field
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import User
+from mailgate.bootstrap import Container
 from mailgate.domain.access import Role
 from mailgate.domain.errors import Conflict
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel, TenantName
+from mailgate.schemas.out.identity import UserList, UserOut
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -35,14 +38,14 @@ class UserPatch(StrictModel):
 
 
 @router.get("")
-def list_users(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def list_users(caller: Caller, db: DB, c: AppContainer) -> UserList:
     require_system_admin(caller)
     users = db.scalars(select(User).order_by(User.username))
-    return {"items": [c.identity.user_view(db, u) for u in users]}
+    return UserList(items=[_out(c, db, u) for u in users])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
     user = c.identity.create_user(
         db,
@@ -52,19 +55,17 @@ def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> dict[s
         roles={k: v.value for k, v in body.roles.items()},
         system_admin=body.system_admin,
     )
-    return c.identity.user_view(db, user)
+    return _out(c, db, user)
 
 
 @router.get("/{username}")
-def get_user(username: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def get_user(username: str, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
-    return c.identity.user_view(db, c.identity.get_user(db, username))
+    return _out(c, db, c.identity.get_user(db, username))
 
 
 @router.patch("/{username}")
-def patch_user(
-    username: str, body: UserPatch, caller: Caller, db: DB, c: AppContainer
-) -> dict[str, Any]:
+def patch_user(username: str, body: UserPatch, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
     user = c.identity.get_user(db, username)
     fields = body.model_fields_set
@@ -79,7 +80,7 @@ def patch_user(
     if body.system_admin is not None:
         user.system_admin = body.system_admin
     user.updated_at = c.clock()
-    return c.identity.user_view(db, user)
+    return _out(c, db, user)
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
@@ -89,6 +90,10 @@ def delete_user(username: str, caller: Caller, db: DB, c: AppContainer) -> None:
     if user.system_admin:
         _keep_one_admin(db, user)
     db.delete(user)
+
+
+def _out(c: Container, db: Session, user: User) -> UserOut:
+    return UserOut.model_validate(c.identity.user_view(db, user))
 
 
 def _keep_one_admin(db: Any, user: User) -> None:

@@ -1,0 +1,68 @@
+"""Installation-wide answers: health, system settings, password reset, the audit log and the
+certificate inspector."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mailgate.schemas.out.base import OutModel, Timestamp
+
+
+class QueueOut(OutModel):
+    queued: int = Field(description="waiting for delivery: queued, scheduled, deferred, sending")
+    oldest_s: int = Field(description="how long the oldest due message has waited for a worker")
+    ready: int
+    scheduled: int
+    deferred: int
+    sending: int
+    held: int
+
+
+class HealthOut(OutModel):
+    status: Literal["ok", "error"]
+    database: Literal["ok", "unavailable"]
+    queue: QueueOut | None = Field(description="null when the database is unavailable")
+
+
+class SystemSettingsOut(OutModel):
+    allow_remote_clients: bool
+    public_base_url: str
+
+
+class ResetRequestedOut(OutModel):
+    status: Literal["accepted"]
+    detail: str
+
+
+class ResetDoneOut(OutModel):
+    status: Literal["ok"]
+    username: str
+
+
+class AuditEntryOut(OutModel):
+    id: int
+    at: Timestamp
+    actor: str
+    action: str
+    detail: dict[str, Any] | None
+
+
+class AuditPage(OutModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: no more")
+
+
+class CertificateOut(OutModel):
+    subject: str
+    issuer: str
+    not_before: Timestamp
+    not_after: Timestamp
+    expired: bool
+    self_signed: bool
+    sha256: str = Field(description="fingerprint, colon-separated hex")
+
+
+class CertificatesOut(OutModel):
+    certificates: list[CertificateOut]
