@@ -36,7 +36,15 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.browser
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``browser`` every test that drives Chromium (through the ``browser`` fixture), so
+    ``-m browser`` and ``-m "not browser"`` select them: a conftest's ``pytestmark`` marks
+    nothing."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
 
 
 @dataclass
