@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.clock import TestClock
 from tests.conftest import ADMIN_PASSWORD, Api, make_settings
 from tests.oauth_server import RunningAuthServer, query_of
 
@@ -24,16 +24,6 @@ from mailgate.entrypoints.api.app import create_app
 BASE = "/api/v1/tenants/home/email-servers"
 MAILBOX = "sender@example.com"
 REDIRECT = "http://testserver/settings/oauth2code"
-
-
-class MovableClock:
-    """Real time plus an offset the test moves forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 @dataclass
@@ -55,7 +45,7 @@ class Env:
     api: Api
     admin: str
     c: Container
-    clock: MovableClock
+    clock: TestClock
     oauth: RunningAuthServer
     mailer: RecordingMailer
 
@@ -128,7 +118,7 @@ def make_env(
     oauth_server.server.add_client(
         "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
     )
-    clock = MovableClock()
+    clock = TestClock(ticking=True)
     mailer = RecordingMailer()
     c = build(
         make_settings(tmp_path, database_url, **oauth_server.settings()),

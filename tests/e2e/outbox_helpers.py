@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from tests.clock import TestClock
 from tests.conftest import Api, make_settings
 
 from mailgate.adapters.db.tables import Message
@@ -19,24 +19,11 @@ from mailgate.entrypoints.api.app import create_app
 from mailgate.entrypoints.worker import Worker
 
 
-class HandClock:
-    """A clock that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
 @dataclass
 class Rig:
     api: Api
     c: Container
-    clock: HandClock
+    clock: TestClock
     admin: str
 
     def send(self, tenant: str = "home", **body: Any) -> str:
@@ -74,7 +61,7 @@ class Rig:
 
 @contextmanager
 def rig(tmp_path: Path, database_url: str, **settings: Any) -> Iterator[Rig]:
-    clock = HandClock()
+    clock = TestClock()
     c = build(make_settings(tmp_path, database_url, **settings), clock=clock)
     first_start(c, echo=lambda _m: None)
     try:

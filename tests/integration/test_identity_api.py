@@ -5,12 +5,13 @@ roles", "Tenants, users, API keys"), on SQLite and PostgreSQL, on an injected cl
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.clock import TestClock
 from tests.conftest import ADMIN_PASSWORD, Api, make_settings, password_server
 
 from mailgate.adapters.db.tables import User
@@ -18,24 +19,13 @@ from mailgate.bootstrap import build, first_start
 from mailgate.entrypoints.api.app import create_app
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def timed_api(tmp_path: Path, database_url: str, clock: Clock) -> Iterator[Api]:
+def timed_api(tmp_path: Path, database_url: str, clock: TestClock) -> Iterator[Api]:
     c = build(make_settings(tmp_path, database_url, login_max_failures=3), clock=clock)
     first_start(c, echo=lambda _m: None)
     with TestClient(create_app(c)) as client:
@@ -49,7 +39,7 @@ def login(api: Api, username: str, password: str) -> tuple[int, dict[str, str], 
     return r.status_code, dict(r.headers), r.text
 
 
-def test_sign_in_throttling_sessions_and_logout(timed_api: Api, clock: Clock) -> None:
+def test_sign_in_throttling_sessions_and_logout(timed_api: Api, clock: TestClock) -> None:
     api = timed_api
     wrong = login(api, "admin", "wrong-password")
     unknown = login(api, "nobody", "wrong-password")

@@ -1,12 +1,16 @@
-"""The test suite's own rules: markers select what they say, and a test never passes by
-not running."""
+"""The test suite's own rules: markers select what they say, a test never passes by not
+running, one clock, and every document the code cites is in the repository."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tests.clock import TestClock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,3 +52,35 @@ def test_the_sqlite_only_test_has_no_postgres_variant_that_passes_unrun() -> Non
     wal = [n for n in nodes if "test_the_writer_keeps_sqlites_wal_from_growing" in n]
     assert [n.rsplit("[", 1)[-1] for n in wal] == ["sqlite]"]
     assert any(n.endswith("[postgres]") for n in nodes)  # the others run on both
+
+
+def test_one_clock_for_all_tests() -> None:
+    """Hand-written clocks drift apart; tests/clock.py is the one the suite shares."""
+    clocks = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        if path.name == "clock.py" and path.parent.name == "tests":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Clock"):
+                clocks.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not clocks, "use tests.clock.TestClock instead of " + ", ".join(clocks)
+
+
+def test_the_clock_stands_still_until_moved() -> None:
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    clock = TestClock(start)
+    time.sleep(0.01)
+    assert clock() == clock.now == start
+    clock.advance(minutes=5)
+    clock.offset += timedelta(hours=1)
+    assert clock() == start + timedelta(hours=1, minutes=5)
+    assert TestClock().now.microsecond == 0
+
+
+def test_a_ticking_clock_runs_with_real_time_plus_the_offset() -> None:
+    clock = TestClock(ticking=True)
+    clock.advance(days=8)
+    before = datetime.now(UTC) + timedelta(days=8)
+    first = clock()
+    time.sleep(0.01)
+    assert before <= first < clock() <= datetime.now(UTC) + timedelta(days=8)
