@@ -44,7 +44,8 @@ T = TypeVar("T")
 TlsMode = Literal["none", "starttls", "implicit"]
 CertKind = Literal["good", "self_signed", "wrong_host", "expired"]
 XOAuth2Style = Literal["microsoft", "google"]
-# Exactly what the providers answer (see DESIGN.md "Facts that shape the OAuth2 work").
+# Exactly what the providers answer to a rejected XOAUTH2 token or password (Microsoft:
+# "Authenticate an IMAP, POP or SMTP connection using OAuth"; Google: "OAuth 2.0 Mechanism").
 MICROSOFT_535 = "535 5.7.3 Authentication unsuccessful [XX1P123CA0001.mailgate.test]"
 GOOGLE_535 = (
     "535-5.7.8 Username and Password not accepted. For more information, go to\r\n"
@@ -256,7 +257,8 @@ class SmtpServer:
     # ---- configuration bodies ---------------------------------------------------------------
 
     def config(self, name: str = "DEFAULT", **overrides: Any) -> dict[str, Any]:
-        """An e-mail server config body (API.md) pointing at this server."""
+        """An e-mail server configuration body (as POSTed to .../email-servers) pointing at this
+        server."""
         body: dict[str, Any] = {
             "name": name,
             "protocol": "smtps" if self.tls == "implicit" else "smtp",

@@ -417,7 +417,7 @@ def test_cookie_session_needs_csrf_header_for_writes(api: Api) -> None:
             if denied and (changed := diff(before, snapshot(api.container))):
                 failures.append(f"{ep} cookie {header} changed {changed}")
     assert not failures, "\n".join(failures)
-    # The cookie is HttpOnly and SameSite=Strict (API.md "Authentication and roles").
+    # The cookie is HttpOnly and SameSite=Strict (README "Roles and tenants").
     r = api.client.post("/api/v1/auth/login", json={"username": "admin", "password": "x" * 8})
     assert r.status_code == 401
     api.client.cookies.clear()

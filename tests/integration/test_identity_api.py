@@ -1,5 +1,5 @@
-"""Sign-in, sessions, API keys, users and tenants through the API (API.md "Authentication and
-roles", "Tenants, users, API keys"), on SQLite and PostgreSQL, on an injected clock.
+"""Sign-in, sessions, API keys, users and tenants through the API (README "Roles and
+tenants"), on SQLite and PostgreSQL, on an injected clock.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Forgot password (API.md "System"): 202 always, a single-use link valid one hour, sent
+"""Forgot password (README "Web admin UI"): 202 always, a single-use link valid one hour, sent
 through the system e-mail server (a real aiosmtpd server with STARTTLS and AUTH)."""
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ running, one clock, and every document the code cites is in the repository."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import time
@@ -84,3 +85,25 @@ def test_a_ticking_clock_runs_with_real_time_plus_the_offset() -> None:
     first = clock()
     time.sleep(0.01)
     assert before <= first < clock() <= datetime.now(UTC) + timedelta(days=8)
+
+
+def test_every_document_the_code_cites_is_in_the_repository() -> None:
+    """A citation of a document nobody can open explains nothing; nor does one of a README
+    section that is not there (``README "Sending mail"`` names the start of a heading)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "src", "tests"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    headings = re.findall(r"^#+ (.+)$", (ROOT / "README.md").read_text("utf-8"), re.MULTILINE)
+    missing = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".py", ".js", ".html", ".css", ".toml", ".ini", ".mako"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for cited in set(re.findall(r"[\w./-]+\.md\b", text)):
+            if not any((base / cited).exists() for base in (ROOT, path.parent)):
+                missing.append(f"{name}: {cited}")
+        for section in re.findall(r"README \x22([^\x22]+)\x22", re.sub(r"\s+", " ", text)):
+            if not any(h.startswith(section) for h in headings):
+                missing.append(f"{name}: README section {section!r}")
+    assert not missing

@@ -1,6 +1,6 @@
 """Roles and what they may do. Pure: no I/O.
 
-Roles are held per tenant (API.md "Authentication and roles"); ``system_admin`` is
+Roles are held per tenant (README "Roles and tenants"); ``system_admin`` is
 installation-wide and may act as ``admin`` in every tenant.
 """
 

@@ -1,6 +1,6 @@
 """Message statuses, the legal transitions, and the retry policy. Pure: no I/O.
 
-Statuses (API.md "Messages")::
+Statuses (README "Sending mail")::
 
     held ──release──> queued | scheduled        scheduled ──(send_at reached)──> sending
     queued ──claim──> sending ──> sent | deferred | failed

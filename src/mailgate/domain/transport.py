@@ -69,7 +69,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Step:
-    """One diagnosis step as the admin sees it (API.md "Test and diagnose")."""
+    """One diagnosis step as the admin sees it (README "Test an e-mail server")."""
 
     step: str
     ok: bool

@@ -1,4 +1,4 @@
-"""The e-mail server configuration: the schema in API.md, validation, and the split into a
+"""The e-mail server configuration: its schema, validation, and the split into a
 public part (stored as JSON, returned by the API) and secrets (encrypted, write-only).
 """
 

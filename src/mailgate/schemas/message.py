@@ -1,4 +1,4 @@
-"""The messages API (API.md "Messages"): the send and bulk action requests, and the
+"""The messages API (README "Sending mail"): the send and bulk action requests, and the
 answers (``*Out``; FastAPI validates and documents them)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Forgotten passwords: a single-use link, valid for one hour, sent by the system e-mail server.
 
 Only the SHA-256 of the token is stored (``password_resets``); the link carries the token.
-Asking never reveals whether an account exists (API.md "System"): the caller answers 202
+Asking never reveals whether an account exists: the caller answers 202
 either way and sends the mail after the response, so timing does not tell either.
 """
 

@@ -1,4 +1,4 @@
-"""Remote clients of a tenant (API.md "Remote clients") and the system settings they need.
+"""Remote clients of a tenant (README "Remote output") and the system settings they need.
 
 A remote client is an agent in a customer's network that connects out to mailgate and
 delivers the mail of configurations whose ``remote_output`` names it. Its token is a 256-bit

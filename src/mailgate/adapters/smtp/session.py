@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from mailgate.schemas.email_server import ResolvedServer
 
 STEPS = ("resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data")
-"""The steps a session reports, in order (API.md "Test and diagnose")."""
+"""The steps a session reports, in order (README "Test an e-mail server")."""
 
 
 def bare_host(host: str) -> str:

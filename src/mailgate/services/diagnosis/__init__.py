@@ -1,4 +1,4 @@
-"""Test and diagnose an e-mail server configuration (API.md "Test and diagnose").
+"""Test and diagnose an e-mail server configuration (README "Test an e-mail server").
 
 - ``run``      the test itself, over an injected ``ports.Prober`` (the transport)
 - ``hints``    advice for the admin by failure kind and server reply

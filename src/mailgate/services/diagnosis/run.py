@@ -1,4 +1,4 @@
-"""Run the test of an e-mail server configuration (API.md "Test and diagnose").
+"""Run the test of an e-mail server configuration (README "Test an e-mail server").
 
 The test drives the configuration's transport through the ``ports.Prober`` it is given, step
 by step (for SMTP: resolve, connect, tls, ehlo, auth, mail_from, rcpt_to, data), and reports

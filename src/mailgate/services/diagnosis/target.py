@@ -1,5 +1,5 @@
 """The configuration a test runs against: the stored one, or an unsaved one validated like a
-save (API.md "Test and diagnose": a body may carry a config to test before saving)."""
+save (README "Test an e-mail server": a body may carry a config to test before saving)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The durable outbox (API.md "Messages"), one module per job:
+"""The durable outbox (README "Sending mail"), one module per job:
 
 - ``submit``: accept a JSON request or a complete MIME message and store it (``Submitter``;
   ``store_many`` is the group commit's insert), with ``SubmitOptions`` from ``options``;

@@ -1,6 +1,6 @@
-"""Export and import of a tenant's configuration (API.md "Export and import"), one module per
-job: ``document`` (the format, its versions, the checks that need no database), ``exporter``
-and ``importer`` (dry run, all or nothing). Secrets are sealed and opened through
+"""Export and import of a tenant's configuration (README "Export and import a tenant"), one
+module per job: ``document`` (the format, its versions, the checks that need no database),
+``exporter`` and ``importer`` (dry run, all or nothing). Secrets are sealed and opened through
 ``ports.PassphraseEnvelope``."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The export document of a tenant's configuration (API.md "Export and import"): its format and
-versions, and the checks that need no database.
+"""The export document of a tenant's configuration (README "Export and import a tenant"): its
+format and versions, and the checks that need no database.
 
 The document (format version 1)::
 

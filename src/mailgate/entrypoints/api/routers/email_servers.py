@@ -1,4 +1,5 @@
-"""E-mail server configurations of a tenant (API.md "E-mail server configurations")."""
+"""E-mail server configurations of a tenant (README "Five-minute walk-through"; the OpenAPI
+document at /openapi.json lists every field)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Messages: submit, list, inspect, release, cancel, retry (API.md "Messages")."""
+"""Messages: submit, list, inspect, release, cancel, retry (README "Sending mail")."""
 
 from __future__ import annotations
 

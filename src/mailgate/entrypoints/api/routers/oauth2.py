@@ -1,4 +1,4 @@
-"""OAuth2 of e-mail servers (API.md "OAuth2 (Office365 and others)")."""
+"""OAuth2 of e-mail servers (README "OAuth2 for SMTP")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Forgot password: ask for a link, then use it (API.md "System")."""
+"""Forgot password: ask for a link, then use it (README "Web admin UI")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Remote clients of a tenant (API.md "Remote clients") and the agents' WebSocket.
+"""Remote clients of a tenant (README "Remote output") and the agents' WebSocket.
 
 The REST part manages clients; ``/api/v1/remote/connect`` is where agents connect out to.
 The frames are described in ``mailgate.schemas.remote``.

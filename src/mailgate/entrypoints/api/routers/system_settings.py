@@ -1,4 +1,5 @@
-"""Installation-wide settings (API.md "System"), for system administrators only."""
+"""Installation-wide settings (remote clients allowed, the public base URL), for system
+administrators only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export and import of a tenant's configuration (API.md "Export and import")."""
+"""Export and import of a tenant's configuration (README "Export and import a tenant")."""
 
 from __future__ import annotations
 

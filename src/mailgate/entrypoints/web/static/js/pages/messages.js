@@ -7,7 +7,7 @@ import { boot, needTenant, tenantUrl } from "../shell.js";
 const ctx = await boot();
 const ACTIVE = ["queued", "sending"];
 const STATUSES = ["held", "scheduled", "queued", "sending", "deferred", "sent", "failed", "cancelled"];
-// Which action applies to which status (API.md "Messages"). Mail is held when it is submitted
+// Which action applies to which status (README "Sending mail"). Mail is held when it is submitted
 // ("hold": true); the API has no action to hold a message that is already queued.
 const ACTIONS = {
   hold: { label: "Hold", ok: ["scheduled", "queued", "deferred"] },
