@@ -1,8 +1,9 @@
 """The tests' clock, injected with ``build(settings, clock=...)``: the one way a test moves
-mailgate's time (token expiry, sign-in lockouts, retries, schedules)."""
+mailgate's time (token expiry, sign-in lockouts, retries, schedules, pacing)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 
@@ -30,3 +31,10 @@ class TestClock:
     def advance(self, **kw: float) -> None:
         """``advance(minutes=5)``: the keywords of ``timedelta``."""
         self.offset += timedelta(**kw)
+
+    async def sleep(self, seconds: float) -> None:
+        """An ``asyncio.sleep`` to inject that takes no real time: the clock moves to the
+        sleep's end (concurrent sleepers share one timeline, as on a real clock)."""
+        deadline = self.offset + timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+        self.offset = max(self.offset, deadline)

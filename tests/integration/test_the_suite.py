@@ -4,6 +4,7 @@ running, one clock, and every document the code cites is in the repository."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import subprocess
 import sys
@@ -107,3 +108,17 @@ def test_every_document_the_code_cites_is_in_the_repository() -> None:
             if not any(h.startswith(section) for h in headings):
                 missing.append(f"{name}: README section {section!r}")
     assert not missing
+
+
+def test_sleeping_on_the_clock_moves_it_without_waiting() -> None:
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    clock = TestClock(start)
+
+    async def main() -> None:
+        await asyncio.gather(clock.sleep(5), clock.sleep(3))  # one timeline: 5 s pass
+        await clock.sleep(2)
+
+    began = time.monotonic()
+    asyncio.run(main())
+    assert clock() == start + timedelta(seconds=7)
+    assert time.monotonic() - began < 1

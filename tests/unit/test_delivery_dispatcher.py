@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.clock import TestClock
 
 from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
@@ -19,25 +20,6 @@ from mailgate.services.delivery.dispatcher import Target
 from mailgate.services.delivery.service import DeliveryService, DeliverySettings
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
-
-
-class StepClock:
-    """Wall-clock time that stands still until the service sleeps; a sleep ends at its
-    deadline (concurrent sleepers share one timeline, as on a real clock)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        deadline = self.now + timedelta(seconds=seconds)
-        await asyncio.sleep(0)
-        self.now = max(self.now, deadline)
-
-    def offset(self) -> float:
-        return (self.now - T0).total_seconds()
 
 
 @dataclass
@@ -91,7 +73,7 @@ class Sent:
 class ScriptedTransport:
     """``ports.Transport``: records every send with the clock's time and its session."""
 
-    def __init__(self, clock: StepClock) -> None:
+    def __init__(self, clock: TestClock) -> None:
         self.clock = clock
         self.sent: list[Sent] = []
         self.opened: dict[str, int] = {}
@@ -124,7 +106,7 @@ class _Session:
         if mid in self.transport.raise_on:
             raise RuntimeError("a bug in a transport")
         self.transport.sent.append(
-            Sent(self.server, mid, self.transport.clock.offset(), self.number)
+            Sent(self.server, mid, self.transport.clock.offset.total_seconds(), self.number)
         )
         if mid in self.transport.block:
             await self.transport.block[mid].wait()
@@ -177,7 +159,7 @@ def messages(server_id: int | None, n: int, prefix: str = "") -> list[Claimed]:
 
 @dataclass
 class Rig:
-    clock: StepClock
+    clock: TestClock
     queue: MemoryQueue
     transport: ScriptedTransport
     counter: Counter
@@ -192,7 +174,7 @@ def rig(
     lease_s: float = 120,
     tokens: bool = True,
 ) -> Rig:
-    clock = StepClock()
+    clock = TestClock(T0)  # it moves only when the service sleeps
     queue = MemoryQueue(list(ready))
     transport = ScriptedTransport(clock)
     counter = Counter()
