@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from argon2 import PasswordHasher
 from sqlalchemy import Engine
@@ -31,11 +30,11 @@ from mailgate.adapters.passphrase import ScryptEnvelope
 from mailgate.adapters.remote.delivery import RemoteTransport
 from mailgate.adapters.remote.hub import RemoteHub
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
+from mailgate.adapters.smtp.transport import SmtpTransport
 from mailgate.config import Settings
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.domain.oauth2_providers import ProviderSettings
-from mailgate.domain.transport import Step
-from mailgate.ports import DeliverySession, Probe, Prober, SystemMailer, TokenProvider, Transport
+from mailgate.ports import Prober, SystemMailer, Transport
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
@@ -77,10 +76,12 @@ class Container:
     """Group commit of submissions without an idempotency key."""
     prober: Prober
     """The transport the server test drives (SMTP)."""
-    hub: RemoteHub = field(default_factory=RemoteHub)
-    extras: dict[str, Any] = field(default_factory=dict)
-    system_mailer: SystemMailer | None = None
+    hub: RemoteHub
+    """The remote agents connected to this process."""
+    system_mailer: SystemMailer
     """Mail through the system e-mail server: OAuth2 alerts, password reset links."""
+    installation: Installation
+    """First start and schema upgrades."""
 
     def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
         """The XOAUTH2 token provider of an OAuth2 configuration (for the SMTP transport);
@@ -116,7 +117,7 @@ def build(
     servers = EmailServers(box, clock, settings.public_base_url)
     metrics = Metrics(sessions, clock)
     hub = RemoteHub()
-    smtp = _LazySmtpTransport()
+    smtp = SmtpTransport()
     transports = TransportRouter(
         {"smtp": smtp}, remote=RemoteTransport(hub, settings.remote_job_timeout_s)
     )
@@ -127,22 +128,23 @@ def build(
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
     notify.install(sessions, wakeup)
-    c = Container(
+    identity = Identity(
+        clock,
+        settings.session_hours,
+        settings.login_max_failures,
+        settings.login_window_s,
+        PasswordHasher(
+            time_cost=settings.password_hash_time_cost,
+            memory_cost=settings.password_hash_memory_kib,
+        ),
+    )
+    return Container(
         settings=settings,
         engine=engine,
         sessions=sessions,
         box=box,
         clock=clock,
-        identity=Identity(
-            clock,
-            settings.session_hours,
-            settings.login_max_failures,
-            settings.login_window_s,
-            PasswordHasher(
-                time_cost=settings.password_hash_time_cost,
-                memory_cost=settings.password_hash_memory_kib,
-            ),
-        ),
+        identity=identity,
         servers=servers,
         remote_clients=RemoteClients(clock),
         oauth2=oauth2,
@@ -161,8 +163,15 @@ def build(
         read_engine=read_only(engine),
         submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
         system_mailer=system_mailer,
+        installation=Installation(
+            engine,
+            sessions,
+            identity,
+            clock,
+            admin_password=settings.admin_password,
+            public_base_url=settings.public_base_url,
+        ),
     )
-    return c
 
 
 def _oauth2(
@@ -223,36 +232,7 @@ def _oauth2(
     return oauth2, system_mailer
 
 
-class _LazySmtpTransport:
-    """The SMTP transport (delivery and the server test), imported on first use: CLI
-    commands that never send need not load the SMTP stack."""
-
-    async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
-        from mailgate.adapters.smtp.transport import SmtpTransport
-
-        return await SmtpTransport().open(server, tokens)
-
-    def probe(
-        self, server: ResolvedServer, tokens: TokenProvider | None, on_step: Callable[[Step], None]
-    ) -> Probe:
-        from mailgate.adapters.smtp.transport import SmtpTransport
-
-        return SmtpTransport().probe(server, tokens, on_step)
-
-
-def installation(c: Container) -> Installation:
-    """The first-start service over this container's database and identity."""
-    return Installation(
-        c.engine,
-        c.sessions,
-        c.identity,
-        c.clock,
-        admin_password=c.settings.admin_password,
-        public_base_url=c.settings.public_base_url,
-    )
-
-
 def first_start(c: Container, echo: Callable[[str], None] = say) -> Seeded | None:
     """Migrate, then on a database without users create ``admin`` and the tenant ``home``
     (a generated password is echoed once)."""
-    return installation(c).first_start(echo)
+    return c.installation.first_start(echo)

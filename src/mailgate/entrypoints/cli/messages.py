@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from mailgate.bootstrap import installation
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.cli.common import _container, _fail, _tenant
 
@@ -71,7 +70,7 @@ def send(
         _fail("; ".join(f"{e.field}: {e.message}" for e in pydantic_field_errors(exc)))
         return
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         with c.session() as db:
             t = _tenant(db, tenant)
@@ -107,7 +106,7 @@ def _bulk_command(
         return
     act = Action(action)
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         with c.session() as db:
             t = _tenant(db, tenant)

@@ -6,7 +6,6 @@ import sys
 
 import typer
 
-from mailgate.bootstrap import installation
 from mailgate.entrypoints.cli.common import _container, _fail
 
 secrets_app = typer.Typer(help="Manage the encryption of stored secrets.", no_args_is_help=True)
@@ -23,7 +22,7 @@ def secrets_rotate() -> None:
     from mailgate.services.secret_rotation import count_secrets, rotate_all
 
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     with c.session() as db:
         total = count_secrets(db)
     typer.echo(f"{total} stored secrets; encrypting with key {c.box.current_key_id}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mailgate.adapters.secrets import generate_key
-from mailgate.bootstrap import build, first_start, installation
+from mailgate.bootstrap import build, first_start
 from mailgate.config import Settings
 from mailgate.entrypoints.cli.common import _container
 
@@ -64,7 +64,7 @@ def init() -> None:
 def migrate() -> None:
     """Create or upgrade the database schema (also done at every start)."""
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     typer.echo("database is at the newest schema")
 
 

@@ -9,7 +9,7 @@ import typer
 from sqlalchemy import select
 
 from mailgate.adapters.db.tables import Tenant
-from mailgate.bootstrap import Container, build, installation
+from mailgate.bootstrap import Container, build
 from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError
 from mailgate.domain.transport import Step
@@ -61,7 +61,7 @@ def server_test(
         _fail(f"--to: {exc}")
         return
     c = build(Settings())
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         server = _load(c, tenant, name)
     except MailgateError as exc:
@@ -80,7 +80,7 @@ def server_test(
             mode=mode,
             label=f"{tenant}/{name}",
             clock=c.clock,
-            token_provider=token_provider(c, server),
+            token_provider=token_provider(c.token_provider_for, server),
             on_step=_print_step,
         )
     )

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from mailgate.adapters.db.tables import Tenant
-from mailgate.bootstrap import installation
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.cli.common import (
     _cli_actor,
@@ -36,7 +35,7 @@ def tenant_create(
     except ValueError as exc:
         _fail(f"tenant name: {exc}")
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         with c.session() as db:
             create_tenant(db, c.clock, name, display_name)
@@ -49,7 +48,7 @@ def tenant_create(
 def tenant_list() -> None:
     """List tenants."""
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     with c.session() as db:
         for t in db.query(Tenant).order_by(Tenant.name):
             typer.echo(f"{t.name}\t{t.display_name}")
@@ -75,7 +74,7 @@ def tenant_export(
 
     passphrase = _read_passphrase(confirm=True) if passphrase_stdin else None
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         wanted = parse_resources(resources)
         check_passphrase(passphrase)
@@ -117,7 +116,7 @@ def tenant_import(
         _fail(f"{file} is not valid JSON (truncated or not an export file)")
     passphrase = _read_passphrase(confirm=False) if passphrase_stdin else None
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     typer.echo(
         f"importing {file} into tenant {tenant}{' (dry run)' if dry_run else ''}...", err=True
     )

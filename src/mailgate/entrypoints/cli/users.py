@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from mailgate.adapters.db.tables import User
-from mailgate.bootstrap import installation
 from mailgate.domain.access import Role
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.cli.common import _container, _fail, _read_password, _tenant
@@ -40,7 +39,7 @@ def user_create(
         roles[tenant] = value
     password = _read_password(password_stdin)
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     try:
         with c.session() as db:
             c.identity.create_user(
@@ -60,7 +59,7 @@ def user_create(
 def user_list() -> None:
     """List users with their roles."""
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     with c.session() as db:
         for u in db.query(User).order_by(User.username):
             view = c.identity.user_view(db, u)
@@ -82,7 +81,7 @@ def apikey_create(
     if role not in {r.value for r in Role}:
         _fail(f"--role must be one of {', '.join(r.value for r in Role)}")
     c = _container()
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     with c.session() as db:
         t = _tenant(db, tenant)
         _key, token = c.identity.create_api_key(db, t, name, Role(role), "cli")

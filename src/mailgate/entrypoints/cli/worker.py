@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mailgate.bootstrap import build, installation
+from mailgate.bootstrap import build
 from mailgate.config import Settings
 
 
@@ -36,7 +36,7 @@ def worker(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     c = build(settings)
-    installation(c).upgrade_schema()
+    c.installation.upgrade_schema()
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

@@ -69,19 +69,17 @@ class Diagnosis:
         }
 
 
-def token_provider(container: object, server: ResolvedServer) -> TokenProvider | None:
-    """The OAuth2 token provider for ``server`` from the container's ``token_provider_for``
-    hook (wired by the OAuth2 code); ``None`` for other methods or when it is not wired."""
-    if server.config.authentication.method != "oauth2":
+def token_provider(
+    tokens_for: Callable[[ResolvedServer], TokenProvider | None], server: ResolvedServer
+) -> TokenProvider | None:
+    """The OAuth2 token provider to test ``server`` with; ``None`` for other methods and for
+    an unsaved new configuration (it has no tokens yet)."""
+    if server.config.authentication.method != "oauth2" or not server.id:
         return None
-    factory = getattr(container, "token_provider_for", None)
-    if factory is None or not server.id:
-        return None  # an unsaved new configuration has no tokens yet
     try:
-        provider: TokenProvider | None = factory(server)
+        return tokens_for(server)
     except MailgateError:
         return None
-    return provider
 
 
 def _hint(server: ResolvedServer, failure: Failure) -> str | None:

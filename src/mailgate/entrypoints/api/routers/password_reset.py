@@ -32,7 +32,6 @@ class ConfirmIn(StrictModel):
 def _send(c: Container, user_id: int, token: str) -> None:
     from mailgate.adapters.db.tables import User
 
-    assert c.system_mailer is not None
     with c.session() as db:
         user = db.get(User, user_id)
         if user is None or not user.email:

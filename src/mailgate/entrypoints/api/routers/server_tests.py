@@ -91,7 +91,7 @@ async def _diagnose(
             server,
             to=to,
             mode=body.mode,
-            tokens=token_provider(c, server),
+            tokens=token_provider(c.token_provider_for, server),
             timeout_s=c.settings.remote_job_timeout_s,
         )
         return _agent_result(report, body, client)
@@ -102,7 +102,7 @@ async def _diagnose(
         mode=body.mode,
         label=label,
         clock=c.clock,
-        token_provider=token_provider(c, server),
+        token_provider=token_provider(c.token_provider_for, server),
         on_step=on_step,
     )
     return DiagnosisOut.model_validate(result.as_dict())
