@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.conftest import Api, password_server
 
-from mailgate.schemas.message import SubmittedOut
+from mailgate.schemas.out.message import SubmittedOut
 
 BASE = "/api/v1/tenants/home/messages"
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from mailgate.domain.clock import isoformat
-from mailgate.schemas.common import UtcTimestamp
+from mailgate.schemas.out.base import UtcTimestamp
 
 offsets = st.builds(
     timezone, st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))

@@ -99,9 +99,3 @@ ObjectName = Annotated[
 
 def in_utc(value: datetime) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
-
-
-# A moment in an answer: RFC 3339 (section 5.6) in UTC with a "Z", as domain.clock.isoformat
-# writes it. Pydantic writes a UTC datetime exactly so, without a Python call per value
-# (tests/unit/test_response_models.py compares the two).
-UtcTimestamp = Annotated[datetime, AfterValidator(in_utc)]

@@ -1,5 +1,5 @@
-"""The messages API (README "Sending mail"): the send and bulk action requests, and the
-answers (``*Out``; FastAPI validates and documents them)."""
+"""The messages API (README "Sending mail"): the send and bulk action requests. The answers
+are in ``schemas/out/message.py``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
@@ -22,7 +20,6 @@ from mailgate.schemas.common import (
     ObjectName,
     SingleLine,
     StrictModel,
-    UtcTimestamp,
     check_no_crlf,
 )
 
@@ -142,111 +139,3 @@ class BulkIn(StrictModel):
 
 
 # ---- answers ---------------------------------------------------------------------------------
-
-
-class OutModel(BaseModel):
-    """An answer: built by the service from its rows, written by alias (``from``)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-
-class SubmittedOut(OutModel):
-    """``202``: stored durably, and will be delivered (or the first message of a repeated
-    idempotency key, as it is now)."""
-
-    id: str
-    status: Status
-
-
-class MessageSummaryOut(OutModel):
-    """A message in the list, and the answer to steering one message."""
-
-    id: str
-    status: Status
-    server: str
-    priority: Priority
-    from_: str = Field(alias="from", description="The envelope sender (MAIL FROM).")
-    to: list[str] = Field(description="The envelope recipients (RCPT TO), Bcc included.")
-    subject: str | None
-    size_bytes: int
-    created_at: UtcTimestamp
-    send_at: UtcTimestamp | None
-    next_attempt_at: UtcTimestamp | None = Field(
-        description="When the next attempt is due (held, sending and final messages: null)."
-    )
-    attempt_count: int
-    last_error: str | None
-
-
-class EnvelopeOut(OutModel):
-    mail_from: str
-    rcpt_to: list[str]
-
-
-class HeadersOut(OutModel):
-    """The stored message's main headers, decoded (null: the message has none)."""
-
-    from_: str | None = Field(alias="From")
-    to: str | None = Field(alias="To")
-    cc: str | None = Field(alias="Cc")
-    reply_to: str | None = Field(alias="Reply-To")
-    subject: str | None = Field(alias="Subject")
-    date: str | None = Field(alias="Date")
-    message_id: str | None = Field(alias="Message-ID")
-
-
-class RecipientStateOut(OutModel):
-    model_config = ConfigDict(extra="allow")
-
-    status: str = Field(description="delivered | refused (permanently) | pending")
-    code: int | None = Field(description="The server's reply code to this recipient.")
-    text: str
-
-
-class AttemptRecipientOut(OutModel):
-    model_config = ConfigDict(extra="allow")
-
-    outcome: str = Field(description="delivered | temporary | permanent")
-    code: int | None
-    text: str
-
-
-class AttemptOut(OutModel):
-    at: UtcTimestamp
-    outcome: str = Field(description="delivered | deferred | failed")
-    smtp_code: int | None
-    smtp_response: str | None
-    ms: int
-    recipients: dict[str, AttemptRecipientOut] | None = Field(
-        description="Per recipient, when the server answered them differently (else null)."
-    )
-
-
-class MessageOut(MessageSummaryOut):
-    """One message: its envelope, headers, recipients' state and every attempt."""
-
-    envelope: EnvelopeOut
-    headers: HeadersOut
-    updated_at: UtcTimestamp
-    expires_at: UtcTimestamp
-    created_by: str | None
-    recipients: dict[str, RecipientStateOut] | None = Field(
-        description="Per recipient, once they fared differently (else null)."
-    )
-    attempts: list[AttemptOut]
-
-
-class MessagePageOut(OutModel):
-    items: list[MessageSummaryOut]
-    next_cursor: str | None = Field(description="The next page's cursor; null on the last page.")
-
-
-class BulkSkipOut(OutModel):
-    id: str
-    reason: str
-
-
-class BulkOut(OutModel):
-    changed: int
-    ids: list[str] = Field(description="The messages changed.")
-    skipped: list[BulkSkipOut] = Field(description="Ids given but not changed, and why.")

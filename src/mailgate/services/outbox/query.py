@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
 from mailgate.domain.errors import NotFound, ValidationFailed
 from mailgate.domain.messages import RANK_PRIORITY, Priority, Status
-from mailgate.schemas.message import MessageOut, MessagePageOut, MessageSummaryOut
+from mailgate.schemas.out.message import MessageOut, MessagePageOut, MessageSummaryOut
 from mailgate.services.outbox.options import Owner
 
 MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")

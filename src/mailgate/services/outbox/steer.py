@@ -19,7 +19,8 @@ from mailgate.adapters.db.tables import Message
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import Conflict
 from mailgate.domain.messages import ALLOWED_FROM, Action, Status, refusal
-from mailgate.schemas.message import BulkIn, BulkOut, BulkSkipOut
+from mailgate.schemas.message import BulkIn
+from mailgate.schemas.out.message import BulkOut, BulkSkipOut
 from mailgate.services.outbox.options import Owner
 from mailgate.services.outbox.query import MESSAGE_ID, get
 

@@ -18,10 +18,9 @@ from mailgate.domain.messages import Action, Priority, Status
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
-from mailgate.schemas.message import (
-    BulkIn,
+from mailgate.schemas.message import BulkIn, MessageIn
+from mailgate.schemas.out.message import (
     BulkOut,
-    MessageIn,
     MessageOut,
     MessagePageOut,
     MessageSummaryOut,
