@@ -22,7 +22,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint(tree: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", "--config", str(tree / "pyproject.toml")],
+        [str(LINT_IMPORTS), "--no-cache", str(tree / "pyproject.toml")],
         cwd=tree,
         env=env,
         capture_output=True,
