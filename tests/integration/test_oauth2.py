@@ -6,6 +6,7 @@ local server, and brings the redirect back to ``/settings/oauth2code``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +24,7 @@ from tests.oauth_server import RunningAuthServer, query_of
 
 from mailgate.adapters.db.tables import OAuth2Authorization
 from mailgate.domain.oauth2 import NeedsAuthorization, TokenEndpointDown
+from mailgate.services.email_servers import SYSTEM_SERVER_NAME
 
 
 @pytest.fixture
@@ -363,6 +366,33 @@ def test_refresh_and_forget_endpoints(env: Env) -> None:
     assert r.status_code == 204
     assert env.tokens() == {}
     assert env.status()["state"] == "not_authorized"
+
+
+def test_answers_are_the_services_unchanged(lite: Env) -> None:
+    """The response models (schemas/out/) pass the services' JSON through unchanged."""
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    r = lite.api.request("POST", f"{BASE}/DEFAULT/oauth2/authorize", lite.admin)
+    assert list(r.json()) == ["authorization_url"]
+    lite.authorize()
+    r = lite.api.request("POST", f"{BASE}/DEFAULT/oauth2/refresh", lite.admin)
+    assert r.status_code == 200, r.text
+    assert same(r.json(), lite.c.servers.view(lite.server_row()))
+
+    system = "/api/v1/system/email-server"
+    body = oauth_config()
+    del body["name"]
+    assert lite.api.request("PUT", system, lite.admin, json=body).status_code in (200, 201)
+    r = lite.api.request("POST", f"{system}/oauth2/authorize", lite.admin)
+    assert list(r.json()) == ["authorization_url"]
+    assert lite.callback(lite.oauth.consent(r.json()["authorization_url"])).status_code == 303
+    r = lite.api.request("POST", f"{system}/oauth2/refresh", lite.admin)
+    assert r.status_code == 200, r.text
+    with lite.c.session() as db:
+        view = lite.c.servers.view(lite.c.servers.get(db, None, SYSTEM_SERVER_NAME))
+    assert "name" not in view and same(r.json(), view)
 
 
 def test_other_tenants_and_roles(lite: Env) -> None:

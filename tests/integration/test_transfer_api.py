@@ -506,3 +506,42 @@ def test_audit_cursor_must_be_one_of_ours(api: Api) -> None:
         r = api.request("GET", f"/api/v1/tenants/home/audit?cursor={cursor}", admin)
         assert r.status_code == 422, (cursor, r.text)
         assert r.json()["errors"][0]["field"] == "cursor"
+
+
+def test_answers_are_the_services_unchanged(api: Api, client_cert: tuple[str, str]) -> None:
+    """The response models (schemas/out/transfer.py) pass the services' JSON through: the same
+    members, absent ones absent, nulls null."""
+    admin = api.admin_token()
+    seed(api, admin, client_cert)
+    c = api.container
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    docs = {}
+    for wanted in ("email-servers,remote-clients", "remote-clients"):
+        answer = api.request("GET", export_url(resources=wanted), admin).json()
+        with c.session() as db:
+            home = db.scalar(select(Tenant).where(Tenant.name == "home"))
+            assert home is not None
+            made = c.transfer.export(
+                db, home, resources=answer["resources"], passphrase=None, actor="admin"
+            )
+        assert same({**answer, "exported_at": None}, {**made, "exported_at": None})
+        docs[wanted] = answer
+    assert "email_servers" not in docs["remote-clients"]
+
+    add_tenant(api, admin)
+    doc = docs["email-servers,remote-clients"]
+    # A passphrase for a document without secrets: a warning without a field.
+    headers = {"X-Export-Passphrase": PASSPHRASE}
+    r = api.request("POST", import_url("acme", dry_run=True), admin, json=doc, headers=headers)
+    assert r.status_code == 200, r.text
+    with c.session() as db:
+        acme = db.scalar(select(Tenant).where(Tenant.name == "acme"))
+        assert acme is not None
+        report = c.transfer.import_(
+            db, acme, doc, passphrase=PASSPHRASE, dry_run=True, actor="admin"
+        )
+    assert any("field" not in w for w in report["warnings"])
+    assert same(r.json(), report)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response, status
 from fastapi.responses import RedirectResponse
 
 from mailgate.domain.access import Perm
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
+from mailgate.schemas.out.email_server import EmailServerOut
+from mailgate.schemas.out.oauth2 import AuthorizationUrlOut
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME
 from mailgate.services.oauth2.authorization import ui_redirect
 from mailgate.services.tenants import tenant_for
@@ -18,15 +18,17 @@ BASE = "/api/v1/tenants/{tenant}/email-servers/{name}/oauth2"
 
 
 @router.post(f"{BASE}/authorize")
-def authorize(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def authorize(
+    tenant: str, name: str, caller: Caller, db: DB, c: AppContainer
+) -> AuthorizationUrlOut:
     """Start the authorization code grant: open ``authorization_url`` in the browser."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     row = c.servers.get(db, t.id, name)
-    return {"authorization_url": c.oauth2.authorization.begin(db, row)}
+    return AuthorizationUrlOut(authorization_url=c.oauth2.authorization.begin(db, row))
 
 
 @router.post(f"{BASE}/refresh")
-def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> EmailServerOut:
     """Refresh the tokens now; answers with the configuration and its ``oauth2_status``."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     server_id = c.servers.get(db, t.id, name).id
@@ -35,7 +37,7 @@ def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> 
     db.commit()
     c.oauth2.tokens.refresh_now(server_id)
     db.expire_all()
-    return c.servers.view(c.servers.get(db, t.id, name))
+    return EmailServerOut.model_validate(c.servers.view(c.servers.get(db, t.id, name)))
 
 
 @router.delete(f"{BASE}", status_code=status.HTTP_204_NO_CONTENT)
@@ -51,20 +53,21 @@ SYSTEM = "/api/v1/system/email-server/oauth2"
 
 
 @router.post(f"{SYSTEM}/authorize", tags=["system"])
-def system_authorize(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def system_authorize(caller: Caller, db: DB, c: AppContainer) -> AuthorizationUrlOut:
     require_system_admin(caller)
     row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
-    return {"authorization_url": c.oauth2.authorization.begin(db, row)}
+    return AuthorizationUrlOut(authorization_url=c.oauth2.authorization.begin(db, row))
 
 
 @router.post(f"{SYSTEM}/refresh", tags=["system"])
-def system_refresh(caller: Caller, db: DB, c: AppContainer) -> dict[str, Any]:
+def system_refresh(caller: Caller, db: DB, c: AppContainer) -> EmailServerOut:
     require_system_admin(caller)
     server_id = c.servers.get(db, None, SYSTEM_SERVER_NAME).id
     db.commit()  # see refresh(): the refresh runs in its own transaction
     c.oauth2.tokens.refresh_now(server_id)
     db.expire_all()
-    return c.servers.view(c.servers.get(db, None, SYSTEM_SERVER_NAME))
+    row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
+    return EmailServerOut.model_validate(c.servers.view(row))
 
 
 @router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 
 from mailgate.domain.access import Perm
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
+from mailgate.schemas.out.transfer import ExportDocumentOut, ImportReportOut
 from mailgate.services.tenants import tenant_for
 from mailgate.services.transfer.document import check_passphrase, parse_resources
 
@@ -38,7 +39,8 @@ def _utf8(value: str | None) -> str | None:
 
 @router.get(
     "/export",
-    responses={200: {"content": {"application/json": {}}, "description": "The export file"}},
+    response_model=ExportDocumentOut,
+    responses={200: {"description": "The export file (a download for the browser)"}},
 )
 def export_tenant(
     tenant: str,
@@ -56,6 +58,7 @@ def export_tenant(
     doc = c.transfer.export(
         db, t, resources=wanted, passphrase=check_passphrase(_utf8(passphrase)), actor=caller.name
     )
+    ExportDocumentOut.model_validate(doc)  # the answer is what the schema says
     stamp = doc["exported_at"].replace(":", "").replace("-", "")
     return Response(
         json.dumps(doc, indent=2).encode(),
@@ -77,8 +80,9 @@ def import_tenant(
     document: Annotated[Any, Body(description="A document made by the export endpoint.")],
     passphrase: Passphrase = None,
     dry_run: Annotated[bool, Query(description="Validate and report; change nothing.")] = False,
-) -> dict[str, Any]:
+) -> ImportReportOut:
     t = tenant_for(db, caller, tenant, Perm.EXPORT)
-    return c.transfer.import_(
+    report = c.transfer.import_(
         db, t, document, passphrase=_utf8(passphrase), dry_run=dry_run, actor=caller.name
     )
+    return ImportReportOut.model_validate(report)
