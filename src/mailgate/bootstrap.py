@@ -69,13 +69,14 @@ class Container:
     wakeup: notify.Wakeup
     metrics: Metrics
     transports: TransportRouter
-    """Every way this process can deliver (SMTP, remote agents); tests may wrap it."""
+    """Every way this process can deliver (SMTP, Graph, Gmail API, remote agents); tests may
+    wrap it."""
     read_engine: Engine
     """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
     submissions: BatchWriter[Prepared]
     """Group commit of submissions without an idempotency key."""
     prober: Prober
-    """The transport the server test drives (SMTP)."""
+    """What the server test drives: the router, which picks the configuration's transport."""
     hub: RemoteHub
     """The remote agents connected to this process."""
     system_mailer: SystemMailer
@@ -158,7 +159,7 @@ def build(
         wakeup=wakeup,
         metrics=metrics,
         transports=transports,
-        prober=smtp,
+        prober=transports,
         hub=hub,
         read_engine=read_only(engine),
         submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),

@@ -23,12 +23,19 @@ from mailgate.schemas.common import (
 )
 
 Protocol = Literal["smtp", "smtps"]
+TransportName = Literal["smtp", "microsoft_graph", "gmail_api"]
+"""How a configuration's mail leaves (README "Delivery transports"): SMTP, or an HTTP mail
+API for mailboxes where SMTP AUTH is off."""
 StartTls = Literal["required", "opportunistic", "disabled"]
 AuthMethod = Literal["none", "password", "oauth2"]
 Provider = Literal["microsoft", "google", "custom"]
 Grant = Literal["authorization_code", "client_credentials"]
 
 DEFAULT_PORTS: dict[str, int] = {"smtp": 587, "smtps": 465}
+API_TRANSPORTS: dict[str, str] = {"microsoft_graph": "microsoft", "gmail_api": "google"}
+"""The HTTP mail API transports and the OAuth2 provider each one needs."""
+SMTP_ONLY_FIELDS = ("protocol", "host", "port", "starttls", "tls", "helo_name")
+"""Settings only the SMTP transport uses; the API transports ignore them."""
 SECRET_FIELDS = ("password", "client_secret", "client_key_pem")
 # Read-only fields a client may echo back from a GET; accepted and ignored on input.
 _READ_ONLY = {
@@ -105,13 +112,27 @@ class RemoteOutput(StrictModel):
     remote_client: ObjectName | None = None
 
 
+def _blank_host_of_api_transport(data: Any) -> Any:
+    """An API transport has no SMTP host: a form's empty ``host`` means none."""
+    if (
+        isinstance(data, dict)
+        and data.get("transport") in API_TRANSPORTS
+        and isinstance(data.get("host"), str)
+        and not data["host"].strip()
+    ):
+        return {**data, "host": None}
+    return data
+
+
 class EmailServerIn(StrictModel):
     """What a client sends (POST/PUT, or the merged document of a PATCH)."""
 
     name: ObjectName = "DEFAULT"
     is_default: bool | None = None
+    transport: TransportName = "smtp"
     protocol: Protocol = "smtp"
-    host: Hostname
+    host: Hostname | None = None
+    """Required for ``transport: smtp`` (``validate_semantics``)."""
     port: int | None = Field(default=None, ge=1, le=65535)
     starttls: StartTls = "required"
     tls: TlsSettings = Field(default_factory=TlsSettings)
@@ -123,6 +144,21 @@ class EmailServerIn(StrictModel):
     remote_output: RemoteOutput = Field(default_factory=RemoteOutput)
 
     _strip = model_validator(mode="before")(_drop_read_only)
+    _no_host = model_validator(mode="before")(_blank_host_of_api_transport)
+
+    @property
+    def via_api(self) -> bool:
+        """Sent through an HTTP mail API (Graph, Gmail) rather than SMTP."""
+        return self.transport in API_TRANSPORTS
+
+    def describe(self) -> str:
+        """Where mail goes, for people: ``smtp://host:587 (STARTTLS required)`` or
+        ``Microsoft Graph as sender@contoso.com``."""
+        if self.via_api:
+            return f"{_API_TITLES[self.transport]} as {self.authentication.username or '?'}"
+        security = "implicit TLS" if self.protocol == "smtps" else f"STARTTLS {self.starttls}"
+        port = self.port or DEFAULT_PORTS[self.protocol]
+        return f"{self.protocol}://{self.host}:{port} ({security})"
 
     def secrets(self) -> dict[str, str]:
         """The write-only values present in this input (absent ones are not in the dict)."""
@@ -207,6 +243,8 @@ def validate_semantics(
     ``stored`` are the secrets already saved (an update that omits one keeps it).
     """
     errors: list[FieldError] = []
+    if cfg.transport == "smtp" and cfg.host is None:
+        errors.append(FieldError("host", "required for transport smtp"))
     tls = cfg.tls
     if tls.ca_certificates_pem:
         _load_certs(tls.ca_certificates_pem, "tls.ca_certificates_pem", errors)
@@ -249,7 +287,8 @@ def validate_semantics(
         if auth.password is None and not stored.password:
             errors.append(FieldError("authentication.password", "required for password login"))
     elif auth.method == "oauth2":
-        errors.extend(_validate_oauth2(auth, stored, public_base_url))
+        errors.extend(_validate_oauth2(auth, stored, public_base_url, cfg.transport))
+    errors.extend(_validate_api_transport(cfg))
 
     ro = cfg.remote_output
     if ro.enabled and not ro.remote_client:
@@ -259,8 +298,35 @@ def validate_semantics(
     return errors
 
 
+_API_NAMES = {"microsoft_graph": "Microsoft Graph", "gmail_api": "the Gmail API"}
+_API_TITLES = {"microsoft_graph": "Microsoft Graph", "gmail_api": "Gmail API"}
+
+
+def _validate_api_transport(cfg: EmailServerIn) -> list[FieldError]:
+    """An HTTP mail API takes only OAuth2 tokens of its own provider (README "Delivery
+    transports"), and is reached directly: remote agents speak SMTP only."""
+    provider = API_TRANSPORTS.get(cfg.transport)
+    if provider is None:
+        return []
+    errors: list[FieldError] = []
+    auth = cfg.authentication
+    what = _API_NAMES[cfg.transport]
+    if auth.method != "oauth2":
+        errors.append(FieldError("authentication.method", f"{what} needs OAuth2 (method 'oauth2')"))
+    elif auth.provider != provider:
+        errors.append(FieldError("authentication.provider", f"{what} needs provider '{provider}'"))
+    if cfg.remote_output.enabled:
+        errors.append(
+            FieldError(
+                "remote_output.enabled",
+                f"remote clients deliver over SMTP only; {what} is reached directly",
+            )
+        )
+    return errors
+
+
 def _validate_oauth2(
-    auth: Authentication, stored: ServerSecrets, public_base_url: str
+    auth: Authentication, stored: ServerSecrets, public_base_url: str, transport: str = "smtp"
 ) -> list[FieldError]:
     errors: list[FieldError] = []
     if auth.provider is None:
@@ -271,7 +337,12 @@ def _validate_oauth2(
         )
     if not auth.username:
         errors.append(
-            FieldError("authentication.username", "the mailbox that XOAUTH2 authenticates as")
+            FieldError(
+                "authentication.username",
+                "the mailbox that XOAUTH2 authenticates as"
+                if transport == "smtp"
+                else "the mailbox that sends",
+            )
         )
     if not auth.client_id:
         errors.append(FieldError("authentication.client_id", "required for OAuth2"))
@@ -288,7 +359,7 @@ def _validate_oauth2(
         errors.append(
             FieldError(
                 "authentication.grant",
-                "Google does not issue SMTP tokens by client credentials; use authorization_code",
+                "Google issues no Gmail tokens by client credentials; use authorization_code",
             )
         )
     if auth.provider == "custom":

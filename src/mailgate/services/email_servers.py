@@ -64,6 +64,16 @@ _AUTH_FIELDS_BY_METHOD = {
 }
 
 
+def _oauth_identity_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether stored OAuth2 tokens stop fitting the configuration: another app, account or
+    scope, or another transport (a Graph token is useless for SMTP and the other way round)."""
+    old_auth = old.get("authentication", {})
+    new_auth = new.get("authentication", {})
+    if any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
+        return True
+    return bool(old) and old.get("transport", "smtp") != new.get("transport", "smtp")
+
+
 class ServerRef(NamedTuple):
     """The columns of an e-mail server a submission needs (the settings as stored JSON)."""
 
@@ -199,6 +209,7 @@ class EmailServers:
             auth["client_secret_set"] = bool(secrets.client_secret)
         cfg["authentication"] = auth
         cfg["tls"]["client_key_set"] = bool(secrets.client_key_pem)
+        cfg.setdefault("transport", "smtp")  # rows older than the transport choice
         out: dict[str, Any] = {"name": row.name, "is_default": row.is_default, **cfg}
         if readable is None:
             out["secrets_error"] = (
@@ -277,11 +288,11 @@ class EmailServers:
             self._rename(db, row, cfg.name)
         if row.tenant_id is not None:
             self._apply_default_flag(db, row, cfg.is_default)
-        old_auth = row.config.get("authentication", {})
+        old_config = row.config
         row.config = cfg.public()
         self._store_secrets(row, cfg, stored)
         new_auth = row.config["authentication"]
-        if any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
+        if _oauth_identity_changed(old_config, row.config):
             self._forget_tokens(row)
             row.oauth2_state = "not_authorized" if new_auth["method"] == "oauth2" else None
         elif (
@@ -345,7 +356,7 @@ class EmailServers:
         without it tokens are kept unless the OAuth2 identity changed, as in ``replace``.
         """
         now = self.clock()
-        old_auth: dict[str, Any] = {}
+        old_config: dict[str, Any] = {}
         if row is None:
             row = EmailServer(
                 tenant_id=tenant.id,
@@ -358,7 +369,7 @@ class EmailServers:
             db.add(row)
             db.flush()
         else:
-            old_auth = row.config.get("authentication", {})
+            old_config = row.config
             row.config = cfg.public()
             row.updated_at = now
         self._store_secrets(row, cfg, stored)
@@ -368,7 +379,7 @@ class EmailServers:
             self.store_tokens(row, oauth2.get("tokens") or {})
             row.access_token_expires_at = oauth2.get("access_token_expires_at")
             row.refresh_token_last_used_at = oauth2.get("refresh_token_last_used_at")
-        elif any(old_auth.get(k) != new_auth.get(k) for k in _OAUTH_IDENTITY):
+        elif _oauth_identity_changed(old_config, row.config):
             self._forget_tokens(row)
             row.oauth2_state = None
         if new_auth["method"] != "oauth2":

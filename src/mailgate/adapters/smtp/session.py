@@ -53,8 +53,10 @@ STEPS = ("resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "d
 """The steps a session reports, in order (README "Test an e-mail server")."""
 
 
-def bare_host(host: str) -> str:
-    """``[2001:db8::1]`` (RFC 3986 style, accepted by the schema) -> ``2001:db8::1``."""
+def bare_host(host: str | None) -> str:
+    """``[2001:db8::1]`` (RFC 3986 style, accepted by the schema) -> ``2001:db8::1``. An SMTP
+    configuration always has a host (the schema requires it for transport smtp)."""
+    host = host or ""
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 

@@ -69,9 +69,7 @@ def server_test(
         return
     cfg = server.config
     mode: Mode = "dry_run" if dry_run else "send"
-    typer.echo(
-        f"Testing {tenant}/{name} ({cfg.protocol}://{cfg.host}:{cfg.port}, {mode}) -> {address}"
-    )
+    typer.echo(f"Testing {tenant}/{name} ({cfg.describe()}, {mode}) -> {address}")
     result = asyncio.run(
         run_test(
             server,

@@ -12,7 +12,7 @@ from pydantic import Field, Strict
 from pydantic.json_schema import SkipJsonSchema
 
 from mailgate.domain.oauth2 import OAuth2State
-from mailgate.schemas.email_server import Grant, Protocol, Provider, StartTls
+from mailgate.schemas.email_server import Grant, Protocol, Provider, StartTls, TransportName
 from mailgate.schemas.out.base import OutModel, Timestamp, sometimes
 
 
@@ -95,8 +95,9 @@ class EmailServerOut(OutModel):
 
     name: str | SkipJsonSchema[None] = sometimes("absent on the system e-mail server")
     is_default: bool | SkipJsonSchema[None] = sometimes("absent on the system e-mail server")
+    transport: TransportName
     protocol: Protocol
-    host: str
+    host: str | None
     port: int
     starttls: StartTls
     tls: TlsOut

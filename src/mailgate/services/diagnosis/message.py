@@ -40,12 +40,10 @@ def build_test_message(
     message_id = f"<mailgate-test.{uuid.uuid4().hex}@{domain}>"  # short: no header folding
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to a test
-    security = "implicit TLS" if cfg.protocol == "smtps" else f"STARTTLS {cfg.starttls}"
     msg.set_content(
         "This is a test e-mail from mailgate.\n\n"
         f"It was sent through the e-mail server configuration {label} "
-        f"({cfg.host}:{cfg.port}, {security}, authentication "
-        f"{cfg.authentication.method}).\n\n"
+        f"({cfg.describe()}, authentication {cfg.authentication.method}).\n\n"
         "If you can read this, the configuration can send mail. No reply is needed.\n"
     )
     return message_id, msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))

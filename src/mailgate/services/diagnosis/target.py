@@ -20,7 +20,8 @@ def resolve_for_test(
     """The server to test: the stored one, or an unsaved ``config`` validated like a save.
 
     Stored secrets fill in what the unsaved config omits, but only while it points at the
-    same host: a stored password is never sent to a different server.
+    same destination (transport, and for SMTP the host): a stored password is never sent to
+    a different server.
     """
     if unsaved is None:
         if stored is None:
@@ -34,8 +35,10 @@ def resolve_for_test(
     elif stored is not None:
         data.setdefault("name", stored.name)
     secrets = stored.secrets if stored is not None else ServerSecrets()
-    same_host = stored is not None and str(data.get("host", "")).strip().lower() == (
-        stored.config.host.lower()
+    same_host = (
+        stored is not None
+        and str(data.get("transport") or "smtp") == stored.config.transport
+        and str(data.get("host") or "").strip().lower() == (stored.config.host or "").lower()
     )
     usable = secrets if same_host else ServerSecrets()
     try:

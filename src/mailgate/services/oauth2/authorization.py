@@ -190,7 +190,11 @@ class OAuth2AuthorizationFlow:
         self._count("ok")
         store_token_set(self.servers, row, tokens, now, previous={})
         log.info("oauth2: server %s authorized", row.id)
-        return result(True, "authorized: mail is sent with XOAUTH2 from now on")
+        how = {
+            "microsoft_graph": "through Microsoft Graph",
+            "gmail_api": "through the Gmail API",
+        }.get(str(row.config.get("transport")), "with XOAUTH2")
+        return result(True, f"authorized: mail is sent {how} from now on")
 
     def forget(self, db: Session, row: EmailServer) -> None:
         """Forget the tokens (DELETE .../oauth2). The consent at the provider stays."""

@@ -92,6 +92,7 @@ def endpoints_of(providers: ProviderSettings, row: EmailServer) -> Endpoints:
         scope=auth.get("scope"),
         authorize_url=auth.get("authorize_url"),
         token_url=auth.get("token_url"),
+        transport=str(row.config.get("transport") or "smtp"),
     )
 
 
