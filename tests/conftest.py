@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from tests.api_peers import _api_peers_running, api_peers  # noqa: F401 (fixtures)
 from tests.oauth_server import RunningAuthServer, start_auth_server
 from tests.smtp_fixtures import LoopThread, Pki, SmtpServers
 

@@ -113,15 +113,17 @@ def make_env(
     oauth_server: RunningAuthServer,
     *,
     record_mail: bool = True,
+    **settings: Any,
 ) -> Iterator[Env]:
-    """``record_mail``: notifications go to ``env.mailer`` instead of the system server."""
+    """``record_mail``: notifications go to ``env.mailer`` instead of the system server;
+    ``settings``: more ``Settings`` overrides (e.g. the mail API servers' URLs)."""
     oauth_server.server.add_client(
         "mailgate-app", "app-secret-value", {REDIRECT}, app_mailboxes={MAILBOX}
     )
     clock = TestClock(ticking=True)
     mailer = RecordingMailer()
     c = build(
-        make_settings(tmp_path, database_url, **oauth_server.settings()),
+        make_settings(tmp_path, database_url, **oauth_server.settings(), **settings),
         clock=clock,
         system_mailer=mailer if record_mail else None,
     )

@@ -11,7 +11,12 @@ the protocol rather than against our own assumptions:
   RFC 9700 section 4.14.2 recommends), ``client_credentials``. Errors look like Microsoft's
   (HTTP 400 ``invalid_grant`` with an ``AADSTS`` description).
 - :meth:`AuthServer.revoke` withdraws a consent; :meth:`AuthServer.token_is_live` is the
-  introspection hook the test SMTP server uses to accept XOAUTH2 only with a live token.
+  introspection hook the test SMTP server uses to accept XOAUTH2 only with a live token, and
+  :meth:`AuthServer.introspect` the one of the suite's Graph and Gmail API servers
+  (``tests/api_peers.py``).
+- Tokens for Microsoft Graph scopes are JWTs as Microsoft issues them (``aud``
+  ``https://graph.microsoft.com``, ``scp`` for a delegated grant, ``roles`` for app-only: the
+  client's granted application permissions); other tokens are opaque.
 
 Any path prefix works, so one server plays Microsoft (``/ms/<tenant>/oauth2/v2.0/...``),
 Google (``/google/...``) and a custom provider at once.
@@ -22,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import html
+import json
 import secrets
 import threading
 import time
@@ -46,8 +53,12 @@ class Client:
     client_id: str
     client_secret: str
     redirect_uris: set[str]
-    # Mailboxes the app may send as with an app-only token (Add-MailboxPermission).
+    # Mailboxes the app may send as with an app-only token (Add-MailboxPermission, or
+    # Exchange RBAC for Applications for Graph).
     app_mailboxes: set[str] = field(default_factory=set)
+    # Microsoft Graph application permissions with admin consent (the roles of app-only
+    # Graph tokens).
+    graph_roles: set[str] = field(default_factory=lambda: {"Mail.Send", "Mail.ReadWrite"})
 
 
 @dataclass
@@ -59,6 +70,26 @@ class GrantRecord:
     user: str | None
     scope: str
     revoked: bool = False
+    path: str = ""
+    """The token endpoint that issued it (which provider: ``/ms/...`` or ``/google/...``)."""
+
+
+GRAPH = "https://graph.microsoft.com"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the authorization server knows about an access token (introspection)."""
+
+    client_id: str
+    user: str | None
+    scope: str
+    path: str
+    live: bool
+    audience: str | None
+    scopes: list[str]
+    roles: list[str]
+    app_mailboxes: set[str]
 
 
 @dataclass
@@ -94,6 +125,9 @@ class AuthServer:
         self.consent_decision = "accept"
         self.token_delay = 0.0  # seconds the token endpoint takes (to widen race windows)
         self.requests: list[TokenRequest] = []
+        self._jwt_key = secrets.token_bytes(32)
+        self.jwt_for_all = False
+        """Also issue JWTs for non-Graph resources (e.g. an SMTP token, to see its audience)."""
         self._pending: dict[str, dict[str, str]] = {}
         self._codes: dict[str, dict[str, Any]] = {}
         self._grants: dict[str, GrantRecord] = {}
@@ -135,6 +169,27 @@ class AuthServer:
             if grant.user is None:  # app-only token: needs mailbox permission
                 return user in self.clients[grant.client_id].app_mailboxes
             return grant.user == user
+
+    def introspect(self, token: str) -> TokenInfo | None:
+        """The token's grant as the suite's API servers check it; ``None`` if never issued."""
+        with self._lock:
+            entry = self._access.get(token)
+            if entry is None:
+                return None
+            grant, expires = entry
+            client = self.clients.get(grant.client_id)
+            claims = _claims_of(token)
+            return TokenInfo(
+                client_id=grant.client_id,
+                user=grant.user,
+                scope=grant.scope,
+                path=grant.path,
+                live=not grant.revoked and time.time() < expires,
+                audience=claims.get("aud") if claims else None,
+                scopes=str(claims.get("scp", "")).split() if claims else grant.scope.split(),
+                roles=list(claims.get("roles", [])) if claims else [],
+                app_mailboxes=set(client.app_mailboxes) if client else set(),
+            )
 
     def expire_access_tokens(self) -> None:
         """Make every access token issued so far expire now (as time passing would)."""
@@ -191,7 +246,13 @@ class AuthServer:
                 state=q["state"],
             )
         with self._lock:
-            grant = GrantRecord(secrets.token_hex(8), q["client_id"], self.user, q["scope"])
+            grant = GrantRecord(
+                secrets.token_hex(8),
+                q["client_id"],
+                self.user,
+                q["scope"],
+                path=q["path"].rsplit("/", 1)[0],
+            )
             self._grants[grant.id] = grant
             code = secrets.token_urlsafe(24)
             self._codes[code] = {
@@ -235,7 +296,13 @@ class AuthServer:
             if grant_type == "refresh_token":
                 return self._from_refresh(client, form)
             if grant_type == "client_credentials":
-                grant = GrantRecord(secrets.token_hex(8), client.client_id, None, form["scope"])
+                grant = GrantRecord(
+                    secrets.token_hex(8),
+                    client.client_id,
+                    None,
+                    form["scope"],
+                    path=request.url.path.rsplit("/", 1)[0],
+                )
                 self._grants[grant.id] = grant
                 return 200, self._tokens(grant, refresh=False)
         return 400, _error("unsupported_grant_type", f"AADSTS70003: {grant_type!r}")
@@ -282,6 +349,8 @@ class AuthServer:
 
     def _tokens(self, grant: GrantRecord, *, refresh: bool) -> dict[str, Any]:
         access = "at-" + secrets.token_urlsafe(24)
+        if GRAPH in grant.scope or (self.jwt_for_all and "https://" in grant.scope):
+            access = self._jwt(grant)
         self._access[access] = (grant, time.time() + self.access_token_ttl)
         body: dict[str, Any] = {
             "token_type": "Bearer",
@@ -296,6 +365,51 @@ class AuthServer:
         if self.client_secret_expires_at is not None:
             body["client_secret_expires_at"] = self.client_secret_expires_at
         return body
+
+    def _jwt(self, grant: GrantRecord) -> str:
+        """An access token shaped like Microsoft's (the claims mailgate reads): the audience
+        is the scope's resource, ``scp`` the delegated permissions, ``roles`` app-only's."""
+        now = int(time.time())
+        resource = next(
+            (s.rsplit("/", 1)[0] for s in grant.scope.split() if s.startswith("https://")), GRAPH
+        )
+        claims: dict[str, Any] = {
+            "aud": resource,
+            "iss": f"{self.base_url}{grant.path}",
+            "iat": now,
+            "exp": now + self.access_token_ttl,
+            "appid": grant.client_id,
+            "jti": secrets.token_hex(8),
+        }
+        if grant.user is None:
+            roles = sorted(self.clients[grant.client_id].graph_roles)
+            if roles:  # without admin consent Microsoft issues the token without roles
+                claims["roles"] = roles
+            claims["app_displayname"] = grant.client_id
+        else:
+            claims["scp"] = " ".join(
+                s.removeprefix(resource + "/")
+                for s in grant.scope.split()
+                if s.startswith(resource)
+            )
+            claims["upn"] = grant.user
+        signed = _b64url({"alg": "HS256", "typ": "JWT"}) + "." + _b64url(claims)
+        mac = hmac.new(self._jwt_key, signed.encode("ascii"), hashlib.sha256).digest()
+        return signed + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def _b64url(value: dict[str, Any]) -> str:
+    data = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _claims_of(token: str) -> dict[str, Any] | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload))
+    return claims
 
 
 def _error(error: str, description: str) -> dict[str, Any]:
@@ -317,6 +431,8 @@ class RunningAuthServer:
 
     def __init__(self, server: AuthServer, ca: trustme.CA, tmp: Path) -> None:
         self.server = server
+        self.ca = ca
+        """The CA of every HTTPS peer of the suite (one CA file for mailgate to trust)."""
         self.ca_file = tmp / "oauth-ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
         cert = ca.issue_cert("127.0.0.1", "localhost")

@@ -6,6 +6,7 @@ PostgreSQL database, a fixed clock), so the wiring they test is the wiring that 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ from mailgate.adapters.db.engine import (
     make_session_factory,
     read_only,
 )
+from mailgate.adapters.http_api.gmail_api import GmailApi
+from mailgate.adapters.http_api.graph import GraphApi
+from mailgate.adapters.http_api.transport import ApiTransport, MailApi
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http
 from mailgate.adapters.passphrase import ScryptEnvelope
@@ -118,9 +122,24 @@ def build(
     servers = EmailServers(box, clock, settings.public_base_url)
     metrics = Metrics(sessions, clock)
     hub = RemoteHub()
-    smtp = SmtpTransport()
+
+    async def token_rejected(server: ResolvedServer, detail: str) -> None:
+        # A mail API refused a fresh token: re-authorization, with the admins' notices.
+        if await asyncio.to_thread(oauth2.tokens.token_rejected, server.id, detail):
+            await asyncio.to_thread(oauth2.alerts.send_due)
+
+    def api(kind: MailApi) -> ApiTransport:
+        return ApiTransport(
+            kind, ca_bundle=settings.oauth_ca_bundle, clock=clock, on_token_rejected=token_rejected
+        )
+
     transports = TransportRouter(
-        {"smtp": smtp}, remote=RemoteTransport(hub, settings.remote_job_timeout_s)
+        {
+            "smtp": SmtpTransport(),
+            "microsoft_graph": api(GraphApi(settings.graph_base_url)),
+            "gmail_api": api(GmailApi(settings.gmail_api_base_url)),
+        },
+        remote=RemoteTransport(hub, settings.remote_job_timeout_s),
     )
     oauth2, system_mailer = _oauth2(
         settings, sessions, servers, box, clock, metrics, transports, system_mailer

@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     oauth_google_token_url: str = "https://oauth2.googleapis.com/token"
     oauth_ca_bundle: Path | None = None
-    """Extra CA file trusted for token endpoints (tests, corporate proxies)."""
+    """Extra CA file trusted for token endpoints and the mail APIs (tests, corporate
+    proxies)."""
+    graph_base_url: str = "https://graph.microsoft.com"
+    """Microsoft Graph, for configurations with transport microsoft_graph."""
+    gmail_api_base_url: str = "https://gmail.googleapis.com"
+    """The Gmail API, for configurations with transport gmail_api."""
 
     @property
     def effective_database_url(self) -> str:

@@ -134,6 +134,9 @@ class AttemptResult:
     ms: int
     recipients: dict[str, RecipientResult] = field(default_factory=dict)
     step: str | None = None
+    retry_after_s: float | None = None
+    """The peer said when to try again (HTTP ``Retry-After``, RFC 9110 10.2.3): a temporary
+    failure is retried then, not after the usual backoff."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,12 @@ def decide(
         reason = describe(rr.code, rr.text)
     if now >= expires_at:
         return Decision(Status.FAILED, None, f"gave up after {attempts} attempts: {reason}", temp)
-    when = min(now + policy.delay(attempts, rand), expires_at)
+    delay = policy.delay(attempts, rand)
+    if result.retry_after_s is not None:
+        # The peer's own word beats our guess, within the backoff's cap (a peer asking for a
+        # day must not park mail past what an operator configured).
+        delay = timedelta(seconds=min(max(result.retry_after_s, 1.0), policy.cap.total_seconds()))
+    when = min(now + delay, expires_at)
     return Decision(Status.DEFERRED, when, reason, temp)
 
 

@@ -49,6 +49,15 @@ class FailureKind(StrEnum):
     """Anything else the client library raised."""
     REMOTE = "remote"
     """A remote agent's report could not be read."""
+    # The HTTP mail APIs (Microsoft Graph, Gmail API); their hints depend on the API.
+    THROTTLED = "throttled"
+    """The API is throttling (429, 503, rate limit reasons): wait, as ``Retry-After`` says."""
+    WRONG_AUDIENCE = "wrong_audience"
+    """The access token is for another API (e.g. an SMTP token sent to Graph)."""
+    ACCESS_DENIED = "access_denied"
+    """The API refused the app or user the permission (403, or a token without it)."""
+    MAILBOX_NOT_FOUND = "mailbox_not_found"
+    """The API does not know the mailbox (Graph 404 ErrorInvalidUser)."""
 
 
 @dataclass(frozen=True)

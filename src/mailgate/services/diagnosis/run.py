@@ -20,7 +20,7 @@ from typing import Any, Literal
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import MailgateError
 from mailgate.domain.oauth2_providers import oauth2_hint
-from mailgate.domain.transport import Failure, FailureKind, Step
+from mailgate.domain.transport import Failure, FailureKind, Reply, Step
 from mailgate.ports import ProbeFailed, Prober, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.diagnosis.hints import hint_for
@@ -83,8 +83,17 @@ def token_provider(
 
 
 def _hint(server: ResolvedServer, failure: Failure) -> str | None:
-    auth = server.config.authentication.model_dump()
-    return oauth2_hint(auth, failure.kind) or hint_for(failure.step, failure.kind, failure.reply)
+    return _hint_for(server, failure.step, failure.kind, failure.reply)
+
+
+def _hint_for(
+    server: ResolvedServer, step: str, kind: FailureKind | None, reply: Reply | None
+) -> str | None:
+    cfg = server.config
+    if cfg.via_api:  # HTTP replies: the API hints, never the SMTP rules
+        app_only = cfg.authentication.grant == "client_credentials"
+        return hint_for(step, kind, reply, transport=cfg.transport, app_only=app_only)
+    return oauth2_hint(cfg.authentication.model_dump(), kind) or hint_for(step, kind, reply)
 
 
 async def run_test(
@@ -133,7 +142,7 @@ async def run_test(
         names = probe.step_names
         pending = next((s for s in names if s not in done), names[-1])
         steps.append(Step(pending, False, 0, "the test took longer than its time budget"))
-        hint = hint_for(pending, FailureKind.TIMEOUT, None)
+        hint = _hint_for(server, pending, FailureKind.TIMEOUT, None)
     except Exception as exc:  # a bug must not turn into a 500 or leak a secret
         # Type and place only: an exception text could carry a secret.
         where = "".join(traceback.format_tb(exc.__traceback__))

@@ -328,6 +328,28 @@ class OAuth2Tokens:
             )
         )
 
+    def token_rejected(self, server_id: int, detail: str) -> bool:
+        """The mail API refused a freshly refreshed access token of a delegated grant (Graph
+        or Gmail ``401``, or a token without the send scope): only signing in again helps.
+        The configuration moves to ``needs_reauthorization`` (its mail waits, the admins
+        are notified, as for a refused refresh). True when the state changed."""
+        with self.sessions() as db, db.begin():
+            row = db.scalar(
+                select(EmailServer).where(EmailServer.id == server_id).with_for_update()
+            )
+            if row is None or oauth2_settings(row).get("grant") == "client_credentials":
+                return False
+            now = self.clock()
+            before = row.oauth2_state
+            row.oauth2_state = OAuth2State.NEEDS_REAUTHORIZATION.value
+            row.oauth2_last_error = detail
+            row.oauth2_retry_at = None
+            row.updated_at = now
+            log.warning("oauth2: server %s: the mail API refused its token", row.id)
+            if before != row.oauth2_state:
+                record_incident(db, row, detail, now)
+            return before != row.oauth2_state
+
     def _unreachable(
         self, row: EmailServer, tokens: dict[str, Any], text: str, now: datetime
     ) -> _Outcome:
