@@ -201,6 +201,8 @@ class GraphPeer(Peer):
         self.drafts: dict[str, Draft] = {}
         self.uploads: dict[str, Upload] = {}
         self.deleted: list[str] = []
+        self.refuse_uploads = False
+        """Answer upload URLs 401, as when their embedded token has expired."""
         self.refuse_tokens = False
         """Answer every token 401, fresh or not (Graph will not take this app's tokens)."""
         self._faults: list[tuple[str, int, dict[str, str]]] = []
@@ -377,7 +379,11 @@ class GraphPeer(Peer):
             early = await self.enter(request, mailbox)
             if early is not None:
                 return early
-            if upload is None or request.query_params.get("authtoken") != upload.token:
+            if (
+                upload is None
+                or request.query_params.get("authtoken") != upload.token
+                or self.refuse_uploads
+            ):
                 return _graph_error(
                     401, "InvalidAuthenticationToken", "The upload URL's token is invalid."
                 )

@@ -84,7 +84,11 @@ def run_server_test(env: Env, name: str = "GRAPH", **body: Any) -> dict[str, Any
 
 def test_delegated_sends_the_stored_mime_and_delivers_bcc(env: Env, api_peers: ApiPeers) -> None:
     add_graph(env)
-    mid = submit(env, cc=["cc@example.org"], bcc=["hidden@example.org"])
+    mid = submit(env, cc=["cc@example.org"], bcc=["hidden@example.org"], hold=True)
+    deliver(env)
+    assert message(env, mid)["status"] == "held" and api_peers.graph.requests == []
+    r = env.api.request("POST", f"{MESSAGES}/{mid}/release", env.admin)
+    assert r.status_code == 200, r.text
     deliver(env)
     view = message(env, mid)
     assert view["status"] == "sent", view
@@ -340,6 +344,24 @@ def test_a_draft_that_fails_is_deleted_and_made_again(lite: Env, api_peers: ApiP
     assert got.attachments == [("report.bin", "application/octet-stream", data)]
 
 
+def test_an_expired_upload_url_is_no_authorization_problem(lite: Env, api_peers: ApiPeers) -> None:
+    graph_scopes = (
+        "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.ReadWrite"
+    )
+    add_graph(lite, scope=f"offline_access {graph_scopes}")
+    api_peers.graph.refuse_uploads = True
+    mid = submit(lite, attachments=[attachment("big.bin", os.urandom(3 * 1024 * 1024 + 1))])
+    deliver(lite)
+    view = message(lite, mid)
+    assert view["status"] == "deferred" and "upload session" in view["last_error"]
+    assert lite.status("GRAPH")["state"] == "authorized"  # the user's token was fine
+    assert api_peers.graph.drafts == {}
+    api_peers.graph.refuse_uploads = False
+    lite.clock.offset += timedelta(minutes=3)
+    deliver(lite)
+    assert message(lite, mid)["status"] == "sent"
+
+
 def test_large_messages_need_mail_readwrite(lite: Env, api_peers: ApiPeers) -> None:
     # A delegated grant with Mail.Send alone cannot make drafts: a large message fails with
     # the reason, and nothing is left in the mailbox.
@@ -358,3 +380,32 @@ def attachment(name: str, data: bytes) -> dict[str, str]:
         "content_type": "application/octet-stream",
         "content_base64": base64.b64encode(data).decode(),
     }
+
+
+@pytest.fixture
+def real_mailer(
+    tmp_path: Path, sqlite_url: str, oauth_server: RunningAuthServer, api_peers: ApiPeers
+) -> Iterator[Env]:
+    """With the real system mailer (not a recording one)."""
+    yield from make_env(
+        tmp_path, sqlite_url, oauth_server, record_mail=False, **api_peers.settings()
+    )
+
+
+def test_system_mail_goes_through_graph_too(real_mailer: Env, api_peers: ApiPeers) -> None:
+    env = real_mailer
+    body = oauth_config("SYSTEM", grant="client_credentials")
+    del body["host"], body["port"], body["name"]
+    body["transport"] = "microsoft_graph"
+    r = env.api.request("PUT", "/api/v1/system/email-server", env.admin, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["transport"] == "microsoft_graph"
+    # Password reset links and OAuth2 notices go out through the same transport.
+    env.c.system_mailer.send_system_mail("admin@example.org", "system notice", "hello")
+    [got] = api_peers.graph.delivered
+    assert got.recipients == ["admin@example.org"] and got.message["Subject"] == "system notice"
+    r = env.api.request(
+        "POST", "/api/v1/system/email-server/test", env.admin, json={"to": "admin@example.org"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] and [s["step"] for s in r.json()["steps"]] == ["token", "send"]

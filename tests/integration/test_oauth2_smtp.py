@@ -212,7 +212,7 @@ def test_server_test_endpoint_shows_the_token_step(lite: Env, smtp_servers: Smtp
     body = lite.api.request("POST", url, lite.admin, json={"to": "rcpt@example.org"}).json()
     assert body["ok"] is True, body
     notes = [line for line in body["transcript"] if "OAuth2:" in line]
-    assert "fetched from the token endpoint after the SMTP server refused" in notes[1]
+    assert "fetched from the token endpoint after the mail server refused" in notes[1]
     assert lite.tokens("O365")["access_token"] not in str(body)
 
 

@@ -325,6 +325,13 @@ class GraphApi:
             )
             if answer.status_code == 201:
                 return
+            if answer.status_code == 401:  # the URL's own token, not the configuration's
+                raise ApiError(
+                    Outcome.TEMPORARY,
+                    "send",
+                    f"{NAME}: 401 the upload session's URL was refused (expired?)",
+                    reply=Reply(401, None, "upload URL refused"),
+                )
             if answer.status_code != 200:
                 raise classify(
                     answer.status_code,

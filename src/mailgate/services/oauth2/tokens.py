@@ -384,7 +384,7 @@ class OAuth2TokenProvider:
         self._last: str | None = None
 
     def token(self, *, force_refresh: bool = False) -> str:
-        why = " after the SMTP server refused the token" if force_refresh else ""
+        why = " after the mail server refused the token" if force_refresh else ""
         try:
             info = self.tokens.access_token_info(
                 self.server_id, force_refresh=force_refresh, rejected=self._last
