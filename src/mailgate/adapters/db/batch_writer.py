@@ -165,6 +165,11 @@ class BatchWriter(Generic[T]):
             self._conn = conn
         return self._conn
 
+    @property
+    def checkpoint_running(self) -> bool:
+        """A WAL checkpoint has been started in a thread and has not finished yet."""
+        return self._checkpointing
+
     def _maybe_checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         now = time.monotonic()
         if self._checkpointing or now - self._checked_at < self.checkpoint_check_s:
