@@ -202,6 +202,7 @@ class SmtpServer:
     xoauth2_style: XOAuth2Style
     offer_auth: bool
     keep_messages: bool = True
+    pipelining: bool = True
     host: str = HOST
     port: int = 0
     received: list[ReceivedMessage] = field(default_factory=list)
@@ -307,6 +308,10 @@ class _Handler:
         session.host_name = hostname
         if not self.server.offer_auth:
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        if self.server.pipelining:
+            # aiosmtpd reads one command line after another, so it handles a pipelined
+            # group (RFC 2920) correctly; it just does not say so.
+            responses = [responses[0], "250-PIPELINING", *responses[1:]]
         return responses
 
     async def handle_RCPT(
@@ -438,6 +443,7 @@ class SmtpServers:
         size_limit: int | None = 10 * 1024 * 1024,
         smtputf8: bool = True,
         keep_messages: bool = True,
+        pipelining: bool = True,
         name: str = "smtp",
     ) -> SmtpServer:
         users = dict(users or {})
@@ -450,6 +456,7 @@ class SmtpServers:
             xoauth2_style=xoauth2_style,
             offer_auth=offer_auth,
             keep_messages=keep_messages,
+            pipelining=pipelining,
         )
         ctx = None if tls == "none" else self.pki.server_context(cert, require_client_cert)
         handler = _Handler(server)

@@ -7,6 +7,7 @@
 - ``tls``         the TLS context of a configuration, certificate errors described
 - ``wire``        aiosmtplib with a transcript and the MAIL/RCPT/DATA fast paths (version pin)
 - ``transaction`` one MAIL/RCPT/DATA transaction on an open connection
+- ``pipelining``  the same transaction pipelined (RFC 2920), with a reply reader of its own
 - ``session``     SmtpSession: connect, secure, greet, authenticate, send, close
 - ``transport``   SmtpTransport: the ``ports.Transport`` and ``ports.Prober`` on a session
 """

@@ -37,6 +37,7 @@ from aiosmtplib.auth import auth_plain_encode
 
 from mailgate.adapters.smtp.auth import authenticate
 from mailgate.adapters.smtp.errors import TransportError, find_cause, translate
+from mailgate.adapters.smtp.pipelining import send_pipelined
 from mailgate.adapters.smtp.replies import SendResult, SmtpReply
 from mailgate.adapters.smtp.tls import build_tls_context
 from mailgate.adapters.smtp.transaction import Broken, MailTransactions, ms_since
@@ -92,7 +93,9 @@ class SmtpSession:
     _mail: MailTransactions = field(init=False)
 
     def __post_init__(self) -> None:
-        self._mail = MailTransactions(self.smtp, self.transcript, self._record)
+        self._mail = MailTransactions(
+            self.smtp, self.transcript, self._record, pipelined=send_pipelined
+        )
 
     # ---- opening ------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ from mailgate.domain.messages import Outcome
 from mailgate.domain.transport import FailureKind, Step
 
 _T = TypeVar("_T")
+Pipelined = Callable[
+    ["MailTransactions", float, str, list[str], bytes, list[str], str], Awaitable[SendResult]
+]
 
 
 class Broken(Exception):
@@ -62,6 +65,9 @@ class MailTransactions:
     record: Callable[[Step], None]
     max_size: int | None = None
     needs_rset: bool = False
+    pipelined: Pipelined | None = None
+    """The RFC 2920 path (``pipelining.send_pipelined``), used when the server offers
+    PIPELINING; ``None``: one command at a time."""
 
     async def send(
         self, mail_from: str, recipients: list[str], message: bytes, *, dry_run: bool
@@ -109,6 +115,11 @@ class MailTransactions:
             options.append(f"SIZE={len(message)}")  # RFC 1870
         if not message.isascii() and smtp.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")  # RFC 6152
+
+        if self.pipelined is not None and not dry_run and smtp.supports_extension("pipelining"):
+            return await self.pipelined(
+                self, started, mail_from, recipients, message, options, encoding
+            )
 
         t = time.monotonic()
         self.needs_rset = True

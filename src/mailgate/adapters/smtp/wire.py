@@ -174,4 +174,8 @@ class RecordingSMTP(aiosmtplib.SMTP):
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.close()
             raise
+        except aiosmtplib.SMTPDataError as exc:
+            if exc.code == SMTPStatus.domain_unavailable:
+                self.close()  # 421: the server closes; so does the library after a command
+            raise
         return response
