@@ -6,7 +6,9 @@ network: reading the key file or creating the data directory happens in ``bootst
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,8 +31,9 @@ class Settings(BaseSettings):
     Default: the key file ``<data_dir>/secret.key`` created on first start (mode 0600)."""
     admin_password: str | None = None
     public_base_url: str = "http://localhost:8086"
-    workers: int = Field(default=1, ge=0, le=64)
-    """In-process delivery workers of ``mailgate serve``; 0 for an API-only process."""
+    workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    """Delivery worker processes that ``mailgate serve`` starts and supervises; ``auto``: one
+    per CPU core beyond the first, at least 1 and at most 4; 0 for an API-only process."""
     log_level: str = "INFO"
 
     max_request_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
@@ -78,6 +81,13 @@ class Settings(BaseSettings):
     """The Gmail API, for configurations with transport gmail_api."""
 
     @property
+    def worker_processes(self) -> int:
+        """``workers`` as a number (``auto`` resolved on this machine)."""
+        if self.workers != "auto":
+            return self.workers
+        return auto_worker_processes(usable_cpus())
+
+    @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -86,3 +96,20 @@ class Settings(BaseSettings):
     @property
     def key_file(self) -> Path:
         return self.data_dir / "secret.key"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's cpuset, taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_worker_processes(cpus: int) -> int:
+    """``MAILGATE_WORKERS=auto``: the API process keeps one core, the workers get the rest.
+
+    One worker process delivers several thousand messages a second to a fast server, more
+    than one API process accepts on SQLite; more than four mostly multiply connections (and
+    memory), so more must be asked for."""
+    return max(1, min(cpus - 1, 4))

@@ -172,7 +172,11 @@ class DeliveryQueue(Protocol):
     """
 
     def claim(
-        self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
+        self,
+        worker_id: str,
+        limit: int,
+        skip_servers: Collection[int] = (),
+        only_servers: Collection[int] | None = None,
     ) -> list[Claimed]: ...
 
     def record(
@@ -185,7 +189,9 @@ class DeliveryQueue(Protocol):
 
     def extend(self, worker_id: str, ids: Sequence[str]) -> None: ...
 
-    def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None: ...
+    def next_due(
+        self, skip_servers: Collection[int] = (), only_servers: Collection[int] | None = None
+    ) -> datetime | None: ...
 
 
 class DeliveryObserver(Protocol):

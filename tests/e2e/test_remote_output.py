@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, select
 from tests.conftest import ADMIN_PASSWORD
 from tests.smtp_fixtures import SmtpServer, SmtpServers
 
+from mailgate.adapters.db.tables import MessageAttempt
 from mailgate.adapters.secrets import generate_key
 
 pytestmark = pytest.mark.slow
@@ -330,3 +332,45 @@ def test_refused_when_switched_off_or_deleted(mailgate: Mailgate) -> None:
     again = mailgate.start_agent(token, "refuse")
     assert again.proc.wait(timeout=20) == 2
     assert "refused the token (401" in again.text()
+
+
+def test_worker_processes_deliver_direct_mail_and_serve_the_agents_mail(
+    mailgate: Mailgate, smtp_servers: SmtpServers
+) -> None:
+    """``mailgate serve`` delivers from its worker processes (MAILGATE_WORKERS), which leave
+    remote output alone: that mail is handed to the agent by the one worker that runs in
+    the serve process, where the agent's WebSocket ends. The attempt log names the worker
+    (host:pid:n): the direct message's is a worker process, the remote one's is serve."""
+    token = mailgate.setup_tenant("t-both")
+    remote_smtp = smtp_servers.start(tls="starttls", users={"alice": "s3cret-pw"})
+    direct_smtp = smtp_servers.start(name="direct")
+    mailgate.add_server("t-both", remote_smtp)
+    direct = direct_smtp.config("DIRECT")
+    mailgate.call("POST", "/api/v1/tenants/t-both/email-servers", 201, json=direct)
+    mailgate.start_agent(token, "both")
+    wait_until(lambda: mailgate.connected("t-both"), 20, "the agent to connect")
+
+    remote_id = mailgate.send("t-both", "through the agent")
+    body = {"server": "DIRECT", "to": ["rcpt@example.org"], "subject": "direct", "text": "hi"}
+    direct_id = mailgate.call("POST", "/api/v1/tenants/t-both/messages", 202, json=body)["id"]
+    mailgate.wait_status("t-both", remote_id, "sent")
+    mailgate.wait_status("t-both", direct_id, "sent")
+    assert [m.message["Subject"] for m in direct_smtp.wait_for(1)] == ["direct"]
+    assert [m.message["Subject"] for m in remote_smtp.wait_for(1)] == ["through the agent"]
+
+    engine = create_engine(f"sqlite:///{mailgate.tmp / 'data' / 'mailgate.db'}")
+    try:
+        with engine.connect() as conn:
+            workers = dict(
+                conn.execute(
+                    select(MessageAttempt.message_id, MessageAttempt.worker).where(
+                        MessageAttempt.message_id.in_([remote_id, direct_id])
+                    )
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    pid_of = {mid: int(worker.split(":")[1]) for mid, worker in workers.items()}
+    assert pid_of[remote_id] == mailgate.proc.pid
+    assert pid_of[direct_id] != mailgate.proc.pid
+    assert f"pid {pid_of[direct_id]}" not in mailgate.log.read_text()  # it did not die

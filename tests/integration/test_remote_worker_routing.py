@@ -97,3 +97,27 @@ def test_api_process_leaves_mail_of_an_agent_connected_elsewhere(c: Container) -
         row.connected_until = c.clock() + timedelta(minutes=1)
     assert asyncio.run(Worker(c, worker_id="api").run_once()) == 1  # the direct one only
     assert status(c, remote) == ("queued", None)
+
+
+def test_the_remote_output_worker_of_serve_takes_only_remote_output(c: Container) -> None:
+    """``mailgate serve`` delivers from worker processes (which leave remote output alone)
+    and runs one worker of its own for the agents' mail: that one takes nothing else."""
+    direct, remote = setup(c)
+    assert asyncio.run(Worker(c, worker_id="api", remote_only=True).run_once()) == 0
+    assert status(c, remote) == ("queued", None)  # not an API process: nothing of its own
+
+    c.hub.accepting = True
+    assert asyncio.run(Worker(c, worker_id="api", remote_only=True).run_once()) == 1
+    assert status(c, remote) == ("deferred", "remote client plant-1 is not connected")
+    assert status(c, direct) == ("queued", None)
+
+    # The agent is connected to another API process: its mail is that process's.
+    with c.session() as db:
+        row = db.get(Message, remote)
+        assert row is not None
+        row.status, row.next_attempt_at = "queued", c.clock()
+        client = db.scalar(select(RemoteClient))
+        assert client is not None
+        client.connected_until = c.clock() + timedelta(minutes=1)
+    assert asyncio.run(Worker(c, worker_id="api", remote_only=True).run_once()) == 0
+    assert status(c, remote)[0] == "queued"

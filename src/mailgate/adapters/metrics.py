@@ -1,14 +1,21 @@
-"""Prometheus metrics (prometheus-client): delivery counters of this process, and queue
-numbers read from the database at scrape time (so they are right with many workers)."""
+"""Prometheus metrics (prometheus-client): delivery counters, and queue numbers read from the
+database at scrape time (so they are right with many workers).
+
+Counters are those of this process; in ``mailgate serve`` those of the service: serve and
+the worker processes it supervises count in files of one directory (prometheus-client's
+multiprocess mode, ``enable_multiprocess``) and serve's ``/metrics`` adds them up."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,11 +76,29 @@ class _QueueCollector:
         )
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(directory: Path) -> None:
+    """Count the metrics of this process, and of the processes it starts afterwards (they
+    inherit the environment), in files under ``directory``. Call before ``Metrics`` is
+    created; prometheus-client otherwise reads the variable when it is first imported."""
+    os.environ[MULTIPROC_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
 class Metrics:
-    """One registry per container, so that several apps in one process do not collide."""
+    """One registry per container, so that several apps in one process do not collide.
+
+    ``registry`` is what ``/metrics`` shows: this process's counters, or in multiprocess mode
+    (``enable_multiprocess``) everyone's, summed from the files."""
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
-        self.registry = CollectorRegistry()
+        multiproc_dir = os.environ.get(MULTIPROC_ENV)
+        # In multiprocess mode the counters write to files; registering them for exposition
+        # as well would count this process twice.
+        own = CollectorRegistry() if multiproc_dir else None
+        self.registry = own or CollectorRegistry()
         self.latency = Histogram(
             "mailgate_delivery_latency_seconds",
             "From acceptance to delivery, for delivered messages",
@@ -99,6 +124,9 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        if own is not None:
+            self.registry = CollectorRegistry()
+            MultiProcessCollector(self.registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
         self.registry.register(_QueueCollector(sessions, clock))
 
     def observe_attempt(

@@ -19,6 +19,9 @@ from mailgate.ports import SessionOpener
 from mailgate.services.delivery.service import IDLE_SESSION_S, DeliveryService, DeliverySettings
 from mailgate.services.delivery.targets import target_loader
 
+# The remote-output worker of an API process wakes at most this often for new mail.
+REMOTE_WAKE_SPACING_S = 0.02
+
 
 def default_worker_id(n: int = 0) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{n}"
@@ -35,9 +38,11 @@ class Worker:
         worker_id: str | None = None,
         batch: int | None = None,
         idle_session_s: float = IDLE_SESSION_S,
+        remote_only: bool = False,
     ) -> None:
         s = c.settings
         self.c = c
+        self.remote_only = remote_only
         self.store = SqlDeliveryQueue(
             c.sessions,
             c.clock,
@@ -63,6 +68,7 @@ class Worker:
                 idle_session_s=idle_session_s,
             ),
             clock=c.clock,
+            only_servers=self._own_remote_servers if remote_only else None,
         )
 
     @property
@@ -79,6 +85,11 @@ class Worker:
         with self.c.sessions() as db:
             return self.c.remote_clients.servers_for_other_processes(db, self.c.hub)
 
+    def _own_remote_servers(self) -> list[int]:
+        """The remote-output configurations this API process delivers (its agents')."""
+        with self.c.sessions() as db:
+            return self.c.remote_clients.servers_for_this_process(db, self.c.hub)
+
     async def run_once(self) -> int:
         """Claim and attempt everything due now; return the number of attempts recorded."""
         return await self.service.run_once()
@@ -86,6 +97,14 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then finish what is in flight and give back the rest."""
         wake = self.c.wakeup.register()
+        signal = wake
+        forward = None
+        if self.remote_only:
+            # The API process's remote-output worker hears every submission of the process;
+            # it wakes for them only when there is remote output at all, and at most every
+            # REMOTE_WAKE_SPACING_S, so that its claims cost the API next to nothing.
+            signal = asyncio.Event()
+            forward = asyncio.create_task(self._forward_wakes(wake, signal))
         listener = None
         if self.c.engine.dialect.name == "postgresql":
             listener = asyncio.create_task(
@@ -95,11 +114,20 @@ class Worker:
         if self.c.wakeup.local is not None:
             stop_listening = self.c.wakeup.local.listen(asyncio.get_running_loop(), wake.set)
         try:
-            await self.service.run(stop, wake)
+            await self.service.run(stop, signal)
         finally:
-            if listener is not None:
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+            for task in (listener, forward):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             self.c.wakeup.unregister(wake)
             if stop_listening is not None:
                 stop_listening()
+
+    async def _forward_wakes(self, heard: asyncio.Event, wake: asyncio.Event) -> None:
+        while True:
+            await heard.wait()
+            heard.clear()
+            if not self.service.serves_nothing:
+                wake.set()
+                await asyncio.sleep(REMOTE_WAKE_SPACING_S)

@@ -153,11 +153,29 @@ class RemoteClients:
         """E-mail servers whose mail this process's workers must leave alone.
 
         Remote output is delivered through the agent's WebSocket, which ends in one API
-        process. A standalone ``mailgate worker`` leaves every remote-output configuration to
-        the API processes; an API process leaves those whose agent is connected to another
-        process (it takes those whose agent is here, or connected nowhere: then it records
-        that the client is not connected).
+        process. A ``mailgate worker`` process (also the ones ``mailgate serve`` supervises)
+        leaves every remote-output configuration to the API processes; an API process leaves
+        those whose agent is connected to another process (it takes those whose agent is
+        here, or connected nowhere: then it records that the client is not connected).
         """
+        remote = self._remote_output_servers(db)
+        if not remote or not hub.accepting:
+            return [server_id for server_id, _t, _c in remote]
+        elsewhere = self._connected_elsewhere(db, hub)
+        return [sid for sid, tenant_id, name in remote if (tenant_id, name) in elsewhere]
+
+    def servers_for_this_process(self, db: Session, hub: AgentDirectory) -> builtins.list[int]:
+        """The remote-output configurations an API process delivers (the complement of
+        ``servers_for_other_processes`` among them): those whose agent is connected here,
+        or nowhere. Empty in a process that does not accept agents."""
+        remote = self._remote_output_servers(db)
+        if not remote or not hub.accepting:
+            return []
+        elsewhere = self._connected_elsewhere(db, hub)
+        return [sid for sid, tenant_id, name in remote if (tenant_id, name) not in elsewhere]
+
+    @staticmethod
+    def _remote_output_servers(db: Session) -> builtins.list[tuple[int, int, str]]:
         remote: builtins.list[tuple[int, int, str]] = []
         for server_id, tenant_id, config in db.execute(
             select(EmailServer.id, EmailServer.tenant_id, EmailServer.config).where(
@@ -167,10 +185,11 @@ class RemoteClients:
             ro = (config or {}).get("remote_output") or {}
             if ro.get("enabled") and ro.get("remote_client"):
                 remote.append((server_id, tenant_id, ro["remote_client"]))
-        if not remote or not hub.accepting:
-            return [server_id for server_id, _t, _c in remote]
+        return remote
+
+    def _connected_elsewhere(self, db: Session, hub: AgentDirectory) -> set[tuple[int, str]]:
         now = self.clock()
-        elsewhere = {
+        return {
             (tenant_id, name)
             for tenant_id, name in db.execute(
                 select(RemoteClient.tenant_id, RemoteClient.name).where(
@@ -179,7 +198,6 @@ class RemoteClients:
             )
             if not hub.is_connected(tenant_id, name)
         }
-        return [sid for sid, tenant_id, name in remote if (tenant_id, name) in elsewhere]
 
     def view(self, row: RemoteClient, now: datetime | None = None) -> dict[str, Any]:
         now = now or self.clock()

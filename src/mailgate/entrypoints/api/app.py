@@ -32,18 +32,23 @@ from mailgate.entrypoints.api.routers import (
 )
 
 
-def create_app(container: Container) -> FastAPI:
+def create_app(container: Container, *, remote_output_worker: bool = False) -> FastAPI:
+    """The API and web UI. With ``remote_output_worker`` (``mailgate serve``) one delivery
+    worker runs in this process for the mail of remote-output configurations whose agents
+    connect here: only this process holds their WebSockets. All other mail is delivered by
+    the worker processes ``mailgate serve`` supervises, or by ``mailgate worker``."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # MAILGATE_WORKERS delivery workers share this process's event loop; on shutdown
-        # (SIGTERM to uvicorn) they finish what they send and give back the rest.
+        # On shutdown (SIGTERM to uvicorn) the worker finishes what it sends and gives back
+        # the rest.
         from mailgate.entrypoints.worker import Worker, default_worker_id
 
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(Worker(container, worker_id=default_worker_id(i)).run(stop))
-            for i in range(container.settings.workers)
-        ]
+        tasks = []
+        if remote_output_worker:
+            worker = Worker(container, worker_id=default_worker_id(0), remote_only=True)
+            tasks.append(asyncio.create_task(worker.run(stop)))
         try:
             yield
         finally:

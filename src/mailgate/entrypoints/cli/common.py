@@ -14,6 +14,18 @@ from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError
 
 
+def _logging(settings: Settings) -> None:
+    """The log format of the service (serve and its worker processes write one stream)."""
+    import logging
+
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if settings.log_level.upper() != "DEBUG":
+        # Alembic's plugin and context lines at every start are noise, not news.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def _container() -> Container:
     return build(Settings())
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mailgate.adapters.metrics import enable_multiprocess
 from mailgate.adapters.secrets import generate_key
 from mailgate.bootstrap import build, first_start
 from mailgate.config import Settings
-from mailgate.entrypoints.cli.common import _container
+from mailgate.entrypoints.cli.common import _container, _logging
 
 
 def serve(
@@ -19,38 +23,64 @@ def serve(
         int | None, typer.Option(help="Listen port (MAILGATE_PORT); 0 picks a free one.")
     ] = None,
 ) -> None:
-    """Run the API, the web UI and the delivery worker in one process."""
+    """Run the API and the web UI, and the delivery worker processes beside them
+    (MAILGATE_WORKERS: default one per CPU core beyond the first; 0 for an API-only process)."""
+    import signal
+
     import uvicorn
 
     from mailgate.entrypoints.api.app import create_app
+    from mailgate.entrypoints.supervisor import WorkerSupervisor
 
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    if settings.log_level.upper() != "DEBUG":
-        # Alembic's plugin and context lines at every start are noise, not news.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    _logging(settings)
+    metrics_dir = None
+    if settings.worker_processes:
+        # /metrics of this process sums the counters of the worker processes too.
+        metrics_dir = Path(tempfile.mkdtemp(prefix="mailgate-metrics-"))
+        enable_multiprocess(metrics_dir)
     c = build(settings)
     first_start(c)
     from mailgate.entrypoints.keeper import TokenKeeper
 
+    config = uvicorn.Config(
+        # The remote-output worker: only this process can hand mail to its agents.
+        create_app(c, remote_output_worker=True),
+        host=host or settings.host,
+        port=port if port is not None else settings.port,  # 0: an ephemeral port
+        log_level=settings.log_level.lower(),
+        # Below INFO nothing is logged per request: then uvicorn need not even build the
+        # access log line (client address, quoted path) for every request.
+        access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0)
+        <= logging.INFO,
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    workers = WorkerSupervisor(settings.worker_processes, stopping=lambda: server.should_exit)
+
+    # uvicorn handles SIGTERM and SIGINT while it serves, and afterwards raises the signal
+    # again under the handlers it found: these, so that a clean shutdown ends with status 0
+    # (after the workers stopped) instead of dying by the signal. Before uvicorn listens they
+    # make it stop as soon as it has started.
+    def shutting_down(_signum: int, _frame: object) -> None:
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, shutting_down)
     keeper = TokenKeeper(c.oauth2.keeper)
     keeper.start()
+    workers.start()
     try:
-        uvicorn.run(
-            create_app(c),
-            host=host or settings.host,
-            port=port if port is not None else settings.port,  # 0: an ephemeral port
-            log_level=settings.log_level.lower(),
-            # Below INFO nothing is logged per request: then uvicorn need not even build the
-            # access log line (client address, quoted path) for every request.
-            access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0)
-            <= logging.INFO,
-            proxy_headers=False,
-        )
+        server.run()
     finally:
+        codes = workers.stop()
         keeper.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    if any(code != 0 for code in codes.values()):
+        logging.getLogger("mailgate.supervisor").warning("worker exit statuses: %s", codes)
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: the API could not start (port in use, ...)
 
 
 def init() -> None:

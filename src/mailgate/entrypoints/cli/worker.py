@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import sys
 from typing import Annotated
 
 import typer
 
 from mailgate.bootstrap import build
 from mailgate.config import Settings
+from mailgate.entrypoints.cli.common import _logging
 
 
 def worker(
@@ -21,10 +23,24 @@ def worker(
     stats_every: Annotated[
         float, typer.Option(help="Print a progress line every this many seconds (0: never).")
     ] = 10.0,
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            hidden=True,
+            help="Started by `mailgate serve`: stop when standard input ends (serve is gone); "
+            "no token keeper of its own (serve runs one).",
+        ),
+    ] = False,
 ) -> None:
     """Deliver queued mail until SIGTERM or Ctrl-C (run many of these on PostgreSQL)."""
-    import asyncio
     import signal
+    import threading
+
+    # A SIGTERM while starting (before the event loop takes the signals over) stops the
+    # worker as soon as it runs, instead of killing it.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _s, _f: early_stop.set())
     import time
 
     import uvloop
@@ -32,9 +48,7 @@ def worker(
     from mailgate.entrypoints.worker import Worker, default_worker_id
 
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    _logging(settings)
     c = build(settings)
     c.installation.upgrade_schema()
     if metrics_port is not None:
@@ -47,6 +61,10 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if early_stop.is_set():
+            stop.set()
+        if supervised:
+            _stop_when_stdin_ends(loop, stop)
         pool = [Worker(c, worker_id=default_worker_id(i)) for i in range(workers)]
         tasks = [asyncio.create_task(w.run(stop)) for w in pool]
         typer.echo(f"mailgate worker: {workers} worker(s) delivering; Ctrl-C or SIGTERM stops")
@@ -69,7 +87,8 @@ def worker(
     # Every process that sends keeps OAuth2 tokens alive; the row lock makes one refresh
     # of a configuration happen once however many keepers run.
     keeper = TokenKeeper(c.oauth2.keeper)
-    keeper.start()
+    if not supervised:
+        keeper.start()
     try:
         # The same event loop as `mailgate serve` (uvicorn picks uvloop): 5-8 % less CPU per
         # message delivered than asyncio's own loop.
@@ -77,3 +96,25 @@ def worker(
             runner.run(main_loop())
     finally:
         keeper.stop()
+
+
+def _stop_when_stdin_ends(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """`mailgate serve` holds the other end of our standard input: when it ends (serve
+    exited, or was killed), stop as on SIGTERM."""
+    import os
+
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)

@@ -64,6 +64,7 @@ class DeliveryService:
         *,
         clock: Clock,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        only_servers: Callable[[], list[int]] | None = None,
     ) -> None:
         self.id = worker_id
         self.queue = queue
@@ -72,6 +73,10 @@ class DeliveryService:
         self.tokens_for = tokens_for
         self.skip_servers_of = skip_servers
         """Configurations whose mail this process must leave to others (remote output)."""
+        self.only_servers_of = only_servers
+        """If given: the only configurations whose mail this worker takes (the remote-output
+        worker of an API process)."""
+        self._only: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
         self.observer = observer
         self.settings = settings
         self.clock = clock
@@ -113,10 +118,34 @@ class DeliveryService:
             self._skip = (time.monotonic(), ids)
         return ids
 
+    def _only_servers(self) -> list[int] | None:
+        if self.only_servers_of is None:
+            return None
+        at, ids = self._only
+        if time.monotonic() - at >= SKIP_RECHECK_S:
+            ids = self.only_servers_of()
+            self._only = (time.monotonic(), ids)
+        return ids
+
+    @property
+    def serves_nothing(self) -> bool:
+        """True for a worker restricted to configurations of which none existed when last
+        looked at, less than ``SKIP_RECHECK_S`` ago: a wake-up has nothing for it."""
+        at, ids = self._only
+        return (
+            self.only_servers_of is not None and not ids and time.monotonic() - at < SKIP_RECHECK_S
+        )
+
     def _claim(self, limit: int) -> list[Claimed]:
+        only = self._only_servers()
+        if only is not None:
+            return self.queue.claim(self.id, limit, only_servers=only)
         return self.queue.claim(self.id, limit, skip_servers=self._skip_servers())
 
     def _next_due(self) -> datetime | None:
+        only = self._only_servers()
+        if only is not None:
+            return self.queue.next_due(only_servers=only)
         return self.queue.next_due(skip_servers=self._skip_servers())
 
     # ---- entry points ----------------------------------------------------------------------
