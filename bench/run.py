@@ -35,6 +35,9 @@ import uvloop
 from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from postfix import PrivatePostfix
+from postfix import available as postfix_available
+from postfix import version as postfix_version
 from sink import Sink
 
 from mailgate.adapters.db.tables import Message, MessageContent, Tenant
@@ -121,32 +124,35 @@ def container(data_dir: Path, database_url: str | None) -> Container:
     return c
 
 
-def prequeue(c: Container, port: int, n: int, server_exists: bool = False) -> None:
+def prequeue(
+    c: Container, port: int, n: int, server_exists: bool = False, body: str = BODY
+) -> None:
     """Queue ``n`` messages: the first through the outbox service, the rest as copies of its
-    rows (a bulk insert; building them is not what (b) measures)."""
+    rows (bulk inserts of 20,000 per transaction; building them is not what is measured)."""
     with c.session() as db:
         tenant = db.scalar(select(Tenant).where(Tenant.name == "home"))
         assert tenant is not None
         if not server_exists:
             c.servers.create(db, tenant, EmailServerIn.model_validate(server_config(port)))
-        body = MessageIn.model_validate(
-            {"server": "SINK", "to": ["sink@example.com"], "subject": "b", "text": BODY}
+        message = MessageIn.model_validate(
+            {"server": "SINK", "to": ["sink@example.com"], "subject": "b", "text": body}
         )
         first = c.outbox.submitter.submit(
-            db, tenant.id, Owner("bench", None), body, SubmitOptions.of(body)
+            db, tenant.id, Owner("bench", None), message, SubmitOptions.of(message)
         ).message
         content = db.get(MessageContent, first.id)
         assert content is not None
         template = {col.key: getattr(first, col.key) for col in Message.__table__.columns}
-        for start in range(1, n, 5000):
-            rows, contents = [], []
-            for _ in range(start, min(n, start + 5000)):
-                mid = new_message_id()
-                rows.append({**template, "id": mid})
-                contents.append({"message_id": mid, "raw": content.raw})
+        raw = content.raw
+    for start in range(1, n, 20000):
+        rows, contents = [], []
+        for _ in range(start, min(n, start + 20000)):
+            mid = new_message_id()
+            rows.append({**template, "id": mid})
+            contents.append({"message_id": mid, "raw": raw})
+        with c.session() as db:
             db.execute(insert(Message), rows)
             db.execute(insert(MessageContent), contents)
-            db.flush()
 
 
 async def drain(c: Container, sink: Sink, n: int) -> float:
@@ -181,22 +187,64 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process under it (children of all its threads: the supervisor
+    starts restarted workers from its own thread)."""
+    found, todo = [root], [root]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size of the processes together (shared pages counted once)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
 class Serve:
-    """``mailgate serve``; with ``split`` its workers run in a separate ``mailgate worker``
-    process (``MAILGATE_WORKERS=0`` for the API process), the other way to run it."""
+    """``mailgate serve`` as a user starts it: ``workers`` None is the default layout
+    (``MAILGATE_WORKERS`` unset: ``auto``), else that many worker processes."""
 
     def __init__(
-        self, data_dir: Path, secret_key: str, database_url: str | None, split: bool = False
+        self, data_dir: Path, secret_key: str, database_url: str | None, workers: int | None
     ) -> None:
         self.port = free_port()
-        env = {
-            **os.environ,
-            "MAILGATE_DATA_DIR": str(data_dir),
-            "MAILGATE_SECRET_KEY": secret_key,
-            "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "MAILGATE_WORKERS": "0" if split else os.environ.get("MAILGATE_WORKERS", "1"),
-            "MAILGATE_LOG_LEVEL": "WARNING",
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+        env.update(
+            {
+                "MAILGATE_DATA_DIR": str(data_dir),
+                "MAILGATE_SECRET_KEY": secret_key,
+                "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "MAILGATE_LOG_LEVEL": "WARNING",
+            }
+        )
+        if workers is not None:
+            env["MAILGATE_WORKERS"] = str(workers)
         if database_url:
             env["MAILGATE_DATABASE_URL"] = database_url
         self.log = (data_dir / "serve.log").open("ab")
@@ -206,14 +254,6 @@ class Serve:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.worker: subprocess.Popen[bytes] | None = None
-        if split:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "mailgate.entrypoints.cli", "worker", "--stats-every", "0"],
-                env=env,
-                stdout=self.log,
-                stderr=subprocess.STDOUT,
-            )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
@@ -225,6 +265,12 @@ class Serve:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("mailgate serve did not start; see serve.log")
             time.sleep(0.2)
+        expected = 1 + (workers if workers is not None else Settings().worker_processes)
+        while len(self.pids()) < expected:  # the worker processes are up
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker processes did not start")
+            time.sleep(0.2)
+        time.sleep(1.0)  # and done importing
         r = httpx.post(
             self.url + "/api/v1/auth/login",
             json={"username": "admin", "password": ADMIN_PASSWORD},
@@ -248,24 +294,17 @@ class Serve:
         assert r.status_code == 201, r.text
         self.api_key = r.json()["token"]
 
-    def pids(self) -> dict[str, int]:
-        out = {"serve": self.proc.pid}
-        if self.worker is not None:
-            out["worker"] = self.worker.pid
-        return out
+    def pids(self) -> list[int]:
+        """serve and its worker processes."""
+        return tree_pids(self.proc.pid)
 
     def peak_rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Peak RSS (VmHWM) of serve plus that of each worker process."""
+        return sum(status_kb(pid, "VmHWM") for pid in self.pids()) / 1024
 
     def stop(self) -> None:
-        for proc in (self.worker, self.proc):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
+        self.proc.terminate()
+        self.proc.wait(60)
 
 
 def submit_all(serve: Serve, n: int, concurrency: int = 16) -> dict[str, Any]:
@@ -295,22 +334,29 @@ def submit_all(serve: Serve, n: int, concurrency: int = 16) -> dict[str, Any]:
 
 def end_to_end(serve: Serve, sink: Sink, n: int) -> dict[str, Any]:
     """Row (c): from the first request until the sink has all ``n``; CPU per message of
-    every process involved."""
+    mailgate (serve and its worker processes together), the sink and the client."""
     assert sink.proc.pid is not None
-    procs = {**serve.pids(), "sink": sink.proc.pid}
-    before = {name: cpu_s(pid) for name, pid in procs.items()}
+    pids = serve.pids()
+    before = {pid: cpu_s(pid) for pid in pids}
+    sink_before = cpu_s(sink.proc.pid)
     started = time.perf_counter()
     submitted = submit_all(serve, n)
     sink.wait_for(n)
     elapsed = time.perf_counter() - started
-    cpu = {name: (cpu_s(pid) - before[name]) * 1000 / n for name, pid in procs.items()}
-    cpu["client"] = submitted["client_cpu_s"] * 1000 / n
+    per_process = [(cpu_s(pid) - before[pid]) * 1000 / n for pid in pids]
     return {
         "per_s": n / elapsed,
         "submit_per_s": n / submitted["seconds"],
         "errors": submitted["errors"],
         "first_error": submitted.get("first_error"),
-        "cpu_ms_per_msg": {k: round(v, 3) for k, v in cpu.items()},
+        "cpu_ms_per_msg": {
+            "mailgate": round(sum(per_process), 3),
+            "serve": round(per_process[0], 3),
+            "workers": [round(v, 3) for v in per_process[1:]],
+            "sink": round((cpu_s(sink.proc.pid) - sink_before) * 1000 / n, 3),
+            "client": round(submitted["client_cpu_s"] * 1000 / n, 3),
+        },
+        "pss_mb": round(pss_mb(pids), 1),
     }
 
 
@@ -369,16 +415,17 @@ def row_b(sink: Sink, n: int, database_url: str | None) -> float:
 
 
 def row_c(
-    sink: Sink, n: int, database_url: str | None, split: bool, samples: int = 0
+    sink: Sink, n: int, database_url: str | None, workers: int | None, samples: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(c) in one layout; with ``samples`` also (d) on the same installation."""
+    """(c) with ``workers`` worker processes (None: the default); with ``samples`` also (d)
+    on the same installation."""
     sink.reset()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         c = container(data, database_url)
         secret = c.settings.secret_key or ""
         c.engine.dispose()
-        serve = Serve(data, secret, database_url, split=split)
+        serve = Serve(data, secret, database_url, workers)
         try:
             serve.create_server_and_key(sink.port)
             row = end_to_end(serve, sink, n)
@@ -398,133 +445,279 @@ def row_c(
     return row, latency
 
 
-def row_e(sink: Sink, rss_n: int, database_url: str | None) -> dict[str, Any]:
-    """(e) an installation with ``rss_n`` messages waiting, started (one serve process)."""
+def row_postfix(sink: Sink, n: int, concurrency: int = 16) -> dict[str, Any]:
+    """(p) a private Postfix relaying to the sink, fed over SMTP by ``smtpgen.py``
+    (aiosmtplib) from ``concurrency`` connections: from the first message until the sink
+    has all ``n``; CPU per message of every Postfix process, the sink and the client."""
+    sink.reset()
+    assert sink.proc.pid is not None
+    with tempfile.TemporaryDirectory(prefix="mailgate-bench-postfix-") as tmp:
+        pf = PrivatePostfix(Path(tmp), sink.port, connections=CONNECTIONS)
+        pf.start()
+        try:
+            with tempfile.NamedTemporaryFile(suffix=".eml") as f:
+                f.write(raw_message(0))
+                f.flush()
+                cpu_before, sink_before = pf.cpu_s(), cpu_s(sink.proc.pid)
+                started = time.perf_counter()
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        str(Path(__file__).with_name("smtpgen.py")),
+                        "127.0.0.1",
+                        str(pf.port),
+                        str(n),
+                        str(concurrency),
+                        f.name,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                sink.wait_for(n)
+                elapsed = time.perf_counter() - started
+            injected = json.loads(out.stdout)
+            pss = pss_mb(pf.pids())
+            cpu = (pf.cpu_s() - cpu_before) * 1000 / n
+        finally:
+            pf.stop()
+    return {
+        "per_s": n / elapsed,
+        "submit_per_s": n / injected["seconds"],
+        "errors": injected["errors"],
+        "first_error": injected.get("first_error"),
+        "cpu_ms_per_msg": {
+            "postfix": round(cpu, 3),
+            "sink": round((cpu_s(sink.proc.pid) - sink_before) * 1000 / n, 3),
+            "client": round(injected["client_cpu_s"] * 1000 / n, 3),
+        },
+        "pss_mb": round(pss, 1),
+    }
+
+
+def row_scale(sink: Sink, queued: int, body_bytes: int) -> dict[str, Any]:
+    """(e) ``queued`` messages waiting, then ``mailgate serve`` (default layout) started:
+    how fast it drains them, and the peak RSS of its processes."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        c = container(data, database_url)
+        c = container(data, None)
         secret = c.settings.secret_key or ""
         t = time.perf_counter()
-        prequeue(c, sink.port, rss_n)
+        prequeue(c, sink.port, queued, body=BODY[:body_bytes])
         c.engine.dispose()
-        print(f"    queued {rss_n} messages in {time.perf_counter() - t:.0f} s", flush=True)
+        queue_s = time.perf_counter() - t
         sink.reset()
-        serve = Serve(data, secret, database_url)
+        started = time.perf_counter()
+        serve = Serve(data, secret, None, None)
         try:
-            health = httpx.get(serve.url + "/healthz").json()
-            time.sleep(20)  # delivering from the backlog
-            for _ in range(5):
+            for _ in range(3):  # the API answers meanwhile
                 httpx.get(
-                    f"{serve.url}/api/v1/tenants/home/messages?limit=100", headers=serve.headers
+                    f"{serve.url}/api/v1/tenants/home/messages?limit=100",
+                    headers=serve.headers,
+                    timeout=60,
                 )
-                httpx.get(serve.url + "/metrics")
+            sink.wait_for(queued, timeout=3600)
+            elapsed = time.perf_counter() - started
             rss = serve.peak_rss_mb()
-            delivered = sink.count
+            pss = pss_mb(serve.pids())
         finally:
             serve.stop()
-    return {"peak_rss_mb": rss, "queue_at_start": health["queue"], "delivered_in_20s": delivered}
+    print(
+        f"    {queued} queued ({body_bytes} B bodies, queued in {queue_s:.0f} s): drained in "
+        f"{elapsed:.0f} s = {queued / elapsed:.0f} msg/s, peak RSS {rss:.0f} MB",
+        flush=True,
+    )
+    return {
+        "queued": queued,
+        "body_bytes": body_bytes,
+        "drain_per_s": queued / elapsed,
+        "drain_s": elapsed,
+        "peak_rss_mb_all_processes": round(rss, 1),
+        "pss_mb_at_end": round(pss, 1),
+    }
+
+
+def pg_database(base_url: str) -> tuple[str, Any]:
+    """A database of the benchmark's own on the server of ``base_url``; returns its URL
+    and a function that drops it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mailgate_bench_{os.getpid()}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False), drop
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
-    ap.add_argument("--rss-n", type=int, default=100_000)
     ap.add_argument("--latency-samples", type=int, default=200)
     ap.add_argument(
         "--repeat",
         type=int,
         default=3,
-        help="rounds of (a), (b), (c); each row's median is reported (the machine's speed "
-        "drifts between rounds, so the rows of one round are measured back to back)",
+        help="rounds of every throughput row; each row's median is reported (the machine's "
+        "speed drifts between rounds, so the rows of one round are measured back to back)",
     )
-    ap.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    ap.add_argument(
+        "--pg-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for the PostgreSQL row (a database of its own is created "
+        "and dropped); 'none' to skip the row",
+    )
+    ap.add_argument(
+        "--scale",
+        default="10000:10240,100000:10240,1000000:1024",
+        help="scale rows QUEUED:BODY_BYTES,...; '' to skip",
+    )
+    ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = ap.parse_args()
     n = args.n
+    if not postfix_available():
+        sys.exit("postfix is not installed: run bench/setup.sh (apt-get install postfix)")
     results: dict[str, Any] = {
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
-        f"load {os.getloadavg()[0]:.1f} at start",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu",
+        "load_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],
+        "postfix": postfix_version(),
+        "default_worker_processes": Settings().worker_processes,
         "n": n,
         "rounds": args.repeat,
-        "database": args.database_url.split("@")[-1] if args.database_url else "sqlite",
     }
+    pg_url, drop_pg = (None, None)
+    if args.pg_url != "none":
+        pg_url, drop_pg = pg_database(args.pg_url)
     rounds: list[dict[str, Any]] = []
     sink = Sink()
     try:
         print(f"sink on port {sink.port}; {n} messages of {len(raw_message(0))} bytes", flush=True)
         for i in range(args.repeat):
-            r: dict[str, Any] = {"load": round(os.getloadavg()[0], 2)}
+            r: dict[str, Any] = {"load": [round(x, 2) for x in os.getloadavg()]}
             r["a"] = row_a(sink, n)
-            r["b"] = row_b(sink, n, args.database_url)
-            r["c_one_process"], _ = row_c(sink, n, args.database_url, split=False)
+            r["b"] = row_b(sink, n, None)
             samples = args.latency_samples if i == args.repeat - 1 else 0
-            r["c_split"], latency = row_c(sink, n, args.database_url, split=True, samples=samples)
+            r["c_default"], latency = row_c(sink, n, None, None, samples=samples)
             if latency is not None:
                 results["d_latency_ms"] = latency
+            r["c_2_workers"], _ = row_c(sink, n, None, 2)
+            r["postfix"] = row_postfix(sink, n)
+            if pg_url is not None:
+                r["c_postgres"], _ = row_c_pg(sink, n, pg_url)
             rounds.append(r)
-            print(
-                f"round {i + 1}: (a) {r['a']:.0f}  (b) {r['b']:.0f}  "
-                f"(c) one process {r['c_one_process']['per_s']:.0f}, "
-                f"serve + worker {r['c_split']['per_s']:.0f} msg/s; CPU ms/message "
-                f"one process {r['c_one_process']['cpu_ms_per_msg']}, "
-                f"serve + worker {r['c_split']['cpu_ms_per_msg']}",
-                flush=True,
-            )
+            print(f"round {i + 1} (load {r['load']}): " + summary(r), flush=True)
         results["rounds_detail"] = rounds
-        results["e"] = row_e(sink, args.rss_n, args.database_url)
+        results["scale"] = []
+        for spec in filter(None, args.scale.split(",")):
+            queued, body_bytes = (int(x) for x in spec.split(":"))
+            results["scale"].append(row_scale(sink, queued, body_bytes))
     finally:
         sink.stop()
+        if drop_pg is not None:
+            drop_pg()
+    results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report(results, rounds, n)
+    out = Path(args.out)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {out}")
 
+
+def row_c_pg(sink: Sink, n: int, pg_url: str) -> tuple[dict[str, Any], None]:
+    """(c) on PostgreSQL: serve + 2 worker processes, the benchmark's database emptied and
+    migrated afresh for each round."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    row, _ = row_c(sink, n, pg_url, 2)
+    return row, None
+
+
+def summary(r: dict[str, Any]) -> str:
+    parts = [f"(a) {r['a']:.0f}", f"(b) {r['b']:.0f}"]
+    for key in ("c_default", "c_2_workers", "c_postgres", "postfix"):
+        if key in r:
+            cpu = r[key]["cpu_ms_per_msg"]
+            main_cpu = cpu.get("mailgate", cpu.get("postfix"))
+            parts.append(f"{key} {r[key]['per_s']:.0f} msg/s ({main_cpu:.2f} ms CPU/msg)")
+    return ", ".join(parts)
+
+
+def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> None:
     def median(values: list[float]) -> float:
         return float(statistics.median(values))
 
-    a = median([r["a"] for r in rounds])
-    b = median([r["b"] for r in rounds])
-    c1 = median([r["c_one_process"]["per_s"] for r in rounds])
-    c2 = median([r["c_split"]["per_s"] for r in rounds])
-    results.update(
-        {
-            "a_raw_aiosmtplib_per_s": a,
-            "b_worker_drain_per_s": b,
-            "c_one_process_per_s": c1,
-            "c_split_per_s": c2,
-            "ratio_b_a": b / a,
-            "ratio_c_one_process_a": c1 / a,
-            "ratio_c_split_a": c2 / a,
-            "ratios_per_round": [
-                {
-                    "b/a": round(r["b"] / r["a"], 3),
-                    "c_one_process/a": round(r["c_one_process"]["per_s"] / r["a"], 3),
-                    "c_split/a": round(r["c_split"]["per_s"] / r["a"], 3),
-                }
+    def med(key: str) -> float:
+        return median([r[key]["per_s"] if isinstance(r[key], dict) else r[key] for r in rounds])
+
+    keys = ["a", "b", "c_default", "c_2_workers", "postfix"]
+    if "c_postgres" in rounds[0]:
+        keys.append("c_postgres")
+    medians = {k: med(k) for k in keys}
+    ratios = {
+        "b/a": "b",
+        "c_default/a": "c_default",
+        "c_2_workers/a": "c_2_workers",
+        "postfix/a": "postfix",
+        "c_default/postfix": ("c_default", "postfix"),
+        "c_2_workers/postfix": ("c_2_workers", "postfix"),
+    }
+    if "c_postgres" in medians:
+        ratios["c_postgres/a"] = "c_postgres"
+        ratios["c_postgres/postfix"] = ("c_postgres", "postfix")
+
+    def ratio(r: dict[str, Any], spec: str | tuple[str, str]) -> float:
+        top, bottom = (spec, "a") if isinstance(spec, str) else spec
+        value = lambda k: r[k]["per_s"] if isinstance(r[k], dict) else r[k]  # noqa: E731
+        return float(value(top) / value(bottom))
+
+    per_round = [{name: round(ratio(r, spec), 3) for name, spec in ratios.items()} for r in rounds]
+    results["medians_per_s"] = medians
+    results["ratios_of_medians"] = {
+        name: round(
+            medians[spec] / medians["a"]
+            if isinstance(spec, str)
+            else medians[spec[0]] / medians[spec[1]],
+            3,
+        )
+        for name, spec in ratios.items()
+    }
+    results["ratios_per_round"] = per_round
+    cpu = {
+        k: median(
+            [
+                r[k]["cpu_ms_per_msg"].get("mailgate", r[k]["cpu_ms_per_msg"].get("postfix"))
                 for r in rounds
-            ],
-        }
-    )
-    d, e = results["d_latency_ms"], results["e"]
-    print(f"\nmedians of {len(rounds)} rounds:")
-    print(f"(a) raw aiosmtplib, {CONNECTIONS} connections: {a:8.0f} msg/s")
-    print(f"(b) worker draining {n} queued:       {b:8.0f} msg/s")
-    print(f"(c) end to end, one serve process:      {c1:8.0f} msg/s")
-    print(f"(c) end to end, serve + worker process: {c2:8.0f} msg/s")
-    print(
-        f"(d) idle latency, request->sink p50 {d['from_request_p50']:.1f} ms, "
-        f"p99 {d['from_request_p99']:.1f} ms; 202->sink p50 {d['from_202_p50']:.1f} ms, "
-        f"p99 {d['from_202_p99']:.1f} ms (serve + worker process)"
-    )
-    print(
-        f"(e) peak RSS with {args.rss_n} queued: {e['peak_rss_mb']:.0f} MB "
-        f"(delivered {e['delivered_in_20s']} in the 20 s measured)"
-    )
-    print(f"\n(b)/(a) = {b / a:.2f}   (target >= 0.8)")
-    print(
-        f"(c)/(a) = {c1 / a:.2f} one serve process, {c2 / a:.2f} serve + worker processes"
-        "   (target >= 0.5)"
-    )
-    print(f"per round: {results['ratios_per_round']}")
-    out = Path(__file__).with_name("results.json")
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
+            ]
+        )
+        for k in keys
+        if k not in ("a", "b")
+    }
+    results["cpu_ms_per_msg_medians"] = cpu
+    print(f"\nmedians of {len(rounds)} rounds, {n} messages each:")
+    for k in keys:
+        extra = f"   {cpu[k]:.2f} ms CPU/msg (all its processes)" if k in cpu else ""
+        print(f"  {k:12s} {medians[k]:8.0f} msg/s{extra}")
+    print("ratios of the medians: " + json.dumps(results["ratios_of_medians"]))
+    print(f"per round: {per_round}")
+    if "d_latency_ms" in results:
+        d = results["d_latency_ms"]
+        print(
+            f"(d) idle latency, default layout: request->sink p50 {d['from_request_p50']:.1f} "
+            f"ms, p99 {d['from_request_p99']:.1f} ms; 202->sink p50 {d['from_202_p50']:.1f} "
+            f"ms, p99 {d['from_202_p99']:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
