@@ -44,6 +44,7 @@ pytest: $(TEST_STAMP)
 test: lint typecheck pytest
 
 bench: $(TEST_STAMP)
+	bash bench/setup.sh
 	$(BIN)/python bench/run.py
 
 clean:

@@ -1,8 +1,8 @@
-"""``mailgate serve`` and the delivery worker processes it supervises (README "Workers"),
-with real processes: a worker killed with SIGKILL comes back and nothing is lost, SIGTERM
-stops everything with status 0, a serve killed with SIGKILL leaves no worker behind, and
-``/metrics`` of serve counts what the worker processes delivered. On SQLite (the workers
-are woken through the data directory's socket) and PostgreSQL (NOTIFY)."""
+"""``mailgate serve`` and the delivery worker processes it supervises (README "Sending
+mail", Workers), with real processes: a worker killed with SIGKILL comes back and nothing is
+lost, SIGTERM stops everything with status 0, a serve killed with SIGKILL leaves no worker
+behind, and ``/metrics`` of serve counts what the worker processes delivered. On SQLite (the
+workers are woken through the data directory's socket) and PostgreSQL (NOTIFY)."""
 
 from __future__ import annotations
 

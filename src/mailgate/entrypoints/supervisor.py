@@ -15,7 +15,7 @@ own instead of sharing one interpreter lock with the API. Each worker process:
   (a broken database URL, a bad deployment) is logged, not spun;
 - on shutdown gets SIGTERM (it stops claiming, finishes the messages it is sending and gives
   back the rest) and ``STOP_GRACE_S`` to exit; then SIGKILL. Messages it still held are taken
-  over by another worker when their lease ends (README "Workers").
+  over by another worker when their lease ends (README "Sending mail", Workers).
 
 A worker that dies loses nothing: its claimed messages carry a lease in the database.
 """
