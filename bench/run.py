@@ -1,15 +1,18 @@
-"""mailgate delivery benchmark (issue 4). One run, one machine, one sink for every row.
+"""mailgate delivery benchmark, side by side with Postfix (bench/README.md). One run, one
+machine, one sink for every row.
 
-    .venv/bin/python bench/run.py [--n 5000] [--rss-n 100000] [--database-url URL]
+    bash bench/setup.sh     # Debian's postfix when missing; PostgreSQL up
+    .venv/bin/python bench/run.py [--n 5000] [--repeat 3] [--pg-url URL|none] [--scale SPEC]
 
 (a) raw aiosmtplib, 8 reused connections: the ceiling of the client library;
 (b) mailgate's worker draining N pre-queued messages;
-(c) end to end: N messages submitted through the HTTP API by a concurrent client while the
-    worker of the same ``mailgate serve`` process delivers them;
-(d) idle-queue latency from the request (and from the 202) to the sink receiving the message;
-(e) peak RSS of the ``mailgate serve`` process with RSS_N messages queued.
+(c) end to end: N messages submitted through the HTTP API while ``mailgate serve`` delivers
+    them: the default layout (its worker processes), 2 worker processes, and 2 on PostgreSQL;
+Postfix: a private instance relaying to the sink, fed over SMTP by aiosmtplib;
+(d) idle-queue latency from the request (and from the 202) to the sink;
+scale: 10k / 100k / 1M queued, drained by ``mailgate serve``: rate and peak RSS.
 
-All messages are about 10 KB. Results are printed and written to bench/results.json.
+Results are printed and written to bench/results.json.
 """
 
 from __future__ import annotations
@@ -404,6 +407,23 @@ def row_a(sink: Sink, n: int) -> float:
     return n / elapsed
 
 
+def row_b_unpipelined(sink: Sink, n: int) -> float:
+    """(b) with PIPELINING not used (the sink still offers it): what pipelining changed."""
+    from mailgate.adapters.smtp import session as smtp_session
+
+    post_init = smtp_session.SmtpSession.__post_init__
+
+    def one_at_a_time(self: smtp_session.SmtpSession) -> None:
+        post_init(self)
+        self._mail.pipelined = None
+
+    smtp_session.SmtpSession.__post_init__ = one_at_a_time  # type: ignore[method-assign]
+    try:
+        return row_b(sink, n, None)
+    finally:
+        smtp_session.SmtpSession.__post_init__ = post_init  # type: ignore[method-assign]
+
+
 def row_b(sink: Sink, n: int, database_url: str | None) -> float:
     sink.reset()
     with tempfile.TemporaryDirectory() as tmp:
@@ -604,6 +624,7 @@ def main() -> None:
             r: dict[str, Any] = {"load": [round(x, 2) for x in os.getloadavg()]}
             r["a"] = row_a(sink, n)
             r["b"] = row_b(sink, n, None)
+            r["b_unpipelined"] = row_b_unpipelined(sink, n)
             samples = args.latency_samples if i == args.repeat - 1 else 0
             r["c_default"], latency = row_c(sink, n, None, None, samples=samples)
             if latency is not None:
@@ -645,7 +666,11 @@ def row_c_pg(sink: Sink, n: int, pg_url: str) -> tuple[dict[str, Any], None]:
 
 
 def summary(r: dict[str, Any]) -> str:
-    parts = [f"(a) {r['a']:.0f}", f"(b) {r['b']:.0f}"]
+    parts = [
+        f"(a) {r['a']:.0f}",
+        f"(b) {r['b']:.0f}",
+        f"(b) unpipelined {r['b_unpipelined']:.0f}",
+    ]
     for key in ("c_default", "c_2_workers", "c_postgres", "postfix"):
         if key in r:
             cpu = r[key]["cpu_ms_per_msg"]
@@ -661,12 +686,13 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
     def med(key: str) -> float:
         return median([r[key]["per_s"] if isinstance(r[key], dict) else r[key] for r in rounds])
 
-    keys = ["a", "b", "c_default", "c_2_workers", "postfix"]
+    keys = ["a", "b", "b_unpipelined", "c_default", "c_2_workers", "postfix"]
     if "c_postgres" in rounds[0]:
         keys.append("c_postgres")
     medians = {k: med(k) for k in keys}
     ratios = {
         "b/a": "b",
+        "b_unpipelined/a": "b_unpipelined",
         "c_default/a": "c_default",
         "c_2_workers/a": "c_2_workers",
         "postfix/a": "postfix",
@@ -702,7 +728,7 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
             ]
         )
         for k in keys
-        if k not in ("a", "b")
+        if k not in ("a", "b", "b_unpipelined")
     }
     results["cpu_ms_per_msg_medians"] = cpu
     print(f"\nmedians of {len(rounds)} rounds, {n} messages each:")
