@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from mailgate.domain.messages import Priority, Status
+from mailgate.domain.metadata import metadata_errors
 from mailgate.schemas.common import (
     EmailAddress,
     HeaderName,
@@ -34,6 +35,8 @@ MimeType = Annotated[
     ),
 ]
 DisplayName = Annotated[str, StringConstraints(max_length=200)]
+# Metadata values are the caller's own: kept exactly as given (no stripping).
+MetadataValue = Annotated[str, StringConstraints(strip_whitespace=False)]
 # Headers built from request fields; setting them through "headers" would bypass validation.
 RESERVED_HEADERS = frozenset(
     {
@@ -97,6 +100,11 @@ class MessageIn(StrictModel):
     idempotency_key: (
         Annotated[SingleLine, StringConstraints(min_length=1, max_length=200)] | None
     ) = None
+    metadata: dict[str, MetadataValue] | None = Field(
+        default=None,
+        description="The caller's own string keys and values (at most 20 pairs, 2 KB), "
+        "returned with the message, filterable, and included in its events.",
+    )
 
     model_config = {"populate_by_name": True}
 
@@ -107,6 +115,18 @@ class MessageIn(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("reply_to"), str | dict):
             data = {**data, "reply_to": [data["reply_to"]]}
         return data
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        errors = metadata_errors(value)
+        if errors:
+            e = errors[0]
+            where = e.field.removeprefix("metadata").removeprefix(".")
+            raise ValueError(f"{where!r}: {e.message}" if where else e.message)
+        return value or None
 
     @field_validator("headers")
     @classmethod

@@ -212,6 +212,8 @@ class Message(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     recipient_status: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    meta: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """The message's ``metadata`` (the attribute name ``metadata`` is SQLAlchemy's)."""
 
 
 class MessageContent(Base):

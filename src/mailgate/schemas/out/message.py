@@ -35,6 +35,9 @@ class MessageSummaryOut(RowOutModel):
     )
     attempt_count: int
     last_error: str | None
+    metadata: dict[str, str] = Field(
+        description="The caller's own keys and values given at submission ({}: none)."
+    )
 
 
 class EnvelopeOut(RowOutModel):

@@ -10,6 +10,7 @@ body and the raw paths fill from their query parameters or headers; the submissi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,6 +42,8 @@ class SubmitOptions:
     send_at: datetime | None = None
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
+    metadata: Mapping[str, str] | None = None
+    """Checked already (``domain.metadata``); None or empty: none."""
 
     @classmethod
     def of(cls, body: MessageIn, idempotency_header: str | None = None) -> SubmitOptions:
@@ -51,6 +54,7 @@ class SubmitOptions:
             body.send_at,
             body.priority,
             idempotency_key(body.idempotency_key, idempotency_header),
+            body.metadata,
         )
 
 

@@ -7,6 +7,7 @@ messages it submitted, and another tenant's message is "not found", never "forbi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
 from mailgate.domain.errors import NotFound, ValidationFailed
 from mailgate.domain.messages import RANK_PRIORITY, Priority, Status
+from mailgate.domain.metadata import FILTER_PREFIX, KEY
 from mailgate.schemas.out.message import MessageOut, MessagePageOut, MessageSummaryOut
 from mailgate.services.outbox.options import Owner
 
@@ -35,8 +37,10 @@ def search(
     q: str | None,
     limit: int,
     cursor: str | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> MessagePageOut:
-    """Newest first, ``limit`` at a time; the page's ``next_cursor`` is None on the last."""
+    """Newest first, ``limit`` at a time; the page's ``next_cursor`` is None on the last.
+    ``metadata``: only messages carrying every one of these keys with these values."""
     if cursor is not None and not MESSAGE_ID.match(cursor):
         raise ValidationFailed.one("cursor", "not a cursor returned by this list")
     for name, value in (("q", q), ("server", server)):
@@ -60,6 +64,13 @@ def search(
                 Message.message_id_header == q,
             )
         )
+    for key, value in (metadata or {}).items():
+        if not KEY.match(key):
+            raise ValidationFailed.one(FILTER_PREFIX + key, "not a metadata key")
+        if "\x00" in value:
+            raise ValidationFailed.one(FILTER_PREFIX + key, "must not contain NUL characters")
+        # json_extract / ->> on the tenant's rows (README "Message metadata": no index).
+        query = query.where(Message.meta[key].as_string() == value)
     if cursor is not None:
         query = query.where(Message.id < cursor)
     rows = list(db.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
@@ -148,6 +159,7 @@ def _summary_fields(row: Message) -> dict[str, Any]:
         "next_attempt_at": _next_attempt(row),
         "attempt_count": row.attempt_count,
         "last_error": row.last_error,
+        "metadata": row.meta or {},
     }
 
 

@@ -177,6 +177,7 @@ class Submitter:
             "next_attempt_at": None if hold else max(send_at or now, now),
             "expires_at": max(send_at or now, now) + self.retry_max_age,
             "attempt_count": 0,
+            "meta": dict(options.metadata) if options.metadata else None,
         }
 
     def _store(

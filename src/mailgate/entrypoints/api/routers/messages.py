@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, ValidationError
+from pydantic import AwareDatetime, StringConstraints, ValidationError
 from sqlalchemy.orm import Session
 from starlette.routing import Route
 
@@ -15,6 +15,7 @@ from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import BadRequest, MailgateError, PayloadTooLarge, ValidationFailed
 from mailgate.domain.messages import Action, Priority, Status
+from mailgate.domain.metadata import FILTER_PREFIX, metadata_errors
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
@@ -87,12 +88,27 @@ def owner_of(caller: Principal, tenant_id: int) -> Owner:
 
 
 class RawOptions(StrictModel):
-    """Query parameters of a message/rfc822 submission (JSON carries them in the body)."""
+    """Query parameters of a message/rfc822 submission (JSON carries them in the body);
+    metadata comes as ``metadata.KEY=VALUE`` parameters (README "Message metadata")."""
 
     server: ObjectName | None = None
     hold: bool = False
     send_at: AwareDatetime | None = None
     priority: Priority = Priority.NORMAL
+    metadata: dict[str, Annotated[str, StringConstraints(strip_whitespace=False)]] | None = None
+
+
+def split_metadata(items: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
+    """Query parameters apart from ``metadata.KEY=VALUE`` ones, and those as a dict (the
+    last of a repeated key wins)."""
+    params: dict[str, str] = {}
+    meta: dict[str, str] = {}
+    for name, value in items:
+        if name.startswith(FILTER_PREFIX):
+            meta[name.removeprefix(FILTER_PREFIX)] = value
+        else:
+            params[name] = value
+    return params, meta
 
 
 _SUBMIT_DOC: dict[str, Any] = {
@@ -106,6 +122,17 @@ _SUBMIT_DOC: dict[str, Any] = {
             "schema": _inline_refs(RawOptions.model_json_schema())["properties"][name],
         }
         for name in RawOptions.model_fields
+        if name != "metadata"
+    ]
+    + [
+        {
+            "name": "metadata.KEY",
+            "in": "query",
+            "required": False,
+            "description": "message/rfc822 only: metadata pairs, one parameter per key "
+            "(metadata.order=42); JSON requests carry ``metadata`` in the body",
+            "schema": {"type": "string"},
+        }
     ]
     + [
         {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
@@ -142,10 +169,20 @@ async def submit_message(tenant: str, request: Request) -> Response:
         content = _parse(ctype, await request.body(), c.settings.max_message_bytes)
     options = RawOptions()
     if request.query_params:
+        params, meta = split_metadata(request.query_params.multi_items())
         try:
-            options = RawOptions.model_validate(dict(request.query_params))
+            options = RawOptions.model_validate({**params, "metadata": meta or None})
         except ValidationError as exc:
             content = ValidationFailed(pydantic_field_errors(exc))
+        if "metadata" in params:
+            content = ValidationFailed.one("metadata", "give each pair as metadata.KEY=VALUE")
+        elif meta and (errors := metadata_errors(meta)):
+            content = ValidationFailed(errors)
+        if meta and isinstance(content, MessageIn):
+            content = ValidationFailed.one(
+                FILTER_PREFIX + next(iter(meta)),
+                "a JSON request carries its metadata in the body",
+            )
     header_key = request.headers.get("idempotency-key")
     key = header_key
     if isinstance(content, MessageIn) and content.idempotency_key is not None:
@@ -285,12 +322,28 @@ def _submit_options(
         query_options.send_at,
         query_options.priority,
         idempotency_key(None, idempotency_header),
+        query_options.metadata,
     )
 
 
-@router.get("")
+@router.get(
+    "",
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "metadata.KEY",
+                "in": "query",
+                "required": False,
+                "description": "only messages whose metadata has KEY with this value "
+                "(metadata.order=42); several are combined with AND",
+                "schema": {"type": "string"},
+            }
+        ]
+    },
+)
 def list_messages(
     tenant: str,
+    request: Request,
     caller: Caller,
     db: DB,
     status: Status | None = None,
@@ -301,6 +354,7 @@ def list_messages(
 ) -> MessagePageOut:
     """Newest first. ``next_cursor`` is null on the last page."""
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_READ_OWN)
+    _params, meta = split_metadata(request.query_params.multi_items())
     return query.search(
         db,
         t.id,
@@ -310,6 +364,7 @@ def list_messages(
         q=q,
         limit=limit,
         cursor=cursor,
+        metadata=meta,
     )
 
 
