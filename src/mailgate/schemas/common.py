@@ -17,7 +17,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     StringConstraints,
+    ValidationInfo,
 )
+
+from mailgate.domain.headers import check_header_value
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -87,6 +90,21 @@ Hostname = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidat
 EmailAddress = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
 SingleLine = Annotated[str, StringConstraints(max_length=998), AfterValidator(check_no_crlf)]
 HeaderName = Annotated[str, AfterValidator(check_header_name)]
+STORED = {"stored": True}
+"""Validation context for data read back from the database: checks added later (header
+injection) must not make an existing row unreadable; the code that uses such a value
+checks it again where it matters (``services/outbox/mime.py``)."""
+
+
+def _header_text(value: str, info: ValidationInfo) -> str:
+    if isinstance(info.context, dict) and info.context.get("stored"):
+        return value
+    return check_header_value(value)
+
+
+HeaderText = Annotated[str, StringConstraints(max_length=998), AfterValidator(_header_text)]
+"""A value that becomes (part of) a message header: no control characters, also not
+inside RFC 2047 encoded words (``domain/headers.py``)."""
 TenantName = Annotated[str, AfterValidator(check_tenant_name)]
 # Names appear in URLs (/email-servers/{name}); keep them URL-safe and readable.
 ObjectName = Annotated[

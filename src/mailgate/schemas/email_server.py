@@ -16,6 +16,7 @@ from mailgate.domain.errors import FieldError, ValidationFailed
 from mailgate.schemas.common import (
     EmailAddress,
     HeaderName,
+    HeaderText,
     Hostname,
     ObjectName,
     SingleLine,
@@ -96,15 +97,15 @@ class Authentication(StrictModel):
 
 class MessageDefaults(StrictModel):
     from_address: EmailAddress | None = None
-    from_name: SingleLine | None = Field(default=None, max_length=200)
+    from_name: HeaderText | None = Field(default=None, max_length=200)
     reply_to: EmailAddress | None = None
     envelope_from: EmailAddress | None = None
     cc: list[EmailAddress] = Field(default_factory=list, max_length=100)
     bcc: list[EmailAddress] = Field(default_factory=list, max_length=100)
-    subject: SingleLine | None = None
+    subject: HeaderText | None = None
     body_text: str | None = Field(default=None, max_length=1024 * 1024)
     body_html: str | None = Field(default=None, max_length=1024 * 1024)
-    headers: dict[HeaderName, SingleLine] = Field(default_factory=dict, max_length=50)
+    headers: dict[HeaderName, HeaderText] = Field(default_factory=dict, max_length=50)
 
 
 class RemoteOutput(StrictModel):

@@ -18,6 +18,7 @@ from mailgate.domain.metadata import metadata_errors
 from mailgate.schemas.common import (
     EmailAddress,
     HeaderName,
+    HeaderText,
     ObjectName,
     SingleLine,
     StrictModel,
@@ -34,7 +35,7 @@ MimeType = Annotated[
         pattern=r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$",
     ),
 ]
-DisplayName = Annotated[str, StringConstraints(max_length=200)]
+DisplayName = Annotated[HeaderText, StringConstraints(max_length=200)]
 # Metadata values are the caller's own: kept exactly as given (no stripping).
 MetadataValue = Annotated[str, StringConstraints(strip_whitespace=False)]
 # Headers built from request fields; setting them through "headers" would bypass validation.
@@ -58,11 +59,6 @@ RESERVED_HEADERS = frozenset(
 class AddressIn(StrictModel):
     address: EmailAddress
     name: DisplayName | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _single_line(cls, value: str | None) -> str | None:
-        return None if value is None else check_no_crlf(value)
 
 
 Address = EmailAddress | AddressIn
@@ -89,11 +85,11 @@ class MessageIn(StrictModel):
     cc: list[Address] = Field(default_factory=list, max_length=1000)
     bcc: list[Address] = Field(default_factory=list, max_length=1000)
     reply_to: list[Address] = Field(default_factory=list, max_length=100)
-    subject: SingleLine | None = None
+    subject: HeaderText | None = None
     text: Body | None = None
     html: Body | None = None
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
-    headers: dict[HeaderName, SingleLine] = Field(default_factory=dict, max_length=100)
+    headers: dict[HeaderName, HeaderText] = Field(default_factory=dict, max_length=100)
     hold: bool = False
     send_at: AwareDatetime | None = None
     priority: Priority = Priority.NORMAL

@@ -24,6 +24,7 @@ from mailgate.domain.errors import (
     ValidationFailed,
 )
 from mailgate.ports import SecretCipher
+from mailgate.schemas.common import STORED
 from mailgate.schemas.email_server import (
     EmailServerIn,
     ResolvedServer,
@@ -160,11 +161,13 @@ class EmailServers:
         JSON itself, so an edited configuration is never served from the cache; validating
         (addresses with email-validator) cost more than the rest of a submission."""
         if isinstance(row, EmailServer):
-            return EmailServerIn.model_validate({**row.config, "name": row.name})
+            return EmailServerIn.model_validate({**row.config, "name": row.name}, context=STORED)
         key = (row.name, row.config_json)
         cfg = self._configs.get(key)
         if cfg is None:
-            cfg = EmailServerIn.model_validate({**json.loads(row.config_json), "name": row.name})
+            cfg = EmailServerIn.model_validate(
+                {**json.loads(row.config_json), "name": row.name}, context=STORED
+            )
             if len(self._configs) >= 256:
                 self._configs.clear()
             self._configs[key] = cfg

@@ -20,7 +20,7 @@ from mailgate.domain.errors import NotFound
 from mailgate.domain.messages import Outcome, describe
 from mailgate.ports import SessionFailed, TokenProvider, Transport
 from mailgate.schemas.email_server import ResolvedServer
-from mailgate.services.diagnosis.message import sender_of
+from mailgate.services.diagnosis.message import header_problem, sender_of
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME, EmailServers
 
 
@@ -52,6 +52,8 @@ class TransportSystemMailer:
         from_address, envelope_from = sender_of(server.config)
         if from_address is None or envelope_from is None:
             raise SystemMailError("the system e-mail server has no from_address")
+        if (problem := header_problem(server.config)) is not None:
+            raise SystemMailError(f"the system e-mail server's {problem}")
         msg = EmailMessage()
         msg["From"] = formataddr(
             (server.config.message_defaults.from_name or "mailgate", from_address)

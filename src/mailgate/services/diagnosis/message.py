@@ -7,6 +7,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
 from mailgate.domain.clock import Clock
+from mailgate.domain.headers import header_value_problem
 from mailgate.schemas.email_server import EmailServerIn
 
 
@@ -16,6 +17,18 @@ def sender_of(cfg: EmailServerIn) -> tuple[str | None, str | None]:
     username = cfg.authentication.username
     from_address = defaults.from_address or (username if username and "@" in username else None)
     return from_address, defaults.envelope_from or from_address
+
+
+def header_problem(cfg: EmailServerIn) -> str | None:
+    """Why the message defaults cannot go into the test e-mail's headers (saved before
+    header injection was checked), or ``None``."""
+    defaults = cfg.message_defaults
+    values = [("message_defaults.from_name", defaults.from_name)]
+    values += [(f"message_defaults.headers.{k}", v) for k, v in defaults.headers.items()]
+    for field, value in values:
+        if value is not None and (problem := header_value_problem(value)) is not None:
+            return f"{field}: {problem}"
+    return None
 
 
 def build_test_message(

@@ -24,7 +24,7 @@ from mailgate.domain.transport import Failure, FailureKind, Reply, Step
 from mailgate.ports import ProbeFailed, Prober, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.diagnosis.hints import hint_for
-from mailgate.services.diagnosis.message import build_test_message, sender_of
+from mailgate.services.diagnosis.message import build_test_message, header_problem, sender_of
 from mailgate.services.oauth2.tokens import OAuth2TokenProvider
 
 log = logging.getLogger("mailgate.server_test")
@@ -96,6 +96,10 @@ def _hint_for(
     return oauth2_hint(cfg.authentication.model_dump(), kind) or hint_for(step, kind, reply)
 
 
+class _Stop(Exception):
+    """The test ends early with the step already recorded."""
+
+
 async def run_test(
     server: ResolvedServer,
     *,
@@ -119,6 +123,11 @@ async def run_test(
     ok = False
     try:
         async with asyncio.timeout(probe.budget_s):
+            if (problem := header_problem(cfg)) is not None:
+                # Refused before connecting: nothing of it reaches the server.
+                steps.append(Step("mail_from", False, 0, problem))
+                hint = "Correct the message defaults: " + problem
+                raise _Stop
             await probe.open()
             envelope_from = sender_of(cfg)[1]
             built = build_test_message(cfg, label, to, clock)
@@ -135,6 +144,8 @@ async def run_test(
                     hint = _hint(server, refused)
                 if mode == "dry_run":
                     message_id = None
+    except _Stop:
+        pass
     except ProbeFailed as exc:
         hint = _hint(server, exc.failure)
     except TimeoutError:

@@ -16,16 +16,20 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email import policy as email_policy
+from email.errors import MessageError
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import format_datetime, getaddresses, make_msgid
 
 from mailgate.domain.errors import FieldError, ValidationFailed
+from mailgate.domain.headers import header_value_problem
 from mailgate.schemas.common import normalize_email
 from mailgate.schemas.email_server import MessageDefaults
 from mailgate.schemas.message import Address, AddressIn, MessageIn
 from mailgate.services.outbox.simple_mime import render as render_simple
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,26 @@ def build_mime(
             decoded.append(base64.b64decode("".join(att.content_base64.split()), validate=True))
         except (binascii.Error, ValueError):
             errors.append(FieldError(f"attachments.{i}.content_base64", "not valid base64"))
+    subject = body.subject if body.subject is not None else defaults.subject
+    headers = {**defaults.headers, **body.headers}
+    # The request was checked when it was parsed; the defaults were checked when they were
+    # saved, unless they were saved before that check existed: check what is used here.
+    checks = [("subject" if body.subject is not None else "message_defaults.subject", subject)]
+    if body.from_ is None:
+        checks.append(("message_defaults.from_name", defaults.from_name))
+    checks += [
+        (f"{'headers' if k in body.headers else 'message_defaults.headers'}.{k}", v)
+        for k, v in headers.items()
+    ]
+    for field, value in checks:
+        if value is not None and (problem := header_value_problem(value)) is not None:
+            errors.append(FieldError(field, problem))
     if errors:
         raise ValidationFailed(errors)
     assert sender is not None
     reply_to: list[Address] = list(body.reply_to)
     if not reply_to and defaults.reply_to:
         reply_to = [defaults.reply_to]
-    subject = body.subject if body.subject is not None else defaults.subject
     text = body.text
     html = body.html
     if text is None and html is None:
@@ -101,7 +118,6 @@ def build_mime(
 
     mail_from = defaults.envelope_from or _address(sender)[0]
     rcpts = _unique([_address(a)[0] for a in [*body.to, *cc, *bcc]])
-    headers = {**defaults.headers, **body.headers}
     date = _date_header(now)
     if fast and not body.attachments:
         message_id = None
@@ -154,8 +170,11 @@ def build_mime(
             maintype, _, subtype = att.content_type.partition("/")
             msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=att.filename)
         raw = msg.as_bytes(policy=email_policy.SMTP)
-    except (ValueError, TypeError) as exc:
-        # The stdlib refuses what it cannot encode safely (e.g. header injection attempts).
+    except ValidationFailed:
+        raise
+    except (ValueError, TypeError, LookupError, MessageError) as exc:
+        # The stdlib refuses what it cannot encode safely (a patched Python raises
+        # HeaderWriteError for a header that would inject a line): the request's fault.
         raise ValidationFailed.one("body", f"cannot build the message: {exc}") from exc
     return BuiltMessage(raw, mail_from, rcpts, subject, str(msg["Message-ID"] or "") or None)
 
@@ -182,10 +201,11 @@ def prepare_raw(raw: bytes, defaults: MessageDefaults, now: datetime) -> BuiltMe
             mail_from = normalize_email(mail_from)
         except ValueError as exc:
             errors.append(FieldError("From", str(exc)))
-    for name in ("Subject", "Message-ID"):
-        value = msg[name]
-        if value is not None and "\x00" in str(value):
-            errors.append(FieldError(name, "must not contain NUL characters"))
+    for name, value in msg.raw_items():
+        # As sent, unfolded: re-serializing (for Bcc, or a long line) decodes encoded words.
+        problem = header_value_problem(_FOLD.sub("", value))
+        if problem is not None:
+            errors.append(FieldError(name, problem))
     if len(str(msg["Message-ID"] or "")) > 998:
         errors.append(FieldError("Message-ID", "longer than 998 characters (RFC 5322 2.1.1)"))
     if errors:
@@ -200,7 +220,10 @@ def prepare_raw(raw: bytes, defaults: MessageDefaults, now: datetime) -> BuiltMe
         extra += f"Message-ID: {message_id}\r\n".encode()
     if msg["Bcc"] is not None:
         del msg["Bcc"]
-        data = msg.as_bytes(policy=email_policy.SMTP)
+        try:
+            data = msg.as_bytes(policy=email_policy.SMTP)
+        except (ValueError, TypeError, LookupError, MessageError) as exc:
+            raise ValidationFailed.one("body", f"cannot write the message: {exc}") from exc
     else:
         data = re.sub(rb"\r?\n", b"\r\n", raw)
     subject = msg["Subject"]

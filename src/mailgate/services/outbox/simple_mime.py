@@ -55,7 +55,7 @@ def _address(addr: str, name: str | None) -> str | None:
         return None
     if not name:
         return addr
-    if not _PHRASE.fullmatch(name):
+    if not _PHRASE.fullmatch(name) or "=?" in name:
         return None
     return f"{name} <{addr}>"
 
