@@ -185,9 +185,10 @@ class Fault:
     """What to do instead of handling a command: reply, disconnect, hang, or (DATA only)
     ``disconnect_mid_data`` (answer 354, read a little, drop the connection)."""
 
-    action: str  # "reply" | "disconnect" | "hang" | "disconnect_mid_data"
+    action: str  # "reply" | "disconnect" | "hang" | "disconnect_mid_data" | "delay"
     reply: str = ""
     times: int | None = 1  # None: every time
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -224,6 +225,11 @@ class SmtpServer:
         ``disconnect``, ``hang`` or ``disconnect_mid_data`` as the reply to do that."""
         action = reply if reply in ("disconnect", "hang", "disconnect_mid_data") else "reply"
         self.faults.setdefault(command.upper(), []).append(Fault(action, reply, times))
+
+    def delay_data_end(self, seconds: float, *, times: int | None = 1, then: str = "reply") -> None:
+        """Take the message (it counts as received), then answer the final dot only after
+        ``seconds``; ``then="disconnect"`` hangs up instead of answering."""
+        self.faults.setdefault("DATA_END", []).append(Fault("delay", then, times, seconds))
 
     def refuse(self, address: str, reply: str = "550 5.1.1 no such user") -> None:
         self.refusals[address.lower()] = reply
@@ -325,7 +331,7 @@ class _Handler:
 
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
         fault = self.server.take_fault("DATA_END")
-        if fault is not None:
+        if fault is not None and fault.action != "delay":
             return fault.reply
         auth = session.auth_data
         login = auth.login.decode() if isinstance(auth, LoginPassword) else auth
@@ -339,6 +345,11 @@ class _Handler:
                 tls=session.ssl is not None or self.server.tls == "implicit",
             )
         )
+        if fault is not None:
+            await asyncio.sleep(fault.delay_s)
+            if fault.reply == "disconnect":
+                assert smtp.transport is not None
+                smtp.transport.close()
         return "250 2.0.0 OK queued as 42"
 
     async def auth_XOAUTH2(self, smtp: SMTP, args: list[str]) -> AuthResult:

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=60, gt=0)
     """First retry delay; it doubles with each attempt (with jitter) up to ``retry_cap_s``."""
     retry_cap_s: float = Field(default=3600, gt=0)
+    possibly_delivered_retry_s: float = Field(default=3600, gt=0)
+    """Wait before retrying a message the server may already have (no reply after the end of
+    the message, or a worker stopped during the attempt)."""
     worker_batch: int = Field(default=200, ge=1, le=5000)
     """Messages a worker claims at a time (and keeps in flight at most)."""
     worker_poll_s: float = Field(default=5.0, gt=0)

@@ -198,7 +198,13 @@ class DeliveryObserver(Protocol):
     """Counts what delivery did (the Prometheus metrics)."""
 
     def observe_attempt(
-        self, code: int | None, status: Status, created_at: datetime, now: datetime
+        self,
+        code: int | None,
+        status: Status,
+        created_at: datetime,
+        now: datetime,
+        *,
+        possibly_delivered: bool = False,
     ) -> None: ...
 
 

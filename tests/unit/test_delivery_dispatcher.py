@@ -122,7 +122,13 @@ class Counter:
         self.statuses: list[Status] = []
 
     def observe_attempt(
-        self, code: int | None, status: Status, created_at: datetime, now: datetime
+        self,
+        code: int | None,
+        status: Status,
+        created_at: datetime,
+        now: datetime,
+        *,
+        possibly_delivered: bool = False,
     ) -> None:
         self.statuses.append(status)
 

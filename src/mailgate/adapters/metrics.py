@@ -117,6 +117,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.possibly_delivered = Counter(
+            "mailgate_delivery_possibly_delivered",
+            "Attempts whose outcome is unknown while the server may have the message (no "
+            "reply after the end of the message, or a worker stopped during the attempt); "
+            "each is retried late and flagged in the attempt log",
+            registry=self.registry,
+        )
         self.token_requests = Counter(
             "mailgate_oauth2_token_requests",
             "OAuth2 token endpoint requests (code exchange, refresh, client credentials) by "
@@ -130,8 +137,16 @@ class Metrics:
         self.registry.register(_QueueCollector(sessions, clock))
 
     def observe_attempt(
-        self, code: int | None, status: Status, created_at: datetime, now: datetime
+        self,
+        code: int | None,
+        status: Status,
+        created_at: datetime,
+        now: datetime,
+        *,
+        possibly_delivered: bool = False,
     ) -> None:
+        if possibly_delivered:
+            self.possibly_delivered.inc()
         self.replies.labels(f"{code // 100}xx" if code else "none").inc()
         self.attempts.labels(status.value).inc()
         if status is Status.SENT:

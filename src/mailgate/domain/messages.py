@@ -137,6 +137,11 @@ class AttemptResult:
     retry_after_s: float | None = None
     """The peer said when to try again (HTTP ``Retry-After``, RFC 9110 10.2.3): a temporary
     failure is retried then, not after the usual backoff."""
+    possibly_delivered: bool = False
+    """The outcome is unknown and the peer may have the message: the whole message went out
+    but no reply to its end came (lost connection, no answer within ``data_done_s``), or a
+    worker stopped in the middle of the attempt. Retried only after
+    ``RetryPolicy.possibly_delivered_after``, and flagged in the attempt log."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ class RetryPolicy:
     cap: timedelta = timedelta(hours=1)
     jitter: float = 0.2
     max_age: timedelta = timedelta(days=2)
+    possibly_delivered_after: timedelta = timedelta(hours=1)
+    """The wait before retrying a message the server may have received already: a repeat is
+    worse than a late message, and a server that took its time to answer often did deliver."""
 
     def delay(self, attempts: int, rand: Callable[[], float] = random.random) -> timedelta:
         raw = min(self.cap.total_seconds(), self.base.total_seconds() * 2 ** max(attempts - 1, 0))
@@ -212,10 +220,14 @@ def decide(
     rr = result.recipients.get(temp[0])
     if rr is not None:
         reason = describe(rr.code, rr.text)
+    if result.possibly_delivered:
+        reason = f"possibly delivered: {reason}"
     if now >= expires_at:
         return Decision(Status.FAILED, None, f"gave up after {attempts} attempts: {reason}", temp)
     delay = policy.delay(attempts, rand)
-    if result.retry_after_s is not None:
+    if result.possibly_delivered:
+        delay = policy.possibly_delivered_after
+    elif result.retry_after_s is not None:
         # The peer's own word beats our guess, within the backoff's cap (a peer asking for a
         # day must not park mail past what an operator configured).
         delay = timedelta(seconds=min(max(result.retry_after_s, 1.0), policy.cap.total_seconds()))

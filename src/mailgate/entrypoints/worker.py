@@ -50,6 +50,7 @@ class Worker:
             RetryPolicy(
                 base=timedelta(seconds=s.retry_base_s),
                 cap=timedelta(seconds=s.retry_cap_s),
+                possibly_delivered_after=timedelta(seconds=s.possibly_delivered_retry_s),
                 max_age=timedelta(seconds=s.retry_max_age_s),
             ),
         )

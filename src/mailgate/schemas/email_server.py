@@ -70,6 +70,14 @@ class TlsSettings(StrictModel):
 class Timeouts(StrictModel):
     connect_s: float = Field(default=15, gt=0, le=300)
     command_s: float = Field(default=60, gt=0, le=600)
+    data_done_s: float = Field(
+        default=600,
+        gt=0,
+        le=3600,
+        description="How long to wait for the reply to the end of a message (the final "
+        "dot): RFC 5321 4.5.3.2.6 gives it 10 minutes. No reply in time means the server "
+        "may have the message: it is retried only after a long delay, flagged.",
+    )
 
 
 class Limits(StrictModel):

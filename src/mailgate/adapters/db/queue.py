@@ -268,6 +268,7 @@ class SqlDeliveryQueue:
                     "ms": result.ms,
                     "worker": worker_id,
                     "recipients": _recipients_view(result) if result.recipients else None,
+                    "possibly_delivered": result.possibly_delivered,
                 }
             )
             out.append(Recorded(claimed, result, decision))

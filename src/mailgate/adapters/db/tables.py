@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -239,6 +240,9 @@ class MessageAttempt(Base):
     ms: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(100))
     recipients: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    possibly_delivered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The outcome is unknown and the server may have the message (see
+    ``AttemptResult.possibly_delivered``): a later repeat may reach the recipients twice."""
 
 
 class RemoteClient(Base):

@@ -112,6 +112,7 @@ def encode_transport_error(err: TransportError) -> dict[str, Any]:
         "detail": err.detail,
         "reply": _reply_dict(err.reply),
         "error_kind": err.kind,
+        "possibly_delivered": err.possibly_delivered,
     }
 
 
@@ -153,12 +154,14 @@ def decode_outcome(data: dict[str, Any]) -> SendResult | TransportError:
             _kind(data.get("error_kind")),
         )
     if kind == "transport_error":
-        return TransportError(
+        err = TransportError(
             _outcome(data.get("outcome")),
             step,
             detail,
             reply=_reply_of(data.get("reply")),
             kind=_kind(data.get("error_kind")) or FailureKind.REPLY,
         )
+        err.possibly_delivered = data.get("possibly_delivered") is True
+        return err
     problem = str(data.get("error") or "the remote client sent an unreadable report")[:500]
     return TransportError(Outcome.TEMPORARY, step, problem, kind=FailureKind.REMOTE)

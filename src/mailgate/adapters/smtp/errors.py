@@ -6,7 +6,8 @@
      └── TransportError      a session could not be set up, or the connection broke or timed
                              out before the server answered; ``outcome`` (temporary or
                              permanent), ``step``, ``detail`` (scrubbed of secrets),
-                             ``reply`` and ``kind`` (a ``FailureKind``)
+                             ``reply`` and ``kind`` (a ``FailureKind``); ``possibly_delivered``
+                             when it happened after the final dot
 
 A server's refusal of a message is not an exception: ``SmtpSession.send`` returns it in a
 ``SendResult``.
@@ -46,6 +47,9 @@ class TransportError(Exception):
         self.detail = detail
         self.reply = reply
         self.kind = kind
+        self.possibly_delivered = False
+        """The connection broke or timed out after the whole message went out: the server
+        may have accepted it."""
 
     @property
     def failure(self) -> Failure:

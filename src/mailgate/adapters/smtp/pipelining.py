@@ -30,17 +30,11 @@ from typing import TYPE_CHECKING, cast
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
-from aiosmtplib.protocol import (
-    COMMAND_INJECTION_REGEX,
-    MAX_LINE_LENGTH,
-    MAX_RESPONSE_LENGTH,
-    PERIOD_REGEX,
-    normalize_message_line_endings,
-)
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH
 
 from mailgate.adapters.smtp.replies import RecipientReply, SendResult, SmtpReply
 from mailgate.adapters.smtp.transaction import Broken, in_step, ms_since
-from mailgate.adapters.smtp.wire import data_wire_form, is_plain_address
+from mailgate.adapters.smtp.wire import is_plain_address, wire_content
 from mailgate.domain.messages import Outcome
 from mailgate.domain.transport import Step
 
@@ -198,15 +192,6 @@ async def exchange(smtp: aiosmtplib.SMTP) -> AsyncIterator[ReplyReader]:
                 smtp.close()
 
 
-def wire_content(message: bytes) -> bytes:
-    """What follows the ``354``: the content dot-stuffed and ended by ``.<CRLF>``, exactly as
-    aiosmtplib's DATA would send it."""
-    wire = data_wire_form(message)
-    if wire is None:
-        wire = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
-    return wire
-
-
 def _address(prefix: bytes, address: str, encoding: str) -> bytes:
     if is_plain_address(address):
         return prefix + b"<" + address.encode("ascii") + b">"
@@ -313,7 +298,8 @@ async def send_pipelined(
             return tx._result(started, "data", results, reply)
         transcript.note(f"(message content, {len(message)} bytes)")
         _send(r, wire_content(message), "data")
-        response = await in_step("data", r.reply(timeout))
+        done = timeout if tx.data_done_s is None else tx.data_done_s
+        response = await in_step("data", r.reply(done), after_dot=True)
         reply = heard(response)
         if response.code != 250:
             tx.record(Step("data", False, ms_since(t), str(reply)))

@@ -94,7 +94,11 @@ class SmtpSession:
 
     def __post_init__(self) -> None:
         self._mail = MailTransactions(
-            self.smtp, self.transcript, self._record, pipelined=send_pipelined
+            self.smtp,
+            self.transcript,
+            self._record,
+            pipelined=send_pipelined,
+            data_done_s=self.server.config.timeouts.data_done_s,
         )
 
     # ---- opening ------------------------------------------------------------------------
@@ -173,15 +177,24 @@ class SmtpSession:
         if record_success:
             self._record(Step(name, True, ms_since(started), self.transcript.scrub(state.detail)))
 
-    def _translate(self, step: str, exc: BaseException) -> TransportError:
+    def _translate(
+        self, step: str, exc: BaseException, *, after_dot: bool = False
+    ) -> TransportError:
         cfg = self.server.config
-        return translate(
+        limit_s = cfg.timeouts.connect_s if step == "connect" else cfg.timeouts.command_s
+        err = translate(
             step,
             exc,
             where=f"{cfg.host}:{cfg.port}",
-            limit_s=cfg.timeouts.connect_s if step == "connect" else cfg.timeouts.command_s,
+            limit_s=cfg.timeouts.data_done_s if after_dot else limit_s,
             fresh_tls=self._tls_fresh or (step == "connect" and cfg.protocol == "smtps"),
         )
+        if after_dot and err.outcome is Outcome.TEMPORARY:
+            # The whole message went out; without a reply nobody knows whether the server
+            # took it (RFC 5321 6.1: it may have). Retried late, flagged.
+            err.possibly_delivered = True
+            err.detail = f"no reply to the end of the message: {err.detail}"
+        return err
 
     async def _open(self) -> None:
         cfg = self.server.config
@@ -375,7 +388,7 @@ class SmtpSession:
         except Broken as broken:
             self._broken = True
             self.smtp.close()
-            err = self._translate(broken.step, broken.cause)
+            err = self._translate(broken.step, broken.cause, after_dot=broken.after_dot)
             err.detail = self.transcript.scrub(err.detail)
             self._record(Step(broken.step, False, 0, err.detail))
             raise err from broken.cause

@@ -25,19 +25,21 @@ Pipelined = Callable[
 
 
 class Broken(Exception):
-    """The connection broke (or timed out) during ``step``."""
+    """The connection broke (or timed out) during ``step``; ``after_dot``: after the whole
+    message, final dot included, went out (the server may have it)."""
 
-    def __init__(self, step: str, cause: BaseException) -> None:
+    def __init__(self, step: str, cause: BaseException, *, after_dot: bool = False) -> None:
         super().__init__(step)
         self.step = step
         self.cause = cause
+        self.after_dot = after_dot
 
 
-async def in_step(step: str, awaitable: Awaitable[_T]) -> _T:
+async def in_step(step: str, awaitable: Awaitable[_T], *, after_dot: bool = False) -> _T:
     try:
         return await awaitable
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-        raise Broken(step, exc) from exc
+        raise Broken(step, exc, after_dot=after_dot) from exc
 
 
 def ms_since(since: float) -> int:
@@ -68,6 +70,9 @@ class MailTransactions:
     pipelined: Pipelined | None = None
     """The RFC 2920 path (``pipelining.send_pipelined``), used when the server offers
     PIPELINING; ``None``: one command at a time."""
+    data_done_s: float | None = None
+    """The deadline for the reply to the final dot (``timeouts.data_done_s``); ``None``: the
+    command timeout."""
 
     async def send(
         self, mail_from: str, recipients: list[str], message: bytes, *, dry_run: bool
@@ -178,8 +183,11 @@ class MailTransactions:
             return self._result(started, "rcpt_to", results, None, rcpt_detail)
 
         t = time.monotonic()
+        done = smtp.timeout if self.data_done_s is None else self.data_done_s
         try:
-            response = await in_step("data", smtp.data(message))
+            response = await smtp.data(message, done_timeout=done)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            raise Broken("data", exc, after_dot=smtp.content_sent) from exc
         except aiosmtplib.SMTPResponseException as exc:
             reply = SmtpReply.parse(exc.code, exc.message)
             self.record(Step("data", False, ms_since(t), str(reply)))

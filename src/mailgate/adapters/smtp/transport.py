@@ -29,7 +29,14 @@ def _reply(reply: SmtpReply | None) -> tuple[int | None, str]:
 
 def from_transport_error(err: TransportError, ms: int) -> AttemptResult:
     code, text = _reply(err.reply)
-    return AttemptResult(Outcome(err.outcome.value), code, err.detail or text, ms, step=err.step)
+    return AttemptResult(
+        Outcome(err.outcome.value),
+        code,
+        err.detail or text,
+        ms,
+        step=err.step,
+        possibly_delivered=err.possibly_delivered,
+    )
 
 
 def from_send_result(result: SendResult) -> AttemptResult:

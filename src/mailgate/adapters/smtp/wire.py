@@ -3,7 +3,8 @@
 ``RecordingSMTP`` writes every command and reply to a ``Transcript``, and skips work the
 library does for inputs the outbox never produces: MAIL/RCPT address parsing for plain
 addresses (``is_plain_address``) and DATA's line-end normalising and dot-stuffing passes for
-content already in wire form (``data_wire_form``).
+content already in wire form (``data_wire_form``). Its DATA waits for the reply to the final
+dot with a deadline of its own (``done_timeout``).
 
 Version pin: the DATA fast path uses aiosmtplib's private internals (``SMTP.protocol``,
 ``SMTPProtocol._command_lock``, ``_response_pending``, ``read_response``) and mirrors
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.typing import Default, SMTPStatus
 
 from mailgate.adapters.smtp.transcript import Transcript
@@ -58,12 +60,24 @@ def data_wire_form(message: bytes) -> bytes | None:
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+def wire_content(message: bytes) -> bytes:
+    """What follows the ``354``: the content dot-stuffed and ended by ``.<CRLF>``, exactly as
+    aiosmtplib's DATA would send it."""
+    wire = data_wire_form(message)
+    if wire is None:
+        wire = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    return wire
+
+
 class RecordingSMTP(aiosmtplib.SMTP):
     """aiosmtplib with every command and reply written to a ``Transcript``."""
 
     def __init__(self, transcript: Transcript, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.transcript = transcript
+        self.content_sent = False
+        """True once the last ``data`` handed the whole content, final dot included, to the
+        connection: a failure after that leaves the server possibly holding the message."""
 
     async def execute_command(
         self, *args: bytes, timeout: float | Literal[Default.token] | None = Default.token
@@ -131,29 +145,40 @@ class RecordingSMTP(aiosmtplib.SMTP):
         /,
         *,
         timeout: float | Literal[Default.token] | None = Default.token,
+        done_timeout: float | Literal[Default.token] | None = Default.token,
     ) -> aiosmtplib.SMTPResponse:
+        """DATA and the content. ``done_timeout`` bounds the wait for the reply after the
+        final dot separately (RFC 5321 4.5.3.2.6: 10 minutes); by default ``timeout``."""
+        self.content_sent = False
         self.transcript.client([b"DATA"])
         self.transcript.note(f"(message content, {len(message)} bytes)")
-        wire = data_wire_form(message) if isinstance(message, bytes) else None
-        if wire is None:
-            response = await super().data(message, timeout=timeout)
-        else:
-            response = await self._data_wire(wire, timeout)
+        if isinstance(message, str):
+            message = message.encode("ascii")  # as the library does
+        response = await self._data_wire(
+            wire_content(message),
+            timeout,
+            timeout if done_timeout is Default.token else done_timeout,
+        )
         self.transcript.server(response.code, response.message)
         return response
 
     async def _data_wire(
-        self, wire: bytes, timeout: float | Literal[Default.token] | None
+        self,
+        wire: bytes,
+        timeout: float | Literal[Default.token] | None,
+        done_timeout: float | Literal[Default.token] | None,
     ) -> aiosmtplib.SMTPResponse:
-        """``SMTP.data`` for content already in wire form: the library's
+        """``SMTP.data`` for content already in wire form (``wire_content``): the library's
         ``SMTPProtocol.execute_data_command`` without its two regular-expression passes over
-        the whole message (about 0.1 ms per 10 KB), which a canonical message does not need.
-        Mirrors aiosmtplib 5.x step by step (the pin in pyproject.toml, module docstring)."""
+        a canonical message (about 0.1 ms per 10 KB), and with its own deadline for the reply
+        to the final dot. Mirrors aiosmtplib 5.x step by step (the pin in pyproject.toml,
+        module docstring)."""
         protocol = self.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         await self._ehlo_or_helo_if_needed()
         limit = self.timeout if timeout is Default.token else timeout
+        done_limit = limit if done_timeout is Default.token else done_timeout
         try:
             lock = protocol._command_lock
             if lock is None:
@@ -168,7 +193,8 @@ class RecordingSMTP(aiosmtplib.SMTP):
                     raise aiosmtplib.SMTPDataError(start.code, start.message)
                 protocol._response_pending = True
                 protocol.write(wire)
-                response = await protocol.read_response(timeout=limit)
+                self.content_sent = True
+                response = await protocol.read_response(timeout=done_limit)
                 if response.code != SMTPStatus.completed:
                     raise aiosmtplib.SMTPDataError(response.code, response.message)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):

@@ -26,6 +26,7 @@ class TlsOut(OutModel):
 class TimeoutsOut(OutModel):
     connect_s: float
     command_s: float
+    data_done_s: float
 
 
 class LimitsOut(OutModel):

@@ -82,6 +82,11 @@ class AttemptOut(RowOutModel):
     recipients: dict[str, AttemptRecipientOut] | None = Field(
         description="Per recipient, when the server answered them differently (else null)."
     )
+    possibly_delivered: bool = Field(
+        description="The outcome is unknown and the server may have the message (no reply "
+        "after its end, or the worker stopped during the attempt): a later attempt may "
+        "reach the recipients a second time."
+    )
 
 
 class MessageOut(MessageSummaryOut):

@@ -273,7 +273,11 @@ class DeliveryService:
         now = self.clock()
         for r in recorded:
             self.observer.observe_attempt(
-                r.result.code, r.decision.status, r.message.created_at, now
+                r.result.code,
+                r.decision.status,
+                r.message.created_at,
+                now,
+                possibly_delivered=r.result.possibly_delivered,
             )
             if r.decision.status is Status.SENT:
                 self.delivered += 1

@@ -137,6 +137,7 @@ def view(db: Session, row: Message) -> MessageOut:
                     "smtp_response": a.smtp_response,
                     "ms": a.ms,
                     "recipients": a.recipients,
+                    "possibly_delivered": a.possibly_delivered,
                 }
                 for a in attempts(db, row)
             ],
