@@ -2,8 +2,8 @@
 the end of the message, or the worker stopped during it) says that the server may have the
 message, so that a repeat is visible in the attempt log
 
-Revision ID: 0006_attempt_possibly_delivered
-Revises: 0005_server_transport
+Revision ID: 0007_attempt_possibly_delivered
+Revises: 0006_message_metadata
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_attempt_possibly_delivered"
-down_revision = "0005_server_transport"
+revision = "0007_attempt_possibly_delivered"
+down_revision = "0006_message_metadata"
 branch_labels = None
 depends_on = None
 
