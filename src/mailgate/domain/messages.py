@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from mailgate.domain.pauses import PauseSignal
+
 
 class Status(StrEnum):
     HELD = "held"
@@ -142,6 +144,9 @@ class AttemptResult:
     but no reply to its end came (lost connection, no answer within ``data_done_s``), or a
     worker stopped in the middle of the attempt. Retried only after
     ``RetryPolicy.possibly_delivered_after``, and flagged in the attempt log."""
+    pause: PauseSignal | None = None
+    """The answer was a provider quota or throttling reply (``domain/pauses.py``): the
+    transport made the outcome temporary, and the whole configuration pauses."""
 
 
 @dataclass(frozen=True)
@@ -190,11 +195,14 @@ def decide(
     now: datetime,
     policy: RetryPolicy,
     rand: Callable[[], float] = random.random,
+    pause_until: datetime | None = None,
 ) -> Decision:
     """The delivery service alone decides retry or fail (cf. Mailman's outgoing runner).
 
     ``rcpt_to`` are the recipients this attempt was for; ``attempts`` counts this one.
     Recipients refused permanently are dropped; recipients refused temporarily are retried.
+    ``pause_until``: the configuration pauses until then (the result was a quota or
+    throttling answer): the pending recipients wait for it instead of the backoff.
     """
     if result.outcome is Outcome.PERMANENT and not result.recipients:
         return Decision(Status.FAILED, None, describe(result.code, result.text), [])
@@ -232,6 +240,8 @@ def decide(
         # day must not park mail past what an operator configured).
         delay = timedelta(seconds=min(max(result.retry_after_s, 1.0), policy.cap.total_seconds()))
     when = min(now + delay, expires_at)
+    if pause_until is not None and result.pause is not None:
+        when = min(max(pause_until, now), expires_at)
     return Decision(Status.DEFERRED, when, reason, temp)
 
 

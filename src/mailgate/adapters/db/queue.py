@@ -31,6 +31,7 @@ from mailgate.domain.messages import (
     Status,
     decide,
 )
+from mailgate.domain.pauses import PausePolicy
 
 _FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
 _AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
@@ -125,8 +126,10 @@ class SqlDeliveryQueue:
         lease: timedelta,
         policy: RetryPolicy,
         rand: Callable[[], float] = random.random,
+        pauses: PausePolicy | None = None,
     ) -> None:
         self.sessions = sessions
+        self.pauses = pauses or PausePolicy()
         self.engine: Engine = sessions.kw["bind"]
         self.clock = clock
         self.lease = lease
@@ -233,15 +236,21 @@ class SqlDeliveryQueue:
         updates: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
         for claimed, result in items:
-            attempt_no = claimed.attempt_count + 1
+            # A quota or throttling answer is about the account, not the message: it does
+            # not count toward the message's backoff (domain/pauses.py).
+            attempt_no = claimed.attempt_count + (0 if result.pause is not None else 1)
+            pause_until = (
+                now + self.pauses.window(result.pause, 1) if result.pause is not None else None
+            )
             decision = decide(
                 result,
                 claimed.rcpt_to,
-                attempt_no,
+                max(attempt_no, 1),
                 claimed.expires_at,
                 now,
                 self.policy,
                 self.rand,
+                pause_until=pause_until,
             )
             status = _merge_recipients(claimed.recipient_status, claimed, result, decision)
             updates.append(

@@ -30,6 +30,7 @@ from mailgate.adapters.smtp.tls import describe_ssl_error
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import MailgateError
 from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.domain.pauses import PauseSignal, classify_http
 from mailgate.domain.transport import Failure, FailureKind, Reply
 from mailgate.ports import TokenProvider
 
@@ -55,6 +56,7 @@ class ApiError(Exception):
         reply: Reply | None = None,
         retry_after_s: float | None = None,
         rejected: bool = False,
+        pause: PauseSignal | None = None,
     ) -> None:
         super().__init__(detail)
         self.outcome = outcome
@@ -64,6 +66,7 @@ class ApiError(Exception):
         self.reply = reply
         self.retry_after_s = retry_after_s
         self.rejected = rejected
+        self.pause = pause
 
     @property
     def failure(self) -> Failure:
@@ -72,7 +75,13 @@ class ApiError(Exception):
     def result(self, ms: int) -> AttemptResult:
         code = self.reply.code if self.reply is not None else None
         return AttemptResult(
-            self.outcome, code, self.detail, ms, step=self.step, retry_after_s=self.retry_after_s
+            self.outcome,
+            code,
+            self.detail,
+            ms,
+            step=self.step,
+            retry_after_s=self.retry_after_s,
+            pause=self.pause,
         )
 
 
@@ -310,6 +319,7 @@ class ApiCall:
                 "for this mailbox (Retry-After)",
                 kind=FailureKind.THROTTLED,
                 retry_after_s=waiting,
+                pause=classify_http(429, set(), waiting),
             )
         request = self.client.build_request(
             method, url, content=content, json=json, headers=headers

@@ -16,6 +16,7 @@ from mailgate.adapters.http_api.jwt import TokenSummary, decode_claims
 from mailgate.adapters.http_api.mime import with_bcc
 from mailgate.adapters.http_api.transport import TokenCheck
 from mailgate.domain.messages import Outcome
+from mailgate.domain.pauses import classify_http
 from mailgate.domain.transport import FailureKind, Reply
 from mailgate.schemas.email_server import ResolvedServer
 
@@ -63,8 +64,11 @@ def classify(status: int, body: bytes, *, retry_after_s: float | None = None) ->
             outcome, "send", f"{text} ({fix})" if fix else text, kind=kind, reply=reply, **kw
         )
 
-    if status in (429, 503) or reasons & RATE_REASONS:
-        return error(Outcome.TEMPORARY, FailureKind.THROTTLED, retry_after_s=retry_after_s)
+    pause = classify_http(status, reasons, retry_after_s)
+    if status in (429, 503) or reasons & RATE_REASONS or pause is not None:
+        return error(
+            Outcome.TEMPORARY, FailureKind.THROTTLED, retry_after_s=retry_after_s, pause=pause
+        )
     if status >= 500:
         return error(Outcome.TEMPORARY, FailureKind.REPLY, retry_after_s=retry_after_s)
     if status == 401:

@@ -28,6 +28,7 @@ from mailgate.adapters.http_api.jwt import TokenSummary, decode_claims
 from mailgate.adapters.http_api.mime import Attachment, split_for_draft, with_bcc
 from mailgate.adapters.http_api.transport import TokenCheck
 from mailgate.domain.messages import Outcome
+from mailgate.domain.pauses import classify_http
 from mailgate.domain.transport import FailureKind, Reply
 from mailgate.schemas.email_server import ResolvedServer
 
@@ -103,9 +104,12 @@ def classify(
         detail = f"{text} ({fix})" if fix else text
         return ApiError(outcome, "send", detail, kind=kind, reply=reply, **kw)
 
+    pause = classify_http(status, {code} if code else set(), retry_after_s)
     quota = code is not None and "QuotaExceeded" in code
-    if status in (429, 503, 504) or quota:
-        return error(Outcome.TEMPORARY, FailureKind.THROTTLED, retry_after_s=retry_after_s)
+    if status in (429, 503, 504) or quota or pause is not None:
+        return error(
+            Outcome.TEMPORARY, FailureKind.THROTTLED, retry_after_s=retry_after_s, pause=pause
+        )
     if status == 401:
         return error(
             Outcome.TEMPORARY,

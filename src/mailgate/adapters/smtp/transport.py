@@ -16,6 +16,7 @@ from mailgate.adapters.smtp.replies import SendResult, SmtpReply
 from mailgate.adapters.smtp.session import STEPS, SmtpSession
 from mailgate.adapters.smtp.transcript import Transcript
 from mailgate.domain.messages import AttemptResult, Outcome, RecipientResult
+from mailgate.domain.pauses import PauseSignal, classify_smtp
 from mailgate.domain.transport import Failure, FailureKind, Step
 from mailgate.ports import DeliverySession, ProbeFailed, SessionFailed, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
@@ -27,31 +28,52 @@ def _reply(reply: SmtpReply | None) -> tuple[int | None, str]:
     return reply.code, " ".join(p for p in (reply.enhanced, reply.text) if p)
 
 
+def _pause_of(reply: SmtpReply | None) -> PauseSignal | None:
+    if reply is None:
+        return None
+    return classify_smtp(reply.code, reply.enhanced, reply.text)
+
+
 def from_transport_error(err: TransportError, ms: int) -> AttemptResult:
     code, text = _reply(err.reply)
+    pause = _pause_of(err.reply)
+    # A quota or throttling answer (even a 5xx one) is about the account, not the message.
+    outcome = Outcome.TEMPORARY if pause is not None else Outcome(err.outcome.value)
     return AttemptResult(
-        Outcome(err.outcome.value),
+        outcome,
         code,
         err.detail or text,
         ms,
         step=err.step,
         possibly_delivered=err.possibly_delivered,
+        pause=pause,
     )
 
 
 def from_send_result(result: SendResult) -> AttemptResult:
     code, text = _reply(result.reply)
+    pause = _pause_of(result.reply)
     recipients = {}
     for address, rr in result.recipients.items():
         rcode, rtext = _reply(rr.reply)
-        recipients[address] = RecipientResult(Outcome(rr.outcome.value), rcode, rtext)
+        outcome = Outcome(rr.outcome.value)
+        said = _pause_of(rr.reply) if outcome is not Outcome.DELIVERED else None
+        if said is not None:
+            # A quota answer to RCPT TO (Gmail's 550 5.4.5) holds this recipient back too.
+            outcome = Outcome.TEMPORARY
+            pause = pause or said
+        recipients[address] = RecipientResult(outcome, rcode, rtext)
+    overall = Outcome(result.outcome.value)
+    if pause is not None and overall is Outcome.PERMANENT:
+        overall = Outcome.TEMPORARY
     return AttemptResult(
-        Outcome(result.outcome.value),
+        overall,
         code,
         text or result.detail,
         result.elapsed_ms,
         recipients,
         step=result.step,
+        pause=pause,
     )
 
 
