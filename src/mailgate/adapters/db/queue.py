@@ -20,9 +20,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.events import EVENT_OF_STATUS
 from mailgate.domain.messages import (
     AttemptResult,
     Decision,
@@ -235,6 +237,7 @@ class SqlDeliveryQueue:
         out: list[Recorded] = []
         updates: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
+        events: list[MessageEvent] = []
         for claimed, result in items:
             # A quota or throttling answer is about the account, not the message: it does
             # not count toward the message's backoff (domain/pauses.py).
@@ -281,9 +284,14 @@ class SqlDeliveryQueue:
                 }
             )
             out.append(Recorded(claimed, result, decision))
+            event = EVENT_OF_STATUS.get(decision.status)
+            if event is not None:
+                events.append(MessageEvent(claimed.id, event, _attempt_event(attempts[-1])))
         with self.engine.begin() as conn:
             conn.execute(_RECORD, updates)
             conn.execute(_ATTEMPTS.insert(), attempts)
+            # The webhook events of these attempts, committed with them (README "Webhooks").
+            emit_for_messages(conn, events, now=now)
         return out
 
     def postpone(
@@ -359,6 +367,17 @@ class SqlDeliveryQueue:
 
             value = value.replace(tzinfo=UTC)
         return value
+
+
+def _attempt_event(attempt: dict[str, Any]) -> dict[str, Any]:
+    """An attempt as a webhook event shows it (the API's attempt fields)."""
+    return {
+        "at": attempt["at"].isoformat().replace("+00:00", "Z"),
+        "outcome": attempt["outcome"],
+        "smtp_code": attempt["smtp_code"],
+        "smtp_response": attempt["smtp_response"],
+        "ms": attempt["ms"],
+    }
 
 
 def _pending(rcpt_to: list[str], recipient_status: dict[str, Any] | None) -> list[str]:

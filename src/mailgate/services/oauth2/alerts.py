@@ -21,9 +21,11 @@ from urllib.parse import quote
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgate.adapters.db.events import emit
 from mailgate.adapters.db.tables import EmailServer, Membership, OAuth2Notice, Tenant, User
 from mailgate.domain.access import Role
 from mailgate.domain.clock import Clock
+from mailgate.domain.events import EventType
 from mailgate.domain.oauth2 import OAuth2State, backoff
 from mailgate.ports import SystemMailer
 
@@ -42,6 +44,14 @@ def record_incident(db: Session, row: EmailServer, reason: str, now: datetime) -
     how many. The system server has no tenant: nobody to tell (and no way but through it)."""
     if row.tenant_id is None:
         return 0
+    # Webhooks hear of it in the same transaction (README "Webhooks").
+    emit(
+        db.connection(),
+        row.tenant_id,
+        EventType.SERVER_NEEDS_REAUTHORIZATION,
+        {"server": row.name, "state": row.oauth2_state, "reason": reason},
+        now=now,
+    )
     # A new incident replaces the notices of an earlier one that are still waiting.
     db.execute(delete(OAuth2Notice).where(OAuth2Notice.server_id == row.id))
     admins = list(

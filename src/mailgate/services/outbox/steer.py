@@ -14,10 +14,12 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.notify import mark_ready
 from mailgate.adapters.db.tables import Message
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import Conflict
+from mailgate.domain.events import EventType
 from mailgate.domain.messages import ALLOWED_FROM, Action, Status, refusal
 from mailgate.schemas.message import BulkIn
 from mailgate.schemas.out.message import BulkOut, BulkSkipOut
@@ -25,6 +27,8 @@ from mailgate.services.outbox.options import Owner
 from mailgate.services.outbox.query import MESSAGE_ID, get
 
 BULK_CHUNK = 500
+# Steering that ends in a status webhooks hear about.
+_EVENT_OF_ACTION = {Action.HOLD: EventType.MESSAGE_HELD, Action.CANCEL: EventType.MESSAGE_CANCELLED}
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,16 @@ class Steering:
         if row.status == Status.QUEUED:
             mark_ready(db)
         db.flush()
+        self._emit(db, action, [row.id])
         return row
+
+    def _emit(self, db: Session, action: Action, ids: list[str]) -> None:
+        """The webhook events of a change, in its transaction (after the flush)."""
+        event = _EVENT_OF_ACTION.get(action)
+        if event is not None and ids:
+            emit_for_messages(
+                db.connection(), [MessageEvent(i, event) for i in ids], now=self.clock()
+            )
 
     def bulk(
         self,
@@ -98,6 +111,7 @@ class Steering:
                     .with_for_update()
                 )
             }
+            done = len(changed)
             for message_id in chunk:
                 row = found.get(message_id) if MESSAGE_ID.match(message_id) else None
                 if row is None:
@@ -110,6 +124,7 @@ class Steering:
                 self._apply(row, action)
                 changed.append(row.id)
             db.flush()
+            self._emit(db, action, changed[done:])
             if progress:
                 progress(len(chunk))
         return BulkResult(changed, skipped)
@@ -147,6 +162,7 @@ class Steering:
                 changed.append(row.id)
             last = rows[-1].id
             db.flush()
+            self._emit(db, action, [r.id for r in rows])
             if progress:
                 progress(len(rows))
         return BulkResult(changed, [])

@@ -24,10 +24,12 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.notify import mark_ready, notify_other_processes
 from mailgate.adapters.db.tables import Message, MessageContent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from mailgate.domain.events import EventType
 from mailgate.domain.messages import PRIORITY_RANK, Status, initial_status, new_message_id
 from mailgate.schemas.message import MessageIn
 from mailgate.services.email_servers import EmailServers, ServerRef
@@ -196,6 +198,7 @@ class Submitter:
             db.flush()
             if status is Status.QUEUED:
                 mark_ready(db)
+            _emit_held(db.connection(), [values])
             return Submitted(row, False)
         try:
             with db.begin_nested():
@@ -211,6 +214,7 @@ class Submitter:
             return Submitted(first, True)
         if status is Status.QUEUED:
             mark_ready(db)
+        _emit_held(db.connection(), [values])
         return Submitted(row, False)
 
 
@@ -224,7 +228,20 @@ def store_many(conn: Connection, items: Sequence[Prepared]) -> bool:
     ready = any(p.values["status"] == Status.QUEUED.value for p in items)
     if ready:
         notify_other_processes(conn)
+    _emit_held(conn, [p.values for p in items])
     return ready
+
+
+def _emit_held(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Mail submitted with ``hold`` is ``message.held`` for webhooks, in the same
+    transaction; other submissions cause no event (and cost nothing here)."""
+    held = [
+        MessageEvent(r["id"], EventType.MESSAGE_HELD)
+        for r in rows
+        if r["status"] == Status.HELD.value
+    ]
+    if held:
+        emit_for_messages(conn, held, now=rows[0]["created_at"])
 
 
 def _end_reading(db: Session) -> None:
