@@ -1,8 +1,8 @@
 """webhooks: tenants' endpoints, the event outbox (one row per event and endpoint, written
 with the change that caused it) and the deliveries log
 
-Revision ID: 0007_webhooks
-Revises: 0006_message_metadata
+Revision ID: 0008_webhooks
+Revises: 0007_attempt_possibly_delivered
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_webhooks"
-down_revision = "0006_message_metadata"
+revision = "0008_webhooks"
+down_revision = "0007_attempt_possibly_delivered"
 branch_labels = None
 depends_on = None
 
