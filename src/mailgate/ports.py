@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.events import WebhookResponse
 from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.oauth2 import TokenSet
 from mailgate.domain.oauth2_providers import Endpoints
@@ -295,3 +296,14 @@ class PassphraseEnvelope(Protocol):
     def seal(self, passphrase: str, plaintext: bytes, associated_data: bytes) -> dict[str, Any]: ...
 
     def open(self, passphrase: str, envelope: Any, associated_data: bytes) -> bytes: ...
+
+
+class WebhookSender(Protocol):
+    """POSTs one signed webhook event (Standard Webhooks headers) within a total deadline,
+    only to destinations the outbound policy allows (checked on the resolved address at
+    connect time), never following a redirect. Never raises for a delivery problem: every
+    failure is a ``WebhookResponse`` without a status code and with the reason."""
+
+    async def send(
+        self, url: str, secret: str, event_id: str, timestamp: int, body: bytes
+    ) -> WebhookResponse: ...

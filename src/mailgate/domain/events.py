@@ -4,6 +4,7 @@ causes which, and the retry schedule of a delivery. Pure: no I/O."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -59,3 +60,17 @@ def new_event_id() -> str:
 
 def new_endpoint_id() -> str:
     return "wh_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    """What one POST of an event did: the receiver's status code (None: no answer - refused,
+    timed out, denied by the outbound policy), how long it took, and why it failed."""
+
+    status_code: int | None
+    ms: int
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
