@@ -50,6 +50,21 @@ class Settings(BaseSettings):
     password_hash_memory_kib: int = Field(default=64 * 1024, ge=64, le=4 * 1024 * 1024)
     """Argon2id memory per password hash, in KiB."""
 
+    smtp_listen: str = "127.0.0.1:2587"
+    """SMTP submission listener (``host:port``, ``[v6]:port``) of ``mailgate serve`` and
+    ``mailgate smtp``; empty: off. AUTH needs TLS except from loopback."""
+    smtps_listen: str = ""
+    """SMTP submission with implicit TLS (e.g. ``0.0.0.0:465``); needs the certificate."""
+    smtp_tls_cert_file: Path | None = None
+    """PEM certificate (chain) of the SMTP listener: with the key, STARTTLS is offered."""
+    smtp_tls_key_file: Path | None = None
+    smtp_max_connections: int = Field(default=100, ge=1)
+    """SMTP connections open at once (both listeners of a process); more get ``421``."""
+    smtp_command_timeout_s: float = Field(default=300, gt=0)
+    """Deadline of each SMTP command: from one command to the next (RFC 5321 4.5.3.2.7)."""
+    smtp_data_timeout_s: float = Field(default=600, gt=0)
+    """Deadline of the message content after ``DATA`` (RFC 5321 4.5.3.2.6)."""
+
     retry_max_age_s: int = Field(default=2 * 24 * 3600, ge=60)
     """Temporary failures are retried until the message is this old, then it fails."""
     lease_s: int = Field(default=120, ge=5)

@@ -153,6 +153,20 @@ class Identity:
         else:
             row.failures += 1
 
+    # The same throttle for other sign-ins (SMTP AUTH): ``name`` is what the client signs in as.
+
+    def check_sign_in_throttle(self, db: Session, name: str, client: str) -> None:
+        """Raise ``Throttled`` while ``name`` from ``client`` has failed too often."""
+        self._check_throttle(db, self._throttle_key(name, client))
+
+    def record_sign_in_failure(self, db: Session, name: str, client: str) -> None:
+        self._record_failure(db, self._throttle_key(name, client))
+
+    def clear_sign_in_failures(self, db: Session, name: str, client: str) -> None:
+        key = self._throttle_key(name, client)
+        if db.get(LoginThrottle, key) is not None:  # no write when there is nothing to clear
+            db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
     def login(
         self, db: Session, username: str, password: str, client: str
     ) -> tuple[str, User, AuthSession]:

@@ -30,13 +30,22 @@ from mailgate.entrypoints.api.routers import (
     transfer,
     users,
 )
+from mailgate.entrypoints.smtp.listener import SmtpListener
 
 
-def create_app(container: Container, *, remote_output_worker: bool = False) -> FastAPI:
+def create_app(
+    container: Container,
+    *,
+    remote_output_worker: bool = False,
+    smtp: SmtpListener | None = None,
+) -> FastAPI:
     """The API and web UI. With ``remote_output_worker`` (``mailgate serve``) one delivery
     worker runs in this process for the mail of remote-output configurations whose agents
     connect here: only this process holds their WebSockets. All other mail is delivered by
-    the worker processes ``mailgate serve`` supervises, or by ``mailgate worker``."""
+    the worker processes ``mailgate serve`` supervises, or by ``mailgate worker``.
+
+    ``smtp``: the SMTP submission listener, run on the API's event loop (on SQLite the
+    group commit of both writes on that loop) from startup to shutdown."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -46,12 +55,16 @@ def create_app(container: Container, *, remote_output_worker: bool = False) -> F
 
         stop = asyncio.Event()
         tasks = []
+        if smtp is not None:
+            await smtp.start()
         if remote_output_worker:
             worker = Worker(container, worker_id=default_worker_id(0), remote_only=True)
             tasks.append(asyncio.create_task(worker.run(stop)))
         try:
             yield
         finally:
+            if smtp is not None:
+                await smtp.stop()
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -1,5 +1,5 @@
-"""The ``mailgate`` command: serve | init | worker | agent | send | messages | migrate | tenant |
-user | apikey | keygen | secrets | server, one module per command group.
+"""The ``mailgate`` command: serve | init | worker | smtp | agent | send | messages | migrate |
+tenant | user | apikey | keygen | secrets | server, one module per command group.
 
 Passwords are read from a prompt or from standard input, never from the command line (argv
 is visible to every user of the machine through ``ps``).
@@ -14,6 +14,7 @@ from mailgate.entrypoints.cli.messages import messages_app, send
 from mailgate.entrypoints.cli.secrets import secrets_app
 from mailgate.entrypoints.cli.serve import init, keygen, migrate, serve
 from mailgate.entrypoints.cli.servers import server_app
+from mailgate.entrypoints.cli.smtp import smtp
 from mailgate.entrypoints.cli.tenants import tenant_app
 from mailgate.entrypoints.cli.users import apikey_app, user_app
 from mailgate.entrypoints.cli.worker import worker
@@ -25,7 +26,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(server_app, name="server")
 app.add_typer(secrets_app, name="secrets")
-for command in (serve, init, agent, migrate, keygen, worker, send):
+for command in (serve, init, agent, migrate, keygen, worker, smtp, send):
     app.command()(command)
 
 

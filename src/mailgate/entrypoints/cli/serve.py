@@ -23,17 +23,24 @@ def serve(
         int | None, typer.Option(help="Listen port (MAILGATE_PORT); 0 picks a free one.")
     ] = None,
 ) -> None:
-    """Run the API and the web UI, and the delivery worker processes beside them
+    """Run the API and the web UI, the SMTP submission listener (MAILGATE_SMTP_LISTEN,
+    default 127.0.0.1:2587; empty: off), and the delivery worker processes beside them
     (MAILGATE_WORKERS: default one per CPU core beyond the first; 0 for an API-only process)."""
     import signal
 
     import uvicorn
 
     from mailgate.entrypoints.api.app import create_app
+    from mailgate.entrypoints.smtp.listener import ConfigError, SmtpListener, listener_config
     from mailgate.entrypoints.supervisor import WorkerSupervisor
 
     settings = Settings()
     _logging(settings)
+    try:
+        smtp_config = listener_config(settings)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     metrics_dir = None
     if settings.worker_processes:
         # /metrics of this process sums the counters of the worker processes too.
@@ -45,7 +52,11 @@ def serve(
 
     config = uvicorn.Config(
         # The remote-output worker: only this process can hand mail to its agents.
-        create_app(c, remote_output_worker=True),
+        create_app(
+            c,
+            remote_output_worker=True,
+            smtp=SmtpListener(c, smtp_config) if smtp_config.endpoints else None,
+        ),
         host=host or settings.host,
         port=port if port is not None else settings.port,  # 0: an ephemeral port
         log_level=settings.log_level.lower(),

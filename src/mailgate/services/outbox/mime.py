@@ -13,6 +13,7 @@ import base64
 import binascii
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email import policy as email_policy
@@ -179,16 +180,26 @@ def build_mime(
     return BuiltMessage(raw, mail_from, rcpts, subject, str(msg["Message-ID"] or "") or None)
 
 
-def prepare_raw(raw: bytes, defaults: MessageDefaults, now: datetime) -> BuiltMessage:
-    """A complete message from the client: envelope from its headers, Bcc removed."""
+def prepare_raw(
+    raw: bytes,
+    defaults: MessageDefaults,
+    now: datetime,
+    *,
+    rcpt_to: Sequence[str] | None = None,
+) -> BuiltMessage:
+    """A complete message from the client: envelope from its headers, Bcc removed.
+
+    ``rcpt_to`` (the SMTP envelope's recipients, already normalized) replaces the
+    recipients of the headers, which are then not read: ``To: undisclosed-recipients:;`` is
+    a valid header of a message sent to Bcc recipients only."""
     msg = BytesParser(policy=email_policy.default).parsebytes(raw)
     errors: list[FieldError] = []
     senders = getaddresses([str(v) for v in msg.get_all("From", [])])
     mail_from = defaults.envelope_from or (senders[0][1] if senders else defaults.from_address)
     if not mail_from:
         errors.append(FieldError("From", "the message has no From header"))
-    rcpts: list[str] = []
-    for name in ("To", "Cc", "Bcc"):
+    rcpts: list[str] = list(rcpt_to or ())
+    for name in ("To", "Cc", "Bcc") if rcpt_to is None else ():
         for _display, addr in getaddresses([str(v) for v in msg.get_all(name, [])]):
             try:
                 rcpts.append(normalize_email(addr))

@@ -44,6 +44,9 @@ class SubmitOptions:
     idempotency_key: str | None = None
     metadata: Mapping[str, str] | None = None
     """Checked already (``domain.metadata``); None or empty: none."""
+    rcpt_to: tuple[str, ...] | None = None
+    """The SMTP envelope's recipients (normalized): a complete MIME message is sent to these
+    instead of the addresses in its To/Cc/Bcc headers (so Bcc over SMTP works)."""
 
     @classmethod
     def of(cls, body: MessageIn, idempotency_header: str | None = None) -> SubmitOptions:

@@ -86,7 +86,7 @@ class Submitter:
             self._check_size(len(message), None)
         server = self._server(db.connection(), tenant_id, options.server)
         _end_reading(db)
-        built = self._build(server, message)
+        built = self._build(server, message, options.rcpt_to)
         values = self._row_values(tenant_id, owner, server, built, options)
         return self._store(db, tenant_id, owner, values, built.raw)
 
@@ -110,7 +110,7 @@ class Submitter:
             self._check_size(len(message), None)
         if server is None:
             server = self._server(conn, tenant_id, options.server)
-        built = self._build(server, message)
+        built = self._build(server, message, options.rcpt_to)
         return Prepared(self._row_values(tenant_id, owner, server, built, options), built.raw)
 
     def _server(self, conn: Connection, tenant_id: int, name: str | None) -> ServerRef:
@@ -120,12 +120,17 @@ class Submitter:
         except NotFound as exc:
             raise ValidationFailed.one("server", exc.detail) from exc
 
-    def _build(self, server: ServerRef, message: MessageIn | bytes) -> BuiltMessage:
+    def _build(
+        self,
+        server: ServerRef,
+        message: MessageIn | bytes,
+        rcpt_to: tuple[str, ...] | None = None,
+    ) -> BuiltMessage:
         """The message as MIME with the server's defaults, within its size limit."""
         cfg = self.servers.config_of(server)
         now = self.clock()
         if isinstance(message, bytes):
-            built = prepare_raw(message, cfg.message_defaults, now)
+            built = prepare_raw(message, cfg.message_defaults, now, rcpt_to=rcpt_to)
         else:
             built = build_mime(message, cfg.message_defaults, now)
         self._check_size(len(built.raw), cfg.limits.max_message_bytes)

@@ -1,0 +1,1 @@
+"""The SMTP submission listener: ``listener`` (aiosmtpd protocol, sockets), ``replies``."""

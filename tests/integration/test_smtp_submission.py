@@ -1,0 +1,262 @@
+"""SMTP submission (README "SMTP submission"): legacy applications hand mail to mailgate's
+own SMTP listener with the tenant's name and an API key, and mailgate delivers it.
+
+Real clients (smtplib, aiosmtplib) against the real listener, a real aiosmtpd sink behind
+the tenant's configuration, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+import smtplib
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from tests.smtp_fixtures import SmtpServers
+from tests.smtp_submission import message, queued_id, submission_rig
+
+from mailgate.domain.messages import PRIORITY_RANK, Priority
+
+
+def test_auth_plain_then_the_envelope_decides_the_recipients_and_it_is_delivered(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, database_url, smtp_servers) as sub:
+        s = sub.signed_in()  # smtplib picks AUTH PLAIN
+        assert s.has_extn("size") and s.has_extn("pipelining")
+        assert s.esmtp_features["size"] == str(sub.rig.c.settings.max_message_bytes)
+        raw = message(to="to@example.org", headers={"Cc": "cc@example.org"})
+        assert s.mail("bounce@example.com")[0] == 250
+        for rcpt in ("to@example.org", "cc@example.org", "hidden@example.org"):
+            assert s.rcpt(rcpt)[0] == 250
+        mid = queued_id(s.data(raw))
+        s.quit()
+
+        [row] = sub.messages()
+        assert row.id == mid
+        assert row.status == "queued"
+        # Bcc: the third recipient is in the envelope only.
+        assert row.rcpt_to == ["to@example.org", "cc@example.org", "hidden@example.org"]
+        # The envelope sender follows the configuration, as for the raw MIME API.
+        assert row.mail_from == "app@example.com"
+        assert row.created_by == "apikey:erp"
+        assert row.api_key_id is not None
+        assert row.server_name == "DEFAULT"
+
+        assert sub.rig.run_once() == 1
+        [got] = sub.sink.wait_for(1)
+        assert got.rcpt_tos == ["to@example.org", "cc@example.org", "hidden@example.org"]
+        assert got.message["Subject"] == "Invoice 42"
+        assert "hidden@example.org" not in got.content.decode()
+        assert sub.rig.get(mid)["status"] == "sent"
+
+
+def test_auth_login_and_a_bcc_header_is_removed(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        s = sub.client()
+        s.user, s.password = "home", sub.key
+        code, _ = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+        assert code == 235
+        raw = message(headers={"Bcc": "secret@example.org"})
+        s.mail("app@example.com")
+        s.rcpt("to@example.org")
+        s.rcpt("secret@example.org")
+        mid = queued_id(s.data(raw))
+        s.quit()
+        stored = sub.raw(mid)
+        assert b"secret@example.org" not in stored
+        assert sub.messages()[0].rcpt_to == ["to@example.org", "secret@example.org"]
+
+
+def test_option_headers_choose_server_hold_and_priority_and_are_removed(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        s = sub.signed_in()
+        raw = message(
+            headers={
+                "X-Mailgate-Server": "OTHER",
+                # Folded (RFC 5322 2.2.3): the value is "yes".
+                "X-Mailgate-Hold": "\r\n yes",
+                "x-mailgate-priority": "HIGH",
+                "X-Order": "42",
+            }
+        )
+        mid = queued_id(
+            s.data(raw) if s.mail("a@example.com") and s.rcpt("to@example.org") else (0, b"")
+        )
+        s.quit()
+        [row] = sub.messages()
+        assert (row.server_name, row.status) == ("OTHER", "held")
+        assert row.priority == PRIORITY_RANK[Priority.HIGH]
+        stored = sub.raw(mid)
+        assert b"mailgate" not in stored.lower().split(b"\r\n\r\n")[0]
+        parsed = email.message_from_bytes(stored, policy=email.policy.default)
+        assert parsed["X-Order"] == "42"
+        # Held: not delivered until released.
+        assert sub.rig.run_once() == 0
+        r = sub.rig.post(f"/{mid}/release")
+        assert r.status_code == 200, r.text
+        assert sub.rig.run_once() == 1
+        [got] = sub.sink.wait_for(1)
+        assert "X-Mailgate-Hold" not in got.message
+        assert got.message["X-Order"] == "42"
+
+
+def send_one(s: smtplib.SMTP, raw: bytes, rcpt: str = "to@example.org") -> tuple[int, bytes]:
+    code, text = s.mail("app@example.com")
+    assert code == 250, text
+    code, text = s.rcpt(rcpt)
+    assert code == 250, text
+    return s.data(raw)
+
+
+def test_refusals_say_what_is_wrong_and_store_nothing(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(
+        tmp_path, sqlite_url, smtp_servers, max_message_bytes=4096, login_max_failures=20
+    ) as sub:
+        # No AUTH: 530.
+        s = sub.client()
+        assert s.mail("app@example.com")[0] == 530
+        s.quit()
+        # Wrong key, another tenant's key, a key that may not send, a login token: 535.
+        r = sub.rig.api.request("POST", "/api/v1/tenants", sub.rig.admin, json={"name": "acme"})
+        assert r.status_code == 201, r.text
+        acme_key = sub.make_key(tenant="acme")
+        reader_key = sub.make_key(role="read_only")
+        for tenant, key in (
+            ("home", "mgk_wrong"),
+            ("home", acme_key),
+            ("nosuch", sub.key),
+            ("home", reader_key),
+            ("home", sub.rig.admin),
+        ):
+            s = sub.client()
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                s.login(tenant, key)
+            assert err.value.smtp_code == 535
+            assert err.value.smtp_error.startswith(b"5.7.8")
+            s.close()
+
+        s = sub.signed_in()
+        # An unknown configuration: 550.
+        code, text = send_one(s, message(headers={"X-Mailgate-Server": "NOPE"}))
+        assert (code, text[:5]) == (550, b"5.3.5"), text
+        assert b"NOPE" in text
+        # The outbox's refusal, with its reason: 554.
+        code, text = send_one(s, message(sender="not an address"))
+        assert (code, text[:5]) == (554, b"5.6.0"), text
+        assert b"From" in text
+        code, text = send_one(s, message(headers={"X-Mailgate-Hold": "perhaps"}))
+        assert (code, text[:5]) == (554, b"5.6.0") and b"X-Mailgate-Hold" in text, text
+        code, text = send_one(s, message(headers={"X-Mailgate-Hlod": "yes"}))
+        assert code == 554 and b"unknown header" in text, text
+        # Too large: announced with SIZE, or found in DATA: 552 5.3.4.
+        code, text = s.mail("app@example.com", ["SIZE=999999"])
+        assert (code, text[:5]) == (552, b"5.3.4"), text
+        s.rset()
+        code, text = send_one(s, message(body="x" * 70 + "\r\n") * 80)
+        assert (code, text[:5]) == (552, b"5.3.4"), text
+        # A recipient that is not an address: 553 at RCPT.
+        s.mail("app@example.com")
+        code, text = s.rcpt("not-an-address")
+        assert (code, text[:5]) == (553, b"5.1.3"), text
+        s.rset()
+        # The session still works.
+        queued_id(send_one(s, message()))
+        s.quit()
+        assert len(sub.messages()) == 1
+
+
+def test_failed_auth_is_throttled_like_sign_ins(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers, login_max_failures=3) as sub:
+        s = sub.client()
+        for _ in range(3):
+            code, text = s.docmd("AUTH", "PLAIN " + _plain("home", "mgk_guess"))
+            assert (code, text[:5]) == (535, b"5.7.8"), text
+        # Now even the right key waits: 454 4.7.0 with the time to wait.
+        code, text = s.docmd("AUTH", "PLAIN " + _plain("home", sub.key))
+        assert (code, text[:5]) == (454, b"4.7.0"), text
+        s.close()
+        # Another tenant name is its own counter.
+        s = sub.client()
+        code, text = s.docmd("AUTH", "PLAIN " + _plain("acme", "mgk_guess"))
+        assert code == 535, text
+        s.close()
+        sub.rig.clock.advance(seconds=sub.rig.c.settings.login_window_s + 1)
+        sub.signed_in().quit()
+
+
+def test_a_key_revoked_after_auth_sends_no_more(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        s = sub.signed_in()
+        queued_id(send_one(s, message()))
+        key_id = next(iter(sub.keys))
+        r = sub.rig.api.request("DELETE", f"/api/v1/tenants/home/api-keys/{key_id}", sub.rig.admin)
+        assert r.status_code == 204, r.text
+        code, text = send_one(s, message())
+        assert (code, text[:5]) == (554, b"5.7.1"), text
+        assert len(sub.messages()) == 1
+
+
+def test_the_api_key_never_reaches_the_log(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        s = sub.signed_in()
+        queued_id(send_one(s, message()))
+        s.quit()
+        s = sub.client()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("home", sub.key + "x")
+        s.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "SMTP submission" in text
+    assert sub.key not in text
+    assert _plain("home", sub.key) not in text
+
+
+def test_aiosmtplib_with_starttls_and_with_implicit_tls(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers, implicit_tls=True) as sub:
+        ctx = sub.client_tls_context()
+
+        async def send(port: int, **tls: bool) -> str:
+            client = aiosmtplib.SMTP(
+                hostname="127.0.0.1", port=port, tls_context=ctx, timeout=10, **tls
+            )
+            await client.connect()
+            assert client.is_connected
+            await client.login("home", sub.key)
+            errors, reply = await client.sendmail(
+                "app@example.com", ["to@example.org", "bcc@example.org"], message()
+            )
+            await client.quit()
+            assert errors == {}
+            return reply
+
+        starttls = asyncio.run(send(sub.port, start_tls=True))
+        implicit = asyncio.run(send(sub.tls_port, use_tls=True))
+        for reply in (starttls, implicit):
+            assert reply.startswith("2.0.0 queued as ")
+        assert {m.id for m in sub.messages()} == {r.split()[-1] for r in (starttls, implicit)}
+        assert all(m.rcpt_to == ["to@example.org", "bcc@example.org"] for m in sub.messages())
+
+
+def _plain(user: str, password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
