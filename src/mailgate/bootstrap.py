@@ -49,6 +49,7 @@ from mailgate.services.oauth2.alerts import OAuth2Alerts
 from mailgate.services.oauth2.authorization import OAuth2AuthorizationFlow
 from mailgate.services.oauth2.keeper import OAuth2Keeper
 from mailgate.services.oauth2.tokens import OAuth2TokenProvider, OAuth2Tokens, token_providers
+from mailgate.services.outbound import OutboundPolicySource
 from mailgate.services.outbox import Outbox, Prepared, store_many
 from mailgate.services.remote_clients import RemoteClients
 from mailgate.services.system_mailer import TransportSystemMailer
@@ -87,6 +88,9 @@ class Container:
     """Mail through the system e-mail server: OAuth2 alerts, password reset links."""
     installation: Installation
     """First start and schema upgrades."""
+    outbound_policy: OutboundPolicySource
+    """Where tenants may make mailgate connect (SMTP, token endpoints, mail APIs,
+    webhooks): call it for the current ``domain.outbound.OutboundPolicy``."""
 
     def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
         """The XOAUTH2 token provider of an OAuth2 configuration (for the SMTP transport);
@@ -119,6 +123,8 @@ def build(
     engine = make_engine(settings.effective_database_url)
     box = SecretBox.from_spec(key_spec)
     sessions = make_session_factory(engine)
+    read_engine = read_only(engine)
+    outbound_policy = OutboundPolicySource(read_engine, settings.outbound_deny_networks)
     servers = EmailServers(box, clock, settings.public_base_url)
     metrics = Metrics(sessions, clock)
     hub = RemoteHub()
@@ -180,7 +186,7 @@ def build(
         transports=transports,
         prober=transports,
         hub=hub,
-        read_engine=read_only(engine),
+        read_engine=read_engine,
         submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
         system_mailer=system_mailer,
         installation=Installation(
@@ -191,6 +197,7 @@ def build(
             admin_password=settings.admin_password,
             public_base_url=settings.public_base_url,
         ),
+        outbound_policy=outbound_policy,
     )
 
 

@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailgate.domain.outbound import parse_networks
 
 
 class Settings(BaseSettings):
@@ -97,6 +99,21 @@ class Settings(BaseSettings):
     """Microsoft Graph, for configurations with transport microsoft_graph."""
     gmail_api_base_url: str = "https://gmail.googleapis.com"
     """The Gmail API, for configurations with transport gmail_api."""
+    outbound_deny: str = ""
+    """Comma-separated networks no tenant may make mailgate connect to (SMTP, token
+    endpoints, mail APIs, webhooks), in addition to the system setting
+    ``outbound_policy.deny_networks`` (default there: link-local, 169.254.0.0/16 and
+    fe80::/10). Checked on the resolved address at connect time."""
+
+    @field_validator("outbound_deny")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value.split(","))  # a typo fails at start, not at the first connection
+        return value
+
+    @property
+    def outbound_deny_networks(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.outbound_deny.split(",") if v.strip())
 
     @property
     def worker_processes(self) -> int:

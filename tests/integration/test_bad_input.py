@@ -489,6 +489,31 @@ CASES = [
     ),
     Case("cursor overflow", "GET", "/api/v1/tenants/home/audit?cursor=" + "9" * 30, 422, "cursor"),
     Case("limit out of range", "GET", "/api/v1/tenants/home/audit?limit=0", 422, "query.limit"),
+    # Outbound destination policy (system settings)
+    Case(
+        "deny network not a network",
+        "PUT",
+        "/api/v1/system/settings",
+        422,
+        "outbound_policy.deny_networks.1",
+        json={"outbound_policy": {"deny_networks": ["10.0.0.0/8", "10.0.0.0/33"]}},
+    ),
+    Case(
+        "deny networks not a list",
+        "PUT",
+        "/api/v1/system/settings",
+        422,
+        "outbound_policy.deny_networks",
+        json={"outbound_policy": {"deny_networks": "10.0.0.0/8"}},
+    ),
+    Case(
+        "encoded line break in a from_name",
+        "PATCH",
+        SERVERS + "/main",
+        422,
+        "message_defaults.from_name",
+        json={"message_defaults": {"from_name": "=?utf-8?q?a=0D=0AB:_c?="}},
+    ),
     # Not JSON at all
     Case("text/plain body", "POST", "/api/v1/tenants", 415, json={"name": "x"}, ctype="text/plain"),
     Case(

@@ -43,7 +43,11 @@ def hello(ws: Any) -> dict[str, Any]:
 def test_system_settings_admin_only_and_validated(api: Api) -> None:
     admin = api.admin_token()
     body = api.request("GET", SETTINGS, admin).json()
-    assert body == {"allow_remote_clients": False, "public_base_url": "http://testserver"}
+    assert body == {
+        "allow_remote_clients": False,
+        "public_base_url": "http://testserver",
+        "outbound_policy": {"deny_networks": ["169.254.0.0/16", "fe80::/10"]},
+    }
     api.make_tenant(admin, "acme")
     tenant_admin = api.make_user(admin, "ann", {"acme": "admin"})
     assert api.request("GET", SETTINGS, tenant_admin).status_code == 403
@@ -60,7 +64,7 @@ def test_system_settings_admin_only_and_validated(api: Api) -> None:
     assert api.request("GET", SETTINGS, admin).json() == body
     r = api.request("PUT", SETTINGS, admin, json={"public_base_url": "https://mail.example.com/"})
     assert r.json() == {
-        "allow_remote_clients": False,
+        **body,
         "public_base_url": "https://mail.example.com",
     }
 

@@ -26,9 +26,17 @@ class HealthOut(OutModel):
     queue: QueueOut | None = Field(description="null when the database is unavailable")
 
 
+class OutboundPolicyOut(OutModel):
+    deny_networks: list[str] = Field(
+        description="networks no tenant may make mailgate connect to, checked on the "
+        "resolved address at connect time; MAILGATE_OUTBOUND_DENY adds to them"
+    )
+
+
 class SystemSettingsOut(OutModel):
     allow_remote_clients: bool
     public_base_url: str
+    outbound_policy: OutboundPolicyOut
 
 
 class ResetRequestedOut(OutModel):

@@ -1,5 +1,5 @@
-"""Installation-wide settings (remote clients allowed, the public base URL), for system
-administrators only."""
+"""Installation-wide settings (remote clients allowed, the public base URL, the outbound
+destination policy), for system administrators only."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from sqlalchemy import select, update
 
 from mailgate.adapters.db.tables import RemoteClient, SystemSetting
+from mailgate.domain.outbound import DEFAULT_DENY_NETWORKS, parse_network
+from mailgate.domain.outbound import SETTING_KEY as OUTBOUND_KEY
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.out.system import SystemSettingsOut
@@ -27,17 +29,29 @@ def _check_base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_network(value: str) -> str:
+    return str(parse_network(value))
+
+
+class OutboundPolicyIn(StrictModel):
+    deny_networks: list[Annotated[SingleLine, AfterValidator(_check_network)]] = Field(
+        max_length=200
+    )
+
+
 class SystemSettingsIn(StrictModel):
     """Omitted fields keep their value."""
 
     allow_remote_clients: bool | None = None
     public_base_url: Annotated[SingleLine, AfterValidator(_check_base_url)] | None = None
+    outbound_policy: OutboundPolicyIn | None = None
 
 
 def _current(db: DB, c: AppContainer) -> SystemSettingsOut:
     values: dict[str, Any] = {
         **DEFAULT_SYSTEM_SETTINGS,
         "public_base_url": c.settings.public_base_url,
+        OUTBOUND_KEY: {"deny_networks": list(DEFAULT_DENY_NETWORKS)},
     }
     for row in db.scalars(select(SystemSetting).where(SystemSetting.key.in_(list(values)))):
         values[row.key] = row.value
@@ -63,6 +77,9 @@ def put_settings(
             row.value = value
     db.flush()
     values = _current(db, c)
+    if body.outbound_policy is not None:
+        db.commit()
+        c.outbound_policy.invalidate()
     if body.allow_remote_clients is False:
         # Nobody may stay connected, in this process or another (they notice at their next
         # heartbeat); the list must say so at once.
