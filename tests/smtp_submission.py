@@ -103,11 +103,13 @@ def queued_id(reply: tuple[int, bytes]) -> str:
     return words[3]
 
 
-def write_tls_files(pki: Pki, directory: Path) -> tuple[Path, Path]:
+def write_tls_files(pki: Pki, directory: Path, hosts: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """The listener's certificate (for 127.0.0.1 and localhost, or ``hosts``) and key."""
+    leaf = pki.ca.issue_cert(*hosts) if hosts else pki.good
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
-    cert.write_bytes(b"".join(c.bytes() for c in pki.good.cert_chain_pems))
-    key.write_bytes(pki.good.private_key_pem.bytes())
+    cert.write_bytes(b"".join(c.bytes() for c in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
     return cert, key
 
 
@@ -120,6 +122,7 @@ def submission_rig(
     tls: bool = False,
     implicit_tls: bool = False,
     listen: str = "127.0.0.1:0",
+    tls_hosts: tuple[str, ...] = (),
     **settings: Any,
 ) -> Iterator[SubmissionRig]:
     pki = smtp_servers.pki
@@ -129,7 +132,7 @@ def submission_rig(
         "smtp_data_timeout_s": 10,
     }
     if tls or implicit_tls:
-        cert, key = write_tls_files(pki, tmp_path / "tls")
+        cert, key = write_tls_files(pki, tmp_path / "tls", tls_hosts)
         values.update(smtp_tls_cert_file=cert, smtp_tls_key_file=key)
     if implicit_tls:
         values["smtps_listen"] = "127.0.0.1:0"

@@ -11,13 +11,20 @@ import email
 import email.policy
 import logging
 import smtplib
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiosmtplib
 import pytest
+from sqlalchemy import Engine, create_engine, text
 from tests.smtp_fixtures import SmtpServers
 from tests.smtp_submission import message, queued_id, submission_rig
 
+from mailgate.adapters.db import batch_writer
 from mailgate.domain.messages import PRIORITY_RANK, Priority
 
 
@@ -84,6 +91,7 @@ def test_option_headers_choose_server_hold_and_priority_and_are_removed(
                 # Folded (RFC 5322 2.2.3): the value is "yes".
                 "X-Mailgate-Hold": "\r\n yes",
                 "x-mailgate-priority": "HIGH",
+                "X-Mailgate-Metadata-order": "42",
                 "X-Order": "42",
             }
         )
@@ -94,6 +102,7 @@ def test_option_headers_choose_server_hold_and_priority_and_are_removed(
         [row] = sub.messages()
         assert (row.server_name, row.status) == ("OTHER", "held")
         assert row.priority == PRIORITY_RANK[Priority.HIGH]
+        assert sub.rig.get(mid)["metadata"] == {"order": "42"}
         stored = sub.raw(mid)
         assert b"mailgate" not in stored.lower().split(b"\r\n\r\n")[0]
         parsed = email.message_from_bytes(stored, policy=email.policy.default)
@@ -260,3 +269,175 @@ def _plain(user: str, password: str) -> str:
     import base64
 
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def test_connection_limit_answers_421_and_frees_the_slot(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers, smtp_max_connections=2) as sub:
+        first, second = sub.client(), sub.client()
+        with pytest.raises(smtplib.SMTPConnectError) as err:
+            sub.client()
+        assert err.value.smtp_code == 421
+        assert err.value.smtp_error.startswith(b"4.3.2")
+        first.quit()
+        wait_for(lambda: len(sub.listener.connections) == 1)
+        third = sub.client()
+        assert third.noop()[0] == 250
+        second.quit()
+        third.quit()
+
+
+def test_a_stalled_client_is_disconnected_at_the_command_deadline(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(
+        tmp_path,
+        sqlite_url,
+        smtp_servers,
+        smtp_command_timeout_s=0.3,
+        smtp_data_timeout_s=0.6,
+    ) as sub:
+        s = sub.signed_in()
+        wait_for(lambda: not sub.listener.connections, timeout=5)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            s.noop()
+        # The content after DATA has its own deadline: a client that sends part of a message
+        # and stalls is cut off, and nothing is stored.
+        s = sub.signed_in()
+        s.mail("app@example.com")
+        s.rcpt("to@example.org")
+        assert s.docmd("DATA")[0] == 354
+        s.send(b"Subject: half a message\r\n")
+        wait_for(lambda: not sub.listener.connections, timeout=5)
+        assert sub.messages() == []
+
+
+def test_pipelined_commands_are_answered_in_order(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        s = sub.signed_in()
+        assert s.has_extn("pipelining")
+        # RFC 2920: MAIL, RCPTs and DATA in one write; one reply each, in order.
+        s.send(
+            b"MAIL FROM:<app@example.com>\r\n"
+            b"RCPT TO:<a@example.org>\r\n"
+            b"RCPT TO:<not an address>\r\n"
+            b"RCPT TO:<b@example.org>\r\n"
+            b"DATA\r\n"
+        )
+        replies = [s.getreply() for _ in range(5)]
+        assert [code for code, _ in replies] == [250, 250, 553, 250, 354]
+        s.send(message().replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        mid = queued_id(s.getreply())
+        s.quit()
+        [row] = sub.messages()
+        assert (row.id, row.rcpt_to) == (mid, ["a@example.org", "b@example.org"])
+
+
+def test_a_database_that_cannot_write_at_data_time_gets_451_and_nothing_is_lost(
+    tmp_path: Path,
+    database_url: str,
+    smtp_servers: SmtpServers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with submission_rig(tmp_path, database_url, smtp_servers) as sub:
+        s = sub.signed_in()
+        s.mail("app@example.com")
+        s.rcpt("to@example.org")
+        with database_cannot_write(sub.rig.c.engine, monkeypatch):
+            code, text = s.data(message(subject="first try"))
+        assert (code, text[:5]) == (451, b"4.3.0"), text
+        assert sub.messages() == []
+        # The client sends again (451 says so); now it is stored, once, and delivered once.
+        mid = queued_id(send_one(s, message(subject="second try")))
+        s.quit()
+        assert [m.id for m in sub.messages()] == [mid]
+        assert sub.rig.run_once() == 1
+        [got] = sub.sink.wait_for(1)
+        assert got.message["Subject"] == "second try"
+
+
+@contextmanager
+def database_cannot_write(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """PostgreSQL: the database turns read-only (``default_transaction_read_only``, and every
+    open session ends so that the setting applies). SQLite: another process holds the write
+    lock for longer than the group commit waits for it (made short here)."""
+    if engine.dialect.name == "postgresql":
+        name = engine.url.database
+        admin = create_engine(engine.url, isolation_level="AUTOCOMMIT")
+
+        def turn(setting: str) -> None:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" {setting}'))
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+
+        turn("SET default_transaction_read_only = on")
+        try:
+            yield
+        finally:
+            turn("RESET default_transaction_read_only")
+            admin.dispose()
+        return
+    monkeypatch.setattr(batch_writer, "LOCK_TIMEOUT_S", 0.5)
+    holder = sqlite3.connect(str(engine.url.database), timeout=5)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def non_loopback_address() -> str:
+    """This machine's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no network interface besides loopback")
+        address: str = probe.getsockname()[0]
+    assert not address.startswith("127.")
+    return address
+
+
+def test_auth_needs_tls_except_from_loopback(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    address = non_loopback_address()
+    with submission_rig(
+        tmp_path, sqlite_url, smtp_servers, tls=True, listen="0.0.0.0:0", tls_hosts=(address,)
+    ) as sub:
+        # From loopback, AUTH works without TLS.
+        local = sub.signed_in()
+        queued_id(send_one(local, message()))
+        local.quit()
+        # From another address: no AUTH before STARTTLS, and no mail without AUTH.
+        s = sub.client(host=address)
+        assert s.has_extn("starttls") and not s.has_extn("auth")
+        code, text = s.docmd("AUTH", "PLAIN " + _plain("home", sub.key))
+        assert (code, text[:6]) == (538, b"5.7.11"), text
+        assert s.mail("app@example.com")[0] == 530
+        s.rset()
+        s.starttls(context=sub.client_tls_context())
+        s.ehlo("client.example")
+        assert s.has_extn("auth")
+        s.login("home", sub.key)
+        queued_id(send_one(s, message()))
+        s.quit()
+        assert len(sub.messages()) == 2

@@ -93,3 +93,26 @@ def test_reply_texts_are_one_printable_ascii_line() -> None:
     assert clean("a\r\nb\tc") == "a b c"
     assert clean("Zoë") == "Zo?"
     assert len(clean("x" * 1000)) == 400
+
+
+def test_metadata_headers_carry_the_messages_metadata() -> None:
+    got = options_from_headers(
+        [
+            ("X-Mailgate-Metadata-order", "42"),
+            ("x-mailgate-metadata-Customer.Id", "=?utf-8?q?K=C3=B8benhavn?="),
+        ]
+    )
+    assert got.metadata == {"order": "42", "Customer.Id": "København"}
+    assert options_from_headers([]).metadata is None
+    with pytest.raises(ValidationFailed) as err:
+        options_from_headers([("X-Mailgate-Metadata-bad key", "x"), ("X-Mailgate-Metadata-", "y")])
+    assert [e.field for e in err.value.errors] == [
+        "X-Mailgate-Metadata-bad key",
+        "X-Mailgate-Metadata-*",
+    ]
+    with pytest.raises(ValidationFailed) as err:
+        options_from_headers([("X-Mailgate-Metadata-bad/key", "x")])
+    assert [e.field for e in err.value.errors] == ["X-Mailgate-Metadata-bad/key"]
+    many = [(f"X-Mailgate-Metadata-k{i}", "v") for i in range(21)]
+    with pytest.raises(ValidationFailed, match="at most 20 pairs"):
+        options_from_headers(many)

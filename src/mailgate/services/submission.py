@@ -7,7 +7,8 @@ The listener (``entrypoints/smtp/``) speaks the protocol; the decisions are here
   and client address). API keys are high-entropy tokens stored as SHA-256 (no password
   hash to compute), so a check is a couple of indexed reads.
 - ``split_option_headers`` / ``options_from_headers``: ``X-Mailgate-*`` headers choose the
-  configuration and options; they are removed before the message is stored.
+  configuration and options, and ``X-Mailgate-Metadata-<key>`` headers carry the message's
+  metadata; they are removed before the message is stored.
 - ``SmtpSubmission.prepare``: one message of an authenticated session through the outbox's
   raw MIME path (the same validation, Bcc and header handling as ``message/rfc822`` on the
   API), addressed to the envelope's recipients. Reads only: the caller stores the result by
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -32,6 +34,7 @@ from mailgate.domain.errors import (
     ValidationFailed,
 )
 from mailgate.domain.messages import Priority
+from mailgate.domain.metadata import metadata_errors
 from mailgate.services.email_servers import EmailServers
 from mailgate.services.identity import API_KEY_PREFIX, Identity
 from mailgate.services.outbox import Owner, Prepared, SubmitOptions, Submitter, lookup
@@ -41,6 +44,7 @@ OPTION_HEADER_PREFIX = "x-mailgate-"
 SERVER_HEADER = "X-Mailgate-Server"
 HOLD_HEADER = "X-Mailgate-Hold"
 PRIORITY_HEADER = "X-Mailgate-Priority"
+METADATA_HEADER_PREFIX = "X-Mailgate-Metadata-"
 _KNOWN = {h.lower(): h for h in (SERVER_HEADER, HOLD_HEADER, PRIORITY_HEADER)}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -69,6 +73,8 @@ class MessageOptions:
     server: str | None = None
     hold: bool = False
     priority: Priority = Priority.NORMAL
+    metadata: dict[str, str] | None = None
+    """From ``X-Mailgate-Metadata-<key>: <value>`` headers (README "Message metadata")."""
 
 
 def split_option_headers(raw: bytes) -> tuple[bytes, list[tuple[str, str]]]:
@@ -110,11 +116,21 @@ def options_from_headers(fields: Sequence[tuple[str, str]]) -> MessageOptions:
     header is the header's error (a typo must not silently send with the defaults)."""
     errors: list[FieldError] = []
     seen: dict[str, str] = {}
+    metadata: dict[str, str] = {}
     for name, value in fields:
         known = _KNOWN.get(name.lower())
-        if known is None:
+        if name.lower().startswith(METADATA_HEADER_PREFIX.lower()):
+            key = name[len(METADATA_HEADER_PREFIX) :]
+            if key in metadata:
+                errors.append(FieldError(name, "given more than once"))
+            metadata[key] = _decoded(value)
+        elif known is None:
             errors.append(
-                FieldError(name, f"unknown header; mailgate reads {', '.join(_KNOWN.values())}")
+                FieldError(
+                    name,
+                    f"unknown header; mailgate reads {', '.join(_KNOWN.values())} and "
+                    f"{METADATA_HEADER_PREFIX}<key>",
+                )
             )
         elif known in seen:
             errors.append(FieldError(known, "given more than once"))
@@ -134,9 +150,23 @@ def options_from_headers(fields: Sequence[tuple[str, str]]) -> MessageOptions:
             priority = Priority(seen[PRIORITY_HEADER].lower())
         except ValueError:
             errors.append(FieldError(PRIORITY_HEADER, "high, normal or low is expected"))
+    for error in metadata_errors(metadata, "metadata"):
+        # Named as the client wrote them: the key's header, or all of them.
+        key = error.field.removeprefix("metadata").removeprefix(".")
+        errors.append(FieldError(METADATA_HEADER_PREFIX + (key or "*"), error.message))
     if errors:
         raise ValidationFailed(errors)
-    return MessageOptions(server, hold, priority)
+    return MessageOptions(server, hold, priority, metadata or None)
+
+
+def _decoded(value: str) -> str:
+    """A header value with RFC 2047 encoded words (``=?utf-8?q?...?=``) decoded."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError):
+        return value
 
 
 class SmtpSubmission:
@@ -193,7 +223,11 @@ class SmtpSubmission:
             except NotFound as exc:
                 raise UnknownServer(exc.detail) from exc
         options = SubmitOptions(
-            server=ref.name, hold=chosen.hold, priority=chosen.priority, rcpt_to=tuple(rcpt_to)
+            server=ref.name,
+            hold=chosen.hold,
+            priority=chosen.priority,
+            metadata=chosen.metadata,
+            rcpt_to=tuple(rcpt_to),
         )
         return self.submitter.prepare(
             conn, tenant_id, _owner(caller, tenant_id), message, options, server=ref
