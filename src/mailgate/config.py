@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     possibly_delivered_retry_s: float = Field(default=3600, gt=0)
     """Wait before retrying a message the server may already have (no reply after the end of
     the message, or a worker stopped during the attempt)."""
+    pause_quota_s: float = Field(default=3600, gt=0)
+    """A configuration whose provider says its sending quota is used up (and gives no
+    ``Retry-After``) pauses this long, then tries one message."""
+    pause_backoff_s: float = Field(default=60, gt=0)
+    """First pause of a configuration the provider throttles (without ``Retry-After``); it
+    doubles with each consecutive pause, up to ``pause_quota_s``."""
     worker_batch: int = Field(default=200, ge=1, le=5000)
     """Messages a worker claims at a time (and keeps in flight at most)."""
     worker_poll_s: float = Field(default=5.0, gt=0)

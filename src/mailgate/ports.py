@@ -190,6 +190,11 @@ class DeliveryQueue(Protocol):
 
     def extend(self, worker_id: str, ids: Sequence[str]) -> None: ...
 
+    def paused_servers(self) -> list[int]:
+        """Configurations paused right now (by any process) after a quota or throttling
+        answer; their mail is not claimed until the pause ends."""
+        ...
+
     def next_due(
         self, skip_servers: Collection[int] = (), only_servers: Collection[int] | None = None
     ) -> datetime | None: ...

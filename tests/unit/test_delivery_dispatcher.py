@@ -14,6 +14,7 @@ from tests.clock import TestClock
 
 from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
+from mailgate.domain.pauses import PauseKind, PauseSignal
 from mailgate.ports import SessionFailed, TokenProvider
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.services.delivery.dispatcher import Target
@@ -58,6 +59,9 @@ class MemoryQueue:
     def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:
         return None
 
+    def paused_servers(self) -> list[int]:
+        return []
+
     def outcome_of(self, mid: str) -> AttemptResult:
         return next(r for m, r in self.recorded if m.id == mid)
 
@@ -82,6 +86,7 @@ class ScriptedTransport:
         self.refuse: dict[str, AttemptResult] = {}
         self.raise_on: set[str] = set()
         self.block: dict[str, asyncio.Event] = {}
+        self.answers: dict[str, AttemptResult] = {}
 
     async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> Any:
         if server.name in self.refuse:
@@ -111,7 +116,7 @@ class _Session:
         if mid in self.transport.block:
             await self.transport.block[mid].wait()
         await asyncio.sleep(0.001)  # other sessions run meanwhile
-        return AttemptResult(Outcome.DELIVERED, 250, "2.0.0 ok", 1)
+        return self.transport.answers.get(mid, AttemptResult(Outcome.DELIVERED, 250, "2.0.0 ok", 1))
 
     async def close(self) -> None:
         self.transport.open_now[self.server] -= 1
@@ -301,3 +306,46 @@ def test_run_gives_back_what_it_has_not_started_when_stopped() -> None:
     assert [s.message for s in r.transport.sent] == ["1-0"]
     assert [m.id for m, _r in r.queue.recorded] == ["1-0"]
     assert [(m.id, when) for m, when, _r in r.queue.postponed] == [("1-1", T0), ("1-2", T0)]
+
+
+QUOTA = AttemptResult(
+    Outcome.TEMPORARY,
+    554,
+    "5.2.0 SubmissionQuotaExceeded",
+    2,
+    pause=PauseSignal(PauseKind.QUOTA, "microsoft_submission_quota"),
+)
+
+
+def test_a_pause_answer_stops_its_lane_and_gives_its_mail_back_untried() -> None:
+    r = rig(
+        messages(1, 5) + messages(2, 3),
+        {1: Target(config(1, {"max_connections": 1})), 2: Target(config(2))},
+    )
+    r.transport.answers["1-0"] = QUOTA
+    assert asyncio.run(r.service.run_once()) == 8
+    assert [s.message for s in r.transport.sent if s.server == "S1"] == ["1-0"]
+    assert r.queue.outcome_of("1-0") is QUOTA
+    back = [(m.id, when - T0, reason) for m, when, reason in r.queue.postponed]
+    assert [b[0] for b in back] == ["1-1", "1-2", "1-3", "1-4"]
+    assert {b[1] for b in back} == {timedelta(hours=1)}
+    assert all(
+        reason and reason.startswith("paused: ") and "5.2.0" in reason for *_x, reason in back
+    )
+    assert sorted(s.message for s in r.transport.sent if s.server == "S2") == ["2-0", "2-1", "2-2"]
+
+
+def test_a_pause_answer_to_opening_a_session_defers_only_the_message_that_tried() -> None:
+    throttled = AttemptResult(
+        Outcome.TEMPORARY,
+        421,
+        "4.7.0 Try again later, closing connection.",
+        3,
+        step="connect",
+        pause=PauseSignal(PauseKind.THROTTLED, "generic_4_7_throttling"),
+    )
+    r = rig(messages(1, 3), {1: Target(config(1, {"max_connections": 1}))})
+    r.transport.refuse["S1"] = throttled
+    assert asyncio.run(r.service.run_once()) == 3
+    assert [m.id for m, _r in r.queue.recorded] == ["1-0"]
+    assert [m.id for m, _w, _r in r.queue.postponed] == ["1-1", "1-2"]

@@ -30,6 +30,9 @@ class Claimed:
     recipient_status: dict[str, Any] | None = None
     """Per-recipient state as claimed (only this worker changes it while it holds the
     lease; a worker that lost its lease does not overwrite the row)."""
+    probe: bool = False
+    """The one message that tries a paused configuration again (``adapters/db/pauses.py``):
+    an answer that is not a quota or throttling one ends the pause."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from mailgate.adapters.db.notify import listen_postgres
 from mailgate.adapters.db.queue import SqlDeliveryQueue
 from mailgate.bootstrap import Container
 from mailgate.domain.messages import RetryPolicy
+from mailgate.domain.pauses import PausePolicy
 from mailgate.ports import SessionOpener
 from mailgate.services.delivery.service import IDLE_SESSION_S, DeliveryService, DeliverySettings
 from mailgate.services.delivery.targets import target_loader
@@ -43,6 +44,11 @@ class Worker:
         s = c.settings
         self.c = c
         self.remote_only = remote_only
+        pauses = PausePolicy(
+            quota=timedelta(seconds=s.pause_quota_s),
+            backoff=timedelta(seconds=s.pause_backoff_s),
+            cap=timedelta(seconds=max(s.pause_quota_s, s.pause_backoff_s)),
+        )
         self.store = SqlDeliveryQueue(
             c.sessions,
             c.clock,
@@ -53,6 +59,7 @@ class Worker:
                 possibly_delivered_after=timedelta(seconds=s.possibly_delivered_retry_s),
                 max_age=timedelta(seconds=s.retry_max_age_s),
             ),
+            pauses=pauses,
         )
         self.service = DeliveryService(
             worker_id or default_worker_id(),
@@ -67,6 +74,7 @@ class Worker:
                 lease_s=s.lease_s,
                 poll_s=s.worker_poll_s,
                 idle_session_s=idle_session_s,
+                pauses=pauses,
             ),
             clock=c.clock,
             only_servers=self._own_remote_servers if remote_only else None,

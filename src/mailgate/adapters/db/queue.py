@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
+from mailgate.adapters.db.pauses import claim_probes, pause_gate, record_pauses
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed, Recorded
@@ -159,15 +160,31 @@ class SqlDeliveryQueue:
         if only == []:
             return []
         with self.engine.begin() as conn:
+            # Paused configurations (adapters/db/pauses.py): none of their mail, but one
+            # probe of each whose pause is over.
+            gate = pause_gate(conn, now)
+            until = now + self.lease
+            probes: list[str] = []
+            if gate.skip:
+                due = [
+                    sid
+                    for sid in gate.probe_due
+                    if sid not in skip and (only is None or sid in only)
+                ]
+                probes = claim_probes(conn, due, now, until)
+                if only is not None:
+                    only = [sid for sid in only if sid not in gate.skip]
+                else:
+                    skip = [*skip, *gate.skip]
+                limit -= len(probes)
             ready = {status: self._ready(conn, status, now, limit, skip, only) for status in _READY}
             fresh = _by_turn(ready[s] for s in _FRESH)
             again = _by_turn(ready[s] for s in _AGAIN)
             retry_share = max(1, limit // 4)
             take_again = min(len(again), max(retry_share, limit - len(fresh)))
-            ids = fresh[: limit - take_again] + again[:take_again]
+            ids = probes + fresh[: limit - take_again] + again[:take_again]
             if not ids:
                 return []
-            until = now + self.lease
             conn.execute(
                 _TAKE,
                 {
@@ -193,6 +210,7 @@ class SqlDeliveryQueue:
                 created_at=r.created_at,
                 expires_at=r.expires_at,
                 recipient_status=r.recipient_status,
+                probe=r.id in probes,
             )
             for r in rows
         ]
@@ -292,6 +310,8 @@ class SqlDeliveryQueue:
             conn.execute(_ATTEMPTS.insert(), attempts)
             # The webhook events of these attempts, committed with them (README "Webhooks").
             emit_for_messages(conn, events, now=now)
+            if any(result.pause is not None or claimed.probe for claimed, result in items):
+                record_pauses(conn, items, now, self.pauses)
         return out
 
     def postpone(
@@ -347,6 +367,11 @@ class SqlDeliveryQueue:
                     .values(locked_until=until, next_attempt_at=until)
                 )
 
+    def paused_servers(self) -> list[int]:
+        with self.engine.connect() as conn:
+            gate = pause_gate(conn, self.clock())
+        return sorted(gate.skip - set(gate.probe_due))
+
     def next_due(
         self, skip_servers: Collection[int] = (), only_servers: Collection[int] | None = None
     ) -> datetime | None:
@@ -356,16 +381,21 @@ class SqlDeliveryQueue:
         query = select(func.min(Message.next_attempt_at)).where(
             Message.status.in_([*_FRESH, *_AGAIN])
         )
-        if skip_servers:
-            query = query.where(_not_in_servers(list(skip_servers)))
-        if only_servers is not None:
-            query = query.where(Message.server_id.in_(list(only_servers)))
         with self.sessions() as db:
+            # Mail of a paused configuration is not due before its pause ends.
+            gate = pause_gate(db.connection(), self.clock())
+            waiting = gate.skip - set(gate.probe_due)
+            if skip_servers or waiting:
+                query = query.where(_not_in_servers([*skip_servers, *waiting]))
+            if only_servers is not None:
+                query = query.where(Message.server_id.in_(list(only_servers)))
             value: datetime | None = db.scalar(query)
         if value is not None and value.tzinfo is None:
             from datetime import UTC
 
             value = value.replace(tzinfo=UTC)
+        if gate.wake_at is not None and (value is None or gate.wake_at < value):
+            value = gate.wake_at
         return value
 
 

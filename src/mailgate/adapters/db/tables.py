@@ -145,6 +145,28 @@ class EmailServer(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ServerDelivery(Base):
+    """How a configuration's delivery stands, shared by every worker process: a pause after a
+    provider's quota or throttling answer (``domain/pauses.py``) and its probe. No row, or
+    ``paused_until`` NULL: active."""
+
+    __tablename__ = "server_delivery"
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("email_servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Nothing of this configuration is claimed before; after it, one probe message."""
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pause_kind: Mapped[str | None] = mapped_column(String(16))
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    pauses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Consecutive pauses without a delivery in between (the backoff grows with them)."""
+    probe_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """A probe message is out (claimed) until then; meanwhile nothing else is claimed."""
+    probe_message_id: Mapped[str | None] = mapped_column(String(32))
+
+
 class OAuth2Authorization(Base):
     """A pending authorization-code flow: single-use ``state`` with its PKCE verifier."""
 

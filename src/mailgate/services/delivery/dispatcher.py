@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed
-from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.domain.messages import AttemptResult, Outcome, describe
+from mailgate.domain.pauses import PausePolicy, describe_pause
 from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.policy import (
@@ -61,6 +62,9 @@ class Lane:
     sessions: int = 0
     idle: int = 0
     more: asyncio.Event = field(default_factory=asyncio.Event)
+    paused: bool = False
+    """The provider answered with a quota or throttling reply: the sessions stop taking
+    messages (the database holds the pause for every process; a claim lifts it locally)."""
 
 
 class Dispatcher:
@@ -76,6 +80,7 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_wait_s: float,
         idle_session_s: float,
+        pauses: PausePolicy | None = None,
     ) -> None:
         self.open_session = open_session
         self.load_targets = load_targets
@@ -88,6 +93,7 @@ class Dispatcher:
         """A paced message whose slot is further away is given back to the queue."""
         self.idle_session_s = idle_session_s
         """How long an open session waits for more mail before it closes (0: at once)."""
+        self.pauses = pauses or PausePolicy()
         self.lanes: dict[int | None, Lane] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -123,6 +129,7 @@ class Dispatcher:
             if not keep:
                 postpone.append((m, slot - now, None))
                 continue
+            lane.paused = False  # the claim let it through: the pause is over, or this probes
             lane.queue.append((m, slot))
             lane.more.set()
             if lane.sessions < lane.max_connections and len(lane.queue) > lane.idle:
@@ -157,6 +164,8 @@ class Dispatcher:
         session: DeliverySession | None = None
         try:
             while True:
+                if lane.paused:
+                    break
                 if not lane.queue:
                     if self.stopping or self.idle_session_s <= 0:
                         break
@@ -178,8 +187,11 @@ class Dispatcher:
                     try:
                         session = await self.open_session(lane.server, lane.tokens)
                     except SessionFailed as failed:
-                        # Every message waiting for this configuration would fail the same way.
                         self.finish(m, failed.result)
+                        if failed.result.pause is not None:
+                            await self._pause(lane, failed.result)
+                            break
+                        # Every message waiting for this configuration would fail the same way.
                         while lane.queue:
                             self.finish(lane.queue.popleft()[0], failed.result)
                         break
@@ -192,6 +204,9 @@ class Dispatcher:
                     log.warning("send of %s failed unexpectedly: %s", m.id, type(exc).__name__)
                     result = unexpected_error()
                 self.finish(m, result)
+                if result.pause is not None:
+                    await self._pause(lane, result)
+                    break
                 if result.outcome is not Outcome.DELIVERED and not session.usable:
                     await _close(session)
                     session = None
@@ -199,6 +214,34 @@ class Dispatcher:
             lane.sessions -= 1
             if session is not None:
                 await _close(session)
+
+    async def _pause(self, lane: Lane, result: AttemptResult) -> None:
+        """Stop the lane: its sessions take nothing more, and the messages it holds go back
+        to the queue untried (deferred, not failed). Recording ``result`` pauses the
+        configuration in the database for every process; the time given here is only the
+        first guess of that pause."""
+        assert result.pause is not None
+        lane.paused = True
+        waiting = [m for m, _slot in lane.queue]
+        lane.queue.clear()
+        if waiting:
+            after = self.pauses.window(result.pause, 1).total_seconds()
+            reason = f"paused: {describe_pause(result.pause)}: {describe(result.code, result.text)}"
+            await self.postpone([(m, after, reason) for m in waiting])
+
+    def hold(self, server_ids: Collection[int]) -> None:
+        """Configurations another process paused: the lanes holding their mail stop and give it
+        back (``apply`` of the service's periodic look at the pauses)."""
+        for sid in server_ids:
+            lane = self.lanes.get(sid)
+            if lane is None or lane.paused:
+                continue
+            lane.paused = True
+            waiting = [m for m, _slot in lane.queue]
+            lane.queue.clear()
+            if waiting:
+                reason = "paused: another worker's attempt paused this e-mail server"
+                self._spawn(self.postpone([(m, 1.0, reason) for m in waiting]))
 
     def take_waiting(self) -> list[Claimed]:
         """Remove and return every message not yet started (to give back on shutdown)."""

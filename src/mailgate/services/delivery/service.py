@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import AttemptResult, Status
+from mailgate.domain.pauses import PausePolicy
 from mailgate.ports import DeliveryObserver, DeliveryQueue, SessionOpener, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.dispatcher import Dispatcher, Postponed, TargetLoader
@@ -31,6 +32,8 @@ log = logging.getLogger("mailgate.worker")
 IDLE_SESSION_S = 10.0
 # How often the list of configurations left to other processes is read again.
 SKIP_RECHECK_S = 2.0
+# How often a worker holding mail that waits in lanes looks for pauses other processes began.
+PAUSE_RECHECK_S = 1.0
 # A worker fed by a trickle claims at most this often, so one claim takes several messages.
 CLAIM_SPACING_S = 0.01
 # Results are written in one transaction per batch: up to RECORD_BATCH, and while more
@@ -48,6 +51,7 @@ class DeliverySettings:
     poll_s: float
     """Safety-net poll of an idle worker (new mail wakes it at once)."""
     idle_session_s: float = IDLE_SESSION_S
+    pauses: PausePolicy = field(default_factory=PausePolicy)
 
 
 class DeliveryService:
@@ -107,6 +111,7 @@ class DeliveryService:
             idle_session_s=(
                 self.settings.idle_session_s if idle_session_s is None else idle_session_s
             ),
+            pauses=self.settings.pauses,
         )
 
     # ---- the queue (blocking calls, run in a thread) --------------------------------------
@@ -173,7 +178,11 @@ class DeliveryService:
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; ``wake`` is set when new mail may be ready."""
         self._fresh_loop_state()
-        helpers = [asyncio.create_task(self._recorder()), asyncio.create_task(self._heartbeat())]
+        helpers = [
+            asyncio.create_task(self._recorder()),
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._watch_pauses()),
+        ]
         stopper = asyncio.create_task(stop.wait())
         log.info("worker %s started", self.id)
         try:
@@ -297,6 +306,20 @@ class DeliveryService:
         if waiting:
             log.info("giving back %d messages not yet started", len(waiting))
             await self._postpone([(m, 0.0, None) for m in waiting])
+
+    async def _watch_pauses(self) -> None:
+        """Stop lanes whose configuration another process paused, so that the mail they hold
+        is not tried against a provider that already said "wait"."""
+        while True:
+            await asyncio.sleep(PAUSE_RECHECK_S)
+            if not any(lane.queue for lane in self.dispatcher.lanes.values()):
+                continue
+            try:
+                paused = await asyncio.to_thread(self.queue.paused_servers)
+            except Exception:
+                log.warning("reading the configurations' pauses failed", exc_info=True)
+                continue
+            self.dispatcher.hold(paused)
 
     async def _heartbeat(self) -> None:
         every = self.settings.lease_s / 3

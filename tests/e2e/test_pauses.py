@@ -1,0 +1,123 @@
+"""Provider quota and throttling answers pause the configuration, for every worker (README
+"Provider limits, pauses and fairness"): against real aiosmtpd servers, on SQLite and
+PostgreSQL, on the rig's hand-driven clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from tests.conftest import make_settings
+from tests.e2e.outbox_helpers import Rig, rig
+from tests.smtp_fixtures import SmtpServer, SmtpServers
+
+from mailgate.adapters.db.tables import EmailServer, Message, ServerDelivery
+from mailgate.bootstrap import build
+from mailgate.entrypoints.worker import Worker
+
+QUOTA = (
+    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
+    "process message due to a permanent exception with message Cannot submit message."
+)
+
+
+def _mails(server: SmtpServer) -> int:
+    return sum(1 for c in server.commands if c.startswith("MAIL"))
+
+
+def _statuses(r: Rig, ids: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for mid in ids:
+        status = r.get(mid)["status"]
+        out[status] = out.get(status, 0) + 1
+    return out
+
+
+def _state(r: Rig, name: str = "DEFAULT") -> ServerDelivery | None:
+    with r.c.sessions() as db:
+        sid = db.scalar(select(EmailServer.id).where(EmailServer.name == name))
+        return db.get(ServerDelivery, sid)
+
+
+def test_a_quota_answer_pauses_the_configuration_and_one_probe_follows(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    server = smtp_servers.start()
+    with rig(tmp_path, database_url) as r:
+        r.add_server(server.config())
+        ids = [r.send(to=[f"u{i}@example.org"], subject=f"m{i}") for i in range(10)]
+        server.fail("DATA_END", QUOTA, times=None)
+
+        r.run_once()
+        # Up to max_connections (3) were in flight when the first answer came; the rest
+        # went back untried.
+        first = _mails(server)
+        assert 1 <= first <= 3
+        assert _statuses(r, ids) == {"deferred": 10}
+        state = _state(r)
+        assert state is not None and state.pause_kind == "quota"
+        assert state.paused_until == r.clock.now + timedelta(hours=1)
+        assert "SubmissionQuotaExceeded" in (state.last_reply or "")
+        with r.c.sessions() as db:
+            rows = db.scalars(select(Message).where(Message.id.in_(ids))).all()
+            # Not counted toward the messages' backoff, and none is due before the pause ends.
+            assert {m.attempt_count for m in rows} == {0}
+            assert all(m.next_attempt_at >= state.paused_until for m in rows)
+        view = r.get(ids[0])
+        assert "5.2.0" in (view["last_error"] or "")
+
+        # Nothing is tried while paused - also not by another process (a new container on
+        # the same database: the pause is in the database, it survives a restart).
+        r.clock.advance(minutes=59)
+        assert r.run_once() == 0
+        other = build(make_settings(tmp_path, database_url), clock=r.clock)
+        try:
+            assert asyncio.run(Worker(other, worker_id="other").run_once()) == 0
+        finally:
+            other.engine.dispose()
+        assert _mails(server) == first
+
+        # The hour is over: exactly one probe, which is told the same: the next pause.
+        r.clock.advance(minutes=1, seconds=1)
+        assert r.run_once() == 1
+        assert _mails(server) == first + 1
+        state = _state(r)
+        assert state is not None and state.pauses == 2
+        assert _statuses(r, ids) == {"deferred": 10}
+
+        # The quota is back: the probe goes through, the pause ends, the rest follows at once.
+        server.faults.clear()
+        r.clock.advance(hours=1, seconds=1)
+        assert r.run_once() == 10
+        assert server.count == 10
+        assert _statuses(r, ids) == {"sent": 10}
+        state = _state(r)
+        assert state is not None and state.paused_until is None and state.pauses == 0
+
+
+def test_a_throttling_reply_backs_off_and_does_not_touch_other_configurations(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    throttled = smtp_servers.start()
+    healthy = smtp_servers.start()
+    with rig(tmp_path, sqlite_url) as r:
+        r.add_server(throttled.config("SLOW", limits={"max_connections": 1}))
+        r.add_server(healthy.config("FAST"))
+        throttled.fail("MAIL", "421 4.7.0 Try again later, closing connection.", times=None)
+        slow = [r.send(server="SLOW", to=["a@example.org"]) for _ in range(5)]
+        fast = [r.send(server="FAST", to=["b@example.org"]) for _ in range(5)]
+        r.run_once()
+        assert _mails(throttled) == 1
+        assert healthy.count == 5
+        assert _statuses(r, slow) == {"deferred": 5}
+        assert _statuses(r, fast) == {"sent": 5}
+        state = _state(r, "SLOW")
+        assert state is not None and state.pause_kind == "throttled"
+        # The first throttling pause is MAILGATE_PAUSE_BACKOFF_S (60 s), the next twice that.
+        r.clock.advance(seconds=61)
+        assert r.run_once() == 1
+        state = _state(r, "SLOW")
+        assert state is not None and state.pauses == 2
+        assert state.paused_until == r.clock.now + timedelta(seconds=120)
