@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.api_peers import ApiPeers
 from tests.conftest import ADMIN_PASSWORD, IN_CI
 from tests.oauth_server import RunningAuthServer
 
@@ -67,7 +68,9 @@ class Mailgate:
 
 @pytest.fixture(scope="session")
 def mailgate(
-    tmp_path_factory: pytest.TempPathFactory, _oauth_server_running: RunningAuthServer
+    tmp_path_factory: pytest.TempPathFactory,
+    _oauth_server_running: RunningAuthServer,
+    _api_peers_running: ApiPeers,
 ) -> Iterator[Mailgate]:
     data = tmp_path_factory.mktemp("mailgate-ui")
     env = {
@@ -77,7 +80,8 @@ def mailgate(
         "MAILGATE_LOG_LEVEL": "INFO",
     }
     # OAuth2 providers are the local authorization server (tests/oauth_server.py).
-    for key, value in _oauth_server_running.settings().items():
+    # and the Graph and Gmail API servers are the suite's own (tests/api_peers.py).
+    for key, value in {**_oauth_server_running.settings(), **_api_peers_running.settings()}.items():
         env[f"MAILGATE_{key.upper()}"] = str(value)
     env.pop("MAILGATE_DATABASE_URL", None)
     proc = subprocess.Popen(

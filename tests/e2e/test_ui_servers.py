@@ -305,6 +305,7 @@ def test_oauth2_authorize_round_trip(
         control(page, "Directory (tenant) ID").fill("contoso-tenant")
         control(page, "Client (application) ID").fill("ui-app")
         control(page, "Client secret").fill("ui-app-secret")
+        page.get_by_text("Use another redirect URI").click()  # the test server's own port
         control(page, "Redirect URI").fill(redirect)
         control(page, "From address").fill(USER)
         page.locator("#save").click()

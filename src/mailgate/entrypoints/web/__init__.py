@@ -79,8 +79,23 @@ def ui_page(request: Request, page: str, item: str | None = None) -> Response:
         return _render(request, "auth.html", page=page, title=AUTH_PAGES[page])
     if page in APP_PAGES and (item is None or page in ("email-servers", "messages")):
         module, title = APP_PAGES[page]
-        return _render(request, "app.html", page=page, module=module, title=title, item=item)
+        return _render(
+            request,
+            "app.html",
+            page=page,
+            module=module,
+            title=title,
+            item=item,
+            redirect_uri=default_redirect_uri(request),
+        )
     return _render(request, "not_found.html", title="Not found", page=page, status_code=404)
+
+
+def default_redirect_uri(request: Request) -> str:
+    """The OAuth2 redirect URI a configuration gets when it names none (README "OAuth2 for
+    SMTP"): the form shows it before the first save, so it can be registered first."""
+    base: str = request.app.state.container.servers.public_base_url
+    return base.rstrip("/") + "/settings/oauth2code"
 
 
 def install(app: FastAPI) -> None:

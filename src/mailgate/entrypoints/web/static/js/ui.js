@@ -11,7 +11,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (v === true) el.setAttribute(k, "");
     else el.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -68,7 +68,9 @@ export function showErrors(root, errors) {
     const slot = findSlot(root, e.field || "");
     if (slot) {
       slot.textContent = e.message;
-      slot.closest(".field")?.classList.add("invalid");
+      const f = slot.closest(".field");
+      f?.classList.add("invalid");
+      f?.querySelectorAll("input, select, textarea").forEach((i) => i.setAttribute("aria-invalid", "true"));
     } else orphans.push(e);
   }
   const first = root.querySelector(".field.invalid input, .field.invalid select, .field.invalid textarea");
@@ -95,6 +97,7 @@ function findSlot(root, path) {
 export function clearErrors(root) {
   root.querySelectorAll(".field-error").forEach((e) => { e.textContent = ""; });
   root.querySelectorAll(".field.invalid").forEach((e) => e.classList.remove("invalid"));
+  root.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
 }
 
 export function confirmDialog(title, text, okLabel = "OK", danger = false) {

@@ -4,7 +4,7 @@
 import { post } from "../api.js";
 import { h, clear, field, badge, fmtTime, errorText, nextId } from "../ui.js";
 
-const getPath = (obj, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+export const getPath = (obj, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
 function setPath(obj, path, value) {
   const keys = path.split(".");
   let o = obj;
@@ -39,6 +39,16 @@ export class BoundForm {
 
   changed() {}
 
+  // Set a value from code (a preset): the model and every input bound to the path.
+  setValue(path, value) {
+    setPath(this.v, path, value);
+    for (const input of this.inputs.filter((i) => i.name === path)) {
+      const conv = CONVERT[input.dataset.kind] || null;
+      if (input.type === "checkbox") input.checked = !!value;
+      else input.value = conv ? conv.toInput(value) : value ?? "";
+    }
+  }
+
   bind(path, input, kind = "text") {
     const conv = CONVERT[kind] || null;
     const isCheck = input.type === "checkbox";
@@ -47,6 +57,7 @@ export class BoundForm {
     else input.value = conv ? conv.toInput(value) : value ?? "";
     input.disabled = !this.o.canEdit;
     input.name = path;
+    input.dataset.kind = kind;
     const ev = input.tagName === "SELECT" || isCheck ? "change" : "input";
     input.addEventListener(ev, () => {
       setPath(this.v, path, isCheck ? input.checked : conv ? conv.fromInput(input.value) : input.value);

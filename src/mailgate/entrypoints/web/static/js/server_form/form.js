@@ -7,12 +7,13 @@ import { h, clear, field, showErrors, clearErrors, banner, nextId } from "../ui.
 import { BoundForm } from "./binding.js";
 import { OAuth2Panel } from "./oauth2_panel.js";
 import { TestPanel } from "./test_panel.js";
+import { TRANSPORTS, API_PROVIDER, SMTP_PRESETS } from "./guide.js";
 
 export const DEFAULT_PORTS = { smtp: 587, smtps: 465 };
 
 export function emptyServer(name = "") {
   return {
-    name, is_default: false, protocol: "smtp", host: "", port: 587, starttls: "required",
+    name, is_default: false, transport: "smtp", protocol: "smtp", host: "", port: 587, starttls: "required",
     tls: { verify: true, ca_certificates_pem: null, client_certificate_pem: null, client_key_set: false },
     helo_name: null, timeouts: { connect_s: 15, command_s: 60 },
     limits: { max_connections: 3, messages_per_minute: null, max_message_bytes: null },
@@ -26,10 +27,12 @@ export class ServerForm extends BoundForm {
   /**
    * opts: value (API view or emptyServer()), isNew, isSystem, canEdit, canTest, apiBase (the
    * resource URL once saved), collectionBase (tenant servers: the list URL, to test a new
-   * config), remoteClients (names), remoteAllowed, testTo, onChange, onReload.
+   * config), remoteClients (names), remoteAllowed, testTo, redirectUri (mailgate's default
+   * OAuth2 redirect URI), onChange, onReload.
    */
   constructor(opts) {
     super(opts);
+    this.v.transport ??= "smtp";
     this.portEdited = !opts.isNew && this.v.port !== DEFAULT_PORTS[this.v.protocol];
     this.el = h("form", { class: "server-form", novalidate: true, "aria-label": "E-mail server settings" });
     this.el.addEventListener("submit", (e) => e.preventDefault());
@@ -39,12 +42,15 @@ export class ServerForm extends BoundForm {
     this.sync();
   }
 
+  get viaApi() { return this.v.transport in API_PROVIDER; }
+
   // ---- layout ---------------------------------------------------------------------------
 
   build() {
     const o = this.o;
     const parts = [this.topBanner];
     if (o.value.secrets_error) this.message("bad", h("strong", {}, "Stored secrets unreadable. "), o.value.secrets_error);
+    parts.push(this.buildTransport());
     if (!o.isSystem) {
       const isDefault = o.value.is_default && !o.isNew;
       const def = this.check("Default server of this tenant", "is_default", isDefault ? "To change it, make another server the default." : "Used when a message names no server.");
@@ -60,14 +66,11 @@ export class ServerForm extends BoundForm {
     this.portField = field("Port", this.portInput, { path: "port" });
     this.portHelpEl = this.portField.querySelector(".help") || h("span", { class: "help" });
     this.portField.insertBefore(this.portHelpEl, this.portField.querySelector(".field-error"));
-    const proto = this.select("Protocol", "protocol", { smtp: "SMTP (STARTTLS, port 587)", smtps: "SMTPS (implicit TLS, port 465)" });
+    const proto = this.select("Protocol", "protocol", { smtp: "SMTP (plain, then STARTTLS)", smtps: "SMTPS (implicit TLS)" });
     proto.querySelector("select").addEventListener("change", () => {
-      if (!this.portEdited) {
-        this.v.port = DEFAULT_PORTS[this.v.protocol];
-        this.portInput.value = this.v.port;
-      }
+      if (!this.portEdited) this.setValue("port", DEFAULT_PORTS[this.v.protocol]);
     });
-    parts.push(this.section("Protocol and host", null,
+    this.smtpSection = this.section("Protocol and host", null,
       h("div", { class: "grid" },
         proto,
         this.text("Host", "host", { placeholder: "smtp.office365.com" }),
@@ -75,22 +78,27 @@ export class ServerForm extends BoundForm {
         this.starttlsField),
       h("details", { class: "advanced" }, h("summary", {}, "Connection details"),
         h("div", { class: "grid" },
-          this.text("HELO/EHLO name", "helo_name", { help: "Default: this machine's name." }),
-          this.text("Connect timeout (s)", "timeouts.connect_s", { kind: "int", type: "number" }),
-          this.text("Command timeout (s)", "timeouts.command_s", { kind: "int", type: "number" }),
-          this.text("Max. connections", "limits.max_connections", { kind: "int", type: "number", help: "Office 365 allows 3 per mailbox." }),
-          this.text("Messages per minute", "limits.messages_per_minute", { kind: "int", type: "number", help: "Empty: no limit. Office 365: 30." }),
-          this.text("Max. message size (bytes)", "limits.max_message_bytes", { kind: "int", type: "number", help: "Empty: the installation's limit." })))));
+          this.text("HELO/EHLO name", "helo_name", { help: "Default: this machine's name." }))));
+    parts.push(this.smtpSection);
 
     this.clientKey = this.secret("Client key (PEM)", "tls.client_key_pem", "tls.client_key_set", "Unencrypted PEM private key of the client certificate.");
-    parts.push(this.section("Certificates", "Trust a company CA or a self-signed server certificate, and optionally present a client certificate.",
+    this.certSection = this.section("Certificates", "Trust a company CA or a self-signed server certificate, and optionally present a client certificate.",
       h("div", { class: "grid" },
         this.check("Verify the server certificate and host name", "tls.verify", "Turn off only for a test server."),
         this.pem("Trusted CA or server certificates (PEM)", "tls.ca_certificates_pem", "Paste one or more certificates, or upload a .pem file."),
         this.pem("Client certificate (PEM)", "tls.client_certificate_pem", "For servers that require mutual TLS."),
-        this.clientKey)));
+        this.clientKey));
+    parts.push(this.certSection);
 
     parts.push(this.buildAuth());
+
+    parts.push(this.section("Limits and timeouts", null,
+      h("div", { class: "grid" },
+        this.text("Max. connections", "limits.max_connections", { kind: "int", type: "number", help: "Office 365 allows 3 per mailbox; Graph 4 requests." }),
+        this.text("Messages per minute", "limits.messages_per_minute", { kind: "int", type: "number", help: "Empty: no limit. Office 365: 30." }),
+        this.text("Max. message size (bytes)", "limits.max_message_bytes", { kind: "int", type: "number", help: "Empty: the installation's limit." }),
+        this.text("Connect timeout (s)", "timeouts.connect_s", { kind: "int", type: "number" }),
+        this.text("Command timeout (s)", "timeouts.command_s", { kind: "int", type: "number" }))));
 
     parts.push(this.section("Message defaults", "Used when a message leaves these out.",
       h("div", { class: "grid" },
@@ -104,25 +112,77 @@ export class ServerForm extends BoundForm {
         field("Extra headers", this.bind("message_defaults.headers", h("textarea", { placeholder: "X-Mailer-Group: finance" }), "headers"), { path: "message_defaults.headers", help: "One 'Name: value' per line.", wide: true }),
         field("Text body", this.bind("message_defaults.body_text", h("textarea"), "raw"), { path: "message_defaults.body_text", wide: true }))));
 
-    if (!o.isSystem) parts.push(this.buildRemote());
+    if (!o.isSystem) {
+      this.remoteSection = this.buildRemote();
+      parts.push(this.remoteSection);
+    }
     this.test = new TestPanel(this);
     parts.push(this.test.el);
     this.el.append(...parts);
   }
 
+  // The first choice: how mail leaves. The API transports hide what only SMTP uses.
+  buildTransport() {
+    const group = h("div", { class: "choices", role: "radiogroup", "aria-label": "Transport" });
+    this.transportRadios = {};
+    for (const [value, t] of Object.entries(TRANSPORTS)) {
+      const id = nextId("tr");
+      const r = h("input", { type: "radio", name: `transport-${this.o.isSystem ? "sys" : "srv"}`, value, id, checked: this.v.transport === value, disabled: !this.o.canEdit, "aria-labelledby": `${id}-label`, "aria-describedby": `${id}-note` });
+      r.addEventListener("change", () => { if (r.checked) this.chooseTransport(value); });
+      this.transportRadios[value] = r;
+      group.append(h("label", { class: "choice", for: id }, r, h("span", {}, h("strong", { id: `${id}-label` }, t.label), h("span", { class: "help", id: `${id}-note` }, t.note))));
+    }
+    this.transportHint = h("p", { class: "section-note transport-hint" });
+    return this.section("Transport", "How mail leaves mailgate for this configuration.",
+      h("fieldset", { dataset: { fieldPath: "transport" } }, h("legend", { class: "sr-only" }, "Transport"), group,
+        h("p", { class: "field-error", dataset: { errorFor: "transport" } })),
+      this.transportHint);
+  }
+
+  chooseTransport(value) {
+    this.v.transport = value;
+    const provider = API_PROVIDER[value];
+    if (provider) {
+      // The API transports take OAuth2 of their own provider only (README "Delivery transports").
+      this.setMethod("oauth2");
+      this.oauth2.setProvider(provider);
+      if (this.v.remote_output) this.setValue("remote_output.enabled", false);
+    }
+    this.changed("transport");
+  }
+
+  setMethod(method) {
+    this.v.authentication.method = method;
+    for (const r of this.el.querySelectorAll(".auth-method input[type=radio]")) r.checked = r.value === method;
+  }
+
+  // A provider's SMTP service, filled in when the OAuth2 provider is chosen, unless the
+  // person typed another host.
+  presetFor(provider) {
+    const preset = SMTP_PRESETS[provider];
+    if (!preset || this.viaApi) return;
+    const known = Object.values(SMTP_PRESETS).map((p) => p.host);
+    if (this.v.host && !known.includes(this.v.host)) return;
+    for (const [k, v] of Object.entries(preset)) this.setValue(k, v);
+    this.portEdited = false;
+  }
+
   buildAuth() {
-    const method = h("div", { class: "radios", role: "radiogroup", "aria-label": "Authentication method" });
+    const method = h("div", { class: "radios auth-method", role: "radiogroup", "aria-label": "Authentication method" });
     for (const [v, l] of Object.entries({ none: "None", password: "User and password", oauth2: "OAuth2" })) {
       const r = h("input", { type: "radio", name: `auth-method-${this.o.isSystem ? "sys" : "srv"}`, value: v, id: nextId("m"), checked: this.v.authentication.method === v, disabled: !this.o.canEdit });
       r.addEventListener("change", () => { if (r.checked) { this.v.authentication.method = v; this.changed("authentication.method"); } });
       method.append(h("label", { class: "check", for: r.id }, r, l));
     }
+    this.methodBox = h("fieldset", {}, h("legend", {}, "Method"), method);
+    this.apiAuthNote = h("p", { class: "section-note" });
     this.pwBlock = h("div", { class: "grid" },
       this.text("User name", "authentication.username", { placeholder: "sender@example.com" }),
       this.secret("Password", "authentication.password", "authentication.password_set"));
     this.oauth2 = new OAuth2Panel(this);
     return this.section("Authentication", null,
-      h("fieldset", {}, h("legend", {}, "Method"), method),
+      this.apiAuthNote,
+      this.methodBox,
       h("p", { class: "field-error", dataset: { errorFor: "authentication.method" } }),
       h("div", { class: "auth-detail" }, this.pwBlock, this.oauth2.el));
   }
@@ -160,6 +220,19 @@ export class ServerForm extends BoundForm {
 
   sync() {
     const auth = this.v.authentication;
+    const api = this.viaApi;
+    this.smtpSection.hidden = api;
+    this.certSection.hidden = api;
+    if (this.remoteSection) this.remoteSection.hidden = api;
+    this.methodBox.hidden = api;
+    this.apiAuthNote.hidden = !api;
+    this.apiAuthNote.textContent = api ? `${TRANSPORTS[this.v.transport].label} signs in with OAuth2 at ${API_PROVIDER[this.v.transport] === "microsoft" ? "Microsoft" : "Google"}; set it up with the steps below.` : "";
+    this.transportHint.textContent = api
+      ? "Host, port, TLS and HELO are not used: mail goes to the provider's API over HTTPS. Remote clients cannot deliver it (they speak SMTP only)."
+      : this.v.host === SMTP_PRESETS.microsoft.host && auth.method === "password"
+        ? "Exchange Online ends Basic SMTP AUTH (user and password) at the end of December 2026: choose OAuth2, or the Microsoft Graph transport."
+        : "";
+    this.transportHint.hidden = !this.transportHint.textContent;
     this.pwBlock.hidden = auth.method !== "password";
     this.starttlsField.querySelector("select").disabled = !this.o.canEdit || this.v.protocol === "smtps";
     this.portHelp();
@@ -179,13 +252,13 @@ export class ServerForm extends BoundForm {
     const tls = { verify: !!v.tls.verify, ca_certificates_pem: v.tls.ca_certificates_pem || null, client_certificate_pem: v.tls.client_certificate_pem || null };
     if (this.secrets["tls.client_key_pem"]) tls.client_key_pem = this.secrets["tls.client_key_pem"];
     const out = {
-      protocol: v.protocol, host: v.host || "", port: v.port ?? null, starttls: v.starttls, tls, helo_name: v.helo_name || null,
+      transport: v.transport || "smtp", protocol: v.protocol, host: v.host || "", port: v.port ?? null, starttls: v.starttls, tls, helo_name: v.helo_name || null,
       timeouts: v.timeouts, limits: v.limits, authentication: auth, message_defaults: v.message_defaults,
     };
     if (!this.o.isSystem) {
       out.name = v.name || "";
       if (v.is_default) out.is_default = true;
-      out.remote_output = { enabled: !!v.remote_output?.enabled, remote_client: v.remote_output?.remote_client || null };
+      out.remote_output = { enabled: !this.viaApi && !!v.remote_output?.enabled, remote_client: v.remote_output?.remote_client || null };
     }
     return out;
   }

@@ -3,7 +3,8 @@
 import { postStream } from "../api.js";
 import { h, clear, field, showErrors, clearErrors, banner, badge, busy, errorText } from "../ui.js";
 
-const TEST_STEPS = ["resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data"];
+const SMTP_STEPS = ["resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data"];
+const API_STEPS = ["token", "send"]; // Graph and the Gmail API: get a token, then send
 
 export class TestPanel {
   /** form: the ServerForm under test (its options: canTest, testTo, isNew, apiBase, collectionBase). */
@@ -18,7 +19,7 @@ export class TestPanel {
     send.addEventListener("click", () => this.run("send", send));
     dry.addEventListener("click", () => this.run("dry_run", dry));
     this.buttons = [send, dry];
-    this.el = !form.o.canTest ? h("div") : form.section("Send test e-mail", "Connects with these settings and reports each step. A dry run stops before sending the message.",
+    this.el = !form.o.canTest ? h("div") : form.section("Send test e-mail", "Connects with these settings and reports each step. A dry run stops before the message is sent.",
       h("div", { class: "test-row" }, field("Send test e-mail to", to, { path: "to" }), h("div", { class: "actions" }, send, dry)),
       this.out);
   }
@@ -36,7 +37,8 @@ export class TestPanel {
     const path = form.o.isNew && form.o.collectionBase
       ? `${form.o.collectionBase}/${encodeURIComponent(form.name || "new")}/test`
       : `${form.o.apiBase}/test`;
-    const steps = mode === "dry_run" ? TEST_STEPS.slice(0, -1) : TEST_STEPS;
+    const all = form.viaApi ? API_STEPS : SMTP_STEPS;
+    const steps = mode === "dry_run" ? all.slice(0, -1) : all;
     const list = h("ol", { class: "steps", "aria-label": "Test steps" }, steps.map((s, i) => h("li", { class: "pending", dataset: { step: s } },
       h("span", { class: "name" }, s), h("span", { class: "result" }, i === 0 ? h("span", { class: "spinner", "aria-label": "running" }) : "waiting"), h("span", { class: "detail" }), h("span", { class: "ms" }))));
     clear(this.out, list);
@@ -95,8 +97,10 @@ export class TestPanel {
     }
     const transcript = (r.transcript || []).map((l) => (typeof l === "string" ? l : `${l.direction || l.dir || ""} ${l.line || l.text || JSON.stringify(l)}`)).join("\n");
     this.out.append(h("div", {},
-      r.ok ? banner("ok", h("strong", {}, "Test passed. "), r.mode === "dry_run" || !byName.data ? "The server accepted the connection, login and recipients." : "The test e-mail was accepted by the server.")
+      r.ok ? banner("ok", h("strong", {}, "Test passed. "), this.form.viaApi
+        ? (byName.send ? "The provider accepted the test e-mail." : "mailgate got a token from the provider; a dry run sends nothing.")
+        : (r.mode === "dry_run" || !byName.data ? "The server accepted the connection, login and recipients." : "The test e-mail was accepted by the server."))
         : banner("bad", h("strong", {}, "Test failed. "), r.hint || "See the failed step above."),
-      transcript ? h("details", { class: "transcript" }, h("summary", {}, "SMTP transcript (credentials redacted)"), h("pre", {}, transcript)) : null));
+      transcript ? h("details", { class: "transcript" }, h("summary", {}, this.form.viaApi ? "HTTP transcript (tokens redacted)" : "SMTP transcript (credentials redacted)"), h("pre", {}, transcript)) : null));
   }
 }

@@ -1,0 +1,250 @@
+"""The server form's transport choice and OAuth2 setup assistant in a real browser (issue 16
+point 5, issue 19 point 1): what each transport hides, the provider's steps with the values
+to copy, the prefilled connection, the fields of the chosen grant, and the check of what is
+missing before "Authorize" is offered."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from playwright.sync_api import expect
+from tests.api_peers import ApiPeers
+from tests.e2e.conftest import Mailgate, shot, sign_in
+from tests.oauth_server import RunningAuthServer
+
+MAILBOX = "sender@contoso.com"
+
+
+def control(page: Any, label: str) -> Any:
+    return page.get_by_label(label, exact=True).and_(page.locator("input, select, textarea"))
+
+
+def make_tenant(mailgate: Mailgate, name: str) -> None:
+    with mailgate.api(mailgate.token()) as api:
+        r = api.post("/api/v1/tenants", json={"name": name})
+        assert r.status_code == 201, r.text
+
+
+def open_servers(page: Any, tenant: str) -> None:
+    page.goto(f"/ui/email-servers?tenant={tenant}")
+    page.wait_for_selector("main[data-ready='1']")
+
+
+def guide(page: Any) -> Any:
+    return page.locator(".guide-box details.setup")
+
+
+def test_transport_choice_hides_smtp_fields_and_sends_through_graph(
+    browser: Any, mailgate: Mailgate, oauth_server: RunningAuthServer, api_peers: ApiPeers
+) -> None:
+    oauth_server.server.add_client("graph-app", "graph-secret", app_mailboxes={MAILBOX})
+    api_peers.graph.mailboxes.add(MAILBOX)
+    make_tenant(mailgate, "graphui")
+    context = browser.new_context(
+        base_url=mailgate.url, viewport={"width": 1366, "height": 900}, locale="en-GB"
+    )
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        sign_in(page)
+        open_servers(page, "graphui")
+
+        # The transport is the first choice of the form; SMTP shows the SMTP fields.
+        first = page.locator("form.server-form section.panel").first
+        expect(first.locator("h2")).to_have_text("Transport")
+        expect(control(page, "SMTP")).to_be_checked()
+        for label in (
+            "Host",
+            "Port",
+            "STARTTLS",
+            "Protocol",
+            "Verify the server certificate and host name",
+        ):
+            expect(control(page, label)).to_be_visible()
+
+        # Microsoft Graph: what only SMTP uses disappears, OAuth2 at Microsoft is fixed.
+        control(page, "Microsoft Graph").check()
+        for label in (
+            "Host",
+            "Port",
+            "STARTTLS",
+            "Protocol",
+            "Client key (PEM)",
+            "HELO/EHLO name",
+            "Provider",
+            "OAuth2",
+        ):
+            expect(control(page, label)).to_be_hidden()
+        expect(
+            page.locator("section", has=page.get_by_role("heading", name="Certificates"))
+        ).to_be_hidden()
+        expect(
+            page.locator("section", has=page.get_by_role("heading", name="Remote output"))
+        ).to_be_hidden()
+        expect(page.get_by_text("signs in with OAuth2 at Microsoft")).to_be_visible()
+        expect(control(page, "Max. connections")).to_be_visible()  # limits apply to every transport
+
+        # The checklist for delegated Graph: redirect URI and the permissions to copy.
+        control(page, "Grant").select_option("authorization_code")
+        steps = guide(page)
+        expect(steps.locator("summary")).to_have_text(
+            "Set up at Microsoft (Microsoft Graph, delegated)"
+        )
+        default_redirect = "http://localhost:8086/settings/oauth2code"  # MAILGATE_PUBLIC_BASE_URL's
+        expect(steps).to_contain_text("Delegated permissions")
+        expect(steps.locator("code")).to_contain_text(
+            [default_redirect, "Mail.Send", "offline_access"]
+        )
+        expect(steps).not_to_contain_text("Set-CASMailbox")  # Graph needs no SMTP AUTH
+        expect(page.locator(".redirect-box code")).to_have_text(default_redirect)
+        steps.get_by_role("button", name="Copy: Mail.Send").click()
+        assert page.evaluate("navigator.clipboard.readText()") == "Mail.Send"
+        shot(page, "20-transport-graph-delegated", full_page=True)
+
+        # App-only: no redirect URI anywhere, application permission, RBAC for Applications.
+        control(page, "Grant").select_option("client_credentials")
+        expect(page.locator(".redirect-box")).to_be_hidden()
+        expect(control(page, "Redirect URI")).to_be_hidden()
+        expect(steps.locator("summary")).to_have_text(
+            "Set up at Microsoft (Microsoft Graph, app-only)"
+        )
+        expect(steps).to_contain_text("Application permissions")
+        expect(steps).not_to_contain_text(default_redirect)
+        control(page, "Mailbox").fill(MAILBOX)
+        control(page, "Client (application) ID").fill("graph-app")
+        expect(steps.locator("code", has_text="New-ManagementRoleAssignment")).to_have_text(
+            'New-ManagementRoleAssignment -App graph-app -Role "Application Mail.Send" '
+            '-CustomResourceScope "mailgate senders"'
+        )
+        expect(steps.locator("code", has_text="New-ManagementScope")).to_contain_text(MAILBOX)
+
+        # What is missing before a token can be fetched; nothing to press yet.
+        preflight = page.locator(".preflight")
+        expect(preflight.locator("li")).to_have_text(
+            ["Directory (tenant) ID is missing", "Client secret is missing"]
+        )
+        expect(page.get_by_role("button", name="Get a token now")).to_have_count(0)
+        preflight.get_by_role("button", name="Client secret").click()
+        expect(control(page, "Client secret")).to_be_focused()
+        control(page, "Client secret").fill("graph-secret")
+        control(page, "Directory (tenant) ID").fill("contoso-tenant")
+        expect(preflight.locator("li")).to_have_text(["Save the configuration (Save below)"])
+        control(page, "From address").fill(MAILBOX)
+        page.locator("#save").click()
+        expect(page.locator(".toast").last).to_contain_text("Saved DEFAULT")
+        with mailgate.api(mailgate.token()) as api:
+            saved = api.get("/api/v1/tenants/graphui/email-servers/DEFAULT").json()
+        assert saved["transport"] == "microsoft_graph" and saved["host"] is None
+        assert saved["authentication"]["provider"] == "microsoft"
+        assert saved["authentication"]["redirect_uri"] is None
+
+        # After a reload the form opens on Graph, and the token comes without a browser step.
+        page.reload()
+        page.wait_for_selector("main[data-ready='1']")
+        expect(control(page, "Microsoft Graph")).to_be_checked()
+        expect(control(page, "Host")).to_be_hidden()
+        page.get_by_role("button", name="Get a token now").click()
+        expect(page.locator(".oauth-status .badge")).to_have_text("authorized")
+
+        # The test e-mail reports the API's steps (token, send) and reaches the Graph peer.
+        control(page, "Send test e-mail to").fill("someone@example.com")
+        page.locator(".test-row").get_by_role(
+            "button", name=re.compile("Send test e-?mail")
+        ).click()
+        expect(page.locator("ol.steps li .name")).to_have_text(["token", "send"])
+        expect(page.locator("ol.steps li .badge")).to_have_count(2, timeout=20_000)
+        expect(page.locator("ol.steps li .badge")).to_have_text(["ok", "ok"], timeout=20_000)
+        expect(page.locator(".test-result")).to_contain_text(
+            "The provider accepted the test e-mail"
+        )
+        [delivered] = api_peers.graph.wait_for(1)
+        assert delivered.mailbox == MAILBOX
+        shot(page, "21-transport-graph-tested")
+
+        # Gmail API: Google only knows the authorization code grant; its scope is gmail.send.
+        page.get_by_role("button", name="New configuration").click()
+        control(page, "Name").fill("gmail")
+        control(page, "Gmail API").check()
+        expect(control(page, "Grant")).to_be_hidden()
+        expect(guide(page).locator("summary")).to_have_text(
+            "Set up at Google (Gmail API, delegated)"
+        )
+        expect(guide(page).locator("code")).to_contain_text(
+            ["https://www.googleapis.com/auth/gmail.send", default_redirect]
+        )
+        expect(guide(page)).to_contain_text("Enable the Gmail API")
+        # On a tablet and a phone the steps and the values to copy stay inside the form.
+        for width, height in ((800, 1000), (390, 844)):
+            page.set_viewport_size({"width": width, "height": height})
+            guide(page).scroll_into_view_if_needed()
+            shot(page, f"23-transport-gmail-{width}")
+            overflow = page.locator("form.server-form").evaluate(
+                "f => [...f.querySelectorAll('.guide-box, .redirect-box, .choices')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.className)"
+            )
+            assert overflow == [], (width, overflow)
+        page.set_viewport_size({"width": 1366, "height": 900})
+        # Back to SMTP: the SMTP fields return.
+        control(page, "SMTP").check()
+        expect(control(page, "Host")).to_be_visible()
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_oauth2_assistant_for_smtp_prefills_and_checks(page: Any, mailgate: Mailgate) -> None:
+    make_tenant(mailgate, "assist")
+    sign_in(page)
+    open_servers(page, "assist")
+    control(page, "OAuth2").check()
+    # Nothing chosen yet: the check says what is missing, and there is no Authorize button.
+    preflight = page.locator(".preflight")
+    expect(preflight).to_contain_text("Provider is missing")
+    expect(page.get_by_role("button", name="Authorize")).to_have_count(0)
+
+    # Microsoft prefills Exchange Online's SMTP service.
+    control(page, "Provider").select_option("microsoft")
+    expect(control(page, "Host")).to_have_value("smtp.office365.com")
+    expect(control(page, "Port")).to_have_value("587")
+    expect(control(page, "STARTTLS")).to_have_value("required")
+    control(page, "Grant").select_option("authorization_code")
+    control(page, "Mailbox").fill(MAILBOX)
+    steps = guide(page)
+    expect(steps.locator("summary")).to_have_text("Set up at Microsoft (SMTP, delegated)")
+    expect(steps.locator("code", has_text="Set-CASMailbox")).to_have_text(
+        f"Set-CASMailbox -Identity {MAILBOX} -SmtpClientAuthenticationDisabled $false"
+    )
+    expect(steps.locator("code")).to_contain_text(["SMTP.Send", "offline_access"])
+
+    # Another redirect URI: the box and the steps show the one to register.
+    page.get_by_text("Use another redirect URI").click()
+    control(page, "Redirect URI").fill("https://mail.example.com/settings/oauth2code")
+    expect(page.locator(".redirect-box code")).to_have_text(
+        "https://mail.example.com/settings/oauth2code"
+    )
+    expect(steps.locator("code").first).to_have_text("https://mail.example.com/settings/oauth2code")
+
+    # Google: smtp.gmail.com replaces the Microsoft preset, the grant is fixed.
+    control(page, "Provider").select_option("google")
+    expect(control(page, "Host")).to_have_value("smtp.gmail.com")
+    expect(control(page, "Grant")).to_be_hidden()
+    expect(steps.locator("code")).to_contain_text(["https://mail.google.com/"])
+    # A host the person typed is never overwritten by a preset.
+    control(page, "Host").fill("relay.example.com")
+    control(page, "Provider").select_option("microsoft")
+    expect(control(page, "Host")).to_have_value("relay.example.com")
+
+    # Errors from the API read as errors, at their fields.
+    page.locator("#save").click()
+    invalid = page.locator(".field.invalid:visible")
+    expect(invalid.first).to_be_visible()
+    client_id = page.locator("[data-field-path='authentication.client_id']")
+    expect(client_id).to_have_class(re.compile("invalid"))
+    expect(client_id.locator("input")).to_have_attribute("aria-invalid", "true")
+    color = client_id.locator(".field-error").evaluate("e => getComputedStyle(e).color")
+    assert color == "rgb(179, 38, 30)", color  # --bad
+    shot(page, "22-oauth2-assistant-errors", full_page=True)
