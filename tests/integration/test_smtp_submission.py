@@ -243,13 +243,17 @@ def test_aiosmtplib_with_starttls_and_with_implicit_tls(
     with submission_rig(tmp_path, sqlite_url, smtp_servers, implicit_tls=True) as sub:
         ctx = sub.client_tls_context()
 
-        async def send(port: int, **tls: bool) -> str:
+        async def send(port: int, mechanism: str, **tls: bool) -> str:
             client = aiosmtplib.SMTP(
                 hostname="127.0.0.1", port=port, tls_context=ctx, timeout=10, **tls
             )
             await client.connect()
             assert client.is_connected
-            await client.login("home", sub.key)
+            await client.ehlo()  # after STARTTLS, the extensions (AUTH) are asked again
+            if mechanism == "LOGIN":
+                await client.auth_login("home", sub.key)
+            else:
+                await client.auth_plain("home", sub.key)
             errors, reply = await client.sendmail(
                 "app@example.com", ["to@example.org", "bcc@example.org"], message()
             )
@@ -257,8 +261,8 @@ def test_aiosmtplib_with_starttls_and_with_implicit_tls(
             assert errors == {}
             return reply
 
-        starttls = asyncio.run(send(sub.port, start_tls=True))
-        implicit = asyncio.run(send(sub.tls_port, use_tls=True))
+        starttls = asyncio.run(send(sub.port, "LOGIN", start_tls=True))
+        implicit = asyncio.run(send(sub.tls_port, "PLAIN", use_tls=True))
         for reply in (starttls, implicit):
             assert reply.startswith("2.0.0 queued as ")
         assert {m.id for m in sub.messages()} == {r.split()[-1] for r in (starttls, implicit)}

@@ -216,6 +216,10 @@ class SmtpListener:
             await asyncio.sleep(0.02)
         for protocol in list(self.connections):
             protocol.goodbye(replies.SHUTTING_DOWN)
+        # Let the closed connections' tasks end (a moment: the transports are closed).
+        deadline = time.monotonic() + 1.0
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self._servers.clear()
 
 
