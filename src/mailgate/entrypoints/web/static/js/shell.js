@@ -14,6 +14,18 @@ window.addEventListener("beforeunload", (e) => {
   if (dirtyCheck()) { e.preventDefault(); e.returnValue = ""; }
 });
 
+// Keyboard focus never hides under the sticky header or save bar: scroll-padding covers most
+// cases, but Chromium leaves a partly visible field where it is, so move it into the clear.
+document.addEventListener("focusin", (e) => {
+  const el = e.target;
+  if (!(el instanceof Element) || el.closest(".savebar, .topbar, dialog")) return;
+  const r = el.getBoundingClientRect();
+  const bar = document.querySelector(".savebar")?.getBoundingClientRect();
+  const top = document.querySelector(".topbar")?.getBoundingClientRect();
+  if (bar && r.bottom > bar.top - 4 && r.top < bar.bottom) window.scrollBy(0, Math.min(r.bottom - bar.top + 16, r.top - (top?.bottom || 0) - 16));
+  else if (top && r.top < top.bottom + 4 && r.bottom > 0) window.scrollBy(0, r.top - top.bottom - 16);
+});
+
 export function tenantUrl(path, tenant, extra = {}) {
   const q = new URLSearchParams({ tenant, ...extra });
   return `${path}?${q}`;
@@ -69,7 +81,9 @@ export async function boot() {
     document.getElementById("tenant-switch").hidden = false;
   } else if (tenant) {
     const single = document.getElementById("tenant-single");
-    single.textContent = `Tenant: ${tenant}`;
+    const t = tenants.find((x) => x.name === tenant);
+    single.textContent = t?.display_name && t.display_name !== tenant ? `${t.display_name} (${tenant})` : `Tenant: ${tenant}`;
+    single.title = `Tenant ${tenant}`;
     single.hidden = false;
   }
 

@@ -84,7 +84,7 @@ async function list() {
     const all = h("input", { type: "checkbox", "aria-label": "Select all shown" });
     all.checked = state.items.every((m) => state.selected.has(m.id));
     all.addEventListener("change", () => { state.items.forEach((m) => (all.checked ? state.selected.add(m.id) : state.selected.delete(m.id))); render(); });
-    clear(table, h("table", {},
+    clear(table, h("table", { class: "cards messages" },
       h("thead", {}, h("tr", {}, ctx.canManageMessages ? h("th", {}, all) : null, ["Status", "Created", "From", "To", "Subject", "Server"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, state.items.map((m) => {
         const cb = h("input", { type: "checkbox", "aria-label": `Select ${m.subject || m.id}`, checked: state.selected.has(m.id) });
@@ -92,8 +92,9 @@ async function list() {
         cb.addEventListener("change", () => { cb.checked ? state.selected.add(m.id) : state.selected.delete(m.id); renderBulk(); });
         const link = h("a", { href: tenantUrl(`/ui/messages/${enc(m.id)}`, ctx.tenant) }, m.subject || "(no subject)");
         const tr = h("tr", { class: "clickable", dataset: { id: m.id, status: m.status } },
-          ctx.canManageMessages ? h("td", {}, cb) : null,
-          h("td", {}, badge(m.status)), h("td", {}, fmtTime(m.created_at)), h("td", {}, addr(m.from)), h("td", {}, addrs(m.to)), h("td", {}, link), h("td", {}, m.server || ""));
+          ctx.canManageMessages ? h("td", { class: "select", "data-label": "Select" }, cb) : null,
+          h("td", { "data-label": "Status" }, badge(m.status)), h("td", { class: "nowrap", "data-label": "Created" }, fmtTime(m.created_at)), h("td", { "data-label": "From" }, addr(m.from)),
+          h("td", { "data-label": "To" }, addrs(m.to)), h("td", { "data-label": "Subject" }, link), h("td", { class: "server", "data-label": "Server" }, m.server || ""));
         tr.addEventListener("click", () => location.assign(link.href));
         return tr;
       }))));
