@@ -35,13 +35,16 @@ from mailgate.adapters.remote.delivery import RemoteTransport
 from mailgate.adapters.remote.hub import RemoteHub
 from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.adapters.smtp.transport import SmtpTransport
+from mailgate.adapters.webhooks import HttpWebhookSender, new_secret
 from mailgate.config import Settings
+from mailgate.domain.addresses import AddressCheck, non_public
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.domain.oauth2_providers import ProviderSettings
-from mailgate.ports import Prober, SystemMailer, Transport
+from mailgate.ports import Prober, SystemMailer, Transport, WebhookSender
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
 from mailgate.services.email_servers import EmailServers
+from mailgate.services.events import WebhookDispatcher, Webhooks
 from mailgate.services.identity import Identity
 from mailgate.services.installation import Installation, Seeded, say
 from mailgate.services.oauth2 import OAuth2
@@ -91,6 +94,21 @@ class Container:
     outbound_policy: OutboundPolicySource
     """Where tenants may make mailgate connect (SMTP, token endpoints, mail APIs,
     webhooks): call it for the current ``domain.outbound.OutboundPolicy``."""
+    webhooks: Webhooks
+    """Tenants' webhook endpoints."""
+    webhook_sender: WebhookSender
+    """POSTs signed events (the outbound address policy of webhooks at connect time)."""
+
+    def webhook_dispatcher(self, worker_id: str) -> WebhookDispatcher:
+        """A dispatcher of the event outbox for this process (``mailgate worker``)."""
+        return WebhookDispatcher(
+            self.sessions,
+            self.webhook_sender,
+            self.box,
+            self.clock,
+            worker_id,
+            lease=timedelta(seconds=self.settings.webhook_lease_s),
+        )
 
     def token_provider_for(self, server: ResolvedServer) -> OAuth2TokenProvider | None:
         """The XOAUTH2 token provider of an OAuth2 configuration (for the SMTP transport);
@@ -154,6 +172,7 @@ def build(
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
     notify.install(sessions, wakeup)
+    webhook_checks = webhook_address_checks(settings)
     identity = Identity(
         clock,
         settings.session_hours,
@@ -198,7 +217,22 @@ def build(
             public_base_url=settings.public_base_url,
         ),
         outbound_policy=outbound_policy,
+        webhooks=Webhooks(
+            box,
+            clock,
+            webhook_checks,
+            new_secret,
+            refuse_local_names=not settings.webhook_allow_private,
+        ),
+        webhook_sender=HttpWebhookSender(webhook_checks),
     )
+
+
+def webhook_address_checks(settings: Settings) -> list[AddressCheck]:
+    """The outbound address rules of webhooks: no loopback or private destination unless
+    ``MAILGATE_WEBHOOK_ALLOW_PRIVATE``. The installation's denied networks (issue 13's
+    outbound policy) join this list as an ``in_networks`` check."""
+    return [] if settings.webhook_allow_private else [non_public]
 
 
 def _oauth2(

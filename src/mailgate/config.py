@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     remote_job_timeout_s: float = Field(default=300, gt=0)
     """How long a delivery or test handed to a remote agent may take before it is retried."""
 
+    webhook_allow_private: bool = False
+    """Whether webhooks may aim at loopback and private addresses (tests, an internal
+    receiver); otherwise such a URL is refused and such an address never connected to."""
+    webhook_lease_s: int = Field(default=60, ge=2)
+    """How long a process owns a webhook event it is delivering before another may take it
+    (longer than the 10 s deadline of a POST)."""
     oauth_microsoft_authority: str = "https://login.microsoftonline.com"
     oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     oauth_google_token_url: str = "https://oauth2.googleapis.com/token"

@@ -32,6 +32,7 @@ import pytest
 from tests.conftest import Api, password_server
 from tests.state import diff, snapshot
 
+from mailgate.adapters.db.tables import WebhookEndpoint
 from mailgate.domain.access import ROLE_PERMS, Perm, Role
 from mailgate.entrypoints.api.deps import CSRF_HEADER, SESSION_COOKIE
 
@@ -78,6 +79,29 @@ def fresh_remote(w: World, tenant: str | None) -> dict[str, str]:
     r = w.call("POST", f"/api/v1/tenants/{tenant}/remote-clients", w.admin, json={"name": name})
     assert r.status_code == 201, r.text
     return {**w.standing[tenant], "remote": name}
+
+
+def webhook(w: World, tenant: str | None) -> str:
+    """A webhook aimed at a loopback port: created with a public URL (the API refuses
+    loopback), then moved there in the database, so a test event is refused by the sender's
+    connect-time check at once, without DNS or network."""
+    r = w.call(
+        "POST",
+        f"/api/v1/tenants/{tenant}/webhooks",
+        w.admin,
+        json={"url": "https://example.com/hook"},
+    )
+    assert r.status_code == 201, r.text
+    hook: str = r.json()["id"]
+    with w.api.container.session() as db:
+        row = db.get(WebhookEndpoint, hook)
+        assert row is not None
+        row.url = "http://127.0.0.1:1/hook"
+    return hook
+
+
+def fresh_webhook(w: World, tenant: str | None) -> dict[str, str]:
+    return {**w.standing[tenant], "webhook": webhook(w, tenant)}
 
 
 def export_of(w: World, tenant: str | None) -> Any:
@@ -185,6 +209,24 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", T + "/import?dry_run=true", Perm.EXPORT, body=export_of),
     Endpoint("POST", T + "/import", Perm.EXPORT, body=export_of),
     Endpoint("GET", T + "/audit", Perm.AUDIT_READ),
+    Endpoint("GET", T + "/webhooks", Perm.WEBHOOKS_MANAGE),
+    Endpoint(
+        "POST",
+        T + "/webhooks",
+        Perm.WEBHOOKS_MANAGE,
+        201,
+        lambda _w, _t: {"url": "https://example.com/" + unique("h"), "events": ["message.sent"]},
+    ),
+    Endpoint("GET", T + "/webhooks/{webhook}", Perm.WEBHOOKS_MANAGE),
+    Endpoint(
+        "PATCH",
+        T + "/webhooks/{webhook}",
+        Perm.WEBHOOKS_MANAGE,
+        body=lambda _w, _t: {"enabled": True},
+    ),
+    Endpoint("DELETE", T + "/webhooks/{webhook}", Perm.WEBHOOKS_MANAGE, 204, fresh=fresh_webhook),
+    Endpoint("GET", T + "/webhooks/{webhook}/deliveries", Perm.WEBHOOKS_MANAGE),
+    Endpoint("POST", T + "/webhooks/{webhook}/test", Perm.WEBHOOKS_MANAGE),
     Endpoint(
         "POST",
         T + "/email-servers/{server}/test",
@@ -299,6 +341,7 @@ def build_world(api: Api) -> tuple[World, list[Caller]]:
         r = w.call("POST", f"/api/v1/tenants/{t}/email-servers", admin, json=oauth2_server("o365"))
         assert r.status_code == 201, r.text
         w.standing[t] = {"tenant": t, "server": "main", "key": key, "remote": "plant"}
+        w.standing[t]["webhook"] = webhook(w, t)
         w.standing[t]["message"] = held_message(w, t)
     w.standing[None] = {"username": "alpha-admin"}
     fresh_system_server(w, None)

@@ -22,6 +22,7 @@ from mailgate.entrypoints.api.app import create_app
 
 MAX_BYTES = 16 * 1024
 SERVERS = "/api/v1/tenants/home/email-servers"
+HOOKS = "/api/v1/tenants/home/webhooks"
 _CA = trustme.CA()
 _CERT = _CA.issue_cert("client.example.com")
 _OTHER = _CA.issue_cert("other.example.com")
@@ -513,6 +514,63 @@ CASES = [
         422,
         "message_defaults.from_name",
         json={"message_defaults": {"from_name": "=?utf-8?q?a=0D=0AB:_c?="}},
+    ),
+    # Webhooks (README "Webhooks") and message metadata
+    Case("webhook ftp URL", "POST", HOOKS, 422, "url", json={"url": "ftp://example.com/x"}),
+    Case("webhook loopback", "POST", HOOKS, 422, "url", json={"url": "http://127.0.0.1/x"}),
+    Case("webhook localhost", "POST", HOOKS, 422, "url", json={"url": "http://localhost/x"}),
+    Case("webhook metadata IP", "POST", HOOKS, 422, "url", json={"url": "http://169.254.169.254"}),
+    Case("webhook with password", "POST", HOOKS, 422, "url", json={"url": "https://a:b@e.com"}),
+    Case("webhook URL not text", "POST", HOOKS, 422, "url", json={"url": 42}),
+    Case("webhook URL CRLF", "POST", HOOKS, 422, "url", json={"url": "https://e.com/\r\nX: y"}),
+    Case(
+        "webhook unknown event",
+        "POST",
+        HOOKS,
+        422,
+        "events",
+        json={"url": "https://e.com/h", "events": ["message.exploded"]},
+    ),
+    Case(
+        "webhook no events",
+        "POST",
+        HOOKS,
+        422,
+        "events",
+        json={"url": "https://e.com", "events": []},
+    ),
+    Case(
+        "webhook unknown field",
+        "POST",
+        HOOKS,
+        422,
+        "secret",
+        json={"url": "https://e.com/h", "secret": "whsec_mine"},
+    ),
+    Case("webhook bad id", "GET", HOOKS + "/" + "x" * 300, 404),
+    Case("webhook deliveries cursor", "GET", HOOKS + "/wh_x/deliveries?cursor=abc", 404),
+    Case(
+        "metadata not strings",
+        "POST",
+        "/api/v1/tenants/home/messages",
+        422,
+        "metadata.n",
+        json={"to": ["x@example.com"], "text": "t", "metadata": {"n": 1}},
+    ),
+    Case(
+        "metadata too many",
+        "POST",
+        "/api/v1/tenants/home/messages",
+        422,
+        "metadata",
+        json={"to": ["x@example.com"], "text": "t", "metadata": {f"k{i}": "v" for i in range(21)}},
+    ),
+    Case(
+        "metadata filter key",
+        "GET",
+        "/api/v1/tenants/home/messages?metadata.a%20b=1",
+        422,
+        "metadata.a b",
     ),
     # Not JSON at all
     Case("text/plain body", "POST", "/api/v1/tenants", 415, json={"name": "x"}, ctype="text/plain"),

@@ -125,24 +125,35 @@ class HttpWebhookSender:
         ca_bundle: str | None = None,
     ) -> None:
         self.deadline_s = deadline_s
-        context = ssl.create_default_context(cafile=certifi.where())
+        self.checks = list(checks)
+        self.context = ssl.create_default_context(cafile=certifi.where())
         if ca_bundle:
-            context.load_verify_locations(cafile=ca_bundle)
-        transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False)
-        # httpx builds its pool without a way to pass a network backend: swap in one with ours.
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=None,
-            keepalive_expiry=30.0,
-            network_backend=_GuardedBackend(checks),
-        )
-        self.client = httpx.AsyncClient(
-            transport=transport,
-            follow_redirects=False,
-            trust_env=False,
-            timeout=httpx.Timeout(deadline_s),
-            headers={"User-Agent": USER_AGENT},
-        )
+            self.context.load_verify_locations(cafile=ca_bundle)
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The client of the running event loop (its connections belong to that loop)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            transport = httpx.AsyncHTTPTransport(verify=self.context, trust_env=False)
+            # httpx takes no network backend: swap in a pool with ours.
+            transport._pool = httpcore.AsyncConnectionPool(
+                ssl_context=self.context,
+                max_connections=None,
+                keepalive_expiry=30.0,
+                network_backend=_GuardedBackend(self.checks),
+            )
+            self._client = httpx.AsyncClient(
+                transport=transport,
+                follow_redirects=False,
+                trust_env=False,
+                timeout=httpx.Timeout(self.deadline_s),
+                headers={"User-Agent": USER_AGENT},
+            )
+            self._loop = loop
+        return self._client
 
     async def send(
         self, url: str, secret: str, event_id: str, timestamp: int, body: bytes
@@ -180,4 +191,6 @@ class HttpWebhookSender:
         return WebhookResponse(code, ms(), error)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = None

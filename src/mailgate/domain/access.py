@@ -30,6 +30,7 @@ class Perm(StrEnum):
     REMOTE_MANAGE = "remote:manage"
     EXPORT = "export"
     AUDIT_READ = "audit:read"
+    WEBHOOKS_MANAGE = "webhooks:manage"
 
 
 ROLE_PERMS: dict[Role, frozenset[Perm]] = {

@@ -119,11 +119,21 @@ def emit(
 
 
 def emit_test(
-    conn: Connection, tenant_id: int, tenant: str, endpoint_id: str, *, now: datetime
+    conn: Connection,
+    tenant_id: int,
+    tenant: str,
+    endpoint_id: str,
+    *,
+    now: datetime,
+    holder: str,
+    hold_until: datetime,
 ) -> int:
-    """A ``webhook.test`` event for one endpoint (enabled or not); returns its row's id."""
+    """A ``webhook.test`` event for one endpoint (enabled or not), held by ``holder`` until
+    ``hold_until`` (the API sends it at once; a dispatcher takes it only if that fails to
+    finish); returns its row's id."""
     body = _body(EventType.WEBHOOK_TEST.value, now, {"tenant": tenant, "webhook": endpoint_id})
     (row,) = _rows([(endpoint_id, set())], tenant_id, body["type"], body, None, now, endpoint_id)
+    row.update(locked_by=holder, next_attempt_at=hold_until)
     return int(conn.execute(_EVENTS.insert().returning(_EVENTS.c.id), row).scalar_one())
 
 

@@ -29,6 +29,7 @@ from mailgate.entrypoints.api.routers import (
     tenants,
     transfer,
     users,
+    webhooks,
 )
 from mailgate.entrypoints.smtp.listener import SmtpListener
 
@@ -94,6 +95,7 @@ def create_app(
         audit,
         oauth2,
         certificates,
+        webhooks,
     ):
         app.include_router(module.router)
     # The submission endpoint, by far the most called, is served by a plain route matched

@@ -67,6 +67,10 @@ def worker(
             _stop_when_stdin_ends(loop, stop)
         pool = [Worker(c, worker_id=default_worker_id(i)) for i in range(workers)]
         tasks = [asyncio.create_task(w.run(stop)) for w in pool]
+        # Webhook events go out from every worker process, beside the mail (README
+        # "Webhooks"): one dispatcher per process, claiming with leases like the workers.
+        dispatcher = c.webhook_dispatcher(default_worker_id(0) + ":webhooks")
+        tasks.append(asyncio.create_task(dispatcher.run(stop)))
         typer.echo(f"mailgate worker: {workers} worker(s) delivering; Ctrl-C or SIGTERM stops")
         started, last = time.monotonic(), 0
         while not stop.is_set() and stats_every > 0:

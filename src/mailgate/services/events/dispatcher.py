@@ -1,0 +1,341 @@
+"""Delivering the event outbox to webhook endpoints: at least once, in order per message,
+with backoff for 24 hours, each receiver isolated from the others and from mail.
+
+Rows (one per event and endpoint, ``adapters/db/events.py``) are claimed like messages: with
+a lease (``next_attempt_at`` moves to the lease's end and ``locked_by`` names the holder),
+``SKIP LOCKED`` on PostgreSQL, so any number of processes may dispatch. A process killed
+mid-POST leaves its rows to be claimed again when the lease ends (the receiver may then see
+an event twice, with the same ``webhook-id``).
+
+- Order: an event about a message is not claimed while an earlier event about the same
+  message waits for the same endpoint.
+- Isolation: at most ``per_endpoint`` POSTs to one endpoint at a time (a slow receiver ties
+  up only its own slots, never the others' nor the delivery workers'); every POST has a
+  total deadline (``WebhookSender``); the database is touched only before and after the
+  POST, never during it, in short transactions of their own (in a thread: no I/O of the
+  event loop waits for the database).
+- Failures: any answer but 2xx, no answer in time, or a refused destination is retried at
+  30 s, 1, 2, 4 ... minutes (at most an hour apart) until the event is 24 hours old, then
+  the row is ``failed``. Each attempt is logged (``webhook_attempts``, the deliveries log).
+  A ``webhook.test`` event is tried once.
+- Finished rows older than ``keep`` are deleted with their attempts, now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgate.adapters.db.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent, table_of
+from mailgate.domain.clock import Clock
+from mailgate.domain.errors import SecretKeyError
+from mailgate.domain.events import DeliveryState, EventType, WebhookResponse, next_try
+from mailgate.ports import SecretCipher, WebhookSender
+from mailgate.services.events.webhooks import secret_context
+
+log = logging.getLogger("mailgate.webhooks")
+
+_E = table_of(WebhookEvent)
+_EARLIER = _E.alias("earlier")
+_ENDPOINTS = table_of(WebhookEndpoint)
+_PENDING = DeliveryState.PENDING.value
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed event row, ready to POST."""
+
+    row_id: int
+    endpoint_id: str
+    url: str
+    secret: str
+    event_id: str
+    type: str
+    body: bytes
+    created_at: datetime
+    attempts: int
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        sender: WebhookSender,
+        cipher: SecretCipher,
+        clock: Clock,
+        worker_id: str,
+        *,
+        lease: timedelta = timedelta(seconds=60),
+        batch: int = 100,
+        per_endpoint: int = 4,
+        max_in_flight: int = 64,
+        poll_s: float = 1.0,
+        keep: timedelta = timedelta(days=7),
+    ) -> None:
+        self.sessions = sessions
+        self.sender = sender
+        self.cipher = cipher
+        self.clock = clock
+        self.id = worker_id
+        self.lease = lease
+        self.batch = batch
+        self.per_endpoint = per_endpoint
+        self.max_in_flight = max_in_flight
+        self.poll_s = poll_s
+        self.keep = keep
+        self.delivered = 0
+        self.failed_attempts = 0
+        self._pruned_at = 0.0
+
+    # ---- the database, before and after a POST (short transactions, in a thread) ----------
+
+    def claim(self, busy: Mapping[str, int] | None = None, limit: int | None = None) -> list[Job]:
+        """Take due rows: at most ``per_endpoint`` in flight per endpoint (``busy`` counts
+        what this process already has in flight), none that must wait for an earlier event
+        of the same message."""
+        busy = dict(busy or {})
+        limit = self.batch if limit is None else limit
+        if limit <= 0:
+            return []
+        now = self.clock()
+        earlier = exists().where(
+            _EARLIER.c.endpoint_id == _E.c.endpoint_id,
+            _EARLIER.c.message_id == _E.c.message_id,
+            _EARLIER.c.status == _PENDING,
+            _EARLIER.c.id < _E.c.id,
+        )
+        candidates = (
+            select(_E.c.id, _E.c.endpoint_id)
+            .join(_ENDPOINTS, _ENDPOINTS.c.id == _E.c.endpoint_id)
+            .where(
+                _E.c.status == _PENDING,
+                _E.c.next_attempt_at <= now,
+                or_(_ENDPOINTS.c.enabled.is_(True), _E.c.type == EventType.WEBHOOK_TEST.value),
+                or_(_E.c.message_id.is_(None), ~earlier),
+            )
+            .order_by(_E.c.next_attempt_at, _E.c.id)
+            .limit(limit * 4)
+            .with_for_update(skip_locked=True, of=_E)
+        )
+        with self.sessions.begin() as db:
+            taken: list[int] = []
+            for row_id, endpoint_id in db.execute(candidates).all():
+                if busy.get(endpoint_id, 0) >= self.per_endpoint:
+                    continue
+                busy[endpoint_id] = busy.get(endpoint_id, 0) + 1
+                taken.append(row_id)
+                if len(taken) >= limit:
+                    break
+            if not taken:
+                return []
+            db.execute(
+                update(_E)
+                .where(_E.c.id.in_(taken))
+                .values(next_attempt_at=now + self.lease, locked_by=self.id)
+            )
+            rows = db.execute(
+                select(
+                    _E.c.id,
+                    _E.c.endpoint_id,
+                    _E.c.event_id,
+                    _E.c.type,
+                    _E.c.payload,
+                    _E.c.created_at,
+                    _E.c.attempts,
+                    _ENDPOINTS.c.url,
+                    _ENDPOINTS.c.secret_enc,
+                )
+                .join(_ENDPOINTS, _ENDPOINTS.c.id == _E.c.endpoint_id)
+                .where(_E.c.id.in_(taken))
+                .order_by(_E.c.id)
+            ).all()
+        jobs = []
+        for r in rows:
+            try:
+                secret = self.cipher.decrypt(r.secret_enc, secret_context(r.endpoint_id))
+            except SecretKeyError:
+                log.error("webhook %s: its secret does not decrypt; not sent", r.endpoint_id)
+                continue
+            jobs.append(
+                Job(
+                    row_id=r.id,
+                    endpoint_id=r.endpoint_id,
+                    url=r.url,
+                    secret=secret.decode(),
+                    event_id=r.event_id,
+                    type=r.type,
+                    body=json.dumps(r.payload, separators=(",", ":")).encode(),
+                    created_at=r.created_at,
+                    attempts=r.attempts,
+                )
+            )
+        return jobs
+
+    def claim_one(self, row_id: int, holder: str) -> Job | None:
+        """The row ``holder`` holds already (the API's test event), as a job."""
+        with self.sessions() as db:
+            r = db.execute(
+                select(
+                    _E.c.id,
+                    _E.c.endpoint_id,
+                    _E.c.event_id,
+                    _E.c.type,
+                    _E.c.payload,
+                    _E.c.created_at,
+                    _E.c.attempts,
+                    _ENDPOINTS.c.url,
+                    _ENDPOINTS.c.secret_enc,
+                )
+                .join(_ENDPOINTS, _ENDPOINTS.c.id == _E.c.endpoint_id)
+                .where(_E.c.id == row_id, _E.c.locked_by == holder)
+            ).first()
+        if r is None:
+            return None
+        secret = self.cipher.decrypt(r.secret_enc, secret_context(r.endpoint_id)).decode()
+        return Job(
+            r.id,
+            r.endpoint_id,
+            r.url,
+            secret,
+            r.event_id,
+            r.type,
+            json.dumps(r.payload, separators=(",", ":")).encode(),
+            r.created_at,
+            r.attempts,
+        )
+
+    def finish(self, job: Job, response: WebhookResponse, holder: str | None = None) -> str:
+        """Log the attempt and move the row on; returns its new status. A row whose lease
+        this process lost meanwhile keeps the other holder's state (the attempt is logged)."""
+        now = self.clock()
+        attempts = job.attempts + 1
+        if response.delivered:
+            values: dict[str, object] = {
+                "status": DeliveryState.DELIVERED.value,
+                "locked_by": None,
+            }
+        else:
+            when = (
+                None
+                if job.type == EventType.WEBHOOK_TEST
+                else next_try(attempts, job.created_at, now)
+            )
+            values = (
+                {"status": DeliveryState.FAILED.value, "locked_by": None}
+                if when is None
+                else {"next_attempt_at": when, "locked_by": None}
+            )
+        with self.sessions.begin() as db:
+            db.add(
+                WebhookAttempt(
+                    event_row_id=job.row_id,
+                    endpoint_id=job.endpoint_id,
+                    event_id=job.event_id,
+                    type=job.type,
+                    at=now,
+                    status_code=response.status_code,
+                    ms=response.ms,
+                    error=(response.error or None) and str(response.error)[:1000],
+                )
+            )
+            db.execute(
+                update(_E)
+                .where(_E.c.id == job.row_id, _E.c.locked_by == (holder or self.id))
+                .values(attempts=attempts, last_error=response.error, **values)
+            )
+        return str(values.get("status", _PENDING))
+
+    def prune(self) -> int:
+        """Delete finished rows (and their attempts) older than ``keep``."""
+        cutoff = self.clock() - self.keep
+        with self.sessions.begin() as db:
+            result = db.execute(delete(_E).where(_E.c.status != _PENDING, _E.c.created_at < cutoff))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # ---- the POSTs (on the event loop) -------------------------------------------------------
+
+    async def deliver(self, job: Job, holder: str | None = None) -> WebhookResponse:
+        response = await self.sender.send(
+            job.url, job.secret, job.event_id, int(self.clock().timestamp()), job.body
+        )
+        status = await asyncio.to_thread(self.finish, job, response, holder)
+        if response.delivered:
+            self.delivered += 1
+        else:
+            self.failed_attempts += 1
+            log.info(
+                "webhook %s: %s %s not delivered (%s); now %s",
+                job.endpoint_id,
+                job.type,
+                job.event_id,
+                response.error,
+                status,
+            )
+        return response
+
+    async def run_once(self) -> int:
+        """Deliver everything due now (tests): claim, POST, record, until nothing is due."""
+        done = 0
+        while True:
+            jobs = await asyncio.to_thread(self.claim)
+            if not jobs:
+                return done
+            await asyncio.gather(*(self.deliver(j) for j in jobs))
+            done += len(jobs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set; then let the POSTs in flight finish (each has its
+        total deadline)."""
+        in_flight: dict[asyncio.Task[WebhookResponse], str] = {}
+        per_endpoint: Counter[str] = Counter()
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                room = self.max_in_flight - len(in_flight)
+                jobs: list[Job] = []
+                if room > 0:
+                    try:
+                        jobs = await asyncio.to_thread(
+                            self.claim, dict(per_endpoint), min(room, self.batch)
+                        )
+                    except Exception:
+                        log.exception("claiming webhook events failed; trying again")
+                for job in jobs:
+                    task = asyncio.create_task(self.deliver(job))
+                    in_flight[task] = job.endpoint_id
+                    per_endpoint[job.endpoint_id] += 1
+                if jobs and len(in_flight) < self.max_in_flight:
+                    continue  # more may be due right away
+                waiting: set[asyncio.Future[object]] = {stopping, *in_flight}  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(
+                    waiting, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in [t for t in in_flight if t in done]:
+                    endpoint = in_flight.pop(task)
+                    per_endpoint[endpoint] -= 1
+                    if task.exception() is not None:
+                        log.error("webhook delivery failed", exc_info=task.exception())
+                await self._maybe_prune()
+        finally:
+            stopping.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._pruned_at < 600:
+            return
+        self._pruned_at = now
+        try:
+            await asyncio.to_thread(self.prune)
+        except Exception:
+            log.exception("pruning old webhook events failed")
