@@ -37,9 +37,10 @@ from mailgate.adapters.secrets import SecretBox, load_or_create_key_file
 from mailgate.adapters.smtp.transport import SmtpTransport
 from mailgate.adapters.webhooks import HttpWebhookSender, new_secret
 from mailgate.config import Settings
-from mailgate.domain.addresses import AddressCheck, non_public
+from mailgate.domain.addresses import without_private
 from mailgate.domain.clock import Clock, utcnow
 from mailgate.domain.oauth2_providers import ProviderSettings
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.ports import Prober, SystemMailer, Transport, WebhookSender
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.transports import TransportRouter
@@ -172,7 +173,7 @@ def build(
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         wakeup.local = notify.LocalSignal.for_database(Path(str(engine.url.database)))
     notify.install(sessions, wakeup)
-    webhook_checks = webhook_address_checks(settings)
+    webhook_policy = webhook_policy_of(outbound_policy, settings.webhook_allow_private)
     identity = Identity(
         clock,
         settings.session_hours,
@@ -220,19 +221,22 @@ def build(
         webhooks=Webhooks(
             box,
             clock,
-            webhook_checks,
+            webhook_policy,
             new_secret,
             refuse_local_names=not settings.webhook_allow_private,
         ),
-        webhook_sender=HttpWebhookSender(webhook_checks),
+        webhook_sender=HttpWebhookSender(webhook_policy),
     )
 
 
-def webhook_address_checks(settings: Settings) -> list[AddressCheck]:
-    """The outbound address rules of webhooks: no loopback or private destination unless
-    ``MAILGATE_WEBHOOK_ALLOW_PRIVATE``. The installation's denied networks (issue 13's
-    outbound policy) join this list as an ``in_networks`` check."""
-    return [] if settings.webhook_allow_private else [non_public]
+def webhook_policy_of(
+    installation: Callable[[], OutboundPolicy], allow_private: bool
+) -> Callable[[], OutboundPolicy]:
+    """The outbound policy of webhooks: the installation's, and no loopback or private
+    destination unless ``MAILGATE_WEBHOOK_ALLOW_PRIVATE``."""
+    if allow_private:
+        return installation
+    return lambda: without_private(installation())
 
 
 def _oauth2(

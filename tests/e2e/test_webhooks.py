@@ -16,7 +16,8 @@ from tests.smtp_fixtures import SmtpServers
 from tests.webhook_receiver import WebhookReceiver
 
 from mailgate.adapters.webhooks import HttpWebhookSender
-from mailgate.domain.addresses import non_public
+from mailgate.domain.addresses import without_private
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.services.events import WebhookDispatcher
 
 HOOKS = "/api/v1/tenants/{tenant}/webhooks"
@@ -136,13 +137,13 @@ def test_url_rules_name_the_field(tmp_path: Path, sqlite_url: str) -> None:
 def test_private_addresses_are_refused_at_connect_time(receiver: WebhookReceiver) -> None:
     """A name that resolves to a loopback address is refused when connecting, whatever the
     URL looked like when it was saved; nothing reaches the receiver."""
-    sender = HttpWebhookSender([non_public], deadline_s=2)
+    sender = HttpWebhookSender(lambda: without_private(OutboundPolicy.of([])), deadline_s=2)
     receiver.secret = "whsec_" + "A" * 43 + "="
     for url in (f"http://localhost:{receiver.port}/hook", receiver.url):
         got = asyncio.run(sender.send(url, receiver.secret, "evt_1", int(time.time()), b"{}"))
-        assert got.status_code is None and "outbound policy" in (got.error or ""), got
+        assert got.status_code is None and "outbound policy denies" in (got.error or ""), got
     assert receiver.requests == []
-    allowed = HttpWebhookSender([], deadline_s=2)
+    allowed = HttpWebhookSender(lambda: OutboundPolicy.of([]), deadline_s=2)
     got = asyncio.run(allowed.send(receiver.url, receiver.secret, "evt_2", int(time.time()), b"{}"))
     assert got.status_code == 200 and receiver.received[0].verified
 
@@ -217,7 +218,7 @@ def test_slow_and_dead_receivers_cost_only_themselves(
             assert r.run_once() == 16
 
             async def scenario() -> tuple[float, float]:
-                sender = HttpWebhookSender([], deadline_s=2.0)
+                sender = HttpWebhookSender(r.c.outbound_policy, deadline_s=2.0)
                 dispatcher = WebhookDispatcher(
                     r.c.sessions, sender, r.c.box, r.c.clock, "d1", poll_s=0.05
                 )
@@ -247,6 +248,33 @@ def test_slow_and_dead_receivers_cost_only_themselves(
             assert len(slow.requests) <= 4
     finally:
         slow.stop()
+
+
+def test_the_installations_denied_networks_apply_to_webhooks(
+    tmp_path: Path, sqlite_url: str, receiver: WebhookReceiver
+) -> None:
+    """The system setting's denied networks hold for webhooks too, even where private
+    addresses are allowed: the test event is refused at connect time, nothing is sent."""
+    with rig(tmp_path, sqlite_url, webhook_allow_private=True) as r:
+        created = create_hook(r, receiver.url)
+        receiver.secret = created["secret"]
+        resp = r.api.request(
+            "PUT",
+            "/api/v1/system/settings",
+            r.admin,
+            json={"outbound_policy": {"deny_networks": ["127.0.0.0/8"]}},
+        )
+        assert resp.status_code == 200, resp.text
+        test = r.api.request(
+            "POST", HOOKS.format(tenant="home") + f"/{created['id']}/test", r.admin
+        ).json()
+        assert test["ok"] is False and test["status_code"] is None
+        assert "127.0.0.0/8" in test["error"] and receiver.requests == []
+        # A literal address in a denied network is refused when it is saved, too.
+        resp = r.api.request(
+            "POST", HOOKS.format(tenant="home"), r.admin, json={"url": "http://127.0.0.2/x"}
+        )
+        assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "url"
 
 
 def test_redirects_are_not_followed(

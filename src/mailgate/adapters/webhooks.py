@@ -6,23 +6,20 @@ Signing is the ``standardwebhooks`` package (the specification's own reference l
 base64-decoded part of the ``whsec_`` secret.
 
 The address policy is checked where the connection is made - on the addresses the host name
-resolves to, in an httpcore network backend of our own - not on the URL when it is saved: a
-name that resolves to a public address today may resolve to 127.0.0.1 tomorrow (DNS
-rebinding), and a check at save time would not see it. Only allowed addresses are connected
-to; TLS still verifies the certificate against the host name (httpcore passes the name for
-SNI and verification, whatever address the socket went to).
+resolves to, in the outbound policy's httpcore network backend (``adapters/outbound.py``) -
+not on the URL when it is saved: a name that resolves to a public address today may resolve
+to 127.0.0.1 tomorrow (DNS rebinding), and a check at save time would not see it. Only
+allowed addresses are connected to; TLS still verifies the certificate against the host name
+(httpcore passes the name for SNI and verification, whatever address the socket went to).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import secrets
-import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import certifi
@@ -30,7 +27,7 @@ import httpcore
 import httpx
 from standardwebhooks import Webhook
 
-from mailgate.domain.addresses import AddressCheck, IPAddress, refusal
+from mailgate.adapters.outbound import AsyncGuardedBackend, PolicySource, denied_reason
 from mailgate.domain.events import WebhookResponse
 
 USER_AGENT = "mailgate-webhooks"
@@ -53,65 +50,6 @@ def signature_headers(secret: str, event_id: str, timestamp: int, body: bytes) -
     }
 
 
-class DestinationDenied(httpcore.ConnectError):
-    """The host resolved to addresses the outbound policy refuses (nothing was sent)."""
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself, drops the addresses the policy refuses, and connects to the
-    first allowed one that answers."""
-
-    def __init__(self, checks: Sequence[AddressCheck]) -> None:
-        self.checks = list(checks)
-        self.inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        addresses: list[IPAddress] = []
-        for info in infos:
-            ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-            if ip not in addresses:
-                addresses.append(ip)
-        reasons = [(ip, refusal(ip, self.checks)) for ip in addresses]
-        allowed = [ip for ip, why in reasons if why is None]
-        if not allowed:
-            why = "; ".join(str(w) for _ip, w in reasons) or "no address"
-            raise DestinationDenied(f"{host}: refused by the outbound policy ({why})")
-        last: Exception | None = None
-        for ip in allowed:
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("webhooks go over TCP only")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
 class HttpWebhookSender:
     """``ports.WebhookSender``: one client for the process (connections are kept alive per
     receiver), unbounded in the number of connections - the dispatcher bounds how many
@@ -119,13 +57,14 @@ class HttpWebhookSender:
 
     def __init__(
         self,
-        checks: Sequence[AddressCheck],
+        policy: PolicySource,
         *,
         deadline_s: float = DEADLINE_S,
         ca_bundle: str | None = None,
     ) -> None:
+        """``policy``: the webhooks' outbound policy, read on every new connection."""
         self.deadline_s = deadline_s
-        self.checks = list(checks)
+        self.policy = policy
         self.context = ssl.create_default_context(cafile=certifi.where())
         if ca_bundle:
             self.context.load_verify_locations(cafile=ca_bundle)
@@ -138,12 +77,13 @@ class HttpWebhookSender:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             transport = httpx.AsyncHTTPTransport(verify=self.context, trust_env=False)
-            # httpx takes no network backend: swap in a pool with ours.
+            # async_guarded_transport's pool, without its limit of 10 connections: the
+            # dispatcher bounds each endpoint, so slow receivers cannot take the pool.
             transport._pool = httpcore.AsyncConnectionPool(
                 ssl_context=self.context,
                 max_connections=None,
                 keepalive_expiry=30.0,
-                network_backend=_GuardedBackend(self.checks),
+                network_backend=AsyncGuardedBackend(self.policy),
             )
             self._client = httpx.AsyncClient(
                 transport=transport,
@@ -179,10 +119,11 @@ class HttpWebhookSender:
                             break
         except TimeoutError:
             return WebhookResponse(None, ms(), f"no answer within {self.deadline_s:g} s")
-        except DestinationDenied as exc:
-            return WebhookResponse(None, ms(), str(exc))
         except httpx.HTTPError as exc:
-            return WebhookResponse(None, ms(), f"{type(exc).__name__}: {exc}"[:500] or "error")
+            denied = denied_reason(exc)
+            if denied is not None:
+                return WebhookResponse(None, ms(), f"refused: {denied}")
+            return WebhookResponse(None, ms(), f"{type(exc).__name__}: {exc}"[:500])
         error = None
         if not 200 <= code < 300:
             text = preview[:200].decode("utf-8", "replace").strip()

@@ -4,7 +4,7 @@ the deliveries log, and the test event."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.events import emit_test
 from mailgate.adapters.db.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent
-from mailgate.domain.addresses import AddressCheck, refusal
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import NotFound, ValidationFailed
 from mailgate.domain.events import DeliveryState, new_endpoint_id
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.ports import SecretCipher
 from mailgate.schemas.webhook import WebhookIn, WebhookPatch
 
@@ -34,16 +34,16 @@ class Webhooks:
         self,
         cipher: SecretCipher,
         clock: Clock,
-        checks: Sequence[AddressCheck],
-        new_secret: Any,
+        policy: Callable[[], OutboundPolicy],
+        new_secret: Callable[[], str],
         *,
         refuse_local_names: bool,
     ) -> None:
-        """``checks``: the address rules of webhook destinations (applied again at connect
-        time by the sender); ``refuse_local_names``: ``localhost`` is refused by name."""
+        """``policy``: the outbound policy of webhook connections (the sender applies it
+        again at connect time); ``refuse_local_names``: ``localhost`` is refused by name."""
         self.cipher = cipher
         self.clock = clock
-        self.checks = list(checks)
+        self.policy = policy
         self.new_secret = new_secret
         self.refuse_local_names = refuse_local_names
 
@@ -62,7 +62,7 @@ class Webhooks:
                     "(MAILGATE_WEBHOOK_ALLOW_PRIVATE)",
                 ) from None
             return
-        why = refusal(ip, self.checks)
+        why = self.policy().refusal(ip)
         if why is not None:
             raise ValidationFailed.one("url", f"this destination is refused: {why}")
 
@@ -73,7 +73,7 @@ class Webhooks:
             raise ValidationFailed.one("url", f"a tenant has at most {MAX_ENDPOINTS} webhooks")
         now = self.clock()
         endpoint_id = new_endpoint_id()
-        secret: str = self.new_secret()
+        secret = self.new_secret()
         row = WebhookEndpoint(
             id=endpoint_id,
             tenant_id=tenant_id,
