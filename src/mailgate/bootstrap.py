@@ -25,6 +25,7 @@ from mailgate.adapters.db.engine import (
     make_session_factory,
     read_only,
 )
+from mailgate.adapters.db.health import WriteHealth
 from mailgate.adapters.http_api.gmail_api import GmailApi
 from mailgate.adapters.http_api.graph import GraphApi
 from mailgate.adapters.http_api.transport import ApiTransport, MailApi
@@ -100,6 +101,9 @@ class Container:
     webhook_sender: WebhookSender
     """POSTs signed events (the outbound address policy of webhooks at connect time)."""
 
+    write_health: WriteHealth
+    """The last commit's outcome and age in this process (/healthz, the 503 answers)."""
+
     def webhook_dispatcher(self, worker_id: str) -> WebhookDispatcher:
         """A dispatcher of the event outbox for this process (``mailgate worker``)."""
         return WebhookDispatcher(
@@ -146,6 +150,8 @@ def build(
     outbound_policy = OutboundPolicySource(read_engine, settings.outbound_deny_networks)
     servers = EmailServers(box, clock, settings.public_base_url)
     metrics = Metrics(sessions, clock)
+    write_health = WriteHealth(on_failure=metrics.write_failures.inc)
+    write_health.install(engine)
     hub = RemoteHub()
 
     async def token_rejected(server: ResolvedServer, detail: str) -> None:
@@ -209,6 +215,7 @@ def build(
         read_engine=read_engine,
         submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
         system_mailer=system_mailer,
+        write_health=write_health,
         installation=Installation(
             engine,
             sessions,

@@ -11,13 +11,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -75,8 +76,17 @@ class Serve:
         return children(self.proc.pid)
 
 
+def _copy_lines(source: IO[bytes], sink: IO[bytes]) -> None:
+    for line in source:
+        sink.write(line)
+
+
 @contextmanager
-def serve(tmp_path: Path, database_url: str, workers: int) -> Iterator[Serve]:
+def serve(
+    tmp_path: Path, database_url: str, workers: int, *, piped: bool = False
+) -> Iterator[Serve]:
+    """``piped``: serve's output reaches the log file through a pipe (serve itself writes no
+    file, e.g. when a test limits the size of the files it may write)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
     env.update(
         MAILGATE_DATA_DIR=str(tmp_path / "data"),
@@ -94,9 +104,14 @@ def serve(tmp_path: Path, database_url: str, workers: int) -> Iterator[Serve]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", "--port", "0"],
         env=env,
-        stdout=log.open("wb"),
+        stdout=subprocess.PIPE if piped else log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+    if piped:
+        sink = log.open("wb", buffering=0)
+        assert proc.stdout is not None
+        pipe = proc.stdout
+        threading.Thread(target=_copy_lines, args=(pipe, sink), daemon=True).start()
     try:
         found = wait_until(
             lambda: (

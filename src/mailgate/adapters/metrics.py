@@ -124,6 +124,12 @@ class Metrics:
             "each is retried late and flagged in the attempt log",
             registry=self.registry,
         )
+        self.write_failures = Counter(
+            "mailgate_database_write_failures",
+            "Database commits and writes that failed for a reason of the database's (disk "
+            "full, read-only, I/O error, lock timeout, lost connection)",
+            registry=self.registry,
+        )
         self.token_requests = Counter(
             "mailgate_oauth2_token_requests",
             "OAuth2 token endpoint requests (code exchange, refresh, client credentials) by "

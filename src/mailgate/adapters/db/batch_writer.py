@@ -129,20 +129,23 @@ class BatchWriter(Generic[T]):
         jobs = self._pending[: self.max_batch]
         if not jobs:
             return
-        conn = self._connection()
         try:
+            conn = self._connection()
             conn.begin()
-        except (OperationalError, sqlite3.OperationalError) as exc:
-            if not _is_locked(exc):
-                raise
-            # Another process is writing: try again shortly; more requests join meanwhile.
-            now = time.monotonic()
-            self._locked_since = self._locked_since or now
-            if now - self._locked_since < LOCK_TIMEOUT_S:
-                delay = min(0.005, 0.0005 * 2 ** min(4, int((now - self._locked_since) * 1000)))
-                self._flush = loop.call_later(delay, self._flush_on_loop, loop)
-                return
+        except Exception as exc:
             outcomes: list[BaseException | None] = [exc] * len(jobs)
+            if isinstance(exc, (OperationalError, sqlite3.OperationalError)) and _is_locked(exc):
+                # Another process is writing: try again shortly; more requests join meanwhile.
+                now = time.monotonic()
+                self._locked_since = self._locked_since or now
+                if now - self._locked_since < LOCK_TIMEOUT_S:
+                    delay = min(0.005, 0.0005 * 2 ** min(4, int((now - self._locked_since) * 1000)))
+                    self._flush = loop.call_later(delay, self._flush_on_loop, loop)
+                    return
+            else:
+                # Disk full, I/O error, ...: every waiting request gets the error (a 503),
+                # none waits forever; the next batch starts on a fresh connection.
+                self._drop_connection()
         else:
             outcomes = self._in_transaction(conn, [item for item, _l, _f in jobs])
         self._locked_since = None
@@ -164,6 +167,13 @@ class BatchWriter(Generic[T]):
             raw.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
             self._conn = conn
         return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(Exception):
+                conn.invalidate()
+                conn.close()
 
     @property
     def checkpoint_running(self) -> bool:

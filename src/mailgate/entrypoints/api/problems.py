@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mailgate.adapters.db.health import RETRY_AFTER_S, is_unavailable
 from mailgate.domain.errors import FieldError, MailgateError, Throttled, ValidationFailed
 from mailgate.schemas.email_server import pydantic_field_errors
 
@@ -28,6 +31,7 @@ _SLUGS = {
     422: "validation-failed",
     429: "too-many-requests",
     500: "internal-error",
+    503: "database-unavailable",
 }
 
 
@@ -82,6 +86,28 @@ def install(app: FastAPI) -> None:
         return problem(
             exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)
         )
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here, not by the catch-all below: Starlette answers the catch-all's 500
+        # and then re-raises, and uvicorn closes the connection, so the client's next
+        # request on it was lost too. This answer keeps the keep-alive connection usable.
+        if not is_unavailable(exc):
+            return await _unexpected(request, exc)
+        container = getattr(request.app.state, "container", None)
+        if container is not None and not isinstance(exc, sa_exc.DBAPIError):
+            # SQLAlchemy's handle_error hook has not seen a raw driver error.
+            container.write_health.failed(exc)
+        # The reason is logged once by WriteHealth, not per request.
+        return problem(
+            503,
+            "Database unavailable",
+            "the database cannot take the request now (e.g. disk full, read-only, connection "
+            "lost); nothing was stored; try again later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for kind in (sa_exc.DBAPIError, sa_exc.TimeoutError, sqlite3.Error):
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
