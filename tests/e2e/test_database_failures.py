@@ -119,6 +119,8 @@ def test_a_database_that_cannot_write_answers_503_and_keeps_the_connection(
             20,
             "submissions to work again",
         )
+        # (serve's output reaches the file through a pipe: wait for it.)
+        wait_until(lambda: "database writes work again" in s.text(), 10, "the log")
         log = s.text()
         assert log.count("database writes fail:") == 1, log
         assert log.count("database writes work again") == 1, log
