@@ -100,7 +100,6 @@ class Container:
     """Tenants' webhook endpoints."""
     webhook_sender: WebhookSender
     """POSTs signed events (the outbound address policy of webhooks at connect time)."""
-
     write_health: WriteHealth
     """The last commit's outcome and age in this process (/healthz, the 503 answers)."""
 
