@@ -248,3 +248,64 @@ def test_oauth2_assistant_for_smtp_prefills_and_checks(page: Any, mailgate: Mail
     color = client_id.locator(".field-error").evaluate("e => getComputedStyle(e).color")
     assert color == "rgb(179, 38, 30)", color  # --bad
     shot(page, "22-oauth2-assistant-errors", full_page=True)
+
+
+def test_oauth2_callback_failure_is_a_page_with_the_way_back(
+    browser: Any, mailgate: Mailgate, oauth_server: RunningAuthServer
+) -> None:
+    redirect = f"{mailgate.url}/settings/oauth2code"
+    oauth_server.server.add_client("cb-app", "cb-secret", {redirect})
+    make_tenant(mailgate, "callback")
+    admin = mailgate.token()
+    with mailgate.api(admin) as api:
+        body = {
+            "name": "DEFAULT",
+            "transport": "microsoft_graph",
+            "authentication": {
+                "method": "oauth2",
+                "provider": "microsoft",
+                "grant": "authorization_code",
+                "username": MAILBOX,
+                "directory_tenant_id": "contoso",
+                "client_id": "cb-app",
+                "client_secret": "cb-secret",
+                "redirect_uri": redirect,
+            },
+        }
+        assert api.post("/api/v1/tenants/callback/email-servers", json=body).status_code == 201
+        url = api.post("/api/v1/tenants/callback/email-servers/DEFAULT/oauth2/authorize").json()[
+            "authorization_url"
+        ]
+    back = oauth_server.consent(url)  # the provider's redirect: mailgate's callback with a code
+    context = browser.new_context(base_url=mailgate.url, viewport={"width": 390, "height": 844})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        sign_in(page)
+        # An unknown state: a page in the UI's style, 400, and the way to the servers.
+        r = page.goto("/settings/oauth2code?state=made-up&code=x")
+        assert r is not None and r.status == 400
+        expect(page.get_by_role("heading", name="Authorization not completed")).to_be_visible()
+        expect(page.get_by_role("alert")).to_contain_text("Unknown or already used OAuth2 state")
+        assert "problem" not in (r.headers.get("content-type") or "")
+        expect(page.get_by_role("link", name="Back to your e-mail servers")).to_have_attribute(
+            "href", "/ui/email-servers"
+        )
+        # The real callback authorizes; the same link a second time names its server.
+        page.goto(back)
+        page.wait_for_selector("main[data-ready='1']")
+        expect(page.locator("#flash .banner.ok")).to_contain_text("Authorized")
+        r = page.goto(back)
+        assert r is not None and r.status == 400
+        expect(page.get_by_role("alert")).to_contain_text("already used")
+        shot(page, "24-oauth2-callback-failed-390")
+        page.get_by_role("link", name="Back to e-mail server DEFAULT").click()
+        page.wait_for_selector("main[data-ready='1']")
+        expect(page.locator(".oauth-status .badge")).to_have_text("authorized")
+    finally:
+        context.close()
+    # Scripts asking for JSON still get the problem document.
+    with mailgate.api() as api:
+        r = api.get("/settings/oauth2code", params={"state": "made-up", "code": "x"})
+        assert r.status_code == 400
+        assert r.headers["content-type"].startswith("application/problem+json")

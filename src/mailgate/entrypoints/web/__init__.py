@@ -91,6 +91,22 @@ def ui_page(request: Request, page: str, item: str | None = None) -> Response:
     return _render(request, "not_found.html", title="Not found", page=page, status_code=404)
 
 
+def oauth2_callback_failed(
+    request: Request, message: str, back_url: str, back_label: str
+) -> HTMLResponse:
+    """The OAuth2 callback's answer to a person when its state is unknown, used or expired:
+    what happened and the way back, in the UI's style (400, as the API contract says)."""
+    return _render(
+        request,
+        "oauth2_failed.html",
+        status_code=400,
+        title="Authorization not completed",
+        message=message[:1].upper() + message[1:],
+        back_url=back_url,
+        back_label=back_label,
+    )
+
+
 def default_redirect_uri(request: Request) -> str:
     """The OAuth2 redirect URI a configuration gets when it names none (README "OAuth2 for
     SMTP"): the form shows it before the first save, so it can be registered first."""

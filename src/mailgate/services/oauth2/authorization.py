@@ -52,6 +52,16 @@ class CallbackResult:
     message: str
 
 
+class CallbackRejected(BadRequest):
+    """An OAuth2 callback with a missing, unknown, used or expired ``state`` (nothing was
+    stored). ``server`` names the configuration when the state is known, so a person can be
+    sent back to it: (tenant name or "" for the system e-mail server, server name)."""
+
+    def __init__(self, detail: str, server: tuple[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.server = server
+
+
 def _state_hash(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
@@ -134,21 +144,30 @@ class OAuth2AuthorizationFlow:
         before anything is written; otherwise the state is spent whatever the outcome."""
         now = self.clock()
         if not state:
-            raise BadRequest("the OAuth2 callback has no state parameter")
+            raise CallbackRejected("the OAuth2 callback has no state parameter")
         pending = db.scalar(
             select(OAuth2Authorization)
             .where(OAuth2Authorization.state_hash == _state_hash(state))
             .with_for_update()
         )
-        if pending is None or pending.used_at is not None:
-            raise BadRequest("unknown or already used OAuth2 state; start the authorization again")
-        if pending.expires_at <= now:
-            raise BadRequest("this OAuth2 authorization expired (10 minutes); start it again")
+        if pending is None:
+            raise CallbackRejected(
+                "unknown or already used OAuth2 state; start the authorization again"
+            )
         row = db.get(EmailServer, pending.server_id, with_for_update=True)
         if row is None or row.tenant_id != pending.tenant_id:
-            raise BadRequest("the e-mail server of this authorization no longer exists")
+            raise CallbackRejected("the e-mail server of this authorization no longer exists")
         tenant = db.get(Tenant, row.tenant_id) if row.tenant_id is not None else None
-        tenant_name = tenant.name if tenant else ""
+        where = (tenant.name if tenant else "", row.name)
+        if pending.used_at is not None:
+            raise CallbackRejected(
+                "unknown or already used OAuth2 state; start the authorization again", where
+            )
+        if pending.expires_at <= now:
+            raise CallbackRejected(
+                "this OAuth2 authorization expired (10 minutes); start it again", where
+            )
+        tenant_name = where[0]
         pending.used_at = now
 
         def result(ok: bool, message: str) -> CallbackResult:
@@ -213,7 +232,12 @@ class OAuth2AuthorizationFlow:
 def ui_redirect(result: CallbackResult) -> str:
     """Where the browser goes after the callback (the server's page in the web UI)."""
     outcome = {"oauth2": "ok" if result.ok else "error", "message": result.message}
-    if not result.tenant:  # the system e-mail server
-        return f"/ui/system-email-server?{urlencode(outcome)}"
-    query = urlencode({"tenant": result.tenant, **outcome})
-    return f"/ui/email-servers/{quote(result.server, safe='')}?{query}"
+    return server_page(result.tenant, result.server, outcome)
+
+
+def server_page(tenant: str, server: str, query: dict[str, str] | None = None) -> str:
+    """The web UI page of a configuration (tenant "" is the system e-mail server)."""
+    if not tenant:
+        return "/ui/system-email-server" + (f"?{urlencode(query)}" if query else "")
+    q = urlencode({"tenant": tenant, **(query or {})})
+    return f"/ui/email-servers/{quote(server, safe='')}?{q}"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from mailgate.domain.access import Perm
+from mailgate.entrypoints import web
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.out.email_server import EmailServerOut
 from mailgate.schemas.out.oauth2 import AuthorizationUrlOut
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME
-from mailgate.services.oauth2.authorization import ui_redirect
+from mailgate.services.oauth2.authorization import CallbackRejected, server_page, ui_redirect
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(tags=["oauth2"])
@@ -79,6 +80,7 @@ def system_forget(caller: Caller, db: DB, c: AppContainer) -> Response:
 
 @router.get("/settings/oauth2code", response_class=RedirectResponse, status_code=303)
 def callback(
+    request: Request,
     db: DB,
     c: AppContainer,
     state: str | None = None,
@@ -88,7 +90,20 @@ def callback(
 ) -> RedirectResponse:
     """The redirect URI. ``state`` is the credential here: the browser arrives from the
     provider, and an unknown, used or expired state is a ``400`` that stores nothing."""
-    result = c.oauth2.authorization.complete(
-        db, state=state, code=code, error=error, error_description=error_description
-    )
+    try:
+        result = c.oauth2.authorization.complete(
+            db, state=state, code=code, error=error, error_description=error_description
+        )
+    except CallbackRejected as exc:
+        # A person arrives here from the provider: a page, not problem JSON (scripts that
+        # ask for JSON still get the problem document).
+        if "text/html" not in request.headers.get("accept", ""):
+            raise
+        back = server_page(*exc.server) if exc.server else "/ui/email-servers"
+        label = (
+            ("the system e-mail server" if not exc.server[0] else f"e-mail server {exc.server[1]}")
+            if exc.server
+            else "your e-mail servers"
+        )
+        return web.oauth2_callback_failed(request, exc.detail, back, label)
     return RedirectResponse(ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)
