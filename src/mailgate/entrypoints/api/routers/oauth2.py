@@ -87,7 +87,7 @@ def callback(
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
-) -> RedirectResponse:
+) -> Response:
     """The redirect URI. ``state`` is the credential here: the browser arrives from the
     provider, and an unknown, used or expired state is a ``400`` that stores nothing."""
     try:
