@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from tests.conftest import make_settings
 from tests.e2e.outbox_helpers import Rig, rig
+from tests.e2e.test_event_outbox import add_endpoint, events_of
 from tests.smtp_fixtures import SmtpServer, SmtpServers
 
 from mailgate.adapters.db.tables import EmailServer, Message, ServerDelivery
 from mailgate.bootstrap import build
 from mailgate.entrypoints.worker import Worker
+from mailgate.services.oauth2.alerts import OAuth2Alerts
 
 QUOTA = (
     "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
@@ -121,3 +124,85 @@ def test_a_throttling_reply_backs_off_and_does_not_touch_other_configurations(
         state = _state(r, "SLOW")
         assert state is not None and state.pauses == 2
         assert state.paused_until == r.clock.now + timedelta(seconds=120)
+
+
+class _Mailer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+
+    def send_system_mail(self, to: str, subject: str, text: str) -> None:
+        self.sent.append((to, subject, text))
+
+
+def _server_view(r: Rig, name: str = "DEFAULT") -> dict[str, Any]:
+    got = r.api.request("GET", f"/api/v1/tenants/home/email-servers/{name}", r.admin)
+    assert got.status_code == 200, got.text
+    view: dict[str, Any] = got.json()
+    return view
+
+
+def test_the_pause_shows_on_the_server_tells_the_admins_and_resume_ends_it(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    server = smtp_servers.start()
+    with rig(tmp_path, database_url) as r:
+        r.add_server(server.config())
+        assert _server_view(r)["delivery"] == {
+            "state": "active",
+            "paused_until": None,
+            "reason": None,
+            "last_reply": None,
+        }
+        made = r.api.request(
+            "POST",
+            "/api/v1/users",
+            r.admin,
+            json={
+                "username": "ann",
+                "email": "ann@example.com",
+                "password": "pw-ann-long-enough-1",
+                "roles": {"home": "admin"},
+            },
+        )
+        assert made.status_code == 201, made.text
+        hook = add_endpoint(r, ["server.paused"])
+        ids = [r.send(to=[f"u{i}@example.org"]) for i in range(4)]
+        server.fail("MAIL", "550 5.4.5 Daily user sending limit exceeded. - gsmtp", times=None)
+        r.run_once()
+
+        delivery = _server_view(r)["delivery"]
+        assert delivery["state"] == "paused"
+        assert delivery["paused_until"] == (r.clock.now + timedelta(hours=1)).isoformat().replace(
+            "+00:00", "Z"
+        )
+        assert "quota" in delivery["reason"] and "5.4.5" in delivery["last_reply"]
+        # The list shows it too (the UI's badge reads it there).
+        listed = r.api.request("GET", "/api/v1/tenants/home/email-servers", r.admin).json()
+        assert [s["delivery"]["state"] for s in listed["items"]] == ["paused"]
+
+        (event,) = events_of(r, hook)
+        assert event.type == "server.paused"
+        assert event.payload["data"]["server"] == "DEFAULT"
+        assert event.payload["data"]["kind"] == "quota"
+
+        mailer = _Mailer()
+        alerts = OAuth2Alerts(
+            sessions=r.c.sessions, mailer=mailer, clock=r.clock, public_base_url="http://x"
+        )
+        assert alerts.send_due() == 1
+        ((to, subject, text),) = mailer.sent
+        assert to == "ann@example.com" and "paused" in subject and "5.4.5" in text
+        assert alerts.send_due() == 0  # once
+
+        # An admin resumes (servers:write, see the access matrix), and the mail goes at once.
+        server.faults.clear()
+        resumed = r.api.request(
+            "POST", "/api/v1/tenants/home/email-servers/DEFAULT/resume", r.admin
+        )
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.json()["delivery"]["state"] == "active"
+        assert resumed.json()["delivery"]["last_reply"].startswith("550")
+        assert r.run_once() == 4
+        assert _statuses(r, ids) == {"sent": 4}
+        again = r.api.request("POST", "/api/v1/tenants/home/email-servers/DEFAULT/resume", r.admin)
+        assert again.status_code == 200 and again.json()["delivery"]["state"] == "active"

@@ -89,6 +89,14 @@ CASES = [
     Case("is_default not bool", "POST", SERVERS, 422, "is_default", json=srv(is_default=[1])),
     Case("unknown protocol", "POST", SERVERS, 422, "protocol", json=srv(protocol="ftp")),
     Case("unknown starttls", "POST", SERVERS, 422, "starttls", json=srv(starttls="maybe")),
+    # Provider pauses (README "Provider limits, pauses and fairness")
+    Case("resume an unknown server", "POST", SERVERS + "/none/resume", 404),
+    Case(
+        "resume on another tenant",
+        "POST",
+        "/api/v1/tenants/no-such-tenant/email-servers/main/resume",
+        404,
+    ),
     # Delivery transports (README "Delivery transports")
     Case("unknown transport", "POST", SERVERS, 422, "transport", json=srv(transport="sendgrid")),
     Case(

@@ -48,6 +48,7 @@ _READ_ONLY = {
     "client_key_set",
     "oauth2_status",
     "secrets_error",
+    "delivery",
 }
 MAX_PEM = 64 * 1024
 

@@ -12,9 +12,16 @@ import logging
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Text, bindparam, cast, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from mailgate.adapters.db.tables import EmailServer, RemoteClient, SystemSetting, Tenant
+from mailgate.adapters.db.pauses import resume as resume_delivery
+from mailgate.adapters.db.tables import (
+    EmailServer,
+    RemoteClient,
+    ServerDelivery,
+    SystemSetting,
+    Tenant,
+)
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import (
     Conflict,
@@ -228,6 +235,7 @@ class EmailServers:
                 "last_error": row.oauth2_last_error,
                 "warning": row.oauth2_warning,
             }
+        out["delivery"] = self._delivery(row)
         out["created_at"] = isoformat(row.created_at)
         out["updated_at"] = isoformat(row.updated_at)
         if row.tenant_id is None:
@@ -235,6 +243,31 @@ class EmailServers:
             out.pop("is_default")
             out.pop("remote_output", None)
         return out
+
+    @staticmethod
+    def _delivery(row: EmailServer) -> dict[str, Any]:
+        """Whether the configuration delivers or its provider paused it (README "Provider
+        limits, pauses and fairness"); a paused one whose time has passed waits for its probe."""
+        db = object_session(row)
+        state = db.get(ServerDelivery, row.id) if db is not None and row.id is not None else None
+        if state is None or state.paused_until is None:
+            return {
+                "state": "active",
+                "paused_until": None,
+                "reason": None,
+                "last_reply": state.last_reply if state is not None else None,
+            }
+        return {
+            "state": "paused",
+            "paused_until": isoformat(state.paused_until),
+            "reason": state.pause_reason,
+            "last_reply": state.last_reply,
+        }
+
+    def resume(self, db: Session, row: EmailServer) -> bool:
+        """End the configuration's pause now; its waiting mail is due at once. ``False``: it
+        was not paused."""
+        return resume_delivery(db.connection(), row.id, self.clock())
 
     # ---- writing ---------------------------------------------------------------------------
 

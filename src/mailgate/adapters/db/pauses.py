@@ -18,15 +18,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from mailgate.adapters.db.tables import Message, ServerDelivery, table_of
+from mailgate.adapters.db.events import emit
+from mailgate.adapters.db.tables import (
+    EmailServer,
+    Membership,
+    Message,
+    OAuth2Notice,
+    ServerDelivery,
+    User,
+    table_of,
+)
+from mailgate.domain.access import Role
 from mailgate.domain.delivery import Claimed
+from mailgate.domain.events import EventType
 from mailgate.domain.messages import AttemptResult, Status, describe
 from mailgate.domain.pauses import PausePolicy, PauseSignal, describe_pause
 
 _STATE = table_of(ServerDelivery)
+NOTICE_PAUSED = "paused"
+"""``oauth2_notices.kind`` of a pause notice (``services/oauth2/alerts.py`` sends them)."""
 _WAITING = (Status.QUEUED.value, Status.SCHEDULED.value, Status.DEFERRED.value)
 _READY = (*_WAITING, Status.SENDING.value)
 
@@ -180,9 +193,67 @@ def record_pauses(
                 "probe_message_id": None,
             }
             _upsert(conn, sid, values)
-            began.append(NewPause(sid, until, signal.kind.value, describe_pause(signal), reply))
+            pause = NewPause(sid, until, signal.kind.value, describe_pause(signal), reply)
+            began.append(pause)
+            _tell(conn, pause, first=pauses == 1, now=now)
         _hold_back(conn, sid, until)
     return began
+
+
+def _tell(conn: Connection, pause: NewPause, *, first: bool, now: datetime) -> None:
+    """The ``server.paused`` webhook event of every pause, and - for the first of a series,
+    so that a quota that lasts a day is one notice, not 24 - a notice to each admin of the
+    tenant (sent by ``services/oauth2/alerts.py`` through the system e-mail server)."""
+    server = conn.execute(
+        select(EmailServer.tenant_id, EmailServer.name).where(EmailServer.id == pause.server_id)
+    ).first()
+    if server is None or server.tenant_id is None:
+        return  # the system e-mail server: no tenant to tell
+    emit(
+        conn,
+        server.tenant_id,
+        EventType.SERVER_PAUSED,
+        {
+            "server": server.name,
+            "paused_until": pause.until.isoformat().replace("+00:00", "Z"),
+            "kind": pause.kind,
+            "reason": pause.reason,
+            "last_reply": pause.last_reply[:2000],
+        },
+        now=now,
+    )
+    if not first:
+        return
+    conn.execute(
+        delete(OAuth2Notice).where(
+            OAuth2Notice.server_id == pause.server_id, OAuth2Notice.kind == NOTICE_PAUSED
+        )
+    )
+    admins = conn.execute(
+        select(User.email)
+        .join(Membership, Membership.user_id == User.id)
+        .where(
+            Membership.tenant_id == server.tenant_id,
+            Membership.role == Role.ADMIN.value,
+            User.email.is_not(None),
+        )
+        .order_by(User.username)
+    ).scalars()
+    reason = f"{pause.reason}: {pause.last_reply}"[:2000]
+    rows = [
+        {
+            "server_id": pause.server_id,
+            "recipient": str(address),
+            "reason": reason,
+            "created_at": now,
+            "next_try_at": now,
+            "attempts": 0,
+            "kind": NOTICE_PAUSED,
+        }
+        for address in admins
+    ]
+    if rows:
+        conn.execute(insert(OAuth2Notice), rows)
 
 
 def resume(conn: Connection, server_id: int, now: datetime) -> bool:

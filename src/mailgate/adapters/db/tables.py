@@ -197,6 +197,9 @@ class OAuth2Notice(Base):
     next_try_at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="oauth2", server_default="oauth2")
+    """``oauth2`` (the authorization broke) or ``paused`` (the provider's quota or throttling
+    paused the configuration, ``server_delivery``)."""
 
 
 class Message(Base):

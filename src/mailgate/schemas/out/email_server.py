@@ -90,6 +90,18 @@ class OAuth2StatusOut(OutModel):
     warning: str | None
 
 
+class DeliveryOut(OutModel):
+    """Whether mail goes out, or the provider paused the configuration (README "Provider
+    limits, pauses and fairness")."""
+
+    state: Literal["active", "paused"]
+    paused_until: Timestamp | None = Field(
+        description="when one probe message tries again (paused only)"
+    )
+    reason: str | None = Field(description="why it is paused (paused only)")
+    last_reply: str | None = Field(description="the provider's answer that paused it last")
+
+
 class EmailServerOut(OutModel):
     """A tenant's configuration, or the system e-mail server (which has no name, is_default
     or remote_output)."""
@@ -116,6 +128,7 @@ class EmailServerOut(OutModel):
     oauth2_status: OAuth2StatusOut | SkipJsonSchema[None] = sometimes(
         "only with authentication method oauth2"
     )
+    delivery: DeliveryOut
     created_at: Timestamp
     updated_at: Timestamp
 

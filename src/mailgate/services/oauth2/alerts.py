@@ -1,4 +1,6 @@
-"""Notices to a tenant's admins when the OAuth2 authorization of one of its e-mail servers breaks.
+"""Notices to a tenant's admins when the OAuth2 authorization of one of its e-mail servers breaks,
+or when its provider's quota or throttling answer pauses it (``kind`` ``paused``, written by
+``adapters/db/pauses.py`` with the pause, dropped when the pause ended before it went out).
 
 The token service calls ``record_incident`` in the transaction that moves a configuration to
 ``needs_reauthorization`` or ``error``: one ``oauth2_notices`` row per admin of the tenant with
@@ -22,7 +24,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db.events import emit
-from mailgate.adapters.db.tables import EmailServer, Membership, OAuth2Notice, Tenant, User
+from mailgate.adapters.db.pauses import NOTICE_PAUSED
+from mailgate.adapters.db.tables import (
+    EmailServer,
+    Membership,
+    OAuth2Notice,
+    ServerDelivery,
+    Tenant,
+    User,
+)
 from mailgate.domain.access import Role
 from mailgate.domain.clock import Clock
 from mailgate.domain.events import EventType
@@ -37,6 +47,7 @@ NOTICE_GIVE_UP = timedelta(days=2)
 CLAIM_LEASE = timedelta(minutes=10)
 _BATCH = 100
 _FAILING = (OAuth2State.NEEDS_REAUTHORIZATION.value, OAuth2State.ERROR.value)
+NOTICE_OAUTH2 = "oauth2"
 
 
 def record_incident(db: Session, row: EmailServer, reason: str, now: datetime) -> int:
@@ -53,7 +64,11 @@ def record_incident(db: Session, row: EmailServer, reason: str, now: datetime) -
         now=now,
     )
     # A new incident replaces the notices of an earlier one that are still waiting.
-    db.execute(delete(OAuth2Notice).where(OAuth2Notice.server_id == row.id))
+    db.execute(
+        delete(OAuth2Notice).where(
+            OAuth2Notice.server_id == row.id, OAuth2Notice.kind == NOTICE_OAUTH2
+        )
+    )
     admins = list(
         db.scalars(
             select(User.email)
@@ -128,17 +143,23 @@ class OAuth2Alerts:
         mails: list[_Mail] = []
         with self.sessions() as db, db.begin():
             rows = db.execute(
-                select(OAuth2Notice, EmailServer, Tenant)
+                select(OAuth2Notice, EmailServer, Tenant, ServerDelivery.paused_until)
                 .join(EmailServer, EmailServer.id == OAuth2Notice.server_id)
                 .join(Tenant, Tenant.id == EmailServer.tenant_id)
+                .outerjoin(ServerDelivery, ServerDelivery.server_id == EmailServer.id)
                 .where(OAuth2Notice.next_try_at <= now)
                 .order_by(OAuth2Notice.id)
                 .limit(_BATCH)
                 .with_for_update(of=OAuth2Notice, skip_locked=True)
             ).all()
-            for notice, server, tenant in rows:
-                if server.oauth2_state not in _FAILING:
-                    db.delete(notice)  # authorized again, or forgotten, before it went out
+            for notice, server, tenant, paused_until in rows:
+                paused = notice.kind == NOTICE_PAUSED
+                if (paused and paused_until is None) or (
+                    not paused and server.oauth2_state not in _FAILING
+                ):
+                    # Working again (authorized again, resumed, the probe went through), or
+                    # forgotten, before the notice went out.
+                    db.delete(notice)
                     continue
                 if notice.created_at + NOTICE_GIVE_UP <= now:
                     log.warning(
@@ -150,7 +171,8 @@ class OAuth2Alerts:
                     continue
                 notice.attempts += 1
                 notice.next_try_at = now + CLAIM_LEASE
-                subject, text = self._compose(tenant.name, server.name, notice.reason)
+                compose = self._compose_pause if paused else self._compose
+                subject, text = compose(tenant.name, server.name, notice.reason)
                 mails.append(_Mail(notice.id, notice.attempts, notice.recipient, subject, text))
         return mails
 
@@ -165,6 +187,23 @@ class OAuth2Alerts:
             f"{tenant!r} no longer works:\n\n    {reason}\n\n"
             "Mail for this server waits in the queue; nothing is lost. Open the server's "
             f"page and authorize it again:\n\n    {link}\n"
+        )
+        return subject, text
+
+    def _compose_pause(self, tenant: str, server: str, reason: str) -> tuple[str, str]:
+        link = (
+            f"{self.public_base_url}/ui/email-servers/{quote(server, safe='')}"
+            f"?tenant={quote(tenant)}"
+        )
+        subject = f"mailgate: e-mail server {server} of {tenant} is paused"
+        text = (
+            f"The provider of the e-mail server {server!r} in tenant {tenant!r} asked "
+            f"mailgate to wait:\n\n    {reason}\n\n"
+            "Its mail waits in the queue; nothing is lost. When the pause is over, one message "
+            "tries again, and if it goes through the rest follows. If the provider's sending "
+            "limits are lower than this server's traffic, raise them or lower the server's "
+            "limits (limits.messages_per_minute, limits.recipients_per_day). The server's page "
+            f"shows the pause and can end it now (Resume):\n\n    {link}\n"
         )
         return subject, text
 

@@ -72,5 +72,17 @@ def delete_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContaine
     c.servers.delete(db, c.servers.get(db, t.id, name))
 
 
+@router.post("/{name}/resume")
+def resume_server(
+    tenant: str, name: str, caller: Caller, db: DB, c: AppContainer
+) -> EmailServerOut:
+    """End a pause the provider's quota or throttling answer began, now: the waiting mail is
+    due at once (README "Provider limits, pauses and fairness"). Not paused: nothing changes."""
+    t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
+    row = c.servers.get(db, t.id, name)
+    c.servers.resume(db, row)
+    return _out(c, row)
+
+
 def _out(c: Container, row: EmailServer) -> EmailServerOut:
     return EmailServerOut.model_validate(c.servers.view(row))
