@@ -31,6 +31,7 @@ from mailgate.adapters.http_api.graph import GraphApi
 from mailgate.adapters.http_api.transport import ApiTransport, MailApi
 from mailgate.adapters.metrics import Metrics
 from mailgate.adapters.oauth2 import OAuth2Http
+from mailgate.adapters.outbound import PolicySource
 from mailgate.adapters.passphrase import ScryptEnvelope
 from mailgate.adapters.remote.delivery import RemoteTransport
 from mailgate.adapters.remote.hub import RemoteHub
@@ -172,7 +173,15 @@ def build(
         remote=RemoteTransport(hub, settings.remote_job_timeout_s),
     )
     oauth2, system_mailer = _oauth2(
-        settings, sessions, servers, box, clock, metrics, transports, system_mailer
+        settings,
+        sessions,
+        servers,
+        box,
+        clock,
+        metrics,
+        transports,
+        system_mailer,
+        outbound_policy,
     )
     wakeup = notify.Wakeup()
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
@@ -254,11 +263,12 @@ def _oauth2(
     metrics: Metrics,
     transport: Transport,
     system_mailer: SystemMailer | None,
+    outbound_policy: PolicySource,
 ) -> tuple[OAuth2, SystemMailer]:
     """The OAuth2 services and the system mailer, in dependency order. The system mailer needs
     tokens (of the system server); the alerts need the mailer; the token service records
     incidents and never sends mail itself, so nothing here is circular."""
-    endpoint = OAuth2Http(settings.oauth_ca_bundle)
+    endpoint = OAuth2Http(settings.oauth_ca_bundle, settings.oauth_timeout_s, outbound_policy)
     providers = ProviderSettings(
         microsoft_authority=settings.oauth_microsoft_authority,
         google_authorize_url=settings.oauth_google_authorize_url,
@@ -275,6 +285,7 @@ def _oauth2(
         providers=providers,
         clock=clock,
         on_token_request=count,
+        request_deadline_s=settings.oauth_timeout_s,
     )
     if system_mailer is None:
         # Its own token providers carry no alerts: the system server has no tenant admins.

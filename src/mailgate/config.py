@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     oauth_microsoft_authority: str = "https://login.microsoftonline.com"
     oauth_google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     oauth_google_token_url: str = "https://oauth2.googleapis.com/token"
+    oauth_timeout_s: float = Field(default=30, gt=0, le=300)
+    """Total deadline of one token endpoint request (connect to last byte): an endpoint
+    that drips its answer is cut off then."""
     oauth_ca_bundle: Path | None = None
     """Extra CA file trusted for token endpoints and the mail APIs (tests, corporate
     proxies)."""

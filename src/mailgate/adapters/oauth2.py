@@ -25,29 +25,48 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.integrations.httpx_client import OAuth2Client
 
+from mailgate.adapters.outbound import (
+    DEADLINE_PASSED,
+    PolicySource,
+    denied_reason,
+    guarded_transport,
+)
 from mailgate.domain.oauth2 import EndpointUnreachable, TokenRefused, TokenSet
 from mailgate.domain.oauth2_providers import Endpoints
+from mailgate.domain.outbound import OutboundPolicy
 
 
 class OAuth2Http:
     """Talks to token endpoints through Authlib (implements ``ports.TokenEndpoint``).
-    One instance per process is enough."""
+    One instance per process is enough.
 
-    def __init__(self, ca_bundle: Path | None = None, timeout_s: float = 30.0) -> None:
+    ``timeout_s`` is the *total* deadline of one token request (connect, TLS, sending,
+    every byte of the answer): a tenant's endpoint that drips its answer is cut off then.
+    Connections go only to addresses the outbound ``policy`` allows."""
+
+    def __init__(
+        self,
+        ca_bundle: Path | None = None,
+        timeout_s: float = 30.0,
+        policy: PolicySource = OutboundPolicy,
+    ) -> None:
         self._verify = ssl.create_default_context(cafile=certifi.where())
         if ca_bundle is not None:
             self._verify.load_verify_locations(cafile=str(ca_bundle))
         self._timeout = timeout_s
+        self._policy = policy
 
     def _client(self, client_id: str, client_secret: str | None, **kw: Any) -> OAuth2Client:
+        """A client for one exchange: its deadline starts now."""
         return OAuth2Client(
             client_id=client_id,
             client_secret=client_secret,
             # Both Microsoft and Google document the secret in the form body.
             token_endpoint_auth_method="client_secret_post",
             code_challenge_method="S256",
-            verify=self._verify,
+            transport=guarded_transport(self._verify, self._policy, total_s=self._timeout),
             timeout=self._timeout,
+            follow_redirects=False,
             **kw,
         )
 
@@ -122,8 +141,7 @@ class OAuth2Http:
                 now, client.fetch_token, ep.token_url, grant_type="client_credentials"
             )
 
-    @staticmethod
-    def _call(now: datetime, fn: Any, *args: Any, **kwargs: Any) -> TokenSet:
+    def _call(self, now: datetime, fn: Any, *args: Any, **kwargs: Any) -> TokenSet:
         try:
             answer = fn(*args, **kwargs)
         except OAuthError as exc:
@@ -132,6 +150,13 @@ class OAuth2Http:
             status = exc.response.status_code
             raise EndpointUnreachable(f"the token endpoint answered HTTP {status}") from None
         except httpx.HTTPError as exc:
+            if (reason := denied_reason(exc)) is not None:
+                raise EndpointUnreachable(f"the token endpoint is not allowed: {reason}") from None
+            if DEADLINE_PASSED in str(exc):
+                raise EndpointUnreachable(
+                    f"the token endpoint sent no complete answer within {self._timeout:g} s "
+                    "(the total deadline, MAILGATE_OAUTH_TIMEOUT_S)"
+                ) from None
             raise EndpointUnreachable(
                 f"the token endpoint is unreachable ({type(exc).__name__}: {exc})"
             ) from None

@@ -107,12 +107,15 @@ def resolve_allowed_sync(
 # ---- httpcore network backends: the policy (and a deadline) inside httpx ----------------------
 
 
+DEADLINE_PASSED = "no complete answer within the total deadline"
+
+
 def _remaining(deadline: float | None, timeout: float | None) -> float | None:
     if deadline is None:
         return timeout
     left = deadline - time.monotonic()
     if left <= 0:
-        raise httpcore.ReadTimeout("the request took longer than its total deadline")
+        raise httpcore.ReadTimeout(DEADLINE_PASSED)
     return left if timeout is None else min(timeout, left)
 
 
@@ -124,10 +127,20 @@ class _DeadlineStream(httpcore.NetworkStream):
         self.deadline = deadline
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.inner.read(max_bytes, _remaining(self.deadline, timeout))
+        try:
+            return self.inner.read(max_bytes, _remaining(self.deadline, timeout))
+        except httpcore.ReadTimeout:
+            if time.monotonic() >= self.deadline:
+                raise httpcore.ReadTimeout(DEADLINE_PASSED) from None
+            raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _remaining(self.deadline, timeout))
+        try:
+            self.inner.write(buffer, _remaining(self.deadline, timeout))
+        except httpcore.WriteTimeout:
+            if time.monotonic() >= self.deadline:
+                raise httpcore.WriteTimeout(DEADLINE_PASSED) from None
+            raise
 
     def close(self) -> None:
         self.inner.close()

@@ -53,6 +53,11 @@ class NeedsAuthorization(TokenUnavailable):
     title = "OAuth2 authorization needed"
 
 
+REFRESH_CLAIM = "refresh_claim"
+"""Among a configuration's stored tokens while a process refreshes them:
+``{"id": ..., "until": ...}`` (``services.oauth2.tokens.OAuth2Tokens.refresh_locked``)."""
+
+
 class TokenEndpointDown(TokenUnavailable):
     status = 503
     title = "Token endpoint unavailable"

@@ -172,18 +172,28 @@ class Identity:
     ) -> tuple[str, User, AuthSession]:
         """Returns (token, user, session). Raises ``Unauthenticated`` or ``Throttled``.
 
-        The caller must commit even on failure, so that the failure counter is kept.
+        The caller must commit even on failure, so that the failure counter is kept. The
+        password is checked between two transactions: Argon2 is slow on purpose (tens of
+        milliseconds, many MiB), and on SQLite an open transaction holds the one write lock,
+        so hashing inside one made every other tenant's request wait for sign-ins.
         """
         key = self._throttle_key(username, client)
         self._check_throttle(db, key)
         user = db.scalar(select(User).where(User.username == username))
-        if not verify_password(user, password, self.hasher):
+        db.commit()  # no transaction (no write lock) while hashing
+        valid = verify_password(user, password, self.hasher)
+        rehashed = None
+        if valid and user is not None and self.hasher.check_needs_rehash(user.password_hash):
+            rehashed = hash_password(password, self.hasher)
+        if not valid:
             self._record_failure(db, key)
             raise Unauthenticated("wrong user name or password")
         assert user is not None
+        # Guesses that failed while this one was hashed count too.
+        self._check_throttle(db, key)
         db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
-        if self.hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = hash_password(password, self.hasher)
+        if rehashed is not None:
+            user.password_hash = rehashed
         token = new_token(SESSION_PREFIX)
         now = self.clock()
         sess = AuthSession(
@@ -271,15 +281,18 @@ class Identity:
         email: str | None = None,
         roles: dict[str, str] | None = None,
         system_admin: bool = False,
+        password_hash: str | None = None,
     ) -> User:
-        check_password_strength(password)
+        """``password_hash``: from ``hash_new_password``, hashed before this transaction."""
+        if password_hash is None:
+            check_password_strength(password)
         if db.scalar(select(User.id).where(User.username == username)) is not None:
             raise Conflict(f"user {username!r} exists already")
         now = self.clock()
         user = User(
             username=username,
             email=email,
-            password_hash=hash_password(password, self.hasher),
+            password_hash=password_hash or hash_password(password, self.hasher),
             system_admin=system_admin,
             created_at=now,
             updated_at=now,
@@ -323,9 +336,23 @@ class Identity:
             "created_at": isoformat(user.created_at),
         }
 
-    def set_password(self, db: Session, user: User, password: str) -> None:
-        check_password_strength(password)
-        user.password_hash = hash_password(password, self.hasher)
+    def hash_new_password(self, db: Session, password: str, field: str = "password") -> str:
+        """Check the strength and hash ``password`` outside a transaction: ``db``'s open
+        transaction, which may only have read, ends first (on SQLite it holds the write lock,
+        and Argon2 is slow on purpose)."""
+        check_password_strength(password, field)
+        if not (db.new or db.dirty or db.deleted):
+            db.commit()
+        return hash_password(password, self.hasher)
+
+    def set_password(
+        self, db: Session, user: User, password: str, *, password_hash: str | None = None
+    ) -> None:
+        """``password_hash``: from ``hash_new_password``, hashed before this transaction."""
+        if password_hash is None:
+            check_password_strength(password)
+            password_hash = hash_password(password, self.hasher)
+        user.password_hash = password_hash
         user.updated_at = self.clock()
         # A new password ends every existing session of that user.
         db.execute(delete(AuthSession).where(AuthSession.user_id == user.id))

@@ -61,7 +61,12 @@ def confirm_reset(db: Session, clock: Clock, identity: Identity, token: str, pas
     user = db.get(User, row.user_id)
     if user is None:
         raise ValidationFailed.one("token", INVALID)
-    identity.set_password(db, user, password)  # also ends the user's sessions
+    # Hashed between two transactions; the token is checked again in the second.
+    password_hash = identity.hash_new_password(db, password)
+    row = db.get(PasswordReset, token_hash(token), populate_existing=True)
+    if row is None or row.used_at is not None:
+        raise ValidationFailed.one("token", INVALID)
+    identity.set_password(db, user, password, password_hash=password_hash)  # ends sessions
     db.execute(
         update(PasswordReset)
         .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))

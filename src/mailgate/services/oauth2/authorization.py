@@ -10,6 +10,7 @@ the state whatever the outcome; an unknown, used or expired one changes nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ class CallbackRejected(BadRequest):
     def __init__(self, detail: str, server: tuple[str, str] | None = None) -> None:
         super().__init__(detail)
         self.server = server
+
+
+def _authorized_as(row: EmailServer) -> str:
+    """What an authorization is for: the transport and the OAuth2 settings (the app, the
+    endpoints, the account). Tokens from a flow started for other values are not kept."""
+    return json.dumps(
+        [row.config.get("transport"), row.config.get("authentication")], sort_keys=True
+    )
 
 
 def _state_hash(state: str) -> str:
@@ -141,7 +150,12 @@ class OAuth2AuthorizationFlow:
         error_description: str | None,
     ) -> CallbackResult:
         """The redirect target. An unknown, used or expired ``state`` raises ``BadRequest``
-        before anything is written; otherwise the state is spent whatever the outcome."""
+        before anything is written; otherwise the state is spent whatever the outcome.
+
+        Three steps, so that no transaction is open while the token endpoint (the tenant's
+        choice of URL) is waited for: spend the state and read what the exchange needs
+        (committed), exchange the code, store the tokens if the configuration is still
+        the one that was authorized."""
         now = self.clock()
         if not state:
             raise CallbackRejected("the OAuth2 callback has no state parameter")
@@ -168,10 +182,11 @@ class OAuth2AuthorizationFlow:
                 "this OAuth2 authorization expired (10 minutes); start it again", where
             )
         tenant_name = where[0]
+        server_name = row.name
         pending.used_at = now
 
         def result(ok: bool, message: str) -> CallbackResult:
-            return CallbackResult(tenant_name, row.name, ok, message)
+            return CallbackResult(tenant_name, server_name, ok, message)
 
         if error:
             # RFC 6749 section 4.1.2.1: the provider reports refusals to the redirect URI.
@@ -184,36 +199,65 @@ class OAuth2AuthorizationFlow:
             pending.code_verifier_enc, _verifier_context(pending.state_hash)
         )
         try:
+            secret = client_secret_of(self.servers, row)
+        except NeedsAuthorization as exc:
+            row.oauth2_last_error = str(exc)
+            return result(False, f"the code exchange failed: {exc}")
+        endpoints = endpoints_of(self.providers, row)
+        redirect_uri = pending.redirect_uri
+        authorized = _authorized_as(row)
+        server_id = row.id
+        db.commit()  # the state is spent; nothing is locked while the endpoint answers
+
+        try:
             tokens = self.endpoint.exchange_code(
-                endpoints_of(self.providers, row),
+                endpoints,
                 client_id=auth["client_id"],
-                client_secret=client_secret_of(self.servers, row),
-                redirect_uri=pending.redirect_uri,
+                client_secret=secret,
+                redirect_uri=redirect_uri,
                 code=code,
                 code_verifier=verifier.decode(),
                 now=now,
             )
-        except (TokenRefused, EndpointUnreachable, NeedsAuthorization) as exc:
-            if not isinstance(exc, NeedsAuthorization):
-                self._count("refused" if isinstance(exc, TokenRefused) else "unavailable")
+        except (TokenRefused, EndpointUnreachable) as exc:
+            self._count("refused" if isinstance(exc, TokenRefused) else "unavailable")
             text = exc.description if isinstance(exc, TokenRefused) else str(exc)
-            row.oauth2_last_error = str(exc)
+            self._record_error(db, server_id, authorized, str(exc))
             return result(False, f"the code exchange failed: {text}")
         if tokens.refresh_token is None:
-            row.oauth2_last_error = "the provider returned no refresh token"
+            self._record_error(db, server_id, authorized, "the provider returned no refresh token")
             return result(
                 False,
                 "the provider returned no refresh token (Microsoft: add the offline_access "
                 "scope; Google: access_type=offline and prompt=consent)",
             )
         self._count("ok")
-        store_token_set(self.servers, row, tokens, now, previous={})
+        row = self._still_authorized(db, server_id, authorized)
+        if row is None:
+            return result(
+                False,
+                "the configuration was changed or deleted during the authorization; start it again",
+            )
+        store_token_set(self.servers, row, tokens, self.clock(), previous={})
         log.info("oauth2: server %s authorized", row.id)
         how = {
             "microsoft_graph": "through Microsoft Graph",
             "gmail_api": "through the Gmail API",
         }.get(str(row.config.get("transport")), "with XOAUTH2")
         return result(True, f"authorized: mail is sent {how} from now on")
+
+    @staticmethod
+    def _still_authorized(db: Session, server_id: int, authorized: str) -> EmailServer | None:
+        """The configuration, locked, if it still is what was authorized."""
+        row = db.get(EmailServer, server_id, with_for_update=True, populate_existing=True)
+        if row is None or _authorized_as(row) != authorized:
+            return None
+        return row
+
+    def _record_error(self, db: Session, server_id: int, authorized: str, text: str) -> None:
+        row = self._still_authorized(db, server_id, authorized)
+        if row is not None:
+            row.oauth2_last_error = text
 
     def forget(self, db: Session, row: EmailServer) -> None:
         """Forget the tokens (DELETE .../oauth2). The consent at the provider stays."""

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -26,6 +29,7 @@ from mailgate.adapters.db.tables import EmailServer
 from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict
 from mailgate.domain.oauth2 import (
+    REFRESH_CLAIM,
     EndpointUnreachable,
     NeedsAuthorization,
     OAuth2State,
@@ -70,6 +74,31 @@ class TokenInfo:
 class _Outcome:
     token: TokenInfo | None = None
     error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class _Busy:
+    """Another process holds the refresh claim."""
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """This caller holds the refresh claim: what the token request needs."""
+
+    claim_id: str
+    endpoints: Endpoints
+    client_id: str
+    client_secret: str
+    refresh_token: str | None
+    """``None``: the client credentials grant."""
+    now: datetime
+
+
+def _claim_until(claim: dict[str, Any]) -> datetime:
+    try:
+        return datetime.fromisoformat(str(claim.get("until")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 # ---- a configuration's OAuth2 settings (shared with the authorization flow) ------------------
@@ -165,13 +194,20 @@ class OAuth2Tokens:
         providers: ProviderSettings,
         clock: Clock,
         on_token_request: TokenRequestCounter | None = None,
+        request_deadline_s: float = 30.0,
     ) -> None:
+        """``request_deadline_s``: the token endpoint client's total deadline per request;
+        a refresh claim outlives it, so a claim never ends while its request runs."""
         self.sessions = sessions
         self.servers = servers
         self.endpoint = endpoint
         self.providers = providers
         self.clock = clock
         self.on_token_request = on_token_request
+        self.claim_s = request_deadline_s + 30
+        self.claim_poll_s = 0.1
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def _count(self, result: str) -> None:
         if self.on_token_request is not None:
@@ -223,17 +259,37 @@ class OAuth2Tokens:
         self.refresh_locked(server_id, lambda _r, _t, _n: True, honour_backoff=False)
 
     def refresh_locked(self, server_id: int, due: RefreshDue, *, honour_backoff: bool) -> TokenInfo:
-        """Under the row lock: refresh if ``due`` still says so, else hand out the stored
-        token. ``honour_backoff``: within the wait after a failure, raise without a request."""
-        outcome = self._refresh_in_transaction(server_id, due, honour_backoff)
-        if outcome.error is not None:
-            raise outcome.error
-        assert outcome.token is not None
-        return outcome.token
+        """Refresh if ``due`` still says so (asked under the row lock), else hand out the
+        stored token. ``honour_backoff``: within the wait after a failure, raise without a
+        request.
 
-    def _refresh_in_transaction(
+        The token request runs outside any database transaction (on SQLite a transaction
+        holds the one write lock: a slow token endpoint would stop every tenant). Instead
+        the refresh is claimed in a short transaction (``REFRESH_CLAIM`` among the tokens,
+        good for ``claim_s``), the request runs with its total deadline, and a second short
+        transaction stores the answer if the claim still stands. Other processes wait for
+        the claim and then find the fresh token, so a refresh token is never spent twice; in
+        this process a lock per configuration does the same without polling."""
+        with self._local_lock(server_id):
+            while True:
+                step = self._claim(server_id, due, honour_backoff)
+                if not isinstance(step, _Busy):
+                    break
+                time.sleep(self.claim_poll_s)  # another process is refreshing: wait for it
+            if isinstance(step, _Claimed):
+                step = self._exchange(server_id, step)
+        if step.error is not None:
+            raise step.error
+        assert step.token is not None
+        return step.token
+
+    def _local_lock(self, server_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(server_id, threading.Lock())
+
+    def _claim(
         self, server_id: int, due: RefreshDue, honour_backoff: bool
-    ) -> _Outcome:
+    ) -> _Outcome | _Busy | _Claimed:
         with self.sessions() as db, db.begin():
             row = db.scalar(
                 select(EmailServer).where(EmailServer.id == server_id).with_for_update()
@@ -247,6 +303,7 @@ class OAuth2Tokens:
             except NeedsAuthorization as exc:
                 return _Outcome(error=exc)
             tokens = self.servers.tokens_of(row)
+            claim = tokens.pop(REFRESH_CLAIM, None)
             if not due(row, tokens, now):
                 current = str(tokens.get("access_token", ""))
                 return _Outcome(token=TokenInfo(current, False, row.access_token_expires_at))
@@ -258,49 +315,93 @@ class OAuth2Tokens:
                         row.oauth2_retry_at,
                     )
                 )
+            wall = datetime.now(UTC)  # a lease between processes: real time, not the clock
+            if isinstance(claim, dict) and _claim_until(claim) > wall:
+                return _Busy()
             app_only = auth.get("grant") == "client_credentials"
             try:
-                fresh = self._request(row, auth, tokens, app_only, now)
-            except TokenRefused as exc:
-                self._count("refused")
-                return self._refused(db, row, exc, app_only)
+                secret = client_secret_of(self.servers, row)
             except NeedsAuthorization as exc:
                 return _Outcome(error=exc)
-            except EndpointUnreachable as exc:
-                self._count("unavailable")
-                return self._unreachable(row, tokens, str(exc), now)
-            self._count("ok")
-            store_token_set(
-                self.servers, row, fresh, now, previous=tokens, refresh_used=not app_only
+            refresh_token = tokens.get("refresh_token")
+            if not app_only and not refresh_token:
+                self._count("refused")
+                missing = TokenRefused("invalid_grant", "no refresh token is stored", None)
+                return self._refused(db, row, missing, app_only)
+            claim_id = uuid.uuid4().hex
+            until = wall + timedelta(seconds=self.claim_s)
+            self.servers.store_tokens(
+                row, {**tokens, REFRESH_CLAIM: {"id": claim_id, "until": until.isoformat()}}
             )
-            return _Outcome(token=TokenInfo(fresh.access_token, True, fresh.expires_at))
-
-    def _request(
-        self,
-        row: EmailServer,
-        auth: dict[str, Any],
-        tokens: dict[str, Any],
-        app_only: bool,
-        now: datetime,
-    ) -> TokenSet:
-        secret = client_secret_of(self.servers, row)
-        if app_only:
-            return self.endpoint.client_credentials(
-                endpoints_of(self.providers, row),
-                client_id=auth["client_id"],
+            return _Claimed(
+                claim_id=claim_id,
+                endpoints=endpoints_of(self.providers, row),
+                client_id=str(auth["client_id"]),
                 client_secret=secret,
+                refresh_token=None if app_only else str(refresh_token),
                 now=now,
             )
-        refresh_token = tokens.get("refresh_token")
-        if not refresh_token:
-            raise TokenRefused("invalid_grant", "no refresh token is stored", None)
-        return self.endpoint.refresh(
-            endpoints_of(self.providers, row),
-            client_id=auth["client_id"],
-            client_secret=secret,
-            refresh_token=str(refresh_token),
-            now=now,
-        )
+
+    def _exchange(self, server_id: int, claimed: _Claimed) -> _Outcome:
+        """The token request (no transaction open), then its answer stored under the claim."""
+        answer: TokenSet | TokenRefused | EndpointUnreachable
+        try:
+            if claimed.refresh_token is None:
+                answer = self.endpoint.client_credentials(
+                    claimed.endpoints,
+                    client_id=claimed.client_id,
+                    client_secret=claimed.client_secret,
+                    now=claimed.now,
+                )
+            else:
+                answer = self.endpoint.refresh(
+                    claimed.endpoints,
+                    client_id=claimed.client_id,
+                    client_secret=claimed.client_secret,
+                    refresh_token=claimed.refresh_token,
+                    now=claimed.now,
+                )
+        except (TokenRefused, EndpointUnreachable) as exc:
+            answer = exc
+        except Exception as exc:
+            # A bug, or an answer nobody expected: this configuration's refresh failed,
+            # nothing else (the keeper goes on with the others). Type only: texts may
+            # carry secrets.
+            log.error("oauth2: server %s: token request failed: %s", server_id, type(exc).__name__)
+            answer = EndpointUnreachable(f"the token request failed ({type(exc).__name__})")
+        with self.sessions() as db, db.begin():
+            row = db.scalar(
+                select(EmailServer).where(EmailServer.id == server_id).with_for_update()
+            )
+            if row is None:
+                return _Outcome(error=NeedsAuthorization("the e-mail server no longer exists"))
+            tokens = self.servers.tokens_of(row)
+            claim = tokens.pop(REFRESH_CLAIM, None)
+            if not isinstance(claim, dict) or claim.get("id") != claimed.claim_id:
+                # The tokens were forgotten or replaced meanwhile (the configuration was
+                # re-pointed, authorized again, or deleted its tokens): the answer is for
+                # what it was then, so it is not kept.
+                log.warning("oauth2: server %s changed during a token refresh", server_id)
+                return _Outcome(
+                    error=TokenEndpointDown(
+                        "the configuration changed during the token refresh; try again",
+                        self.clock(),
+                    )
+                )
+            self.servers.store_tokens(row, tokens)
+            now = self.clock()
+            app_only = claimed.refresh_token is None
+            if isinstance(answer, TokenRefused):
+                self._count("refused")
+                return self._refused(db, row, answer, app_only)
+            if isinstance(answer, EndpointUnreachable):
+                self._count("unavailable")
+                return self._unreachable(row, tokens, str(answer), now)
+            self._count("ok")
+            store_token_set(
+                self.servers, row, answer, now, previous=tokens, refresh_used=not app_only
+            )
+            return _Outcome(token=TokenInfo(answer.access_token, True, answer.expires_at))
 
     def _refused(
         self, db: Session, row: EmailServer, exc: TokenRefused, app_only: bool

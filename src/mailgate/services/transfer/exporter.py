@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from mailgate import __version__
 from mailgate.adapters.db.tables import AuditEntry, EmailServer, RemoteClient, SystemSetting, Tenant
 from mailgate.domain.clock import Clock, isoformat
+from mailgate.domain.oauth2 import REFRESH_CLAIM
 from mailgate.ports import PassphraseEnvelope
 from mailgate.schemas.email_server import SECRET_FIELDS
 from mailgate.services.email_servers import EmailServers
@@ -144,6 +145,7 @@ class Exporter:
             k: getattr(stored, k) for k in SECRET_FIELDS if getattr(stored, k) is not None
         }
         tokens = self.servers.tokens_of(row)
+        tokens.pop(REFRESH_CLAIM, None)  # a refresh in progress is this installation's affair
         if tokens:
             values["oauth2"] = {
                 "tokens": tokens,

@@ -47,8 +47,10 @@ def list_users(caller: Caller, db: DB, c: AppContainer) -> UserList:
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
+    password_hash = c.identity.hash_new_password(db, body.password)  # outside a transaction
     user = c.identity.create_user(
         db,
+        password_hash=password_hash,
         username=body.username,
         password=body.password,
         email=body.email,
@@ -67,6 +69,9 @@ def get_user(username: str, caller: Caller, db: DB, c: AppContainer) -> UserOut:
 @router.patch("/{username}")
 def patch_user(username: str, body: UserPatch, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
+    password_hash = None
+    if body.password is not None:  # hashed outside a transaction
+        password_hash = c.identity.hash_new_password(db, body.password)
     user = c.identity.get_user(db, username)
     fields = body.model_fields_set
     if "system_admin" in fields and body.system_admin is False and user.system_admin:
@@ -76,7 +81,7 @@ def patch_user(username: str, body: UserPatch, caller: Caller, db: DB, c: AppCon
     if "email" in fields:
         user.email = body.email
     if body.password is not None:
-        c.identity.set_password(db, user, body.password)
+        c.identity.set_password(db, user, body.password, password_hash=password_hash)
     if body.system_admin is not None:
         user.system_admin = body.system_admin
     user.updated_at = c.clock()
