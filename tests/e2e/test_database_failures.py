@@ -83,6 +83,10 @@ def test_a_database_that_cannot_write_answers_503_and_keeps_the_connection(
         assert r.status_code == 201, r.text
         message = {"to": ["a@example.org"], "subject": "s", "text": "t"}
         assert http.post("/api/v1/tenants/home/messages", json=message).status_code == 202
+        health = http.get("/healthz").json()
+        assert health["status"] == "ok" and health["write"]["last_commit"] == "ok"
+        if database_url.startswith("sqlite"):
+            assert health["write"]["free_bytes"] > 0
 
         if database_url.startswith("sqlite"):
             broken = _sqlite_full(s, tmp_path / "data")
@@ -102,6 +106,11 @@ def test_a_database_that_cannot_write_answers_503_and_keeps_the_connection(
             assert r.status_code == 200, r.text
             ports.add(_local_port(r))
             assert len(ports) == 1, ports
+            r = http.get("/healthz")
+            assert r.status_code == 503, r.text
+            health = r.json()
+            assert health["status"] == "error" and health["write"]["last_commit"] == "failed"
+            assert health["write"]["error"] and health["write"]["failed_commits"] >= 5
             metrics = http.get("/metrics").text
             failures = [
                 line
@@ -119,6 +128,8 @@ def test_a_database_that_cannot_write_answers_503_and_keeps_the_connection(
             20,
             "submissions to work again",
         )
+        health = http.get("/healthz").json()
+        assert health["status"] == "ok" and health["write"]["last_commit"] == "ok"
         # (serve's output reaches the file through a pipe: wait for it.)
         wait_until(lambda: "database writes work again" in s.text(), 10, "the log")
         log = s.text()

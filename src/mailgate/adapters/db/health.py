@@ -30,6 +30,14 @@ log = logging.getLogger("mailgate.database")
 
 RETRY_AFTER_S = 10
 """What a 503 for an unavailable database tells the client to wait (``Retry-After``)."""
+PROBE_AFTER_S = 10.0
+"""/healthz writes a heartbeat itself when this process wrote nothing for this long (or its
+last write failed): an idle process has no recent commit to judge by."""
+PROBE_SPACING_S = 2.0
+"""At most one such probe per this many seconds, however often /healthz is asked."""
+MIN_FREE_BYTES = 16 << 20
+"""SQLite: less free space than this in the data directory, and /healthz answers 503 (a
+commit needs room for its WAL frames; a nearly full disk fails the next burst)."""
 
 _UNAVAILABLE = (
     sa_exc.OperationalError,
@@ -102,6 +110,7 @@ class WriteHealth:
         self._failures = 0
         self._failed_since: float | None = None
         self._failed_run = 0
+        self._probed_at = float("-inf")
 
     def install(self, engine: Engine) -> None:
         """Hear every commit of ``engine`` that wrote something: the dialect's ``do_commit``
@@ -174,6 +183,26 @@ class WriteHealth:
                 "Retry-After until a write succeeds (logged once, not per request)",
                 reason,
             )
+
+    def probe(self, write: Callable[[], None]) -> None:
+        """Run ``write`` (a small real commit, e.g. a heartbeat) when this process has no
+        recent successful write to judge the write path by, at most every
+        ``PROBE_SPACING_S``. Its outcome lands in ``state`` like any other commit's."""
+        t = self.now()
+        with self._lock:
+            fresh = self._ok and self._last_ok_at is not None
+            if fresh and t - (self._last_ok_at or t) < PROBE_AFTER_S:
+                return
+            if t - self._probed_at < PROBE_SPACING_S:
+                return
+            self._probed_at = t
+        try:
+            write()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            if not isinstance(exc, sa_exc.DBAPIError):
+                self.failed(exc)  # a raw driver error: the handle_error hook did not see it
 
     @property
     def state(self) -> WriteState:

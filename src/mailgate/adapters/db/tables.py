@@ -370,6 +370,22 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class Process(Base):
+    """A running mailgate process that works the database: a delivery worker or an API
+    process, with its heartbeat. A worker whose heartbeat stopped is dead: other workers
+    take over its leases at once instead of waiting for them to run out."""
+
+    __tablename__ = "processes"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    """The worker id (``host:pid:n``) that ``messages.locked_by`` names."""
+    kind: Mapped[str] = mapped_column(String(16))
+    """``worker`` | ``api``"""
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 def table_of(model: type[Base]) -> Table:
     """The Core table of a mapped class (typed as ``Table``, for Core statements)."""
     table = model.__table__

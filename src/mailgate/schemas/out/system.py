@@ -20,9 +20,27 @@ class QueueOut(OutModel):
     held: int
 
 
+class WritePathOut(OutModel):
+    last_commit: Literal["ok", "failed", "none"] = Field(
+        description="How this process's last write to the database ended (a heartbeat is "
+        "written to find out when it wrote nothing for 10 s); none: not known yet"
+    )
+    last_commit_age_s: float | None = Field(description="seconds since that write")
+    last_ok_age_s: float | None = Field(description="seconds since the last write that worked")
+    error: str | None = Field(description="the database's reason while writes fail")
+    failed_commits: int = Field(description="failed writes since this process started")
+    free_bytes: int | None = Field(
+        description="SQLite: free space in the data directory (503 below 16 MiB); "
+        "null on PostgreSQL"
+    )
+
+
 class HealthOut(OutModel):
     status: Literal["ok", "error"]
     database: Literal["ok", "unavailable"]
+    write: WritePathOut = Field(
+        description="The write path: a submission fails while last_commit is failed"
+    )
     queue: QueueOut | None = Field(description="null when the database is unavailable")
 
 
