@@ -1,8 +1,8 @@
 """processes: every worker and API process registers with a heartbeat, so that a dead
 worker's leases are taken over within seconds and /healthz can prove the write path
 
-Revision ID: 0010_processes
-Revises: 0009_server_delivery
+Revision ID: 0011_processes
+Revises: 0010_pause_notices
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_processes"
-down_revision = "0009_server_delivery"
+revision = "0011_processes"
+down_revision = "0010_pause_notices"
 branch_labels = None
 depends_on = None
 
