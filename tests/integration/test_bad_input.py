@@ -356,6 +356,18 @@ CASES = [
         json=srv(tls={"client_certificate_pem": CERT_PEM, "client_key_pem": OTHER_KEY_PEM}),
     ),
     Case(
+        # cryptography parses a key whose line breaks were lost; OpenSSL, which delivery
+        # uses, does not: the save refuses it instead of the test failing with SSLError.
+        "client key without line breaks",
+        "POST",
+        SERVERS,
+        422,
+        "tls.client_key_pem",
+        json=srv(
+            tls={"client_certificate_pem": CERT_PEM, "client_key_pem": KEY_PEM.replace("\n", "")}
+        ),
+    ),
+    Case(
         "cert without key",
         "POST",
         SERVERS,

@@ -22,6 +22,7 @@ from mailgate.schemas.common import (
     SingleLine,
     StrictModel,
 )
+from mailgate.schemas.tls import client_certificate_problem
 
 Protocol = Literal["smtp", "smtps"]
 TransportName = Literal["smtp", "microsoft_graph", "gmail_api"]
@@ -285,6 +286,9 @@ def validate_semantics(
                     errors.append(
                         FieldError("tls.client_key_pem", "the key does not match the certificate")
                     )
+                elif problem := client_certificate_problem(tls.client_certificate_pem, key_pem):
+                    # Exactly as delivery loads them (schemas/tls.py).
+                    errors.append(FieldError("tls.client_key_pem", problem))
     elif tls.client_key_pem:
         errors.append(
             FieldError("tls.client_certificate_pem", "a client key needs its certificate")

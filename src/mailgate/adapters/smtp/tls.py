@@ -3,13 +3,11 @@ described in words an admin can act on."""
 
 from __future__ import annotations
 
-import os
 import ssl
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailgate.domain.transport import FailureKind
+from mailgate.schemas.tls import load_client_certificate
 
 if TYPE_CHECKING:
     from mailgate.schemas.email_server import TlsSettings
@@ -24,15 +22,7 @@ def build_tls_context(tls: TlsSettings, client_key_pem: str | None) -> ssl.SSLCo
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if tls.client_certificate_pem and client_key_pem:
-        # ssl loads a certificate chain only from files: a private 0700 directory, removed
-        # right after loading.
-        with tempfile.TemporaryDirectory(prefix="mailgate-tls-") as tmp:
-            cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-            cert_path.write_text(tls.client_certificate_pem)
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(client_key_pem)
-            ctx.load_cert_chain(cert_path, key_path)
+        load_client_certificate(ctx, tls.client_certificate_pem, client_key_pem)
     return ctx
 
 

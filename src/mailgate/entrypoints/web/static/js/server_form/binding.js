@@ -86,7 +86,8 @@ export class BoundForm {
   }
 
   // A write-only secret: "set" with a change action, or an input. Never a value.
-  secret(label, path, setFlag, help) {
+  // multiline: a PEM text area with file upload (a password input would drop line breaks).
+  secret(label, path, setFlag, help, { multiline = false } = {}) {
     const wrap = h("div", { class: "field", dataset: { fieldPath: path } });
     const err = h("p", { class: "field-error", dataset: { errorFor: path } });
     const id = nextId("secret");
@@ -98,12 +99,28 @@ export class BoundForm {
         change.addEventListener("click", () => { this.secrets[path] = ""; render(); wrap.querySelector("input")?.focus(); this.changed(path); });
         clear(wrap, h("span", { class: "label", id }, label), h("div", { class: "secret-set", "aria-labelledby": id }, badge("ok", "set"), h("span", { class: "muted" }, "stored encrypted"), this.o.canEdit ? change : null), err);
       } else {
-        const input = h("input", { type: "password", id, autocomplete: "new-password", name: path, disabled: !this.o.canEdit, placeholder: isSet ? "new value" : "" });
+        const input = multiline
+          ? h("textarea", { class: "pem secret", id, name: path, disabled: !this.o.canEdit, spellcheck: "false", autocomplete: "off", placeholder: "-----BEGIN PRIVATE KEY-----" })
+          : h("input", { type: "password", id, autocomplete: "new-password", name: path, disabled: !this.o.canEdit, placeholder: isSet ? "new value" : "" });
         input.value = this.secrets[path] || "";
         input.addEventListener("input", () => { this.secrets[path] = input.value; this.changed(path); });
         const keep = isSet ? h("button", { type: "button", class: "link" }, "keep the stored value") : null;
         keep?.addEventListener("click", () => { delete this.secrets[path]; render(); this.changed(path); });
-        clear(wrap, h("label", { for: id }, label), input, help || keep ? h("span", { class: "help" }, help || "", keep ? " " : "", keep) : null, err);
+        let upload = null;
+        if (multiline && this.o.canEdit) {
+          const file = h("input", { type: "file", accept: ".pem,.key,.txt", hidden: true, "aria-label": `${label}: file` });
+          const button = h("button", { type: "button", class: "small" }, "Upload key file…");
+          button.addEventListener("click", () => file.click());
+          file.addEventListener("change", async () => {
+            const f = file.files[0];
+            if (!f) return;
+            input.value = await f.text();
+            file.value = "";
+            input.dispatchEvent(new Event("input"));
+          });
+          upload = h("div", { class: "actions" }, button, file);
+        }
+        clear(wrap, h("label", { for: id }, label), input, help || keep ? h("span", { class: "help" }, help || "", keep ? " " : "", keep) : null, upload, err);
       }
     };
     render();

@@ -81,7 +81,8 @@ export class ServerForm extends BoundForm {
           this.text("HELO/EHLO name", "helo_name", { help: "Default: this machine's name." }))));
     parts.push(this.smtpSection);
 
-    this.clientKey = this.secret("Client key (PEM)", "tls.client_key_pem", "tls.client_key_set", "Unencrypted PEM private key of the client certificate.");
+    this.clientKey = this.secret("Client key (PEM)", "tls.client_key_pem", "tls.client_key_set", "The client certificate's unencrypted private key (PEM). Checked with the certificate when you save.", { multiline: true });
+    this.clientKey.classList.add("wide");
     this.certSection = this.section("Certificates", "Trust a company CA or a self-signed server certificate, and optionally present a client certificate.",
       h("div", { class: "grid" },
         this.check("Verify the server certificate and host name", "tls.verify", "Turn off only for a test server."),
