@@ -78,6 +78,8 @@ def mailgate(
         "MAILGATE_DATA_DIR": str(data),
         "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MAILGATE_LOG_LEVEL": "INFO",
+        # Any free port: the default 2587 may be another test's or another installation's.
+        "MAILGATE_SMTP_LISTEN": "127.0.0.1:0",
     }
     # OAuth2 providers are the local authorization server (tests/oauth_server.py).
     # and the Graph and Gmail API servers are the suite's own (tests/api_peers.py).

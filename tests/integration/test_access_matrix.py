@@ -184,6 +184,7 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", T + "/api-keys", Perm.KEYS_MANAGE),
     Endpoint("POST", T + "/api-keys", Perm.KEYS_MANAGE, 201, lambda _w, _t: {"name": unique("k")}),
     Endpoint("DELETE", T + "/api-keys/{key}", Perm.KEYS_MANAGE, 204, fresh=fresh_key),
+    Endpoint("GET", T + "/smtp-submission", Perm.KEYS_MANAGE),
     Endpoint("GET", T + "/email-servers", Perm.SERVERS_READ),
     Endpoint(
         "POST", T + "/email-servers", Perm.SERVERS_WRITE, 201, lambda _w, _t: server(unique("s"))

@@ -26,6 +26,7 @@ from tests.smtp_submission import message, queued_id, submission_rig
 
 from mailgate.adapters.db import batch_writer
 from mailgate.domain.messages import PRIORITY_RANK, Priority
+from mailgate.entrypoints.smtp.listener import connection_hints
 
 
 def test_auth_plain_then_the_envelope_decides_the_recipients_and_it_is_delivered(
@@ -44,7 +45,7 @@ def test_auth_plain_then_the_envelope_decides_the_recipients_and_it_is_delivered
 
         [row] = sub.messages()
         assert row.id == mid
-        assert row.status == "queued"
+        assert (row.status, row.source) == ("queued", "smtp")
         # Bcc: the third recipient is in the envelope only.
         assert row.rcpt_to == ["to@example.org", "cc@example.org", "hidden@example.org"]
         # The envelope sender follows the configuration, as for the raw MIME API.
@@ -53,8 +54,14 @@ def test_auth_plain_then_the_envelope_decides_the_recipients_and_it_is_delivered
         assert row.api_key_id is not None
         assert row.server_name == "DEFAULT"
 
-        assert sub.rig.run_once() == 1
-        [got] = sub.sink.wait_for(1)
+        # The list and the message say it came in over SMTP; API submissions say api.
+        api_id = sub.rig.send(to=["api@example.org"], subject="from the API", text="x")
+        r = sub.rig.api.request("GET", "/api/v1/tenants/home/messages", sub.rig.admin)
+        assert {m["id"]: m["source"] for m in r.json()["items"]} == {mid: "smtp", api_id: "api"}
+        assert sub.rig.get(mid)["source"] == "smtp"
+
+        assert sub.rig.run_once() == 2
+        [got] = [m for m in sub.sink.wait_for(2) if m.message["Subject"] == "Invoice 42"]
         assert got.rcpt_tos == ["to@example.org", "cc@example.org", "hidden@example.org"]
         assert got.message["Subject"] == "Invoice 42"
         assert "hidden@example.org" not in got.content.decode()
@@ -445,3 +452,54 @@ def test_auth_needs_tls_except_from_loopback(
         queued_id(send_one(s, message()))
         s.quit()
         assert len(sub.messages()) == 2
+
+
+def test_the_api_tells_how_to_reach_the_listener(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from mailgate.entrypoints.api.app import create_app
+
+    with submission_rig(tmp_path, sqlite_url, smtp_servers, implicit_tls=True) as sub:
+        # The process that runs the listener reports its real ports (":0" became one). (The
+        # rig runs it already: the app gets it without starting it a second time.)
+        app = create_app(sub.rig.c)
+        app.state.smtp = sub.listener
+        with TestClient(app) as client:
+            r = client.get(
+                "/api/v1/tenants/home/smtp-submission",
+                headers={"Authorization": f"Bearer {sub.rig.admin}"},
+            )
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": sub.port,
+            "starttls": True,
+            "implicit_tls_port": sub.tls_port,
+            "local_only": True,
+            "auth_requires_tls": True,
+            "mechanisms": ["PLAIN", "LOGIN"],
+            "username": "home",
+            "password": "an API key of this tenant whose role may send (web_service, user, admin)",
+            "running": True,
+        }
+    # A process without a listener reports the settings: a wildcard address means the
+    # public host name.
+    settings = sub.rig.c.settings.model_copy(
+        update={
+            "smtp_listen": "0.0.0.0:2525",
+            "smtps_listen": "",
+            "smtp_tls_cert_file": None,
+            "smtp_tls_key_file": None,
+        }
+    )
+    body = connection_hints(settings, None, "acme")
+    assert (body["host"], body["port"], body["starttls"], body["local_only"]) == (
+        "testserver",
+        2525,
+        False,
+        False,
+    )
+    assert (body["running"], body["username"]) == (None, "acme")

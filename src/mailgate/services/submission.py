@@ -227,6 +227,7 @@ class SmtpSubmission:
             hold=chosen.hold,
             priority=chosen.priority,
             metadata=chosen.metadata,
+            source="smtp",
             rcpt_to=tuple(rcpt_to),
         )
         return self.submitter.prepare(

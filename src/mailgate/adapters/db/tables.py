@@ -240,6 +240,9 @@ class Message(Base):
     recipient_status: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     meta: Mapped[dict[str, str] | None] = mapped_column(JSON)
     """The message's ``metadata`` (the attribute name ``metadata`` is SQLAlchemy's)."""
+    source: Mapped[str | None] = mapped_column(String(8))
+    """How it came in: ``api`` (HTTP, the CLI) or ``smtp`` (the submission listener);
+    NULL for messages stored before this was recorded (they came through the API)."""
 
 
 class MessageContent(Base):

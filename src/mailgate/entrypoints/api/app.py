@@ -25,6 +25,7 @@ from mailgate.entrypoints.api.routers import (
     password_reset,
     remote_clients,
     server_tests,
+    smtp_submission,
     system_settings,
     tenants,
     transfer,
@@ -76,6 +77,7 @@ def create_app(
         description="Multi-tenant outbound e-mail gateway. Errors are application/problem+json.",
     )
     app.state.container = container
+    app.state.smtp = smtp
     # Agents connect here, so this process's workers can deliver remote output.
     container.hub.accepting = True
     problems.install(app)
@@ -90,6 +92,7 @@ def create_app(
         email_servers,
         remote_clients,
         server_tests,
+        smtp_submission,
         system_settings,
         transfer,
         audit,

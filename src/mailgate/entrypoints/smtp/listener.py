@@ -438,3 +438,50 @@ def _db_reason(exc: BaseException) -> str:
     bytes would be among them)."""
     orig = getattr(exc, "orig", None)
     return f"{type(exc).__name__}: {orig if orig is not None else exc}"[:300]
+
+
+def connection_hints(
+    settings: Settings, running: SmtpListener | None, tenant: str
+) -> dict[str, Any]:
+    """What an application needs to send over SMTP to this installation (the API keys page
+    shows it): host, ports, TLS, user name. Ports are the listening ones when this process
+    runs the listener (``:0`` became a real port), else the configured ones."""
+    try:
+        config = listener_config(settings)
+    except ConfigError:
+        config = None
+    endpoints = config.endpoints if config is not None else ()
+    plain = next((e for e in endpoints if not e.implicit_tls), None)
+    implicit = next((e for e in endpoints if e.implicit_tls), None)
+    is_running = None
+    if running is not None:
+        addresses = running.addresses
+        is_running = bool(addresses)
+        for _host, port, tls in addresses:
+            if tls and implicit is not None:
+                implicit = Endpoint(implicit.host, port, True)
+            elif not tls and plain is not None:
+                plain = Endpoint(plain.host, port, False)
+    first = plain or implicit
+    public_host = urlsplit(settings.public_base_url).hostname or "localhost"
+    host: str | None = None
+    local_only = False
+    if first is not None:
+        if first.host in ("0.0.0.0", "::", "*"):  # noqa: S104 (naming the wildcard, not binding)
+            host = public_host
+        else:
+            host = first.host
+            local_only = all(is_loopback((e.host,)) for e in endpoints)
+    return {
+        "enabled": first is not None,
+        "host": host,
+        "port": plain.port if plain is not None else None,
+        "starttls": plain is not None and config is not None and config.tls is not None,
+        "implicit_tls_port": implicit.port if implicit is not None else None,
+        "local_only": local_only,
+        "auth_requires_tls": True,
+        "mechanisms": ["PLAIN", "LOGIN"],
+        "username": tenant,
+        "password": "an API key of this tenant whose role may send (web_service, user, admin)",
+        "running": is_running,
+    }

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from mailgate.domain.messages import Priority, Status
@@ -37,6 +39,9 @@ class MessageSummaryOut(RowOutModel):
     last_error: str | None
     metadata: dict[str, str] = Field(
         description="The caller's own keys and values given at submission ({}: none)."
+    )
+    source: Literal["api", "smtp"] = Field(
+        description="How the message came in: the HTTP API (or the CLI), or SMTP submission."
     )
 
 

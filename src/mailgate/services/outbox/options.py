@@ -44,6 +44,8 @@ class SubmitOptions:
     idempotency_key: str | None = None
     metadata: Mapping[str, str] | None = None
     """Checked already (``domain.metadata``); None or empty: none."""
+    source: str = "api"
+    """How the message came in: ``api`` (HTTP, the CLI) or ``smtp`` (the listener)."""
     rcpt_to: tuple[str, ...] | None = None
     """The SMTP envelope's recipients (normalized): a complete MIME message is sent to these
     instead of the addresses in its To/Cc/Bcc headers (so Bcc over SMTP works)."""

@@ -161,6 +161,7 @@ def _summary_fields(row: Message) -> dict[str, Any]:
         "attempt_count": row.attempt_count,
         "last_error": row.last_error,
         "metadata": row.meta or {},
+        "source": row.source or "api",
     }
 
 

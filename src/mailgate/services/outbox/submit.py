@@ -185,6 +185,7 @@ class Submitter:
             "expires_at": max(send_at or now, now) + self.retry_max_age,
             "attempt_count": 0,
             "meta": dict(options.metadata) if options.metadata else None,
+            "source": options.source,
         }
 
     def _store(

@@ -23,7 +23,9 @@ async function main() {
     h("div", { class: "grid" }, field("Name", name, { path: "name" }), field("Role", role, { path: "role" }),
       h("div", { class: "field" }, h("span", { class: "label" }, "\u00a0"), h("div", { class: "actions" }, create))));
   const list = h("div", { class: "panel table-wrap" });
-  clear(ctx.el, form, list);
+  const smtp = h("section", { class: "panel", id: "smtp-submission", "aria-labelledby": "smtp-head" });
+  clear(ctx.el, form, list, smtp);
+  smtpPanel(smtp, `/api/v1/tenants/${enc(ctx.tenant)}/smtp-submission`).catch((err) => clear(smtp, banner("bad", errorText(err))));
 
   async function load() {
     const keys = (await get(base)).items;
@@ -58,4 +60,42 @@ async function main() {
     }
   });
   await load();
+}
+
+// How to point an application (printer, ERP, script) at mailgate over SMTP (README "SMTP
+// submission"): host, port, TLS, user name, and that the password is one of these keys.
+async function smtpPanel(panel, url) {
+  const s = await get(url);
+  const head = h("h2", { id: "smtp-head" }, "Send over SMTP");
+  const note = h("p", { class: "section-note" }, "Printers, scanners and applications that only speak SMTP hand their mail to mailgate with these settings; mailgate stores it and delivers it through this tenant's e-mail servers, with the same hold, retries and diagnosis.");
+  if (!s.enabled) {
+    clear(panel, head, note, banner("info", "SMTP submission is off on this installation: the administrator enables it with MAILGATE_SMTP_LISTEN (see the README, \"SMTP submission\")."));
+    return;
+  }
+  const security = s.starttls
+    ? `STARTTLS on port ${s.port}${s.implicit_tls_port ? `, or SSL/TLS on port ${s.implicit_tls_port}` : ""}; required for AUTH from other machines`
+    : s.implicit_tls_port ? `SSL/TLS on port ${s.implicit_tls_port}${s.port ? `; port ${s.port} only for applications on this machine (no TLS)` : ""}`
+    : "None: AUTH works only for applications on this machine (a certificate, MAILGATE_SMTP_TLS_CERT_FILE, lets other machines sign in)";
+  const rows = [
+    ["SMTP server", copyValue(s.host)],
+    ["Port", copyValue(String(s.port ?? s.implicit_tls_port))],
+    ["Security", security],
+    ["Authentication", `${s.mechanisms.join(" or ")}, required`],
+    ["User name", copyValue(s.username)],
+    ["Password", "an API key of this tenant (above); the role Web service is enough, and each application should get its own"],
+    ["Options", h("span", {}, "optional headers, removed before delivery: ", h("code", {}, "X-Mailgate-Server: NAME"), ", ", h("code", {}, "X-Mailgate-Hold: yes"), ", ", h("code", {}, "X-Mailgate-Priority: high"), ", ", h("code", {}, "X-Mailgate-Metadata-order: 42"))],
+  ];
+  clear(panel, head, note,
+    s.local_only ? banner("info", "The listener accepts applications on this machine only (it listens on loopback).") : null,
+    s.running === false ? banner("warn", "The listener is configured but not listening (its port was taken when mailgate started: see the server log).") : null,
+    h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    h("p", { class: "muted" }, "Recipients are the RCPT TO addresses, so Bcc works. \"250 2.0.0 queued as <id>\" means stored; the id is the message's id on the Messages page."));
+}
+
+function copyValue(value) {
+  const b = h("button", { type: "button", class: "small copy", "aria-label": `Copy ${value}` }, "Copy");
+  b.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(value); toast("Copied to the clipboard"); } catch { toast("Copy failed: select the text instead", "bad"); }
+  });
+  return h("span", { class: "copy-value" }, h("code", {}, value), b);
 }

@@ -93,7 +93,7 @@ async function list() {
         const link = h("a", { href: tenantUrl(`/ui/messages/${enc(m.id)}`, ctx.tenant) }, m.subject || "(no subject)");
         const tr = h("tr", { class: "clickable", dataset: { id: m.id, status: m.status } },
           ctx.canManageMessages ? h("td", { class: "select", "data-label": "Select" }, cb) : null,
-          h("td", { "data-label": "Status" }, badge(m.status)), h("td", { class: "nowrap", "data-label": "Created" }, fmtTime(m.created_at)), h("td", { "data-label": "From" }, addr(m.from)),
+          h("td", { "data-label": "Status" }, m.source === "smtp" ? h("span", {}, badge(m.status), " ", h("span", { class: "badge source", title: "Came in over SMTP submission" }, "SMTP")) : badge(m.status)), h("td", { class: "nowrap", "data-label": "Created" }, fmtTime(m.created_at)), h("td", { "data-label": "From" }, addr(m.from)),
           h("td", { "data-label": "To" }, addrs(m.to)), h("td", { "data-label": "Subject" }, link), h("td", { class: "server", "data-label": "Server" }, m.server || ""));
         tr.addEventListener("click", () => location.assign(link.href));
         return tr;
@@ -175,7 +175,7 @@ async function detail(id) {
         h("dt", {}, "Size"), h("dd", {}, m.size_bytes != null ? `${Number(m.size_bytes).toLocaleString()} bytes` : "—"),
         m.headers?.From ? [h("dt", {}, "From header"), h("dd", {}, m.headers.From)] : null,
         m.headers?.["Message-ID"] ? [h("dt", {}, "Message-ID"), h("dd", { class: "mono" }, m.headers["Message-ID"])] : null,
-        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : ""),
+        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? " over SMTP" : ""),
         m.send_at ? [h("dt", {}, "Send at"), h("dd", {}, fmtTime(m.send_at))] : null,
         h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)))),
     h("section", { class: "panel" }, h("h2", {}, "Attempts"),
