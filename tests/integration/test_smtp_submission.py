@@ -482,7 +482,8 @@ def test_the_api_tells_how_to_reach_the_listener(
             "auth_requires_tls": True,
             "mechanisms": ["PLAIN", "LOGIN"],
             "username": "home",
-            "password": "an API key of this tenant whose role may send (web_service, user, admin)",
+            "password_hint": "an API key of this tenant whose role may send (web_service, "
+            "user, admin)",
             "running": True,
         }
     # A process without a listener reports the settings: a wildcard address means the

@@ -482,6 +482,6 @@ def connection_hints(
         "auth_requires_tls": True,
         "mechanisms": ["PLAIN", "LOGIN"],
         "username": tenant,
-        "password": "an API key of this tenant whose role may send (web_service, user, admin)",
+        "password_hint": "an API key of this tenant whose role may send (web_service, user, admin)",
         "running": is_running,
     }

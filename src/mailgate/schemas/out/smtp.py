@@ -23,7 +23,7 @@ class SmtpSubmissionOut(OutModel):
     )
     mechanisms: list[str] = Field(description="AUTH mechanisms offered.")
     username: str = Field(description="The user name: the tenant's name.")
-    password: str = Field(description="What the password is (never a key itself).")
+    password_hint: str = Field(description="What the password is (never a key itself).")
     running: bool | None = Field(
         description="Whether this API process's listener is listening now (null: the "
         "listener runs in another process, `mailgate smtp`, or this process has none)."
