@@ -1,7 +1,7 @@
 """message source: how a message came in (api or smtp; NULL: stored before, through the API)
 
-Revision ID: 0010_message_source
-Revises: 0009_server_delivery
+Revision ID: 0012_message_source
+Revises: 0011_processes
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_message_source"
-down_revision = "0009_server_delivery"
+revision = "0012_message_source"
+down_revision = "0011_processes"
 branch_labels = None
 depends_on = None
 
