@@ -161,12 +161,16 @@ def build(
 
     def api(kind: MailApi) -> ApiTransport:
         return ApiTransport(
-            kind, ca_bundle=settings.oauth_ca_bundle, clock=clock, on_token_rejected=token_rejected
+            kind,
+            ca_bundle=settings.oauth_ca_bundle,
+            clock=clock,
+            on_token_rejected=token_rejected,
+            policy=outbound_policy,
         )
 
     transports = TransportRouter(
         {
-            "smtp": SmtpTransport(),
+            "smtp": SmtpTransport(outbound_policy),
             "microsoft_graph": api(GraphApi(settings.graph_base_url)),
             "gmail_api": api(GmailApi(settings.gmail_api_base_url)),
         },

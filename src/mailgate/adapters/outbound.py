@@ -38,9 +38,10 @@ AddrInfo = tuple[Any, ...]
 """One ``socket.getaddrinfo`` entry: (family, type, proto, canonname, sockaddr)."""
 
 
-class DestinationDenied(ConnectionRefusedError):
+class DestinationDenied(PermissionError):
     """Every address the host resolves to is denied by the outbound policy: nothing was
-    sent to it. The text says which address and which network."""
+    sent to it. The text says which address and which network. An ``OSError``, so that
+    code that handles network failures handles it too."""
 
 
 def denied_reason(exc: BaseException | None) -> str | None:

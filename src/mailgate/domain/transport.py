@@ -22,6 +22,9 @@ class FailureKind(StrEnum):
     DNS = "dns"
     REFUSED = "refused"
     """Nothing accepts connections on that host and port."""
+    DESTINATION_DENIED = "destination_denied"
+    """The installation's outbound policy does not allow connecting to the address (nothing
+    was sent)."""
     TIMEOUT = "timeout"
     NETWORK = "network"
     CERT_UNTRUSTED = "cert_untrusted"

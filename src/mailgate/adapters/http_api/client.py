@@ -15,6 +15,9 @@ from pathlib import Path
 import certifi
 import httpx
 
+from mailgate.adapters.outbound import PolicySource, async_guarded_transport
+from mailgate.domain.outbound import OutboundPolicy
+
 USER_AGENT = "mailgate"
 
 
@@ -27,15 +30,22 @@ def trust(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
-def api_client(ca_bundle: Path | None, *, connect_s: float, command_s: float) -> httpx.AsyncClient:
+def api_client(
+    ca_bundle: Path | None,
+    *,
+    connect_s: float,
+    command_s: float,
+    policy: PolicySource = OutboundPolicy,
+) -> httpx.AsyncClient:
     """An HTTP client for one delivery session or server test.
 
     httpx's timeouts bound each phase (connect, each read, each write); the callers bound
     every whole request on top (``exchange.ApiCall``). No redirects: an API answer that
-    redirects is an error, not a place to send a message and a token to.
+    redirects is an error, not a place to send a message and a token to. Connections go only
+    to addresses the outbound ``policy`` allows, checked where they are made.
     """
     return httpx.AsyncClient(
-        verify=trust(ca_bundle),
+        transport=async_guarded_transport(trust(ca_bundle), policy),
         timeout=httpx.Timeout(connect=connect_s, read=command_s, write=command_s, pool=command_s),
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT},

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from mailgate.adapters.http_api.transcript import HttpTranscript
+from mailgate.adapters.outbound import denied_reason
 from mailgate.adapters.smtp.errors import find_cause
 from mailgate.adapters.smtp.tls import describe_ssl_error
 from mailgate.domain.clock import Clock
@@ -109,6 +110,13 @@ def aadsts_code(text: str) -> str | None:
 
 def translate(step: str, exc: BaseException, *, where: str, limit_s: float) -> ApiError:
     """An httpx, ssl or socket exception as a temporary ``ApiError`` of its kind."""
+    if (reason := denied_reason(exc)) is not None:
+        return ApiError(
+            Outcome.TEMPORARY,
+            step,
+            f"not connecting: {reason}",
+            kind=FailureKind.DESTINATION_DENIED,
+        )
     ssl_err = find_cause(exc, ssl.SSLError)
     if isinstance(ssl_err, ssl.SSLError):
         kind, detail = describe_ssl_error(ssl_err)

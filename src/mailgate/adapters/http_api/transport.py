@@ -18,8 +18,10 @@ from typing import Protocol
 from mailgate.adapters.http_api.client import api_client
 from mailgate.adapters.http_api.exchange import ApiCall, ApiError, MailboxGates
 from mailgate.adapters.http_api.transcript import HttpTranscript
+from mailgate.adapters.outbound import PolicySource
 from mailgate.domain.clock import Clock
 from mailgate.domain.messages import AttemptResult, Outcome
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.domain.transport import Failure, Step
 from mailgate.ports import DeliverySession, ProbeFailed, SessionFailed, TokenProvider
 from mailgate.schemas.email_server import ResolvedServer
@@ -187,9 +189,11 @@ class ApiTransport:
         ca_bundle: Path | None,
         clock: Clock,
         on_token_rejected: TokenRejected | None = None,
+        policy: PolicySource = OutboundPolicy,
     ) -> None:
         self.api = api
         self.ca_bundle = ca_bundle
+        self.policy = policy
         self.gates = MailboxGates(clock, api.concurrency)
         self.on_token_rejected = on_token_rejected
 
@@ -200,7 +204,10 @@ class ApiTransport:
         return ApiCall(
             api=self.api.name,
             client=api_client(
-                self.ca_bundle, connect_s=timeouts.connect_s, command_s=timeouts.command_s
+                self.ca_bundle,
+                connect_s=timeouts.connect_s,
+                command_s=timeouts.command_s,
+                policy=self.policy,
             ),
             tokens=tokens,
             gates=self.gates,

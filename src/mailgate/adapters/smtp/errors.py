@@ -86,6 +86,15 @@ def translate(
     if isinstance(ssl_err, ssl.SSLError):
         kind, detail = describe_ssl_error(ssl_err)
         return TransportError(Outcome.TEMPORARY, "tls", detail, kind=kind)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not 200 <= exc.code <= 599:
+        # Not an SMTP reply at all (aiosmtplib's -1 "Malformed SMTP response line: ..."): say
+        # so without the peer's bytes.
+        return TransportError(
+            Outcome.TEMPORARY,
+            step,
+            f"{where} does not answer like an SMTP server",
+            kind=FailureKind.PROTOCOL,
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
         reply = SmtpReply.parse(exc.code, exc.message)
         kind = FailureKind.DISCONNECTED if exc.code == 421 else FailureKind.REPLY

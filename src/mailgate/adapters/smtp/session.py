@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 from aiosmtplib.auth import auth_plain_encode
 
+from mailgate.adapters.outbound import AddrInfo, DestinationDenied, allowed
 from mailgate.adapters.smtp.auth import authenticate
 from mailgate.adapters.smtp.errors import TransportError, find_cause, translate
 from mailgate.adapters.smtp.pipelining import send_pipelined
@@ -44,6 +45,7 @@ from mailgate.adapters.smtp.transaction import Broken, MailTransactions, ms_sinc
 from mailgate.adapters.smtp.transcript import Transcript
 from mailgate.adapters.smtp.wire import RecordingSMTP
 from mailgate.domain.messages import Outcome
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.domain.transport import FailureKind, Step
 from mailgate.ports import TokenProvider
 
@@ -52,6 +54,29 @@ if TYPE_CHECKING:
 
 STEPS = ("resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data")
 """The steps a session reports, in order (README "Test an e-mail server")."""
+
+
+async def _connect_socket(infos: Sequence[AddrInfo], timeout_s: float) -> tuple[socket.socket, str]:
+    """A TCP connection to the first of ``infos`` that accepts one, within ``timeout_s`` in
+    all; the last failure is raised when none does."""
+    loop = asyncio.get_running_loop()
+    error: OSError | None = None
+    async with asyncio.timeout(timeout_s):
+        for family, type_, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock, str(sockaddr[0])
+    assert error is not None
+    raise error
 
 
 def bare_host(host: str | None) -> str:
@@ -86,6 +111,7 @@ class SmtpSession:
     transcript: Transcript
     steps: list[Step] | None
     token_provider: TokenProvider | None = None
+    policy: OutboundPolicy = field(default_factory=OutboundPolicy)
     warnings: list[str] = field(default_factory=list)
     tls_info: str | None = None
     _broken: bool = False
@@ -111,11 +137,14 @@ class SmtpSession:
         token_provider: TokenProvider | None = None,
         transcript: Transcript | None = None,
         steps: list[Step] | None = None,
+        policy: OutboundPolicy | None = None,
     ) -> SmtpSession:
         """Connect, secure, greet and authenticate; raise ``TransportError`` on failure.
 
         ``steps`` (optional) receives a ``Step`` for resolve, connect, tls, ehlo and auth,
-        and later for mail_from, rcpt_to and data of every ``send``.
+        and later for mail_from, rcpt_to and data of every ``send``. ``policy``: the
+        outbound destination policy (default: link-local denied), checked on the resolved
+        addresses; the connection goes to a checked address, never to the name again.
         """
         cfg = server.config
         transcript = transcript if transcript is not None else Transcript()
@@ -144,6 +173,7 @@ class SmtpSession:
             transcript=transcript,
             steps=steps,
             token_provider=token_provider,
+            policy=policy or OutboundPolicy(),
         )
         try:
             await session._open()
@@ -244,17 +274,37 @@ class SmtpSession:
 
         implicit_tls_started = time.monotonic()
         with self._step("connect") as st:
-            self.transcript.note(f"connecting to {host}:{port} ({cfg.protocol})")
             try:
+                usable = allowed(host, infos, self.policy)
+            except DestinationDenied as exc:
+                raise TransportError(
+                    Outcome.TEMPORARY,
+                    "connect",
+                    f"not connecting: {exc}",
+                    kind=FailureKind.DESTINATION_DENIED,
+                ) from None
+            sock, address = await _connect_socket(usable, cfg.timeouts.connect_s)
+            self.transcript.note(f"connecting to {host}:{port} ({address}, {cfg.protocol})")
+            try:
+                # The checked address's socket: aiosmtplib must not resolve the name again.
                 greeting = await self.smtp.connect(
+                    sock=sock,
+                    port=None,
                     timeout=cfg.timeouts.connect_s,
                     use_tls=cfg.protocol == "smtps",
                     tls_context=tls_context if cfg.protocol == "smtps" else None,
                     validate_certs=True,
                 )
             except aiosmtplib.SMTPConnectResponseError as exc:
-                reply = SmtpReply.parse(exc.code, exc.message)
                 self.transcript.server(exc.code, exc.message)
+                if not 200 <= exc.code <= 599:
+                    raise TransportError(
+                        Outcome.TEMPORARY,
+                        "connect",
+                        f"{host}:{port} does not answer like an SMTP server",
+                        kind=FailureKind.PROTOCOL,
+                    ) from None
+                reply = SmtpReply.parse(exc.code, exc.message)
                 raise TransportError(
                     reply.outcome, "connect", f"greeting refused: {reply}", reply=reply
                 ) from exc

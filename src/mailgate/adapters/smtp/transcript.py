@@ -56,6 +56,11 @@ class Transcript:
             self._in_auth = False
         if self._full:
             return
+        if not 200 <= code <= 599:
+            # A peer that does not speak SMTP (a port scan aimed through a configuration):
+            # its bytes are none of the tenant's business.
+            self._add("S: (an answer that is not an SMTP reply; not shown)")
+            return
         lines = message.splitlines() or [""]
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"

@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from mailgate.adapters.outbound import PolicySource
 from mailgate.adapters.smtp.errors import TransportError
 from mailgate.adapters.smtp.replies import SendResult, SmtpReply
 from mailgate.adapters.smtp.session import STEPS, SmtpSession
 from mailgate.adapters.smtp.transcript import Transcript
 from mailgate.domain.messages import AttemptResult, Outcome, RecipientResult
+from mailgate.domain.outbound import OutboundPolicy
 from mailgate.domain.pauses import PauseSignal, classify_smtp
 from mailgate.domain.transport import Failure, FailureKind, Step
 from mailgate.ports import DeliverySession, ProbeFailed, SessionFailed, TokenProvider
@@ -121,10 +123,15 @@ class SmtpProbe:
     step_names = STEPS
 
     def __init__(
-        self, server: ResolvedServer, tokens: TokenProvider | None, on_step: Callable[[Step], None]
+        self,
+        server: ResolvedServer,
+        tokens: TokenProvider | None,
+        on_step: Callable[[Step], None],
+        policy: OutboundPolicy | None = None,
     ) -> None:
         self.server = server
         self.tokens = tokens
+        self.policy = policy
         self._steps = _StepSink(on_step)
         self._transcript = Transcript()
         self._session: SmtpSession | None = None
@@ -156,6 +163,7 @@ class SmtpProbe:
                 token_provider=self.tokens,
                 transcript=self._transcript,
                 steps=self._steps,
+                policy=self.policy,
             )
         except TransportError as err:
             raise ProbeFailed(err.failure) from err
@@ -180,12 +188,16 @@ class SmtpProbe:
 
 
 class SmtpTransport:
-    """Mail over SMTP, as ``ports.Transport`` (delivery) and ``ports.Prober`` (the test)."""
+    """Mail over SMTP, as ``ports.Transport`` (delivery) and ``ports.Prober`` (the test).
+    ``policy``: where connections may go (``adapters/outbound.py``)."""
+
+    def __init__(self, policy: PolicySource = OutboundPolicy) -> None:
+        self.policy = policy
 
     async def open(self, server: ResolvedServer, tokens: TokenProvider | None) -> DeliverySession:
         started = time.monotonic()
         try:
-            session = await SmtpSession.open(server, token_provider=tokens)
+            session = await SmtpSession.open(server, token_provider=tokens, policy=self.policy())
         except TransportError as err:
             raise SessionFailed(from_transport_error(err, _ms(started))) from None
         return SmtpDeliverySession(session)
@@ -193,4 +205,4 @@ class SmtpTransport:
     def probe(
         self, server: ResolvedServer, tokens: TokenProvider | None, on_step: Callable[[Step], None]
     ) -> SmtpProbe:
-        return SmtpProbe(server, tokens, on_step)
+        return SmtpProbe(server, tokens, on_step, self.policy())

@@ -96,6 +96,11 @@ KIND_HINTS: dict[FailureKind, str | None] = {
     FailureKind.DNS: (
         "The host name does not resolve. Check the spelling of host and this machine's DNS."
     ),
+    FailureKind.DESTINATION_DENIED: (
+        "The installation's outbound policy does not allow connections to this address "
+        "(system setting outbound_policy, MAILGATE_OUTBOUND_DENY); nothing was sent to it. "
+        "Use another host, or ask the system administrator."
+    ),
     FailureKind.REFUSED: (
         "Nothing accepts connections on this host and port. Check the port (587 for "
         "STARTTLS, 465 for smtps, 25 for relays) and any firewall in between."
@@ -339,6 +344,11 @@ def api_hint(
             if graph
             else "The message is larger than the Gmail API takes (35 MB; Gmail itself "
             "delivers at most 25 MB)."
+        )
+    if kind is FailureKind.DESTINATION_DENIED:
+        return (
+            f"The installation's outbound policy does not allow connections to {api} at this "
+            "address (system setting outbound_policy, MAILGATE_OUTBOUND_DENY); nothing was sent."
         )
     if kind in (FailureKind.TIMEOUT, FailureKind.REFUSED, FailureKind.NETWORK, FailureKind.DNS):
         return (
