@@ -39,7 +39,8 @@ def test_ribbon_create_rename_validate_save_remove(
     page.goto("/ui/email-servers?tenant=ribbon")
     page.wait_for_selector("main[data-ready='1']")
 
-    # An empty tenant opens a first configuration named DEFAULT.
+    # An empty tenant explains itself; its first configuration is named DEFAULT.
+    page.get_by_role("button", name="Add the first e-mail server").click()
     expect_tabs(page, ["DEFAULT"])
     expect(control(page, "Name")).to_have_value("DEFAULT")
     control(page, "Host").fill(smtp.host)
@@ -295,6 +296,7 @@ def test_oauth2_authorize_round_trip(
         sign_in(page)
         page.goto("/ui/email-servers?tenant=oauth")
         page.wait_for_selector("main[data-ready='1']")
+        page.get_by_role("button", name="Add the first e-mail server").click()
         control(page, "Host").fill(smtp.host)
         control(page, "Port").fill(str(smtp.port))
         control(page, "Trusted CA or server certificates (PEM)").fill(smtp.pki.ca_pem)

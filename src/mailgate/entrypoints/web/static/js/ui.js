@@ -31,6 +31,31 @@ export function toast(message, kind = "ok", ms = 4000) {
   setTimeout(() => t.remove(), ms);
 }
 
+export function clearToasts() {
+  document.getElementById("toasts")?.replaceChildren();
+}
+
+// Ask for one of several values: resolves to the chosen one, or null on Cancel.
+export function choiceDialog(title, text, label, options, okLabel = "OK") {
+  return new Promise((resolve) => {
+    const id = nextId("choice");
+    const sel = h("select", { id }, options.map((o) => h("option", { value: o }, o)));
+    const ok = h("button", { class: "danger", type: "button" }, okLabel);
+    const cancel = h("button", { type: "button" }, "Cancel");
+    const dlg = h("dialog", { "aria-labelledby": `${id}-title` },
+      h("h2", { id: `${id}-title` }, title), h("p", {}, text),
+      h("div", { class: "field" }, h("label", { for: id }, label), sel),
+      h("div", { class: "actions" }, cancel, ok));
+    document.body.append(dlg);
+    const done = (v) => { dlg.close(); dlg.remove(); resolve(v); };
+    ok.addEventListener("click", () => done(sel.value));
+    cancel.addEventListener("click", () => done(null));
+    dlg.addEventListener("cancel", (e) => { e.preventDefault(); done(null); });
+    dlg.showModal();
+    sel.focus();
+  });
+}
+
 export function banner(kind, ...content) {
   return h("div", { class: `banner ${kind}`, role: kind === "bad" ? "alert" : "status" }, h("div", { class: "grow" }, ...content));
 }

@@ -1,6 +1,6 @@
 // Workflow → E-mail servers: a ribbon with one tab per configuration (DEFAULT first) and "+".
-import { get, post, put, del, enc } from "../api.js";
-import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
+import { get, post, put, patch, del, enc } from "../api.js";
+import { h, clear, banner, toast, clearToasts, busy, errorText, confirmDialog, choiceDialog } from "../ui.js";
 import { boot, needTenant, setDirtyCheck, tenantUrl } from "../shell.js";
 import { ServerForm, emptyServer, remoteContext } from "../server_form/form.js";
 import { oauthFlash } from "../server_form/oauth2_panel.js";
@@ -11,7 +11,7 @@ if (needTenant(ctx)) await main();
 async function main() {
   const base = `/api/v1/tenants/${enc(ctx.tenant)}/email-servers`;
   const remote = ctx.canEditServers ? await remoteContext(ctx) : { clients: [], allowed: false };
-  const state = { servers: [], current: null, draft: null, form: null, removing: false };
+  const state = { servers: [], current: null, draft: null, form: null, removing: false, newDefault: null };
   const flash = h("div", { id: "flash" });
   const ribbon = h("div", { class: "ribbon", role: "tablist", "aria-label": "E-mail server configurations" });
   const body = h("div", { id: "server-panel", role: "tabpanel" });
@@ -32,8 +32,25 @@ async function main() {
     const want = select ?? ctx.item ?? state.servers[0]?.name;
     const found = state.servers.find((s) => s.name === want) || state.servers[0];
     if (found) open(found);
-    else if (ctx.canEditServers) openNew(false);
-    else { renderRibbon(); clear(body, banner("info", "This tenant has no e-mail server yet. An administrator can add one.")); }
+    else intro();
+  }
+
+  // An empty tenant: what a configuration is, and one button to start the first.
+  function intro() {
+    state.current = null;
+    state.draft = null;
+    state.form = null;
+    renderRibbon();
+    renderStatus();
+    savebar.hidden = true;
+    if (!ctx.canEditServers) { clear(body, banner("info", "This tenant has no e-mail server yet. An administrator can add one.")); return; }
+    const start = h("button", { type: "button", class: "primary", id: "start-first" }, "Add the first e-mail server");
+    start.addEventListener("click", () => openNew(true));
+    clear(body, h("section", { class: "panel intro" },
+      h("h2", {}, "No e-mail server yet"),
+      h("p", {}, "An e-mail server configuration tells mailgate how this tenant's mail leaves: through an SMTP server (Exchange Online, Gmail, your own relay), Microsoft Graph or the Gmail API, with its login and the defaults for messages."),
+      h("p", {}, "The first one is called DEFAULT and becomes the tenant's default: workflows that name no server send through it. Add more later with +."),
+      h("div", { class: "actions" }, start)));
   }
 
   function renderRibbon() {
@@ -51,7 +68,7 @@ async function main() {
       tabs.push(h("button", { type: "button", role: "tab", "aria-selected": String(selected), tabindex: selected ? "0" : "-1", class: selected && state.removing ? "removed" : "", dataset: { server: "" } },
         h("span", { class: "tab-label" }, (selected && state.form?.name) || state.draft.name || "New server"), h("span", { class: "dirty-dot", title: "Not saved yet" })));
     }
-    const add = ctx.canEditServers ? h("button", { type: "button", class: "add-tab", title: "New configuration", "aria-label": "New configuration" }, "+") : null;
+    const add = ctx.canEditServers && (state.servers.length || state.draft) ? h("button", { type: "button", class: "add-tab", title: "New configuration", "aria-label": "New configuration" }, "+") : null;
     add?.addEventListener("click", () => switchTo(() => openNew(true)));
     clear(ribbon, tabs, add);
   }
@@ -89,6 +106,8 @@ async function main() {
 
   function mount(value, isNew) {
     state.removing = false;
+    state.newDefault = null;
+    savebar.hidden = false;
     state.form = new ServerForm({
       value, isNew, isSystem: false,
       canEdit: ctx.canEditServers, canTest: ctx.canTest,
@@ -97,6 +116,7 @@ async function main() {
       remoteClients: remote.clients, remoteAllowed: remote.allowed,
       testTo: ctx.me.email || "",
       onChange: () => { renderRibbon(); renderStatus(); },
+      onSubmit: () => { if (!saveBtn.disabled) save(); },
       onReload: () => load(value.name),
     });
     clear(body, ctx.canEditServers ? null : banner("info", "You can read this configuration; only administrators can change it."), state.form.el);
@@ -119,13 +139,39 @@ async function main() {
     saveBtn.disabled = !dirty();
   }
 
-  removeBtn.addEventListener("click", () => {
-    state.removing = !state.removing;
-    if (state.removing) state.form.message("warn", h("strong", {}, "Staged for removal. "), "This configuration is removed when you press Save. Press Undo remove to keep it.");
-    else state.form.clearMessage();
+  removeBtn.addEventListener("click", async () => {
+    if (state.current === null) { await discardDraft(); return; }
+    if (state.removing) {
+      state.removing = false;
+      state.newDefault = null;
+      state.form.clearMessage();
+    } else {
+      const others = state.servers.filter((s) => s.name !== state.current.name);
+      if (state.current.is_default && others.length) {
+        // The default cannot go while others exist: choose its successor here, not at Save.
+        const next = await choiceDialog(`Remove "${state.current.name}"?`,
+          `"${state.current.name}" is this tenant's default server: messages that name no server go to it. Choose the server that becomes the default instead.`,
+          "New default server", others.map((s) => s.name), "Make it the default and remove");
+        if (!next) return;
+        state.newDefault = next;
+      }
+      state.removing = true;
+      state.form.message("warn", h("strong", {}, "Staged for removal. "),
+        state.newDefault ? `When you press Save, "${state.newDefault}" becomes the default and this configuration is removed. ` : "This configuration is removed when you press Save. ",
+        "Press Undo remove to keep it.");
+    }
     renderRibbon();
     renderStatus();
   });
+
+  // A new configuration that was never saved is simply dropped (nothing to stage).
+  async function discardDraft() {
+    if (state.form?.isDirty() && !(await confirmDialog("Discard the new server?", "Its settings were never saved and will be lost.", "Discard", true))) return;
+    state.draft = null;
+    state.form = null;
+    if (state.servers.length) open(state.servers[0]);
+    else intro();
+  }
 
   saveBtn.addEventListener("click", save);
   document.addEventListener("keydown", (e) => {
@@ -134,12 +180,14 @@ async function main() {
 
   async function save() {
     const form = state.form;
+    clearToasts(); // an earlier "Not saved" must not outlive this attempt
     busy(saveBtn, true, "Saving…");
     try {
       if (state.removing) {
         if (state.current) {
+          if (state.newDefault) await patch(`${base}/${enc(state.newDefault)}`, { is_default: true });
           await del(`${base}/${enc(state.current.name)}`);
-          toast(`Removed ${state.current.name}`);
+          toast(state.newDefault ? `Removed ${state.current.name}; ${state.newDefault} is the default now` : `Removed ${state.current.name}`);
         }
         state.draft = null;
         state.current = null;
@@ -157,11 +205,12 @@ async function main() {
         state.form = null;
         await load(saved.name);
       }
-      state.form?.message("ok", "Saved.");
     } catch (err) {
-      if (err.status === 422) form.showErrors(err.errors);
+      const fieldErrors = err.status === 422 ? err.errors
+        : err.status === 409 && !state.removing && /named/.test(err.message) ? [{ field: "name", message: err.message }] : null;
+      if (fieldErrors) form.showErrors(fieldErrors);
       else form.message("bad", errorText(err));
-      toast(err.status === 422 ? "Not saved: please fix the marked fields." : `Not saved: ${errorText(err)}`, "bad", 6000);
+      toast(fieldErrors ? "Not saved: please fix the marked fields." : `Not saved: ${errorText(err)}`, "bad", 6000);
     }
     busy(saveBtn, false);
     renderStatus();

@@ -1,6 +1,6 @@
 // System → System e-mail server: the same form without the ribbon (one config, no name).
 import { get, put, del } from "../api.js";
-import { h, clear, banner, toast, busy, errorText, confirmDialog } from "../ui.js";
+import { h, clear, banner, toast, clearToasts, busy, errorText, confirmDialog } from "../ui.js";
 import { boot, setDirtyCheck } from "../shell.js";
 import { ServerForm, emptyServer } from "../server_form/form.js";
 import { oauthFlash } from "../server_form/oauth2_panel.js";
@@ -27,6 +27,7 @@ async function load() {
   form = new ServerForm({
     value: value || emptyServer(), isNew: !exists, isSystem: true, canEdit: true, canTest: true,
     apiBase: URL_, testTo: ctx.me.email || "", onChange: renderStatus, onReload: load,
+    onSubmit: () => { if (!saveBtn.disabled) save(); },
   });
   clear(body, exists ? null : banner("info", "No system e-mail server yet. mailgate uses it for password reset links and token alerts."), form.el);
   renderStatus();
@@ -40,13 +41,14 @@ function renderStatus() {
   removeBtn.hidden = !exists;
 }
 
-saveBtn.addEventListener("click", async () => {
+saveBtn.addEventListener("click", () => save());
+async function save() {
+  clearToasts();
   busy(saveBtn, true, "Saving…");
   try {
     await put(URL_, form.body());
     toast("System e-mail server saved");
     await load();
-    form.message("ok", "Saved.");
   } catch (err) {
     if (err.status === 422) form.showErrors(err.errors);
     else form.message("bad", errorText(err));
@@ -54,7 +56,7 @@ saveBtn.addEventListener("click", async () => {
   }
   busy(saveBtn, false);
   renderStatus();
-});
+}
 removeBtn.addEventListener("click", async () => {
   if (!(await confirmDialog("Remove the system e-mail server?", "Password reset mails and token alerts cannot be sent without it.", "Remove", true))) return;
   try { await del(URL_); toast("System e-mail server removed"); await load(); } catch (err) { toast(errorText(err), "bad"); }

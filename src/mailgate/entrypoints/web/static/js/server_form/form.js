@@ -36,6 +36,14 @@ export class ServerForm extends BoundForm {
     this.portEdited = !opts.isNew && this.v.port !== DEFAULT_PORTS[this.v.protocol];
     this.el = h("form", { class: "server-form", novalidate: true, "aria-label": "E-mail server settings" });
     this.el.addEventListener("submit", (e) => e.preventDefault());
+    // Enter in a one-line field saves, as in any form (the test address runs no save).
+    this.el.addEventListener("keydown", (e) => {
+      const t = e.target;
+      if (e.key !== "Enter" || e.isComposing || !(t instanceof HTMLInputElement)) return;
+      if (["checkbox", "radio", "file", "button"].includes(t.type) || t.closest(".test-row")) return;
+      e.preventDefault();
+      this.o.onSubmit?.();
+    });
     this.topBanner = h("div", { class: "form-banner" });
     this.build();
     this.initial = this.snapshot();
@@ -55,9 +63,11 @@ export class ServerForm extends BoundForm {
       const isDefault = o.value.is_default && !o.isNew;
       const def = this.check("Default server of this tenant", "is_default", isDefault ? "To change it, make another server the default." : "Used when a message names no server.");
       if (isDefault) def.querySelector("input").disabled = true;
+      this.renameWarning = h("div", { class: "wide", hidden: true });
       parts.push(this.section("Name", "Workflows choose a configuration by this name.",
         h("div", { class: "grid" },
-          this.text("Name", "name", { placeholder: "e.g. DEFAULT or invoices", help: "Letters, digits, - and _." }), def)));
+          this.text("Name", "name", { placeholder: "e.g. DEFAULT or invoices", help: "Up to 64 letters, digits, spaces, dots, - and _, starting with a letter or digit." }), def,
+          this.renameWarning)));
     }
     this.starttlsField = this.select("STARTTLS", "starttls", { required: "Required (refuse without TLS)", opportunistic: "Opportunistic (use TLS when offered)", disabled: "Disabled (never; plain text)" }, { help: "Only for SMTP; SMTPS is encrypted from the start." });
     this.portInput = h("input", { type: "number", min: "1", max: "65535", inputmode: "numeric" });
@@ -235,6 +245,12 @@ export class ServerForm extends BoundForm {
         : "";
     this.transportHint.hidden = !this.transportHint.textContent;
     this.pwBlock.hidden = auth.method !== "password";
+    if (this.renameWarning) {
+      const old = this.o.value.name;
+      const renamed = !this.o.isNew && (this.v.name || "").trim() !== old;
+      this.renameWarning.hidden = !renamed;
+      if (renamed) clear(this.renameWarning, banner("warn", h("strong", {}, "Renaming. "), `Workflows, SMTP clients and API calls that send with server "${old}" will no longer find it: change them to the new name too.`));
+    }
     this.starttlsField.querySelector("select").disabled = !this.o.canEdit || this.v.protocol === "smtps";
     this.portHelp();
     this.oauth2.sync();
