@@ -21,6 +21,10 @@ RESET = "/api/v1/auth/password-reset"
 
 @pytest.fixture
 def system_server(api: Api, smtp_servers: SmtpServers) -> SmtpServer:
+    return make_system_server(api, smtp_servers)
+
+
+def make_system_server(api: Api, smtp_servers: SmtpServers) -> SmtpServer:
     """The system e-mail server: a real SMTP server with STARTTLS and AUTH."""
     smtp = smtp_servers.start(tls="starttls", users={"mailgate": "smtp-pw-1"}, auth_required=True)
     body = smtp.password_config(
@@ -106,13 +110,46 @@ def test_expired_link_and_throttle(api: Api, system_server: SmtpServer) -> None:
     assert r.json()["errors"][0]["field"] == "token"
 
 
-def test_without_system_server_nothing_breaks(api: Api) -> None:
+def test_without_system_server_nothing_breaks(
+    api: Api, smtp_servers: SmtpServers, caplog: pytest.LogCaptureFixture
+) -> None:
     admin = api.admin_token()
     api.make_user(admin, "lonely", {"home": "user"})
     api.request("PATCH", "/api/v1/users/lonely", admin, json={"email": "l@example.com"})
-    r = api.client.post(RESET, json={"username": "lonely"})
+    with caplog.at_level("WARNING", logger="mailgate.password_reset"):
+        r = api.client.post(RESET, json={"username": "lonely"})
     assert r.status_code == 202
-    assert len(rows(api)) == 1  # the link exists; the mail could not go out (logged)
+    assert "no system e-mail server is configured" in caplog.text
+    # The unsent link is spent: it works for nobody and does not count against the limit.
+    [row] = rows(api)
+    assert row.used_at is not None
+    # Once a system e-mail server exists, the very next request sends.
+    smtp = make_system_server(api, smtp_servers)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mailgate.password_reset"):
+        assert api.client.post(RESET, json={"username": "lonely"}).status_code == 202
+    assert [r for r in caplog.records if r.name == "mailgate.password_reset"] == []
+    [mail] = mails_to(smtp, "l@example.com")
+    token_from(mail)
+    # Asking again at once sends nothing, and says so in the log (not to the asker).
+    with caplog.at_level("WARNING", logger="mailgate.password_reset"):
+        assert api.client.post(RESET, json={"username": "lonely"}).status_code == 202
+    assert "not sent: a link went out less than" in caplog.text
+    assert len(smtp.received) == 1
+
+
+def test_unsent_resets_are_logged_without_the_name(
+    api: Api, system_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = api.admin_token()
+    api.make_user(admin, "no-address", {"home": "user"})
+    with caplog.at_level("WARNING", logger="mailgate.password_reset"):
+        for name in ("typed-my-Passw0rd-here", "no-address"):
+            assert api.client.post(RESET, json={"username": name}).status_code == 202
+    assert "no user of that name" in caplog.text
+    assert "has no e-mail address" in caplog.text
+    assert "typed-my-Passw0rd-here" not in caplog.text
+    assert system_server.received == []
 
 
 def test_bad_input(api: Api) -> None:

@@ -7,6 +7,7 @@ either way and sends the mail after the response, so timing does not tell either
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -17,6 +18,8 @@ from mailgate.domain.clock import Clock
 from mailgate.domain.errors import ValidationFailed
 from mailgate.services.identity import Identity, new_token, token_hash
 
+log = logging.getLogger("mailgate.password_reset")
+
 RESET_TTL = timedelta(hours=1)
 # At most one mail per user in this interval: the form cannot be used to flood a mailbox.
 RESEND_AFTER = timedelta(minutes=1)
@@ -25,9 +28,17 @@ INVALID = "this reset link is invalid, used or expired; ask for a new one"
 
 
 def request_reset(db: Session, clock: Clock, username: str) -> tuple[User, str] | None:
-    """A new token for ``username``, or ``None`` (unknown user, no address, asked too often)."""
+    """A new token for ``username``, or ``None`` (unknown user, no address, asked too often).
+    Every request that sends nothing is logged at WARNING (the asker always gets 202), without
+    the name typed: it may be a password typed into the wrong field."""
     user = db.scalar(select(User).where(User.username == username))
-    if user is None or not user.email:
+    if user is None:
+        log.warning("password reset not sent: no user of that name")
+        return None
+    if not user.email:
+        log.warning(
+            "password reset for user id %s not sent: the user has no e-mail address", user.id
+        )
         return None
     now = clock()
     recent = db.scalar(
@@ -38,6 +49,11 @@ def request_reset(db: Session, clock: Clock, username: str) -> tuple[User, str] 
         )
     )
     if recent is not None:
+        log.warning(
+            "password reset for user id %s not sent: a link went out less than %s ago",
+            user.id,
+            RESEND_AFTER,
+        )
         return None
     token = new_token(RESET_PREFIX)
     db.add(
@@ -50,6 +66,16 @@ def request_reset(db: Session, clock: Clock, username: str) -> tuple[User, str] 
     )
     db.flush()
     return user, token
+
+
+def withdraw_unsent(db: Session, clock: Clock, token: str) -> None:
+    """The mail with ``token`` could not be sent: the link is spent (nobody has it) and does
+    not count against the one-per-minute limit, so the next request sends."""
+    db.execute(
+        update(PasswordReset)
+        .where(PasswordReset.token_hash == token_hash(token), PasswordReset.used_at.is_(None))
+        .values(used_at=clock())
+    )
 
 
 def confirm_reset(db: Session, clock: Clock, identity: Identity, token: str, password: str) -> User:

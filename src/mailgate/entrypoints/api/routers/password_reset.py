@@ -35,6 +35,8 @@ def _send(c: Container, user_id: int, token: str) -> None:
     with c.session() as db:
         user = db.get(User, user_id)
         if user is None or not user.email:
+            log.warning("password reset for user id %s not sent: the user changed", user_id)
+            svc.withdraw_unsent(db, c.clock, token)
             return
         setting = db.get(SystemSetting, "public_base_url")
         base = str(setting.value) if setting and setting.value else c.settings.public_base_url
@@ -46,6 +48,10 @@ def _send(c: Container, user_id: int, token: str) -> None:
         # The requester gets 202 regardless; the operator sees why no mail went out. The
         # error carries a scrubbed text (no credentials).
         log.warning("password reset mail for user id %s not sent: %s", user_id, exc)
+        # Only sent links count against the limit: the next request (say, once a system
+        # e-mail server exists) must send.
+        with c.session() as db:
+            svc.withdraw_unsent(db, c.clock, token)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
