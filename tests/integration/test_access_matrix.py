@@ -286,6 +286,7 @@ SYSTEM_ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint("DELETE", "/api/v1/users/{username}", None, 204, fresh=fresh_user),
     Endpoint("GET", "/api/v1/system/settings", None),
+    Endpoint("GET", "/api/v1/audit", None),
     Endpoint("PUT", "/api/v1/system/settings", None, body=lambda _w, _t: {}),
     Endpoint("GET", "/api/v1/system/email-server", None),
     Endpoint(

@@ -510,6 +510,9 @@ CASES = [
     ),
     Case("cursor overflow", "GET", "/api/v1/tenants/home/audit?cursor=" + "9" * 30, 422, "cursor"),
     Case("limit out of range", "GET", "/api/v1/tenants/home/audit?limit=0", 422, "query.limit"),
+    Case("audit since not a time", "GET", "/api/v1/audit?since=yesterday", 422, "query.since"),
+    Case("audit since naive", "GET", "/api/v1/audit?since=2026-01-01T00:00:00", 422, "query.since"),
+    Case("audit actor too long", "GET", "/api/v1/audit?actor=" + "a" * 101, 422, "query.actor"),
     # Outbound destination policy (system settings)
     Case(
         "deny network not a network",

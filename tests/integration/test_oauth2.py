@@ -565,3 +565,20 @@ def test_system_server_authorizes_through_its_own_endpoints(lite: Env) -> None:
     assert lite.api.request("DELETE", f"{system}/oauth2", lite.admin).status_code == 204
     status = lite.api.request("GET", system, lite.admin).json()["oauth2_status"]
     assert status["state"] == "not_authorized"
+
+
+def test_the_audit_trail_names_who_authorized_and_who_consented(lite: Env) -> None:
+    """README "Audit log": the admin who started the authorization, and the account that
+    consented at the provider (from the access token's upn; never the token)."""
+    lite.oauth.server.jwt_for_all = True
+    redirect = lite.oauth.consent(lite.authorize_url())
+    assert lite.callback(redirect).status_code == 303
+    r = lite.api.request(
+        "GET", "/api/v1/tenants/home/audit", lite.admin, params={"action": "oauth2.*"}
+    )
+    consent, started = r.json()["items"][:2]
+    assert started["action"] == "oauth2.authorize" and started["actor"] == "admin"
+    assert consent["action"] == "oauth2.consent"
+    assert consent["detail"]["account"] == MAILBOX
+    assert consent["actor"] == f"oauth2:{MAILBOX}"
+    assert lite.tokens()["access_token"] not in r.text

@@ -311,6 +311,8 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source: Mapped[str | None] = mapped_column(String(100))
+    """The client address of the request that made the change (None: the command line)."""
 
 
 class WebhookEndpoint(Base):

@@ -12,6 +12,7 @@ from mailgate import __version__
 from mailgate.bootstrap import Container
 from mailgate.entrypoints import web
 from mailgate.entrypoints.api import problems
+from mailgate.entrypoints.api.audit_trail import RequestSource
 from mailgate.entrypoints.api.limits import BodyLimit, NoNulInUrl
 from mailgate.entrypoints.api.routers import (
     api_keys,
@@ -107,4 +108,5 @@ def create_app(
     web.install(app)
     app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
+    app.add_middleware(RequestSource)
     return app

@@ -70,8 +70,10 @@ class ResetDoneOut(OutModel):
 class AuditEntryOut(OutModel):
     id: int
     at: Timestamp
-    actor: str
+    tenant: str | None = Field(description="the tenant changed (null: the installation)")
+    actor: str = Field(description="a user's name, or apikey:<name>")
     action: str
+    source: str | None = Field(description="the client address (null: the command line)")
     detail: dict[str, Any] | None
 
 

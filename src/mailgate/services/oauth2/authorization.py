@@ -9,6 +9,8 @@ the state whatever the outcome; an unknown, used or expired one changes nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -28,6 +30,7 @@ from mailgate.domain.oauth2 import (
     NeedsAuthorization,
     OAuth2State,
     TokenRefused,
+    TokenSet,
 )
 from mailgate.domain.oauth2_providers import ProviderSettings
 from mailgate.ports import SecretCipher, TokenEndpoint
@@ -51,6 +54,9 @@ class CallbackResult:
     server: str
     ok: bool
     message: str
+    tenant_id: int | None = None
+    account: str | None = None
+    """Who consented at the provider, as the access token names them (None: it does not)."""
 
 
 class CallbackRejected(BadRequest):
@@ -185,8 +191,10 @@ class OAuth2AuthorizationFlow:
         server_name = row.name
         pending.used_at = now
 
-        def result(ok: bool, message: str) -> CallbackResult:
-            return CallbackResult(tenant_name, server_name, ok, message)
+        server_tenant_id = row.tenant_id
+
+        def result(ok: bool, message: str, account: str | None = None) -> CallbackResult:
+            return CallbackResult(tenant_name, server_name, ok, message, server_tenant_id, account)
 
         if error:
             # RFC 6749 section 4.1.2.1: the provider reports refusals to the redirect URI.
@@ -244,7 +252,9 @@ class OAuth2AuthorizationFlow:
             "microsoft_graph": "through Microsoft Graph",
             "gmail_api": "through the Gmail API",
         }.get(str(row.config.get("transport")), "with XOAUTH2")
-        return result(True, f"authorized: mail is sent {how} from now on")
+        return result(
+            True, f"authorized: mail is sent {how} from now on", consenting_account(tokens)
+        )
 
     @staticmethod
     def _still_authorized(db: Session, server_id: int, authorized: str) -> EmailServer | None:
@@ -271,6 +281,27 @@ class OAuth2AuthorizationFlow:
         row.oauth2_warning = None
         row.oauth2_retry_at = None
         row.updated_at = self.clock()
+
+
+def consenting_account(tokens: TokenSet) -> str | None:
+    """The account that consented, for the audit trail: a JWT access token's user claim
+    (Microsoft's are JWTs; Google's are opaque: None). Read, not trusted - only the API
+    validates a token - and only a name is kept, never the token."""
+    parts = tokens.access_token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for claim in ("upn", "preferred_username", "unique_name", "email", "app_displayname"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value:
+            return value[:200]
+    return None
 
 
 def ui_redirect(result: CallbackResult) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import Field
 from sqlalchemy import select
 
 from mailgate.adapters.db.tables import ApiKey
 from mailgate.domain.access import Perm, Role
 from mailgate.domain.errors import NotFound
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.out.identity import ApiKeyList, ApiKeyOut, NewApiKeyOut
@@ -31,17 +32,35 @@ def list_keys(tenant: str, caller: Caller, db: DB, c: AppContainer) -> ApiKeyLis
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_key(
-    tenant: str, body: ApiKeyIn, caller: Caller, db: DB, c: AppContainer
+    tenant: str, body: ApiKeyIn, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> NewApiKeyOut:
     t = tenant_for(db, caller, tenant, Perm.KEYS_MANAGE)
     key, token = c.identity.create_api_key(db, t, body.name, body.role, caller.name)
+    audit(
+        request,
+        db,
+        c,
+        "api_key.create",
+        tenant_id=t.id,
+        detail={"id": key.id, "name": key.name, "role": key.role},
+    )
     return NewApiKeyOut.model_validate({**c.identity.api_key_view(key), "token": token})
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_key(tenant: str, key_id: str, caller: Caller, db: DB) -> None:
+def revoke_key(
+    tenant: str, key_id: str, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> None:
     t = tenant_for(db, caller, tenant, Perm.KEYS_MANAGE)
     key = db.scalar(select(ApiKey).where(ApiKey.tenant_id == t.id, ApiKey.id == key_id))
     if key is None:
         raise NotFound("API key not found")
+    audit(
+        request,
+        db,
+        c,
+        "api_key.revoke",
+        tenant_id=t.id,
+        detail={"id": key.id, "name": key.name, "role": key.role},
+    )
     db.delete(key)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from mailgate.domain.errors import MailgateError
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import CSRF_COOKIE, DB, SESSION_COOKIE, AppContainer, Caller
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.out.identity import (
@@ -29,9 +30,19 @@ def login(body: LoginIn, request: Request, response: Response, db: DB, c: AppCon
     client = request.client.host if request.client else "unknown"
     try:
         token, user, sess = c.identity.login(db, body.username, body.password, client)
-    except MailgateError:
-        db.commit()  # keep the failure count even though the request fails
+    except MailgateError as exc:
+        audit(
+            request,
+            db,
+            c,
+            "auth.sign_in_failed",
+            tenant_id=None,
+            actor=body.username[:64],
+            detail={"reason": exc.detail},
+        )
+        db.commit()  # keep the failure count (and the entry) even though the request fails
         raise
+    audit(request, db, c, "auth.sign_in", tenant_id=None, actor=user.username)
     secure = c.settings.public_base_url.startswith("https://")
     max_age = c.settings.session_hours * 3600
     response.set_cookie(
@@ -51,8 +62,9 @@ def login(body: LoginIn, request: Request, response: Response, db: DB, c: AppCon
 
 
 @router.post("/logout", status_code=204)
-def logout(response: Response, caller: Caller, db: DB, c: AppContainer) -> None:
+def logout(request: Request, response: Response, caller: Caller, db: DB, c: AppContainer) -> None:
     c.identity.logout(db, caller)
+    audit(request, db, c, "auth.sign_out", tenant_id=None)
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, status
+from fastapi import APIRouter, Body, Request, status
 
 from mailgate.adapters.db.tables import EmailServer
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
+from mailgate.entrypoints.api.audit_trail import audit, server_changes, server_snapshot
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.schemas.email_server import EmailServerIn
 from mailgate.schemas.out.email_server import EmailServerList, EmailServerOut
@@ -27,10 +28,21 @@ def list_servers(tenant: str, caller: Caller, db: DB, c: AppContainer) -> EmailS
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_server(
-    tenant: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
+    tenant: str, body: EmailServerIn, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    return _out(c, c.servers.create(db, t, body))
+    row = c.servers.create(db, t, body)
+    after = server_snapshot(c, row)
+    changes = server_changes({}, after, body.model_dump(mode="json", by_alias=True))
+    audit(
+        request,
+        db,
+        c,
+        "email_server.create",
+        tenant_id=t.id,
+        detail={"server": row.name, "changes": changes},
+    )
+    return _out(c, row)
 
 
 @router.get("/{name}")
@@ -41,18 +53,29 @@ def get_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) 
 
 @router.put("/{name}")
 def replace_server(
-    tenant: str, name: str, body: EmailServerIn, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    name: str,
+    body: EmailServerIn,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     if "name" not in body.model_fields_set:
         body.name = name  # a PUT without a name keeps it (renaming is explicit)
-    return _out(c, c.servers.replace(db, c.servers.get(db, t.id, name), body))
+    row = c.servers.get(db, t.id, name)
+    before = server_snapshot(c, row)
+    row = c.servers.replace(db, row, body)
+    _audit_update(request, db, c, t.id, name, before, row, body.model_dump(mode="json"))
+    return _out(c, row)
 
 
 @router.patch("/{name}")
 def patch_server(
     tenant: str,
     name: str,
+    request: Request,
     caller: Caller,
     db: DB,
     c: AppContainer,
@@ -63,13 +86,51 @@ def patch_server(
     ),
 ) -> EmailServerOut:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    return _out(c, c.servers.patch(db, c.servers.get(db, t.id, name), body))
+    row = c.servers.get(db, t.id, name)
+    before = server_snapshot(c, row)
+    row = c.servers.patch(db, row, body)
+    _audit_update(request, db, c, t.id, name, before, row, body)
+    return _out(c, row)
+
+
+def _audit_update(
+    request: Request,
+    db: DB,
+    c: Container,
+    tenant_id: int | None,
+    name: str,
+    before: dict[str, Any],
+    row: EmailServer,
+    body: dict[str, Any],
+) -> None:
+    changes = server_changes(before, server_snapshot(c, row), body)
+    if changes:
+        audit(
+            request,
+            db,
+            c,
+            "email_server.update",
+            tenant_id=tenant_id,
+            detail={"server": name, "changes": changes},
+        )
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_server(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> None:
+def delete_server(
+    tenant: str, name: str, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> None:
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
-    c.servers.delete(db, c.servers.get(db, t.id, name))
+    row = c.servers.get(db, t.id, name)
+    was = server_snapshot(c, row)
+    c.servers.delete(db, row)
+    audit(
+        request,
+        db,
+        c,
+        "email_server.delete",
+        tenant_id=t.id,
+        detail={"server": name, "changes": server_changes(was, {}, None)},
+    )
 
 
 @router.post("/{name}/resume")

@@ -16,6 +16,7 @@ from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import BadRequest, MailgateError, PayloadTooLarge, ValidationFailed
 from mailgate.domain.messages import Action, Priority, Status
 from mailgate.domain.metadata import FILTER_PREFIX, metadata_errors
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.common import ObjectName, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
@@ -370,6 +371,7 @@ def list_messages(
 
 def _bulk(
     action: Action,
+    request: Request,
     tenant: str,
     body: BulkIn,
     caller: Principal,
@@ -377,31 +379,53 @@ def _bulk(
     c: Container,
 ) -> BulkOut:
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
-    return c.outbox.steering.bulk(db, t.id, action, body).out()
+    out = c.outbox.steering.bulk(db, t.id, action, body).out()
+    selector: dict[str, Any] = (
+        {"ids": len(body.ids)}
+        if body.ids is not None
+        else {"filter": body.model_dump(mode="json", exclude={"ids"}, exclude_none=True)}
+    )
+    audit(
+        request,
+        db,
+        c,
+        f"messages.{action.value}",
+        tenant_id=t.id,
+        detail={**selector, "changed": out.changed, "skipped": len(out.skipped)},
+    )
+    return out
 
 
 @router.post("/release")
-def release_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
+def release_many(
+    tenant: str, body: BulkIn, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> BulkOut:
     """Release held messages, by ``ids`` or by filter (``status``, ``server``)."""
-    return _bulk(Action.RELEASE, tenant, body, caller, db, c)
+    return _bulk(Action.RELEASE, request, tenant, body, caller, db, c)
 
 
 @router.post("/cancel")
-def cancel_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
+def cancel_many(
+    tenant: str, body: BulkIn, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> BulkOut:
     """Cancel messages not yet sent, by ``ids`` or by filter."""
-    return _bulk(Action.CANCEL, tenant, body, caller, db, c)
+    return _bulk(Action.CANCEL, request, tenant, body, caller, db, c)
 
 
 @router.post("/retry")
-def retry_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
+def retry_many(
+    tenant: str, body: BulkIn, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> BulkOut:
     """Try deferred and failed messages now, by ``ids`` or by filter."""
-    return _bulk(Action.RETRY, tenant, body, caller, db, c)
+    return _bulk(Action.RETRY, request, tenant, body, caller, db, c)
 
 
 @router.post("/hold")
-def hold_many(tenant: str, body: BulkIn, caller: Caller, db: DB, c: AppContainer) -> BulkOut:
+def hold_many(
+    tenant: str, body: BulkIn, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> BulkOut:
     """Hold scheduled, queued and deferred messages, by ``ids`` or by filter."""
-    return _bulk(Action.HOLD, tenant, body, caller, db, c)
+    return _bulk(Action.HOLD, request, tenant, body, caller, db, c)
 
 
 @router.get("/{message_id}")
@@ -424,39 +448,68 @@ def get_raw(tenant: str, message_id: str, caller: Caller, db: DB) -> Response:
 
 
 def _act(
-    action: Action, tenant: str, message_id: str, caller: Principal, db: Session, c: Container
+    action: Action,
+    request: Request,
+    tenant: str,
+    message_id: str,
+    caller: Principal,
+    db: Session,
+    c: Container,
 ) -> MessageSummaryOut:
     t = tenant_for(db, caller, tenant, Perm.MESSAGES_MANAGE)
-    return query.summary(c.outbox.steering.act(db, t.id, message_id, action))
+    row = c.outbox.steering.act(db, t.id, message_id, action)
+    detail = {"id": row.id, "status": row.status}
+    audit(request, db, c, f"message.{action.value}", tenant_id=t.id, detail=detail)
+    return query.summary(row)
 
 
 @router.post("/{message_id}/release")
 def release(
-    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    message_id: str,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> MessageSummaryOut:
     """A held message goes to the queue (or waits for its send_at)."""
-    return _act(Action.RELEASE, tenant, message_id, caller, db, c)
+    return _act(Action.RELEASE, request, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/cancel")
 def cancel(
-    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    message_id: str,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> MessageSummaryOut:
     """Held, scheduled, queued or deferred mail is not sent; 409 for anything else."""
-    return _act(Action.CANCEL, tenant, message_id, caller, db, c)
+    return _act(Action.CANCEL, request, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/hold")
 def hold(
-    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    message_id: str,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> MessageSummaryOut:
     """Stop a scheduled, queued or deferred message until it is released."""
-    return _act(Action.HOLD, tenant, message_id, caller, db, c)
+    return _act(Action.HOLD, request, tenant, message_id, caller, db, c)
 
 
 @router.post("/{message_id}/retry")
 def retry(
-    tenant: str, message_id: str, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    message_id: str,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> MessageSummaryOut:
     """Try a deferred or failed message now."""
-    return _act(Action.RETRY, tenant, message_id, caller, db, c)
+    return _act(Action.RETRY, request, tenant, message_id, caller, db, c)

@@ -7,6 +7,7 @@ from fastapi.responses import RedirectResponse
 
 from mailgate.domain.access import Perm
 from mailgate.entrypoints import web
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.out.email_server import EmailServerOut
 from mailgate.schemas.out.oauth2 import AuthorizationUrlOut
@@ -20,12 +21,14 @@ BASE = "/api/v1/tenants/{tenant}/email-servers/{name}/oauth2"
 
 @router.post(f"{BASE}/authorize")
 def authorize(
-    tenant: str, name: str, caller: Caller, db: DB, c: AppContainer
+    tenant: str, name: str, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> AuthorizationUrlOut:
     """Start the authorization code grant: open ``authorization_url`` in the browser."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     row = c.servers.get(db, t.id, name)
-    return AuthorizationUrlOut(authorization_url=c.oauth2.authorization.begin(db, row))
+    url = c.oauth2.authorization.begin(db, row)
+    audit(request, db, c, "oauth2.authorize", tenant_id=t.id, detail={"server": name})
+    return AuthorizationUrlOut(authorization_url=url)
 
 
 @router.post(f"{BASE}/refresh")
@@ -42,10 +45,13 @@ def refresh(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> 
 
 
 @router.delete(f"{BASE}", status_code=status.HTTP_204_NO_CONTENT)
-def forget(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> Response:
+def forget(
+    tenant: str, name: str, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> Response:
     """Forget the stored tokens; the configuration must be authorized again."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     c.oauth2.authorization.forget(db, c.servers.get(db, t.id, name))
+    audit(request, db, c, "oauth2.forget", tenant_id=t.id, detail={"server": name})
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -54,10 +60,14 @@ SYSTEM = "/api/v1/system/email-server/oauth2"
 
 
 @router.post(f"{SYSTEM}/authorize", tags=["system"])
-def system_authorize(caller: Caller, db: DB, c: AppContainer) -> AuthorizationUrlOut:
+def system_authorize(
+    request: Request, caller: Caller, db: DB, c: AppContainer
+) -> AuthorizationUrlOut:
     require_system_admin(caller)
     row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
-    return AuthorizationUrlOut(authorization_url=c.oauth2.authorization.begin(db, row))
+    url = c.oauth2.authorization.begin(db, row)
+    audit(request, db, c, "oauth2.authorize", tenant_id=None, detail={"server": row.name})
+    return AuthorizationUrlOut(authorization_url=url)
 
 
 @router.post(f"{SYSTEM}/refresh", tags=["system"])
@@ -72,8 +82,9 @@ def system_refresh(caller: Caller, db: DB, c: AppContainer) -> EmailServerOut:
 
 
 @router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
-def system_forget(caller: Caller, db: DB, c: AppContainer) -> Response:
+def system_forget(request: Request, caller: Caller, db: DB, c: AppContainer) -> Response:
     require_system_admin(caller)
+    audit(request, db, c, "oauth2.forget", tenant_id=None, detail={"server": SYSTEM_SERVER_NAME})
     c.oauth2.authorization.forget(db, c.servers.get(db, None, SYSTEM_SERVER_NAME))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -106,4 +117,15 @@ def callback(
             else "your e-mail servers"
         )
         return web.oauth2_callback_failed(request, exc.detail, back, label)
+    # No session here (the browser comes from the provider): the actor is the account that
+    # consented, as far as the token names it.
+    audit(
+        request,
+        db,
+        c,
+        "oauth2.consent" if result.ok else "oauth2.consent_failed",
+        tenant_id=result.tenant_id,
+        actor=f"oauth2:{result.account or 'unknown account'}",
+        detail={"server": result.server, "account": result.account, "message": result.message},
+    )
     return RedirectResponse(ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, BackgroundTasks, status
+from fastapi import APIRouter, BackgroundTasks, Request, status
 from pydantic import Field
 
 from mailgate.adapters.db.tables import SystemSetting
 from mailgate.bootstrap import Container
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer
 from mailgate.schemas.common import StrictModel
 from mailgate.schemas.out.system import ResetDoneOut, ResetRequestedOut
@@ -71,6 +72,8 @@ def request_reset(
 
 
 @router.post("/confirm")
-def confirm_reset(body: ConfirmIn, db: DB, c: AppContainer) -> ResetDoneOut:
+def confirm_reset(body: ConfirmIn, request: Request, db: DB, c: AppContainer) -> ResetDoneOut:
     user = svc.confirm_reset(db, c.clock, c.identity, body.token, body.password)
+    detail = {"username": user.username, "changes": {"password": "changed"}}
+    audit(request, db, c, "user.password_reset", tenant_id=None, actor=user.username, detail=detail)
     return ResetDoneOut(status="ok", username=user.username)

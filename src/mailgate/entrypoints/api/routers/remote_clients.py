@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 
-from fastapi import APIRouter, WebSocket, status
+from fastapi import APIRouter, Request, WebSocket, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +22,7 @@ from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
 from mailgate.domain.errors import Unauthenticated
 from mailgate.domain.remote import AgentIdentity
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller
 from mailgate.entrypoints.api.problems import PROBLEM_JSON
 from mailgate.schemas.common import ObjectName, StrictModel
@@ -57,10 +58,16 @@ def list_clients(tenant: str, caller: Caller, db: DB, c: AppContainer) -> Remote
 
 @router.post(BASE, status_code=status.HTTP_201_CREATED)
 def create_client(
-    tenant: str, body: RemoteClientIn, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    body: RemoteClientIn,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> NewRemoteClientOut:
     t = tenant_for(db, caller, tenant, Perm.REMOTE_MANAGE)
     row, token = c.remote_clients.create(db, t, body.name)
+    audit(request, db, c, "remote_client.create", tenant_id=t.id, detail={"name": row.name})
     return NewRemoteClientOut.model_validate({**c.remote_clients.view(row), "token": token})
 
 
@@ -73,9 +80,12 @@ def get_client(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) 
 
 
 @router.delete(BASE + "/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_client(tenant: str, name: str, caller: Caller, db: DB, c: AppContainer) -> None:
+def delete_client(
+    tenant: str, name: str, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> None:
     t = tenant_for(db, caller, tenant, Perm.REMOTE_MANAGE)
     c.remote_clients.delete(db, c.remote_clients.get(db, t.id, name))
+    audit(request, db, c, "remote_client.delete", tenant_id=t.id, detail={"name": name})
     # Commit first: the agent must not be able to reconnect with the token in between.
     db.commit()
     c.hub.call_soon_threadsafe_disconnect(

@@ -31,6 +31,7 @@ from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm, Principal
 from mailgate.domain.errors import NotFound, ValidationFailed
 from mailgate.domain.transport import Step
+from mailgate.entrypoints.api.audit_trail import audit, server_changes, server_snapshot
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer
@@ -219,15 +220,27 @@ def get_system_server(caller: Caller, db: DB, c: AppContainer) -> EmailServerOut
     tags=["system"],
 )
 def put_system_server(
-    body: EmailServerIn, response: Response, caller: Caller, db: DB, c: AppContainer
+    body: EmailServerIn,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> EmailServerOut:
     """Create or fully replace the system e-mail server (omitted secrets are kept)."""
     require_system_admin(caller)
     rows = c.servers.list(db, None)
+    before = server_snapshot(c, rows[0] if rows else None)
     if rows:
-        return _server_out(c, c.servers.replace(db, rows[0], body))
-    response.status_code = status.HTTP_201_CREATED
-    return _server_out(c, c.servers.create(db, None, body))
+        row = c.servers.replace(db, rows[0], body)
+    else:
+        response.status_code = status.HTTP_201_CREATED
+        row = c.servers.create(db, None, body)
+    changes = server_changes(before, server_snapshot(c, row), body.model_dump(mode="json"))
+    if changes:
+        detail = {"server": row.name, "changes": changes}
+        audit(request, db, c, "system.email_server.update", tenant_id=None, detail=detail)
+    return _server_out(c, row)
 
 
 def _server_out(c: Container, row: EmailServer) -> EmailServerOut:
@@ -235,9 +248,10 @@ def _server_out(c: Container, row: EmailServer) -> EmailServerOut:
 
 
 @router.delete(SYSTEM, status_code=status.HTTP_204_NO_CONTENT, tags=["system"])
-def delete_system_server(caller: Caller, db: DB, c: AppContainer) -> None:
+def delete_system_server(request: Request, caller: Caller, db: DB, c: AppContainer) -> None:
     require_system_admin(caller)
     c.servers.delete(db, c.servers.get(db, None, "SYSTEM"))
+    audit(request, db, c, "system.email_server.delete", tenant_id=None, detail={"server": "SYSTEM"})
 
 
 def _load_system_server(

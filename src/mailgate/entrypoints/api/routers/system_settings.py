@@ -6,17 +6,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import AfterValidator, Field
 from sqlalchemy import select, update
 
 from mailgate.adapters.db.tables import RemoteClient, SystemSetting
 from mailgate.domain.outbound import DEFAULT_DENY_NETWORKS, parse_network
 from mailgate.domain.outbound import SETTING_KEY as OUTBOUND_KEY
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.out.system import SystemSettingsOut
 from mailgate.schemas.remote import CLOSE_NOT_ALLOWED
+from mailgate.services.audit import field_diff
 from mailgate.services.installation import DEFAULT_SYSTEM_SETTINGS
 
 router = APIRouter(prefix="/api/v1/system/settings", tags=["system"])
@@ -66,9 +68,10 @@ def get_settings(caller: Caller, db: DB, c: AppContainer) -> SystemSettingsOut:
 
 @router.put("")
 def put_settings(
-    body: SystemSettingsIn, caller: Caller, db: DB, c: AppContainer
+    body: SystemSettingsIn, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> SystemSettingsOut:
     require_system_admin(caller)
+    before = _current(db, c).model_dump(mode="json")
     for key, value in body.model_dump(exclude_none=True).items():
         row = db.get(SystemSetting, key)
         if row is None:
@@ -77,6 +80,9 @@ def put_settings(
             row.value = value
     db.flush()
     values = _current(db, c)
+    changes = field_diff(before, values.model_dump(mode="json"))
+    if changes:
+        audit(request, db, c, "system.settings", tenant_id=None, detail={"changes": changes})
     if body.outbound_policy is not None:
         db.commit()
         c.outbound_policy.invalidate()

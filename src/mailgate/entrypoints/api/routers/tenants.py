@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import Field
 
 from mailgate.adapters.db.tables import Tenant
 from mailgate.domain.access import Perm
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import SingleLine, StrictModel, TenantName
 from mailgate.schemas.out.identity import TenantList, TenantOut
@@ -30,9 +31,15 @@ def list_tenants(caller: Caller, db: DB) -> TenantList:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_tenant(body: TenantIn, caller: Caller, db: DB, c: AppContainer) -> TenantOut:
+def create_tenant(
+    body: TenantIn, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> TenantOut:
     require_system_admin(caller)
-    return _out(svc.create_tenant(db, c.clock, body.name, body.display_name))
+    row = svc.create_tenant(db, c.clock, body.name, body.display_name)
+    db.flush()
+    detail = {"name": row.name, "display_name": row.display_name}
+    audit(request, db, c, "tenant.create", tenant_id=row.id, detail=detail)
+    return _out(row)
 
 
 @router.get("/{tenant}")
@@ -42,19 +49,24 @@ def get_tenant(tenant: str, caller: Caller, db: DB) -> TenantOut:
 
 @router.patch("/{tenant}")
 def patch_tenant(
-    tenant: str, body: TenantPatch, caller: Caller, db: DB, c: AppContainer
+    tenant: str, body: TenantPatch, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> TenantOut:
     row = svc.tenant_for(db, caller, tenant, Perm.TENANT_READ)
     require_system_admin(caller)
+    if body.display_name != row.display_name:
+        changes = {"display_name": [row.display_name, body.display_name]}
+        audit(request, db, c, "tenant.update", tenant_id=row.id, detail={"changes": changes})
     row.display_name = body.display_name
     row.updated_at = c.clock()
     return _out(row)
 
 
 @router.delete("/{tenant}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_tenant(tenant: str, caller: Caller, db: DB) -> None:
+def delete_tenant(tenant: str, request: Request, caller: Caller, db: DB, c: AppContainer) -> None:
     row = svc.tenant_for(db, caller, tenant, Perm.TENANT_READ)
     require_system_admin(caller)
+    # The tenant's own entries go with it; this one is the installation's.
+    audit(request, db, c, "tenant.delete", tenant_id=None, detail={"name": row.name})
     db.delete(row)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,9 +13,11 @@ from mailgate.adapters.db.tables import User
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Role
 from mailgate.domain.errors import Conflict
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_system_admin
 from mailgate.schemas.common import EmailAddress, StrictModel, TenantName
 from mailgate.schemas.out.identity import UserList, UserOut
+from mailgate.services.audit import CHANGED, field_diff
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -45,7 +47,7 @@ def list_users(caller: Caller, db: DB, c: AppContainer) -> UserList:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> UserOut:
+def create_user(body: UserIn, request: Request, caller: Caller, db: DB, c: AppContainer) -> UserOut:
     require_system_admin(caller)
     password_hash = c.identity.hash_new_password(db, body.password)  # outside a transaction
     user = c.identity.create_user(
@@ -57,7 +59,20 @@ def create_user(body: UserIn, caller: Caller, db: DB, c: AppContainer) -> UserOu
         roles={k: v.value for k, v in body.roles.items()},
         system_admin=body.system_admin,
     )
-    return _out(c, db, user)
+    out = _out(c, db, user)
+    audit(
+        request,
+        db,
+        c,
+        "user.create",
+        tenant_id=None,
+        detail={
+            "username": user.username,
+            "changes": field_diff({}, _audited(out), secrets=()),
+            "password": "set",
+        },
+    )
+    return out
 
 
 @router.get("/{username}")
@@ -67,12 +82,15 @@ def get_user(username: str, caller: Caller, db: DB, c: AppContainer) -> UserOut:
 
 
 @router.patch("/{username}")
-def patch_user(username: str, body: UserPatch, caller: Caller, db: DB, c: AppContainer) -> UserOut:
+def patch_user(
+    username: str, body: UserPatch, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> UserOut:
     require_system_admin(caller)
     password_hash = None
     if body.password is not None:  # hashed outside a transaction
         password_hash = c.identity.hash_new_password(db, body.password)
     user = c.identity.get_user(db, username)
+    before = _audited(_out(c, db, user))
     fields = body.model_fields_set
     if "system_admin" in fields and body.system_admin is False and user.system_admin:
         _keep_one_admin(db, user)
@@ -85,16 +103,42 @@ def patch_user(username: str, body: UserPatch, caller: Caller, db: DB, c: AppCon
     if body.system_admin is not None:
         user.system_admin = body.system_admin
     user.updated_at = c.clock()
-    return _out(c, db, user)
+    out = _out(c, db, user)
+    changes = field_diff(before, _audited(out))
+    if body.password is not None:
+        changes["password"] = CHANGED
+    audit(
+        request,
+        db,
+        c,
+        "user.update",
+        tenant_id=None,
+        detail={"username": user.username, "changes": changes},
+    )
+    return out
 
 
 @router.delete("/{username}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_user(username: str, caller: Caller, db: DB, c: AppContainer) -> None:
+def delete_user(username: str, request: Request, caller: Caller, db: DB, c: AppContainer) -> None:
     require_system_admin(caller)
     user = c.identity.get_user(db, username)
     if user.system_admin:
         _keep_one_admin(db, user)
+    audit(
+        request,
+        db,
+        c,
+        "user.delete",
+        tenant_id=None,
+        detail={"username": user.username, "was": _audited(_out(c, db, user))},
+    )
     db.delete(user)
+
+
+def _audited(out: UserOut) -> dict[str, Any]:
+    """What the audit trail compares of a user: e-mail, roles, system_admin."""
+    view = out.model_dump(mode="json")
+    return {k: view.get(k) for k in ("email", "roles", "system_admin")}
 
 
 def _out(c: Container, db: Session, user: User) -> UserOut:

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from mailgate.bootstrap import Container
 from mailgate.domain.access import Perm
 from mailgate.domain.events import WebhookResponse
+from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
 from mailgate.schemas.out.webhook import (
     NewWebhookOut,
@@ -38,11 +39,13 @@ def list_webhooks(tenant: str, caller: Caller, db: DB, c: AppContainer) -> Webho
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_webhook(
-    tenant: str, body: WebhookIn, caller: Caller, db: DB, c: AppContainer
+    tenant: str, body: WebhookIn, request: Request, caller: Caller, db: DB, c: AppContainer
 ) -> NewWebhookOut:
     """The answer carries the signing secret: the only time it is shown."""
     t = tenant_for(db, caller, tenant, Perm.WEBHOOKS_MANAGE)
     row, secret = c.webhooks.create(db, t.id, body)
+    detail = {"id": row.id, "url": row.url, "events": row.events, "enabled": row.enabled}
+    audit(request, db, c, "webhook.create", tenant_id=t.id, detail={**detail, "secret": "set"})
     return NewWebhookOut.model_validate({**c.webhooks.view(db, row), "secret": secret})
 
 
@@ -56,19 +59,33 @@ def get_webhook(
 
 @router.patch("/{webhook_id}")
 def update_webhook(
-    tenant: str, webhook_id: str, body: WebhookPatch, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    webhook_id: str,
+    body: WebhookPatch,
+    request: Request,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> WebhookOut:
     t = tenant_for(db, caller, tenant, Perm.WEBHOOKS_MANAGE)
     row = c.webhooks.get(db, t.id, webhook_id)
-    c.webhooks.update(db, row, body)
+    changes = c.webhooks.update(db, row, body)
+    if changes:
+        detail = {"id": row.id, "changes": changes}
+        audit(request, db, c, "webhook.update", tenant_id=t.id, detail=detail)
     return WebhookOut.model_validate(c.webhooks.view(db, row))
 
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_webhook(tenant: str, webhook_id: str, caller: Caller, db: DB, c: AppContainer) -> None:
+def delete_webhook(
+    tenant: str, webhook_id: str, request: Request, caller: Caller, db: DB, c: AppContainer
+) -> None:
     """Its waiting events and deliveries log go with it."""
     t = tenant_for(db, caller, tenant, Perm.WEBHOOKS_MANAGE)
-    c.webhooks.delete(db, c.webhooks.get(db, t.id, webhook_id))
+    row = c.webhooks.get(db, t.id, webhook_id)
+    detail = {"id": row.id, "url": row.url}
+    c.webhooks.delete(db, row)
+    audit(request, db, c, "webhook.delete", tenant_id=t.id, detail=detail)
 
 
 @router.get("/{webhook_id}/deliveries")
