@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from mailgate import __version__
 from mailgate.bootstrap import Container
@@ -71,7 +72,9 @@ def create_app(
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline package, not a CDN: /docs
+    # works on a machine without internet.
+    app = FastAPIOffline(
         lifespan=lifespan,
         title="mailgate",
         version=__version__,
