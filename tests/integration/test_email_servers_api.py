@@ -29,11 +29,11 @@ def test_first_server_is_default_and_secret_is_write_only(api: Api) -> None:
     assert names == ["DEFAULT", "second"]
 
 
-def test_put_without_secret_keeps_it_and_patch_renames(api: Api) -> None:
+def test_put_without_secret_keeps_it_for_the_same_server_and_patch_renames(api: Api) -> None:
     admin = api.admin_token()
     api.request("POST", BASE, admin, json=password_server())
     current = api.request("GET", f"{BASE}/DEFAULT", admin).json()
-    current["host"] = "mail.example.org"
+    current["helo_name"] = "client.example.org"
     r = api.request("PUT", f"{BASE}/DEFAULT", admin, json=current)
     assert r.status_code == 200, r.text
     assert r.json()["authentication"]["password_set"] is True
@@ -43,6 +43,7 @@ def test_put_without_secret_keeps_it_and_patch_renames(api: Api) -> None:
 
     r = api.request("PATCH", f"{BASE}/DEFAULT", admin, json={"name": "Main"})
     assert r.status_code == 200 and r.json()["name"] == "Main"
+    assert r.json()["authentication"]["password_set"] is True
     assert api.request("GET", f"{BASE}/DEFAULT", admin).status_code == 404
 
 

@@ -126,27 +126,42 @@ def test_dry_run_sends_nothing(lite: Api, smtp_servers: SmtpServers) -> None:
     assert server.commands[-2:] == ["RSET", "QUIT"]
 
 
-def test_unsaved_config_uses_stored_secrets_only_for_the_same_host(
+def test_unsaved_config_uses_stored_secrets_only_for_the_same_server(
     lite: Api, smtp_servers: SmtpServers
 ) -> None:
     old = secure_server(smtp_servers)
-    new = secure_server(smtp_servers, mechanisms=("LOGIN",))
+    new = secure_server(smtp_servers, mechanisms=("LOGIN",))  # same host, another port
     admin = lite.admin_token()
     create(lite, admin, old.password_config("alice", PASSWORD))
     before = lite.request("GET", f"{BASE}/DEFAULT", admin).json()
 
-    unsaved = new.config(authentication={"method": "password", "username": "alice"})
-    result = diagnose(lite, admin, f"{BASE}/DEFAULT/test", to="x@example.org", config=unsaved)
-    assert result["ok"] is True, result
-    assert new.count == 1 and old.count == 0
-    assert new.auth_attempts == [("LOGIN", "alice")]
-
-    elsewhere = {**unsaved, "host": "localhost"}
-    r = lite.request(
-        "POST", f"{BASE}/DEFAULT/test", admin, json={"to": "x@example.org", "config": elsewhere}
+    # Exactly the stored server (protocol, host, port), other settings changed: the stored
+    # password is used.
+    same = old.config(
+        authentication={"method": "password", "username": "alice"}, helo_name="other.test"
     )
-    assert r.status_code == 422
-    assert [e["field"] for e in r.json()["errors"]] == ["config.authentication.password"]
+    result = diagnose(lite, admin, f"{BASE}/DEFAULT/test", to="x@example.org", config=same)
+    assert result["ok"] is True, result
+    assert old.count == 1 and old.auth_attempts == [("PLAIN", "alice")]
+
+    # Another port of the same host, or another host: never the stored password.
+    unsaved = new.config(authentication={"method": "password", "username": "alice"})
+    for config in (unsaved, {**unsaved, "host": "localhost"}):
+        r = lite.request(
+            "POST", f"{BASE}/DEFAULT/test", admin, json={"to": "x@example.org", "config": config}
+        )
+        assert r.status_code == 422, r.text
+        [error] = r.json()["errors"]
+        assert error["field"] == "config.authentication.password"
+        assert "entered for" in error["message"]
+    assert new.auth_attempts == [] and new.count == 0
+
+    typed = new.config(
+        authentication={"method": "password", "username": "alice", "password": PASSWORD}
+    )
+    result = diagnose(lite, admin, f"{BASE}/DEFAULT/test", to="x@example.org", config=typed)
+    assert result["ok"] is True, result
+    assert new.count == 1 and new.auth_attempts == [("LOGIN", "alice")]
 
     r = lite.request("POST", f"{BASE}/DEFAULT/test", admin, json={"config": {**unsaved, "port": 0}})
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"

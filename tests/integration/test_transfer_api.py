@@ -241,12 +241,10 @@ def test_import_overwrites_same_name_and_leaves_others_alone(api: Api) -> None:
     assert names(report["created"]) == [("email-servers", "fresh")]
     overwritten = api.request("GET", f"{target}/DEFAULT", admin).json()
     assert overwritten["host"] == "export.example.com"
-    # No secret in the document: the stored password is kept, and the report says so.
-    assert overwritten["authentication"]["password_set"] is True
-    assert any(
-        w["name"] == "DEFAULT" and "stored value is kept" in w["message"]
-        for w in report["warnings"]
-    )
+    # No secret in the document, and the configuration now points at another host: the
+    # stored password stays bound to the old one (dropped), and the report says so.
+    assert overwritten["authentication"]["password_set"] is False
+    assert any(w["name"] == "DEFAULT" and "is not kept" in w["message"] for w in report["warnings"])
     assert api.request("GET", f"{target}/keep", admin).json() == keep_before
     listed = api.request("GET", target, admin).json()["items"]
     assert [(s["name"], s["is_default"]) for s in listed] == [

@@ -33,6 +33,7 @@ from mailgate.domain.errors import (
 from mailgate.ports import SecretCipher
 from mailgate.schemas.common import STORED
 from mailgate.schemas.email_server import (
+    DEFAULT_PORTS,
     EmailServerIn,
     ResolvedServer,
     ServerSecrets,
@@ -72,7 +73,7 @@ _AUTH_FIELDS_BY_METHOD = {
 }
 
 
-def _oauth_identity_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+def oauth_identity_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether stored OAuth2 tokens stop fitting the configuration: another app, account or
     scope, or another transport (a Graph token is useless for SMTP and the other way round)."""
     old_auth = old.get("authentication", {})
@@ -326,9 +327,11 @@ class EmailServers:
             self._apply_default_flag(db, row, cfg.is_default)
         old_config = row.config
         row.config = cfg.public()
-        self._store_secrets(row, cfg, stored)
+        # Validated with the stored secrets (a re-pointed configuration is not refused);
+        # stored with those that still belong to it: a dropped one shows as not set.
+        self._store_secrets(row, cfg, bound_secrets(old_config, row.config, stored))
         new_auth = row.config["authentication"]
-        if _oauth_identity_changed(old_config, row.config):
+        if oauth_identity_changed(old_config, row.config):
             self._forget_tokens(row)
             row.oauth2_state = "not_authorized" if new_auth["method"] == "oauth2" else None
         elif (
@@ -415,7 +418,7 @@ class EmailServers:
             self.store_tokens(row, oauth2.get("tokens") or {})
             row.access_token_expires_at = oauth2.get("access_token_expires_at")
             row.refresh_token_last_used_at = oauth2.get("refresh_token_last_used_at")
-        elif _oauth_identity_changed(old_config, row.config):
+        elif oauth_identity_changed(old_config, row.config):
             self._forget_tokens(row)
             row.oauth2_state = None
         if new_auth["method"] != "oauth2":
@@ -518,6 +521,40 @@ def kept_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> dict[str, str]:
         if value:
             keep["client_key_pem"] = value
     return keep
+
+
+def smtp_destination(config: dict[str, Any]) -> tuple[str, str, str, int]:
+    """Where a configuration's SMTP password and TLS client key go: transport, protocol,
+    host (case-insensitive) and port (the protocol's default when unset)."""
+    protocol = str(config.get("protocol") or "smtp")
+    port = config.get("port") or DEFAULT_PORTS.get(protocol, 587)
+    host = str(config.get("host") or "").strip().strip("[]").rstrip(".").lower()
+    return str(config.get("transport") or "smtp"), protocol, host, int(port)
+
+
+def oauth2_destination(config: dict[str, Any]) -> tuple[Any, ...]:
+    """Where a configuration's OAuth2 client secret goes: the provider and its endpoints."""
+    auth = config.get("authentication") or {}
+    return tuple(
+        auth.get(k) for k in ("provider", "directory_tenant_id", "authorize_url", "token_url")
+    )
+
+
+def bound_secrets(old: dict[str, Any], new: dict[str, Any], stored: ServerSecrets) -> ServerSecrets:
+    """The stored secrets that still belong to ``new`` (both public configurations).
+
+    A secret is bound to where it was entered: the password and the TLS client key to the
+    SMTP server (protocol, host, port), the client secret to the OAuth2 provider and its
+    endpoints. Re-pointing a configuration without sending the secret again drops it, so
+    that nobody who may edit a configuration can make mailgate hand the secret to a server
+    of their choosing (README "Security model")."""
+    same_smtp = smtp_destination(old) == smtp_destination(new)
+    same_oauth2 = oauth2_destination(old) == oauth2_destination(new)
+    return ServerSecrets(
+        password=stored.password if same_smtp else None,
+        client_secret=stored.client_secret if same_oauth2 else None,
+        client_key_pem=stored.client_key_pem if same_smtp else None,
+    )
 
 
 def secret_context(row: EmailServer, part: str = "secrets") -> str:

@@ -93,6 +93,16 @@ async def authenticate(
     auth = cfg.authentication
     if auth.method == "none":
         return "not used (authentication: none)"
+    if auth.method == "password" and not server.secrets.password:
+        # A stored password is bound to the server it was entered for; re-pointing the
+        # configuration dropped it (README "Security model").
+        raise TransportError(
+            Outcome.TEMPORARY,
+            "auth",
+            "no password is stored for this server: enter it again (a password stays with "
+            "the server it was entered for)",
+            kind=FailureKind.AUTH_FAILED,
+        )
     if not encrypted:
         if cfg.starttls != "disabled":
             raise TransportError(

@@ -24,7 +24,12 @@ from mailgate.schemas.email_server import (
     pydantic_field_errors,
     validate_semantics,
 )
-from mailgate.services.email_servers import _OAUTH_IDENTITY, EmailServers, kept_secrets
+from mailgate.services.email_servers import (
+    _OAUTH_IDENTITY,
+    EmailServers,
+    bound_secrets,
+    kept_secrets,
+)
 from mailgate.services.remote_clients import remote_clients_allowed
 from mailgate.services.transfer.document import (
     PASSPHRASE_HEADER,
@@ -200,7 +205,23 @@ class Importer:
             seen.add(cfg.name)
             cfg.is_default = bool(cfg.is_default)
             row = rows.get(cfg.name)
-            stored = self.servers.secrets_of(row) if row is not None else ServerSecrets()
+            stored = ServerSecrets()
+            dropped: set[str] = set()
+            if row is not None:
+                # A stored secret stays only where it was entered (README "Security model").
+                before = self.servers.secrets_of(row)
+                stored = bound_secrets(row.config, cfg.public(), before)
+                for key in SECRET_PATHS:
+                    if key not in given and getattr(before, key) and not getattr(stored, key):
+                        dropped.add(".".join(SECRET_PATHS[key]))
+                        report.warn(
+                            "email-servers",
+                            cfg.name,
+                            f"the stored {'.'.join(SECRET_PATHS[key])} is not kept: the "
+                            "configuration now points elsewhere, and a secret stays bound to "
+                            "where it was entered; set it again",
+                            ".".join(SECRET_PATHS[key]),
+                        )
             missing = _missing_secrets(cfg, stored)
             for err in validate_semantics(
                 cfg, stored, public_base_url=self.servers.public_base_url
@@ -224,7 +245,7 @@ class Importer:
                     )
                 )
             oauth2 = parse_oauth2(given.get("oauth2"), f"{prefix}: oauth2 tokens")
-            for path in missing:
+            for path in missing - dropped:
                 report.warn(
                     "email-servers",
                     cfg.name,
