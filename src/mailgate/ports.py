@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.delivery import Claimed, Recorded, SendSlot
 from mailgate.domain.events import WebhookResponse
 from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.oauth2 import TokenSet
@@ -198,6 +198,37 @@ class DeliveryQueue(Protocol):
     def next_due(
         self, skip_servers: Collection[int] = (), only_servers: Collection[int] | None = None
     ) -> datetime | None: ...
+
+
+class DeliveryLimits(Protocol):
+    """A configuration's limits held across every worker process (``adapters/db/limits.py``;
+    ``services/delivery/policy.LocalLimits`` in memory, for one process).
+
+    Blocking calls in short transactions; nothing holds a transaction while mail is sent.
+    """
+
+    def reserve(
+        self,
+        server_id: int,
+        spacing_s: float,
+        per_day: int | None,
+        recipients: Sequence[int],
+        max_wait_s: float,
+    ) -> list[SendSlot]:
+        """Send slots for messages of one configuration, in order: evenly spaced by
+        ``spacing_s`` (``messages_per_minute``) after every slot reserved before, and within
+        ``per_day`` recipients in any 24 hours. A slot further away than ``max_wait_s`` is
+        not reserved (``keep`` False)."""
+        ...
+
+    def acquire_connection(self, server_id: int, limit: int, holder: str) -> int | None:
+        """One of the configuration's ``limit`` connection slots for ``holder``, or ``None``
+        when all are held (leased: renewed while held, free again if the holder dies)."""
+        ...
+
+    def renew_connections(self, holder: str, held: Collection[tuple[int, int]]) -> None: ...
+
+    def release_connection(self, server_id: int, slot: int, holder: str) -> None: ...
 
 
 class DeliveryObserver(Protocol):

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from tests.conftest import make_settings
 from tests.e2e.outbox_helpers import Rig, rig
 from tests.e2e.test_event_outbox import add_endpoint, events_of
 from tests.smtp_fixtures import SmtpServer, SmtpServers
@@ -75,7 +74,7 @@ def test_a_quota_answer_pauses_the_configuration_and_one_probe_follows(
         # the same database: the pause is in the database, it survives a restart).
         r.clock.advance(minutes=59)
         assert r.run_once() == 0
-        other = build(make_settings(tmp_path, database_url), clock=r.clock)
+        other = build(r.c.settings, clock=r.clock)
         try:
             assert asyncio.run(Worker(other, worker_id="other").run_once()) == 0
         finally:

@@ -72,7 +72,11 @@ def queue_messages(c: Container, server: SmtpServer, n: int, max_connections: in
 
 
 def start_worker(
-    c: Container, tmp_path: Path, name: str, poll_s: float = 0.5
+    c: Container,
+    tmp_path: Path,
+    name: str,
+    poll_s: float = 0.5,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     s = c.settings
     env = {
@@ -84,6 +88,7 @@ def start_worker(
         "MAILGATE_WORKER_BATCH": "100",
         "MAILGATE_WORKER_POLL_S": str(poll_s),
         "MAILGATE_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     log = (tmp_path / f"{name}.log").open("wb")
     return subprocess.Popen(

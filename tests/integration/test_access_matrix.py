@@ -201,6 +201,7 @@ ENDPOINTS: list[Endpoint] = [
     ),
     Endpoint("DELETE", T + "/email-servers/{server}", Perm.SERVERS_WRITE, 204, fresh=fresh_server),
     Endpoint("POST", T + "/email-servers/{server}/resume", Perm.SERVERS_WRITE),
+    Endpoint("GET", T + "/limit-presets", Perm.SERVERS_READ),
     Endpoint("GET", T + "/remote-clients", Perm.REMOTE_MANAGE),
     Endpoint(
         "POST", T + "/remote-clients", Perm.REMOTE_MANAGE, 201, lambda _w, _t: {"name": unique("r")}

@@ -92,6 +92,28 @@ CASES = [
     # Provider pauses (README "Provider limits, pauses and fairness")
     Case("resume an unknown server", "POST", SERVERS + "/none/resume", 404),
     Case(
+        "presets of an unknown tenant",
+        "GET",
+        "/api/v1/tenants/no-such-tenant/limit-presets",
+        404,
+    ),
+    Case(
+        "recipients_per_day 0",
+        "PATCH",
+        SERVERS + "/main",
+        422,
+        "limits.recipients_per_day",
+        json={"limits": {"recipients_per_day": 0}},
+    ),
+    Case(
+        "recipients_per_day not a number",
+        "POST",
+        SERVERS,
+        422,
+        "limits.recipients_per_day",
+        json=srv(limits={"recipients_per_day": "many"}),
+    ),
+    Case(
         "resume on another tenant",
         "POST",
         "/api/v1/tenants/no-such-tenant/email-servers/main/resume",

@@ -42,3 +42,25 @@ class Recorded:
     message: Claimed
     result: AttemptResult
     decision: Decision
+
+
+@dataclass(frozen=True)
+class SendSlot:
+    """When one message of a configuration may be sent, under its limits
+    (``messages_per_minute``, ``recipients_per_day``), as the installation-wide limiter
+    reserved it."""
+
+    at: datetime
+    keep: bool
+    """False: too far ahead for the worker to hold the message; give it back, due at ``at``
+    (nothing was used up for it)."""
+    reason: str | None = None
+    """Why it waits, when it waits for ``recipients_per_day`` (shown as its last error)."""
+
+
+def per_day_reason(per_day: int, until: datetime) -> str:
+    """The last error of a message waiting for ``recipients_per_day``."""
+    return (
+        f"waiting: limits.recipients_per_day ({per_day}) is reached for the last 24 hours; "
+        f"more may go from {until.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
+    )

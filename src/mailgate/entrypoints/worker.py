@@ -11,6 +11,7 @@ import os
 import socket
 from datetime import timedelta
 
+from mailgate.adapters.db.limits import SqlDeliveryLimits
 from mailgate.adapters.db.notify import listen_postgres
 from mailgate.adapters.db.queue import SqlDeliveryQueue
 from mailgate.bootstrap import Container
@@ -78,6 +79,7 @@ class Worker:
             ),
             clock=c.clock,
             only_servers=self._own_remote_servers if remote_only else None,
+            limits=SqlDeliveryLimits(c.engine, c.clock, timedelta(seconds=s.lease_s)),
         )
 
     @property

@@ -83,9 +83,43 @@ class Timeouts(StrictModel):
 
 
 class Limits(StrictModel):
+    """Held across every worker process of the installation (README "Provider limits, pauses
+    and fairness"); ``LIMIT_PRESETS`` has the providers' numbers."""
+
     max_connections: int = Field(default=3, ge=1, le=50)
     messages_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     max_message_bytes: int | None = Field(default=None, ge=1024, le=1024 * 1024 * 1024)
+    recipients_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="recipients in any 24 hours (Exchange Online: 10,000 per mailbox)",
+    )
+
+
+LIMIT_PRESETS: dict[str, dict[str, Any]] = {
+    "microsoft_365": {
+        "label": "Microsoft 365 / Exchange Online",
+        "limits": {"max_connections": 3, "messages_per_minute": 30, "recipients_per_day": 10_000},
+        "source": "https://learn.microsoft.com/en-us/office365/servicedescriptions/"
+        "exchange-online-service-description/exchange-online-limits#sending-limits-1",
+    },
+    "google_workspace": {
+        "label": "Google Workspace (Gmail)",
+        "limits": {"max_connections": 3, "messages_per_minute": 60, "recipients_per_day": 10_000},
+        "source": "https://support.google.com/a/answer/166852",
+    },
+    "gmail": {
+        "label": "Gmail (personal account)",
+        "limits": {"max_connections": 2, "messages_per_minute": 20, "recipients_per_day": 500},
+        "source": "https://support.google.com/mail/answer/22839",
+    },
+}
+"""Limits for well-known providers, one place for the UI and the documentation (served at
+``GET /api/v1/limit-presets``). Microsoft's numbers are its documented per-mailbox limits
+(30 messages a minute, 10,000 recipients a day, 3 concurrent SMTP connections); Google
+documents recipients per day (10,000 for Workspace accounts, 500 for personal Gmail), not a
+rate or a connection limit, so those two are conservative choices of ours."""
 
 
 class Authentication(StrictModel):

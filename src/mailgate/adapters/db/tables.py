@@ -165,6 +165,33 @@ class ServerDelivery(Base):
     probe_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """A probe message is out (claimed) until then; meanwhile nothing else is claimed."""
     probe_message_id: Mapped[str | None] = mapped_column(String(32))
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """``limits.messages_per_minute`` of every process together: the next free send slot
+    (``adapters/db/limits.py``)."""
+
+
+class ServerConnection(Base):
+    """One of a configuration's ``limits.max_connections`` slots, leased to the worker whose
+    session holds it open (renewed by its heartbeat, free again after ``expires_at``)."""
+
+    __tablename__ = "server_connections"
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("email_servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServerRecipientCount(Base):
+    """Recipients a configuration sent to in one hour, for ``limits.recipients_per_day``."""
+
+    __tablename__ = "server_recipient_counts"
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("email_servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class OAuth2Authorization(Base):

@@ -33,6 +33,24 @@ class LimitsOut(OutModel):
     max_connections: int
     messages_per_minute: int | None
     max_message_bytes: int | None
+    recipients_per_day: int | None = None
+
+
+class PresetLimitsOut(OutModel):
+    max_connections: int
+    messages_per_minute: int | None
+    recipients_per_day: int | None
+
+
+class LimitPresetOut(OutModel):
+    name: str
+    label: str
+    limits: PresetLimitsOut
+    source: str = Field(description="the provider's document the numbers come from")
+
+
+class LimitPresetsOut(OutModel):
+    items: list[LimitPresetOut]
 
 
 class NoAuthOut(OutModel):

@@ -1,9 +1,12 @@
 """Lanes: the claimed messages of each configuration and the sessions that send them.
 
-A lane runs up to ``limits.max_connections`` sessions of the configuration's transport; each
-session takes the lane's messages one after the other on the same connection, paced by
-``limits.messages_per_minute`` on the service's clock. The dispatcher never decides what an
-outcome means: it hands every (message, result) to ``finish`` and the service records it.
+A lane runs up to ``limits.max_connections`` sessions of the configuration's transport, each
+holding one of the configuration's connection slots for the whole installation; each session
+takes the lane's messages one after the other on the same connection, at the send slots the
+limiter reserved (``limits.messages_per_minute``, ``limits.recipients_per_day``: every process
+together, ``ports.DeliveryLimits``). A quota or throttling answer stops the lane (the
+configuration pauses, ``domain/pauses.py``). The dispatcher never decides what an outcome
+means: it hands every (message, result) to ``finish`` and the service records it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed
 from mailgate.domain.messages import AttemptResult, Outcome, describe
 from mailgate.domain.pauses import PausePolicy, describe_pause
-from mailgate.ports import DeliverySession, SessionFailed, SessionOpener, TokenProvider
+from mailgate.ports import (
+    DeliveryLimits,
+    DeliverySession,
+    SessionFailed,
+    SessionOpener,
+    TokenProvider,
+)
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.policy import (
-    Pacer,
+    LocalLimits,
     fail_now,
     oauth2_wait_reason,
     spacing_s,
@@ -32,6 +41,12 @@ log = logging.getLogger("mailgate.worker")
 
 # How long mail of an OAuth2 configuration waits before the state is checked again.
 OAUTH2_RECHECK_S = 60.0
+# A lane waits this long for one of its configuration's connection slots held by other
+# processes, then gives its mail back for CONNECTION_RETRY_S.
+CONNECTION_WAIT_S = 5.0
+CONNECTION_RETRY_S = 1.0
+# When the database could not reserve send slots, the mail is given back for this long.
+LIMITS_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,6 @@ class Lane:
     server: ResolvedServer | None
     tokens: TokenProvider | None
     max_connections: int
-    pacer: Pacer
     oauth2_state: str | None = None
     queue: deque[tuple[Claimed, float]] = field(default_factory=deque)
     sessions: int = 0
@@ -81,6 +95,8 @@ class Dispatcher:
         max_wait_s: float,
         idle_session_s: float,
         pauses: PausePolicy | None = None,
+        limits: DeliveryLimits | None = None,
+        holder: str = "worker",
     ) -> None:
         self.open_session = open_session
         self.load_targets = load_targets
@@ -94,6 +110,12 @@ class Dispatcher:
         self.idle_session_s = idle_session_s
         """How long an open session waits for more mail before it closes (0: at once)."""
         self.pauses = pauses or PausePolicy()
+        self.limits: DeliveryLimits = limits or LocalLimits(clock)
+        """``messages_per_minute``, ``recipients_per_day`` and ``max_connections`` of every
+        process together (``adapters/db/limits.py``)."""
+        self.holder = holder
+        self.held_connections: set[tuple[int, int]] = set()
+        """(configuration, slot) of the connection slots this dispatcher's sessions hold."""
         self.lanes: dict[int | None, Lane] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -115,7 +137,7 @@ class Dispatcher:
             for sid in stale:
                 self._refresh_lane(sid, targets.get(sid, Target(None)))
         postpone: list[Postponed] = []
-        now = self._now()
+        by_lane: dict[int | None, list[Claimed]] = {}
         for m in claimed:
             lane = self.lanes[m.server_id]
             if lane.server is None:
@@ -125,42 +147,105 @@ class Dispatcher:
             if reason is not None:
                 postpone.append((m, OAUTH2_RECHECK_S, reason))
                 continue
-            slot, keep = lane.pacer.reserve(now, self.max_wait_s)
-            if not keep:
-                postpone.append((m, slot - now, None))
-                continue
-            lane.paused = False  # the claim let it through: the pause is over, or this probes
-            lane.queue.append((m, slot))
-            lane.more.set()
-            if lane.sessions < lane.max_connections and len(lane.queue) > lane.idle:
-                lane.sessions += 1
-                self._spawn(self._session_loop(lane))
+            by_lane.setdefault(m.server_id, []).append(m)
+        for sid, waiting in by_lane.items():
+            lane = self.lanes[sid]
+            slots = await self._reserve(lane, waiting)
+            now = self._now()
+            for m, (slot, keep, why) in zip(waiting, slots, strict=True):
+                if not keep:
+                    postpone.append((m, max(0.0, slot - now), why))
+                    continue
+                lane.paused = False  # the claim let it through: the pause is over, or a probe
+                lane.queue.append((m, slot))
+                lane.more.set()
+                if lane.sessions < lane.max_connections and len(lane.queue) > lane.idle:
+                    lane.sessions += 1
+                    self._spawn(self._session_loop(lane))
         if postpone:
             await self.postpone(postpone)
+
+    async def _reserve(
+        self, lane: Lane, waiting: list[Claimed]
+    ) -> list[tuple[float, bool, str | None]]:
+        """(send time, keep, why not) of each message, under the configuration's rate and
+        daily limits as every process together holds them."""
+        assert lane.server is not None
+        now = self._now()
+        limits = lane.server.config.limits
+        spacing = spacing_s(limits)
+        per_day = limits.recipients_per_day
+        if not spacing and per_day is None:
+            return [(now, True, None)] * len(waiting)
+        try:
+            slots = await asyncio.to_thread(
+                self.limits.reserve,
+                lane.server.id,
+                spacing,
+                per_day,
+                [len(m.rcpt_to) for m in waiting],
+                self.max_wait_s,
+            )
+        except Exception:
+            log.warning("reserving send slots failed; trying again shortly", exc_info=True)
+            return [(now + LIMITS_RETRY_S, False, None)] * len(waiting)
+        return [(s.at.timestamp(), s.keep, s.reason) for s in slots]
 
     def _refresh_lane(self, sid: int | None, target: Target) -> None:
         server = target.server
         if server is None:
-            lane = Lane(None, None, 1, Pacer(0.0))
+            lane = Lane(None, None, 1)
         else:
-            limits = server.config.limits
             lane = Lane(
                 server,
                 self.tokens_for(server),
-                limits.max_connections,
-                Pacer(spacing_s(limits)),
+                server.config.limits.max_connections,
                 oauth2_state=target.oauth2_state,
             )
         old = self.lanes.get(sid)
-        if old is None:
+        if old is None or (old.sessions == 0 and not old.queue):
             self.lanes[sid] = lane
-        elif old.sessions == 0 and not old.queue:
-            # Keep the pace across reloads: a reload must not reset the rate limit.
-            lane.pacer.next_slot = old.pacer.next_slot
-            self.lanes[sid] = lane
+
+    async def _connection_slot(self, lane: Lane) -> int | None:
+        """One of the configuration's installation-wide connection slots, waiting a little
+        when all are held elsewhere; ``None`` if none came free (or the lane needs none)."""
+        assert lane.server is not None
+        waited, delay = 0.0, 0.05
+        while True:
+            try:
+                got = await asyncio.to_thread(
+                    self.limits.acquire_connection,
+                    lane.server.id,
+                    lane.max_connections,
+                    self.holder,
+                )
+            except Exception:
+                log.warning("taking a connection slot failed", exc_info=True)
+                got = None
+            if got is not None:
+                return got
+            if not lane.queue or lane.paused or self.stopping or waited >= CONNECTION_WAIT_S:
+                return None
+            if lane.sessions > 1:
+                return None  # another session of this lane serves its queue
+            await self.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
 
     async def _session_loop(self, lane: Lane) -> None:
         assert lane.server is not None
+        sid = lane.server.id
+        connection = await self._connection_slot(lane)
+        if connection is None:
+            lane.sessions -= 1
+            if lane.sessions == 0 and lane.queue:
+                # Every connection the configuration may have is open in other processes:
+                # give its mail back for a moment instead of holding it here.
+                waiting = [m for m, _slot in lane.queue]
+                lane.queue.clear()
+                await self.postpone([(m, CONNECTION_RETRY_S, None) for m in waiting])
+            return
+        self.held_connections.add((sid, connection))
         session: DeliverySession | None = None
         try:
             while True:
@@ -214,6 +299,13 @@ class Dispatcher:
             lane.sessions -= 1
             if session is not None:
                 await _close(session)
+            self.held_connections.discard((sid, connection))
+            try:
+                await asyncio.to_thread(
+                    self.limits.release_connection, sid, connection, self.holder
+                )
+            except Exception:
+                log.warning("releasing a connection slot failed (its lease ends it)")
 
     async def _pause(self, lane: Lane, result: AttemptResult) -> None:
         """Stop the lane: its sessions take nothing more, and the messages it holds go back

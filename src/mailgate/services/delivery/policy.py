@@ -7,8 +7,12 @@ used at all right now (OAuth2), and the pacing of ``limits.messages_per_minute``
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+from mailgate.domain.clock import Clock
+from mailgate.domain.delivery import SendSlot, per_day_reason
 from mailgate.domain.messages import AttemptResult, Outcome
 from mailgate.schemas.email_server import Limits, ResolvedServer
 
@@ -62,6 +66,75 @@ class Pacer:
             return slot, False
         self.next_slot = slot + self.spacing_s
         return slot, True
+
+
+class LocalLimits:
+    """``ports.DeliveryLimits`` in memory: the limits of one process (the dispatcher's tests,
+    and a dispatcher built without a database)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pacers: dict[int, Pacer] = {}
+        self.sent: dict[int, list[tuple[datetime, int]]] = {}
+        self.connections: dict[int, set[int]] = {}
+
+    def reserve(
+        self,
+        server_id: int,
+        spacing_s: float,
+        per_day: int | None,
+        recipients: Sequence[int],
+        max_wait_s: float,
+    ) -> list[SendSlot]:
+        now = self.clock()
+        pacer = self.pacers.setdefault(server_id, Pacer(spacing_s))
+        pacer.spacing_s = spacing_s
+        day = [(at, n) for at, n in self.sent.get(server_id, []) if at > now - DAY]
+        used = sum(n for _at, n in day)
+        out: list[SendSlot] = []
+        for n in recipients:
+            slot, keep = pacer.reserve(now.timestamp(), max_wait_s)
+            at = datetime.fromtimestamp(slot, UTC)
+            if keep and per_day is not None and used + n > per_day and used > 0:
+                pacer.next_slot -= spacing_s  # not sent now: give the slot back
+                until = frees_at(day, used, n, per_day, now)
+                out.append(SendSlot(until, False, per_day_reason(per_day, until)))
+                continue
+            if keep:
+                used += n
+                day.append((now, n))
+            out.append(SendSlot(at, keep))
+        self.sent[server_id] = day
+        return out
+
+    def acquire_connection(self, server_id: int, limit: int, holder: str) -> int | None:
+        held = self.connections.setdefault(server_id, set())
+        free = next((i for i in range(limit) if i not in held), None)
+        if free is not None:
+            held.add(free)
+        return free
+
+    def renew_connections(self, holder: str, held: Collection[tuple[int, int]]) -> None:
+        pass
+
+    def release_connection(self, server_id: int, slot: int, holder: str) -> None:
+        self.connections.get(server_id, set()).discard(slot)
+
+
+DAY = timedelta(days=1)
+
+
+def frees_at(
+    window: Sequence[tuple[datetime, int]], used: int, n: int, per_day: int, now: datetime
+) -> datetime:
+    """When ``n`` more recipients fit in ``per_day``: as the oldest entries of the 24-hour
+    ``window`` (time, recipients) age out."""
+    left = used
+    for at, count in sorted(window):
+        left -= count
+        if left + n <= per_day:
+            return at + DAY
+    return now + DAY
 
 
 def fail_now(text: str) -> AttemptResult:

@@ -21,9 +21,16 @@ from mailgate.domain.clock import Clock
 from mailgate.domain.delivery import Claimed, Recorded
 from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.pauses import PausePolicy
-from mailgate.ports import DeliveryObserver, DeliveryQueue, SessionOpener, TokenProvider
+from mailgate.ports import (
+    DeliveryLimits,
+    DeliveryObserver,
+    DeliveryQueue,
+    SessionOpener,
+    TokenProvider,
+)
 from mailgate.schemas.email_server import ResolvedServer
 from mailgate.services.delivery.dispatcher import Dispatcher, Postponed, TargetLoader
+from mailgate.services.delivery.policy import LocalLimits
 
 log = logging.getLogger("mailgate.worker")
 
@@ -69,8 +76,11 @@ class DeliveryService:
         clock: Clock,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         only_servers: Callable[[], list[int]] | None = None,
+        limits: DeliveryLimits | None = None,
     ) -> None:
         self.id = worker_id
+        self.limits: DeliveryLimits = limits or LocalLimits(clock)
+        """Limits of every process together (the database's), or of this one (in memory)."""
         self.queue = queue
         self.open_session = open_session
         self.load_targets = load_targets
@@ -112,6 +122,8 @@ class DeliveryService:
                 self.settings.idle_session_s if idle_session_s is None else idle_session_s
             ),
             pauses=self.settings.pauses,
+            limits=self.limits,
+            holder=self.id,
         )
 
     # ---- the queue (blocking calls, run in a thread) --------------------------------------
@@ -325,6 +337,12 @@ class DeliveryService:
         every = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(every)
+            held = list(self.dispatcher.held_connections)
+            if held:
+                try:
+                    await asyncio.to_thread(self.limits.renew_connections, self.id, held)
+                except Exception:
+                    log.exception("renewing connection slots failed")
             if self.held:
                 try:
                     await asyncio.to_thread(self.queue.extend, self.id, list(self.held))
