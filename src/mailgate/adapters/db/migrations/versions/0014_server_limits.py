@@ -2,8 +2,8 @@
 (server_delivery.next_send_at), leased connection slots (server_connections) and recipients
 per hour for recipients_per_day (server_recipient_counts)
 
-Revision ID: 0011_server_limits
-Revises: 0010_pause_notices
+Revision ID: 0014_server_limits
+Revises: 0013_audit_source
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_server_limits"
-down_revision = "0010_pause_notices"
+revision = "0014_server_limits"
+down_revision = "0013_audit_source"
 branch_labels = None
 depends_on = None
 
