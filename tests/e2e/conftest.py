@@ -80,6 +80,8 @@ def mailgate(
         "MAILGATE_LOG_LEVEL": "INFO",
         # Any free port: the default 2587 may be another test's or another installation's.
         "MAILGATE_SMTP_LISTEN": "127.0.0.1:0",
+        # The webhook tests' receiver listens on 127.0.0.1.
+        "MAILGATE_WEBHOOK_ALLOW_PRIVATE": "true",
     }
     # OAuth2 providers are the local authorization server (tests/oauth_server.py).
     # and the Graph and Gmail API servers are the suite's own (tests/api_peers.py).

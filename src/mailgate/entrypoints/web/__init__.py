@@ -24,6 +24,8 @@ APP_PAGES: dict[str, tuple[str, str]] = {
     "messages": ("messages", "Messages"),
     "api-keys": ("apikeys", "API keys"),
     "remote-clients": ("remote", "Remote clients"),
+    "webhooks": ("webhooks", "Webhooks"),
+    "audit": ("audit", "Audit log"),
     "tenants": ("tenants", "Tenants"),
     "users": ("users", "Users"),
     "system-email-server": ("system_server", "System e-mail server"),

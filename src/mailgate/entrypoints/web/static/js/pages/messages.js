@@ -37,6 +37,12 @@ async function act(action, ids) {
 async function list() {
   const params = new URLSearchParams(location.search);
   const state = { status: params.get("status") || "", q: params.get("q") || "", server: params.get("server") || "", items: [], cursor: null, selected: new Set() };
+  // ?metadata.KEY=VALUE (README "Message metadata"), e.g. from a message's metadata link.
+  state.meta = [...params.entries()].filter(([k]) => k.startsWith("metadata."));
+  const metaFilter = h("div", { class: "toolbar", hidden: !state.meta.length },
+    h("span", { class: "muted" }, "Metadata:"),
+    state.meta.map(([k, v]) => h("code", { class: "meta-filter" }, `${k.slice(9)} = ${v}`)),
+    h("button", { type: "button", class: "small", onclick: () => { state.meta = []; metaFilter.hidden = true; reload(); } }, "Clear"));
   const chips = h("div", { class: "chips", role: "group", "aria-label": "Status" });
   for (const s of ["", ...STATUSES]) {
     const b = h("button", { type: "button", "aria-pressed": String(state.status === s), dataset: { status: s } }, s ? s : "all");
@@ -58,7 +64,7 @@ async function list() {
   const table = h("div", { class: "panel table-wrap" });
   const more = h("button", { type: "button", hidden: true }, "Load more");
   more.addEventListener("click", () => load(true));
-  clear(ctx.el, h("div", { class: "toolbar" }, search, server, refresh), h("div", { class: "toolbar" }, chips), ctx.canManageMessages ? h("div", { class: "toolbar" }, count, bulk) : null, table, more);
+  clear(ctx.el, h("div", { class: "toolbar" }, search, server, refresh), h("div", { class: "toolbar" }, chips), metaFilter, ctx.canManageMessages ? h("div", { class: "toolbar" }, count, bulk) : null, table, more);
 
   function renderBulk() {
     const chosen = state.items.filter((m) => state.selected.has(m.id));
@@ -77,7 +83,7 @@ async function list() {
 
   function render() {
     if (!state.items.length) {
-      clear(table, h("p", { class: "empty" }, state.status || state.q || state.server ? "No messages match." : "No messages yet."));
+      clear(table, h("p", { class: "empty" }, state.status || state.q || state.server || state.meta.length ? "No messages match." : "No messages yet."));
       renderBulk();
       return;
     }
@@ -113,6 +119,7 @@ async function list() {
     if (state.status) q.set("status", state.status);
     if (state.q) q.set("q", state.q);
     if (state.server) q.set("server", state.server);
+    for (const [k, v] of state.meta) q.set(k, v);
     if (append && state.cursor) q.set("cursor", state.cursor);
     try {
       const r = await get(`${base()}?${q}`);
@@ -128,6 +135,7 @@ async function list() {
   async function reload() {
     const u = new URLSearchParams({ tenant: ctx.tenant });
     for (const k of ["status", "q", "server"]) if (state[k]) u.set(k, state[k]);
+    for (const [k, v] of state.meta) u.set(k, v);
     history.replaceState(null, "", `/ui/messages?${u}`);
     await load(false);
   }
@@ -173,6 +181,9 @@ async function detail(id) {
         m.cc?.length ? [h("dt", {}, "Cc"), h("dd", {}, addrs(m.cc))] : null,
         env.mail_from !== undefined ? [h("dt", {}, "Envelope"), h("dd", { class: "mono" }, `MAIL FROM:<${env.mail_from}> RCPT TO:${(env.rcpt_to || []).map((r) => `<${r}>`).join(" ")}`)] : null,
         h("dt", {}, "Size"), h("dd", {}, m.size_bytes != null ? `${Number(m.size_bytes).toLocaleString()} bytes` : "—"),
+        h("dt", {}, "Metadata"), h("dd", { class: "metadata" }, Object.keys(m.metadata || {}).length
+          ? h("ul", { class: "meta-list" }, Object.entries(m.metadata).map(([k, v]) => h("li", {}, h("a", { href: tenantUrl("/ui/messages", ctx.tenant, { [`metadata.${k}`]: v }), title: `Messages with ${k} = ${v}` }, h("code", {}, k), " = ", v))))
+          : h("span", { class: "muted" }, "none")),
         m.headers?.From ? [h("dt", {}, "From header"), h("dd", {}, m.headers.From)] : null,
         m.headers?.["Message-ID"] ? [h("dt", {}, "Message-ID"), h("dd", { class: "mono" }, m.headers["Message-ID"])] : null,
         h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? " over SMTP" : ""),
