@@ -21,11 +21,20 @@ from mailgate.schemas.message import MessageIn
 
 @dataclass(frozen=True)
 class Owner:
-    """Who submits or looks: ``api_key_id`` set means "only this key's messages"."""
+    """Who submits or looks. ``own_only``: this principal sees only its own messages - an
+    API key those it submitted (``api_key_id``), a user those submitted under its name and
+    no key (usernames are unique and never contain ``:``, API keys' names are
+    ``apikey:...``)."""
 
     name: str
     api_key_id: str | None
     own_only: bool = False
+
+    def owns(self, created_by: str | None, api_key_id: str | None) -> bool:
+        """Whether a message submitted by ``created_by`` / ``api_key_id`` is this one's."""
+        if self.api_key_id is not None:
+            return api_key_id == self.api_key_id
+        return api_key_id is None and bool(self.name) and created_by == self.name
 
 
 @dataclass(frozen=True, slots=True)

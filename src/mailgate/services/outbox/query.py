@@ -13,7 +13,7 @@ from email import policy as email_policy
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import ColumnElement, String, and_, cast, or_, select
 from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent
@@ -48,7 +48,7 @@ def search(
             raise ValidationFailed.one(name, "must not contain NUL characters")
     query = select(Message).where(Message.tenant_id == tenant_id)
     if owner.own_only:
-        query = query.where(Message.api_key_id == owner.api_key_id)
+        query = query.where(own_messages(owner))
     if status is not None:
         query = query.where(Message.status == status.value)
     if server is not None:
@@ -82,12 +82,19 @@ def search(
     )
 
 
+def own_messages(owner: Owner) -> ColumnElement[bool]:
+    """``Owner.owns`` as SQL: the principal's own messages (an API key's, or a user's)."""
+    if owner.api_key_id is not None:
+        return Message.api_key_id == owner.api_key_id
+    return and_(Message.api_key_id.is_(None), Message.created_by == owner.name)
+
+
 def get(db: Session, tenant_id: int, owner: Owner, message_id: str) -> Message:
     row = db.get(Message, message_id) if MESSAGE_ID.match(message_id) else None
     if (
         row is None
         or row.tenant_id != tenant_id
-        or (owner.own_only and row.api_key_id != owner.api_key_id)
+        or (owner.own_only and not owner.owns(row.created_by, row.api_key_id))
     ):
         raise NotFound(f"message {message_id!r} not found")
     return row

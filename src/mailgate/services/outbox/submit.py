@@ -149,7 +149,11 @@ class Submitter:
         first = db.scalar(
             select(Message).where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
         )
-        if first is not None and owner.own_only and first.api_key_id != owner.api_key_id:
+        if (
+            first is not None
+            and owner.own_only
+            and not owner.owns(first.created_by, first.api_key_id)
+        ):
             raise Conflict("this idempotency key was used by another client")
         return first
 
