@@ -304,7 +304,9 @@ class SqlDeliveryQueue:
             out.append(Recorded(claimed, result, decision))
             event = EVENT_OF_STATUS.get(decision.status)
             if event is not None:
-                events.append(MessageEvent(claimed.id, event, _attempt_event(attempts[-1])))
+                events.append(
+                    MessageEvent(claimed.id, event, _attempt_event(attempts[-1]), claimed.tenant_id)
+                )
         with self.engine.begin() as conn:
             conn.execute(_RECORD, updates)
             conn.execute(_ATTEMPTS.insert(), attempts)

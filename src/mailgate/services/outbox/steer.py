@@ -60,16 +60,15 @@ class Steering:
         if row.status == Status.QUEUED:
             mark_ready(db)
         db.flush()
-        self._emit(db, action, [row.id])
+        self._emit(db, tenant_id, action, [row.id])
         return row
 
-    def _emit(self, db: Session, action: Action, ids: list[str]) -> None:
+    def _emit(self, db: Session, tenant_id: int, action: Action, ids: list[str]) -> None:
         """The webhook events of a change, in its transaction (after the flush)."""
         event = _EVENT_OF_ACTION.get(action)
         if event is not None and ids:
-            emit_for_messages(
-                db.connection(), [MessageEvent(i, event) for i in ids], now=self.clock()
-            )
+            events = [MessageEvent(i, event, tenant_id=tenant_id) for i in ids]
+            emit_for_messages(db.connection(), events, now=self.clock())
 
     def bulk(
         self,
@@ -124,7 +123,7 @@ class Steering:
                 self._apply(row, action)
                 changed.append(row.id)
             db.flush()
-            self._emit(db, action, changed[done:])
+            self._emit(db, tenant_id, action, changed[done:])
             if progress:
                 progress(len(chunk))
         return BulkResult(changed, skipped)
@@ -162,7 +161,7 @@ class Steering:
                 changed.append(row.id)
             last = rows[-1].id
             db.flush()
-            self._emit(db, action, [r.id for r in rows])
+            self._emit(db, tenant_id, action, [r.id for r in rows])
             if progress:
                 progress(len(rows))
         return BulkResult(changed, [])

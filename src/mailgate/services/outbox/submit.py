@@ -246,7 +246,7 @@ def _emit_held(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Mail submitted with ``hold`` is ``message.held`` for webhooks, in the same
     transaction; other submissions cause no event (and cost nothing here)."""
     held = [
-        MessageEvent(r["id"], EventType.MESSAGE_HELD)
+        MessageEvent(r["id"], EventType.MESSAGE_HELD, tenant_id=r["tenant_id"])
         for r in rows
         if r["status"] == Status.HELD.value
     ]
