@@ -67,3 +67,57 @@ class DripServer:
                     time.sleep(self.interval_s)
             except OSError:
                 return
+
+
+class JsonEndpoint:
+    """An HTTP endpoint on a thread that answers every POST with ``answer`` (JSON text, as
+    given: it may be what a hostile token endpoint sends) and counts the requests."""
+
+    def __init__(self, answer: str, status: int = 200) -> None:
+        self.answer = answer.encode()
+        self.status = status
+        self.requests = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, name="json-endpoint", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    while len(body) < length:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        body += chunk
+                    self.requests += 1
+                    conn.sendall(
+                        f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(self.answer)}\r\nConnection: close\r\n\r\n".encode()
+                        + self.answer
+                    )
+                except OSError:
+                    continue

@@ -21,7 +21,7 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 from tests.conftest import ADMIN_PASSWORD, Api, make_settings, password_server
-from tests.drip_server import DripServer
+from tests.drip_server import DripServer, JsonEndpoint
 from tests.oauth_server import query_of
 
 from mailgate.adapters.db.tables import EmailServer
@@ -201,3 +201,54 @@ def test_passwords_are_hashed_outside_transactions(api: Api) -> None:
     assert api.login("admin", ADMIN_PASSWORD)
     assert len(hasher.lock_free) >= 5
     assert all(hasher.lock_free), hasher.lock_free
+
+
+def _authorized_custom(api: Api, admin: str, name: str, token_url: str) -> None:
+    auth = {
+        "method": "oauth2",
+        "provider": "custom",
+        "grant": "authorization_code",
+        "username": "sender@example.com",
+        "client_id": "app",
+        "client_secret": "app-secret",
+        "authorize_url": "https://idp.example.com/authorize",
+        "token_url": token_url,
+        "scope": "smtp",
+    }
+    body = {"name": name, "host": "smtp.example.com", "authentication": auth}
+    r = api.request("POST", "/api/v1/tenants/home/email-servers", admin, json=body)
+    assert r.status_code == 201, r.text
+    with api.container.session() as db:
+        row = db.scalar(select(EmailServer).where(EmailServer.name == name))
+        assert row is not None
+        api.container.servers.store_tokens(row, {"access_token": "old", "refresh_token": "rt"})
+        row.oauth2_state = "authorized"
+
+
+def test_one_configurations_token_answer_never_stops_the_keeper_for_the_others(api: Api) -> None:
+    """Token answers that raised OverflowError (expires_in 1e30; Infinity, which Python's
+    JSON reader accepts) once ended every keeper round for all tenants."""
+    admin = api.admin_token()
+    huge = JsonEndpoint(
+        '{"access_token": "huge", "expires_in": 1e30, '
+        '"client_secret_expires_at": 1e30, "refresh_token": "rt2"}'
+    )
+    infinite = JsonEndpoint('{"access_token": "inf", "expires_in": Infinity}')
+    good = JsonEndpoint('{"access_token": "fresh", "expires_in": 3600, "refresh_token": "rt3"}')
+    try:
+        _authorized_custom(api, admin, "A-HUGE", huge.url + "/token")
+        _authorized_custom(api, admin, "B-INFINITE", infinite.url + "/token")
+        _authorized_custom(api, admin, "C-GOOD", good.url + "/token")
+        refreshed = api.container.oauth2.keeper.run_once()
+        assert huge.requests == infinite.requests == good.requests == 1
+        assert refreshed == 2
+        tokens = {n: api.container.servers.tokens_of(_row(api, n)) for n in ("A-HUGE", "C-GOOD")}
+        assert tokens["C-GOOD"]["access_token"] == "fresh"
+        assert tokens["A-HUGE"]["access_token"] == "huge"  # clamped to a year, kept
+        status = api.request("GET", "/api/v1/tenants/home/email-servers/B-INFINITE", admin).json()[
+            "oauth2_status"
+        ]
+        assert status["last_error"] and "answer" in status["last_error"], status
+    finally:
+        for endpoint in (huge, infinite, good):
+            endpoint.close()

@@ -9,6 +9,7 @@ a ``TokenSet`` or one of two errors: ``TokenRefused`` (the provider said no, wit
 
 from __future__ import annotations
 
+import math
 import ssl
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -162,29 +163,61 @@ class OAuth2Http:
             ) from None
         except ValueError as exc:
             raise EndpointUnreachable(f"the token endpoint answered no token ({exc})") from None
-        return parse_token(dict(answer), now)
+        except Exception as exc:  # an answer Authlib could not handle: this request failed
+            raise EndpointUnreachable(
+                f"the token endpoint's answer could not be read ({type(exc).__name__})"
+            ) from None
+        return parse_token(dict(answer) if isinstance(answer, dict) else answer, now)
+
+
+_MAX_LIFETIME_S = 366 * 24 * 3600
+"""No access token is trusted for longer than a year, whatever ``expires_in`` says."""
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number (or a numeric string, as some endpoints send) that is finite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def parse_token(data: dict[str, Any], now: datetime) -> TokenSet:
-    """A token endpoint's JSON (RFC 6749 section 5.1) as a ``TokenSet``."""
+    """A token endpoint's JSON (RFC 6749 section 5.1) as a ``TokenSet``.
+
+    The endpoint may be any URL a tenant chose: every field is checked, and values out of
+    range are clamped or ignored (``expires_in`` of 1e30 once ended the keeper's rounds
+    for every tenant with an ``OverflowError``)."""
+    if not isinstance(data, dict):
+        raise EndpointUnreachable("the token endpoint answered no JSON object")
     access = data.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise EndpointUnreachable("the token endpoint answered without an access_token")
-    try:
-        expires_in = int(data.get("expires_in") or 3600)
-    except (TypeError, ValueError):
-        expires_in = 3600
+    if not isinstance(access, str) or not access or len(access) > 64 * 1024:
+        raise EndpointUnreachable("the token endpoint answered without a usable access_token")
+    lifetime = _number(data.get("expires_in"))
+    expires_in = 3600 if lifetime is None or lifetime <= 0 else min(lifetime, _MAX_LIFETIME_S)
     refresh = data.get("refresh_token")
     secret_expiry = None
     # client_secret_expires_at is RFC 7591 client metadata (0 = never); some providers
     # return it with tokens, and then we can warn before the secret runs out.
-    raw_expiry = data.get("client_secret_expires_at")
-    if isinstance(raw_expiry, int | float) and raw_expiry > 0:
-        secret_expiry = datetime.fromtimestamp(raw_expiry, UTC)
+    raw_expiry = _number(data.get("client_secret_expires_at"))
+    if raw_expiry is not None and raw_expiry > 0:
+        try:
+            secret_expiry = datetime.fromtimestamp(raw_expiry, UTC)
+        except (OverflowError, ValueError, OSError):
+            secret_expiry = None  # beyond what a date can hold: as good as never
+    scope = data.get("scope")
     return TokenSet(
         access_token=access,
-        expires_at=now + timedelta(seconds=max(0, expires_in)),
-        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        scope=data.get("scope") if isinstance(data.get("scope"), str) else None,
+        expires_at=now + timedelta(seconds=int(expires_in)),
+        refresh_token=refresh
+        if isinstance(refresh, str) and 0 < len(refresh) <= 64 * 1024
+        else None,
+        scope=scope if isinstance(scope, str) and len(scope) <= 4096 else None,
         client_secret_expires_at=secret_expiry,
     )

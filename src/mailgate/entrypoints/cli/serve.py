@@ -30,6 +30,7 @@ def serve(
 
     import uvicorn
 
+    from mailgate.entrypoints import access_log
     from mailgate.entrypoints.api.app import create_app
     from mailgate.entrypoints.smtp.listener import ConfigError, SmtpListener, listener_config
     from mailgate.entrypoints.supervisor import WorkerSupervisor
@@ -66,6 +67,7 @@ def serve(
         <= logging.INFO,
         proxy_headers=False,
     )
+    access_log.install()  # after uvicorn.Config, which configures logging
     server = uvicorn.Server(config)
     workers = WorkerSupervisor(settings.worker_processes, stopping=lambda: server.should_exit)
 

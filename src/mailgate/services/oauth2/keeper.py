@@ -87,4 +87,8 @@ class OAuth2Keeper:
                     done += 1
             except (NeedsAuthorization, TokenEndpointDown) as exc:
                 log.warning("oauth2 keeper: server %s: %s", server_id, exc.title)
+            except Exception as exc:
+                # One configuration's failure never stops the others' refreshes. Type only:
+                # an exception's text may carry a secret.
+                log.error("oauth2 keeper: server %s failed: %s", server_id, type(exc).__name__)
         return done
