@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import password_server, require_postgres
 from typer.testing import CliRunner
 
-from mailgate.adapters.db.tables import Tenant
+from mailgate.adapters.db.tables import AuditEntry, Tenant
 from mailgate.adapters.secrets import SecretBox, generate_key
 from mailgate.bootstrap import build, first_start
 from mailgate.config import Settings
@@ -288,6 +288,17 @@ def test_admin_commands(tmp_path: Path, sqlite_url: str) -> None:
                 assert user.username == name
             principal = c.identity.authenticate(db, token)
             assert [r.value for r in principal.roles.values()] == ["web_service"]
+            # README "Audit log": changes on the command line are in the trail too.
+            trail = [
+                (e.action, e.actor.split(":")[0], e.source)
+                for e in db.scalars(select(AuditEntry).order_by(AuditEntry.id))
+            ]
+            assert trail == [
+                ("tenant.create", "cli", None),
+                ("user.create", "cli", None),
+                ("user.create", "cli", None),
+                ("api_key.create", "cli", None),
+            ]
     finally:
         c.engine.dispose()
 
@@ -449,6 +460,17 @@ def test_messages_hold_and_release_in_bulk(tmp_path: Path, monkeypatch: pytest.M
     assert again.exit_code == 1 and "cannot hold a held message" in again.output
     released = runner.invoke(cli_app, ["messages", "release", "home", "--status", "held"], env=env)
     assert released.exit_code == 0 and "release: 3 changed" in released.output
+    c = build(settings_for(tmp_path, db_url, key))
+    try:
+        with c.sessions() as db:
+            entries = list(db.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        assert [(e.action, e.detail) for e in entries] == [
+            ("messages.hold", {"filter": {"status": "queued"}, "changed": 3, "skipped": 0}),
+            ("messages.release", {"filter": {"status": "held"}, "changed": 3, "skipped": 0}),
+        ]
+        assert entries[0].actor.startswith("cli")
+    finally:
+        c.engine.dispose()
 
 
 def test_processes_starting_together_on_an_empty_postgres(

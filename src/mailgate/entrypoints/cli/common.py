@@ -86,6 +86,21 @@ def _cli_tenant(c: Container, db: Any, name: str) -> Tenant:
     return t
 
 
+def _cli_audit(
+    c: Container,
+    db: Session,
+    action: str,
+    *,
+    tenant_id: int | None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record a change made on the command line in the audit trail (README "Audit log"):
+    the actor is ``cli:<OS user>``, there is no source address."""
+    from mailgate.services.audit import record
+
+    record(db, action, tenant_id=tenant_id, actor=_cli_actor(), now=c.clock(), detail=detail)
+
+
 def _cli_actor() -> str:
     import getpass
 

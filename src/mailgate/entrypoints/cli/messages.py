@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mailgate.domain.errors import MailgateError
-from mailgate.entrypoints.cli.common import _container, _fail, _tenant
+from mailgate.entrypoints.cli.common import _cli_audit, _container, _fail, _tenant
 
 messages_app = typer.Typer(
     help="Hold, release, cancel or retry messages in bulk.", no_args_is_help=True
@@ -124,6 +124,18 @@ def _bulk_command(
                 total = db.scalar(query) or 0
             with typer.progressbar(length=total, label=f"{action}", file=sys.stderr) as bar:
                 result = c.outbox.steering.bulk(db, t.id, act, body, progress=bar.update)
+            selector: dict[str, Any] = (
+                {"ids": len(body.ids)}
+                if body.ids is not None
+                else {"filter": body.model_dump(mode="json", exclude={"ids"}, exclude_none=True)}
+            )
+            _cli_audit(
+                c,
+                db,
+                f"messages.{act.value}",
+                tenant_id=t.id,
+                detail={**selector, "changed": len(result.changed), "skipped": len(result.skipped)},
+            )
     except MailgateError as exc:
         _fail(exc.detail)
         return

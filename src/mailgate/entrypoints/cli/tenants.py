@@ -12,6 +12,7 @@ from mailgate.adapters.db.tables import Tenant
 from mailgate.domain.errors import MailgateError
 from mailgate.entrypoints.cli.common import (
     _cli_actor,
+    _cli_audit,
     _cli_tenant,
     _container,
     _fail,
@@ -38,7 +39,10 @@ def tenant_create(
     c.installation.upgrade_schema()
     try:
         with c.session() as db:
-            create_tenant(db, c.clock, name, display_name)
+            row = create_tenant(db, c.clock, name, display_name)
+            db.flush()
+            detail = {"name": row.name, "display_name": row.display_name}
+            _cli_audit(c, db, "tenant.create", tenant_id=row.id, detail=detail)
     except MailgateError as exc:
         _fail(exc.detail)
     typer.echo(f"created tenant {name}")

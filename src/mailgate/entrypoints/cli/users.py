@@ -9,7 +9,13 @@ import typer
 from mailgate.adapters.db.tables import User
 from mailgate.domain.access import Role
 from mailgate.domain.errors import MailgateError
-from mailgate.entrypoints.cli.common import _container, _fail, _read_password, _tenant
+from mailgate.entrypoints.cli.common import (
+    _cli_audit,
+    _container,
+    _fail,
+    _read_password,
+    _tenant,
+)
 
 user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -50,6 +56,8 @@ def user_create(
                 roles=roles,
                 system_admin=system_admin,
             )
+            detail = {"username": username, "roles": roles, "system_admin": system_admin}
+            _cli_audit(c, db, "user.create", tenant_id=None, detail=detail)
     except MailgateError as exc:
         _fail(exc.detail)
     typer.echo(f"created user {username}")
@@ -84,5 +92,7 @@ def apikey_create(
     c.installation.upgrade_schema()
     with c.session() as db:
         t = _tenant(db, tenant)
-        _key, token = c.identity.create_api_key(db, t, name, Role(role), "cli")
+        key, token = c.identity.create_api_key(db, t, name, Role(role), "cli")
+        detail = {"id": key.id, "name": key.name, "role": key.role}
+        _cli_audit(c, db, "api_key.create", tenant_id=t.id, detail=detail)
     typer.echo(token)
