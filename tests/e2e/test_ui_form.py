@@ -162,3 +162,101 @@ def test_lifecycle_intro_discard_enter_duplicate_rename_and_default_removal(
     page.get_by_role("dialog").get_by_role("button", name="Discard").click()
     expect(tabs).to_have_text(["third"])
     assert names(mailgate, "life") == {"third": True}
+
+
+TRUNCATED_SELECTS = """form => [...form.querySelectorAll('select')].filter(s => s.offsetParent).filter(s => {
+  const c = document.createElement('canvas').getContext('2d');
+  const st = getComputedStyle(s);
+  c.font = `${st.fontWeight} ${st.fontSize} ${st.fontFamily}`;
+  const text = s.options[s.selectedIndex]?.text || '';
+  const room = s.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight) - 18;
+  return c.measureText(text).width > room;
+}).map(s => s.name + ': ' + s.options[s.selectedIndex]?.text)"""
+
+
+def test_small_things_plain_text_warning_selects_and_wording(page: Any, mailgate: Mailgate) -> None:
+    make_tenant(mailgate, "small")
+    sign_in(page)
+    open_servers(page, "small")
+    page.get_by_role("button", name="Add the first e-mail server").click()
+    expect(page.get_by_role("button", name="Send test e-mail", exact=True)).to_be_visible()
+    # The protocol's label promises nothing the other fields may contradict.
+    assert control(page, "Protocol").locator("option").all_inner_texts() == [
+        "SMTP",
+        "SMTPS (implicit TLS)",
+    ]
+    # A password that could travel without TLS is pointed out.
+    control(page, "User and password").check()
+    warning = page.locator(".plain-warning")
+    expect(warning).to_be_hidden()
+    control(page, "STARTTLS").select_option("disabled")
+    expect(warning).to_contain_text("password travels over the network in plain text")
+    control(page, "STARTTLS").select_option("opportunistic")
+    expect(warning).to_contain_text("can travel")
+    control(page, "Protocol").select_option("smtps")
+    expect(warning).to_be_hidden()
+    control(page, "Protocol").select_option("smtp")
+    control(page, "STARTTLS").select_option("required")
+    expect(warning).to_be_hidden()
+    # No select box cuts off its chosen value, on a desktop or a phone.
+    control(page, "OAuth2").check()
+    control(page, "Provider").select_option("microsoft")
+    control(page, "Grant").select_option("client_credentials")
+    for size in ({"width": 1366, "height": 900}, {"width": 390, "height": 844}):
+        page.set_viewport_size(size)
+        for value in ("required", "opportunistic", "disabled"):
+            control(page, "STARTTLS").select_option(value)
+            cut = page.locator("form.server-form").evaluate(TRUNCATED_SELECTS)
+            assert cut == [], (size, cut)
+
+    # Users: the actions column has a header.
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto("/ui/users")
+    page.wait_for_selector("main[data-ready='1']")
+    expect(page.locator("table th").last).to_have_text("Actions")
+
+    # Remote clients: the token goes in the environment, not on the command line.
+    with mailgate.api(mailgate.token()) as api:
+        api.put("/api/v1/system/settings", json={"allow_remote_clients": True})
+    page.goto("/ui/remote-clients?tenant=small")
+    page.wait_for_selector("main[data-ready='1']")
+    expect(page.locator("form")).not_to_contain_text("--token TOKEN")
+    control(page, "Name").fill("plant-9")
+    page.get_by_role("button", name="Create remote client").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("MAILGATE_AGENT_TOKEN")
+    expect(dialog).not_to_contain_text("mailgate agent --token")
+    dialog.get_by_role("button", name="I have stored it").click()
+
+
+def test_my_account_changes_the_own_password(page: Any, mailgate: Mailgate) -> None:
+    with mailgate.api(mailgate.token()) as api:
+        user = {"username": "myself", "password": "my-first-pass-1", "email": "me@example.com"}
+        assert (
+            api.post("/api/v1/users", json={**user, "roles": {"home": "user"}}).status_code == 201
+        )
+    sign_in(page, "myself", "my-first-pass-1")
+    page.get_by_role("link", name="myself").click()
+    page.wait_for_selector("main[data-ready='1']")
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.locator("dl.kv")).to_contain_text("me@example.com")
+    expect(page.locator("dl.kv")).to_contain_text("home: User")
+    control(page, "Current password").fill("not-my-password")
+    control(page, "New password").fill("my-second-pass-2")
+    control(page, "Repeat the new password").fill("my-second-pass-3")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.locator("[data-field-path='new_password_again'] .field-error")).to_have_text(
+        "the two new passwords differ"
+    )
+    control(page, "Repeat the new password").fill("my-second-pass-2")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.locator("[data-field-path='current_password'] .field-error")).to_contain_text(
+        "not your current password"
+    )
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "28-my-account-390")
+    control(page, "Current password").fill("my-first-pass-1")
+    page.get_by_role("button", name="Change password").click()
+    page.wait_for_url("**/ui/login?password=changed")
+    expect(page.locator(".banner.ok")).to_contain_text("Your password was changed")
+    sign_in(page, "myself", "my-second-pass-2")

@@ -157,7 +157,7 @@ def test_read_only_user_sees_no_edit_controls(page: Any, mailgate: Mailgate) -> 
     expect(page.locator("#save")).to_have_count(0)
     expect(page.get_by_role("button", name="New configuration")).to_have_count(0)
     expect(page.get_by_role("button", name="Change")).to_have_count(0)
-    expect(page.get_by_role("button", name="Send test email")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send test e-mail")).to_have_count(0)
     expect(page.get_by_role("link", name="API keys")).to_be_hidden()
     expect(page.get_by_role("link", name="Users")).to_be_hidden()
     expect(page.locator("#role-note")).to_contain_text("read only")
@@ -210,7 +210,7 @@ def test_send_test_email_steps_and_wrong_password_hint(
     page.wait_for_selector("main[data-ready='1']")
 
     control(page, "Send test e-mail to").fill("someone@example.com")
-    page.get_by_role("button", name="Send test email").click()
+    page.get_by_role("button", name="Send test e-mail").click()
     steps = page.locator("ol.steps li")
     expect(steps.locator(".badge")).to_have_text(["ok"] * 8, timeout=20_000)
     expect(steps.locator(".name")).to_have_text(
@@ -228,7 +228,7 @@ def test_send_test_email_steps_and_wrong_password_hint(
         "button", name="Change"
     ).click()
     control(page, "Password").fill("wrong-password-1")
-    page.get_by_role("button", name="Send test email").click()
+    page.get_by_role("button", name="Send test e-mail").click()
     auth = page.locator("ol.steps li[data-step='auth']")
     expect(auth.locator(".badge")).to_have_text("failed", timeout=20_000)
     expect(page.locator(".test-result .banner.bad")).to_contain_text("Test failed")
@@ -333,7 +333,7 @@ def test_oauth2_authorize_round_trip(
 
         # The stored token works: XOAUTH2 against the test SMTP server.
         control(page, "Send test e-mail to").fill("someone@example.com")
-        page.get_by_role("button", name="Send test email").click()
+        page.get_by_role("button", name="Send test e-mail").click()
         expect(page.locator(".test-result")).to_contain_text("Test passed", timeout=20_000)
         [msg] = smtp.wait_for(1)
         assert msg.login == USER

@@ -517,6 +517,31 @@ CASES = [
         "password",
         json={"username": "admin"},
     ),
+    # Changing one's own password (the UI's "My account")
+    Case(
+        "own password: wrong current password",
+        "POST",
+        "/api/v1/auth/password",
+        422,
+        "current_password",
+        json={"current_password": "not-it-at-all", "new_password": "a-new-password-1"},
+    ),
+    Case(
+        "own password: new one too short",
+        "POST",
+        "/api/v1/auth/password",
+        422,
+        "new_password",
+        json={"current_password": "admin-test-password", "new_password": "short"},
+    ),
+    Case(
+        "own password: missing new password",
+        "POST",
+        "/api/v1/auth/password",
+        422,
+        "new_password",
+        json={"current_password": "admin-test-password"},
+    ),
     # NUL characters (PostgreSQL text cannot hold them) and out-of-range query values
     Case("NUL in tenant path", "GET", "/api/v1/tenants/a%00b", 400),
     Case("NUL in server path", "DELETE", SERVERS + "/a%00b", 400),

@@ -125,6 +125,13 @@ class Identity:
         self.max_failures = max_failures
         self.window_s = window_s
 
+    def password_matches(self, password_hash: str, password: str) -> bool:
+        """Argon2 verification of a stored hash; call it outside a transaction."""
+        try:
+            return bool(self.hasher.verify(password_hash, password))
+        except (VerificationError, InvalidHashError):
+            return False
+
     # ---- login -----------------------------------------------------------------------------
 
     def _throttle_key(self, username: str, client: str) -> str:

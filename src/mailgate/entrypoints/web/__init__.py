@@ -30,6 +30,7 @@ APP_PAGES: dict[str, tuple[str, str]] = {
     "users": ("users", "Users"),
     "system-email-server": ("system_server", "System e-mail server"),
     "system-settings": ("system_settings", "System settings"),
+    "account": ("account", "My account"),
 }
 AUTH_PAGES = {
     "login": "Sign in",

@@ -68,3 +68,9 @@ class ApiKeyList(OutModel):
 
 class NewApiKeyOut(ApiKeyOut):
     token: str = Field(description="shown only in this answer; only its hash is stored")
+
+
+class PasswordChangedOut(OutModel):
+    status: Literal["ok"]
+    username: str
+    detail: str

@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
-from mailgate.domain.errors import MailgateError
+from mailgate.domain.errors import Forbidden, MailgateError, ValidationFailed
 from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import CSRF_COOKIE, DB, SESSION_COOKIE, AppContainer, Caller
 from mailgate.schemas.common import SingleLine, StrictModel
 from mailgate.schemas.out.identity import (
     LoginOut,
     MeOut,
+    PasswordChangedOut,
     SignedInApiKeyOut,
     SignedInUserOut,
     UserOut,
@@ -67,6 +68,56 @@ def logout(request: Request, response: Response, caller: Caller, db: DB, c: AppC
     audit(request, db, c, "auth.sign_out", tenant_id=None)
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)
+
+
+class PasswordChangeIn(StrictModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+@router.post("/password")
+def change_password(
+    body: PasswordChangeIn,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
+) -> PasswordChangedOut:
+    """Change one's own password (the web UI's "My account"). Every session of the user ends,
+    this one too: sign in again with the new password."""
+    from mailgate.adapters.db.tables import User
+    from mailgate.services.identity import check_password_strength, hash_password
+
+    if caller.user_id is None:
+        raise Forbidden("an API key has no password; users change theirs when signed in")
+    user = db.get(User, caller.user_id)
+    if user is None:
+        raise Forbidden("the signed-in user no longer exists")
+    check_password_strength(body.new_password, "new_password")
+    # Guessing the current password through a stolen session is throttled like sign-ins.
+    client = request.client.host if request.client else "unknown"
+    name = user.username
+    c.identity.check_sign_in_throttle(db, name, client)
+    stored = user.password_hash
+    db.commit()  # Argon2 runs outside any transaction (on SQLite one holds the write lock)
+    if not c.identity.password_matches(stored, body.current_password):
+        c.identity.record_sign_in_failure(db, name, client)
+        db.commit()  # the failure counts although the request fails
+        raise ValidationFailed.one("current_password", "this is not your current password")
+    new_hash = hash_password(body.new_password, c.identity.hasher)
+    user = db.get(User, caller.user_id)
+    if user is None:
+        raise Forbidden("the signed-in user no longer exists")
+    c.identity.set_password(db, user, body.new_password, password_hash=new_hash)
+    audit(request, db, c, "auth.password_changed", tenant_id=None, actor=user.username)
+    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(CSRF_COOKIE)
+    return PasswordChangedOut(
+        status="ok",
+        username=user.username,
+        detail="password changed; every session ended: sign in with the new password",
+    )
 
 
 @router.get("/me")

@@ -8,6 +8,7 @@ const params = new URLSearchParams(location.search);
 const say = (kind, text) => clear(bannerBox, banner(kind, text));
 
 if (params.get("reset") === "ok") say("ok", "Your password was changed. Sign in with the new password.");
+if (params.get("password") === "changed") say("ok", "Your password was changed and every session ended. Sign in with the new password.");
 if (params.get("expired")) say("info", "Your session ended. Sign in again.");
 
 const login = document.getElementById("login-form");

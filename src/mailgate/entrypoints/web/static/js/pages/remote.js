@@ -24,7 +24,7 @@ async function main() {
   const create = h("button", { type: "submit", class: "primary" }, "Create remote client");
   const form = h("form", { class: "panel", novalidate: true, "aria-labelledby": "new-rc" },
     h("h2", { id: "new-rc" }, "New remote client"),
-    h("p", { class: "section-note" }, "Run it inside the customer's network: mailgate agent --url URL --token TOKEN. It connects out; no inbound port is needed."),
+    h("p", { class: "section-note" }, "Run the agent inside the customer's network with the environment variables MAILGATE_AGENT_URL (this mailgate's address) and MAILGATE_AGENT_TOKEN (the token shown once after creating), then start: mailgate agent. It connects out; no inbound port is needed."),
     h("div", { class: "grid" }, field("Name", name, { path: "name" }),
       h("div", { class: "field" }, h("span", { class: "label" }, "\u00a0"), h("div", { class: "actions" }, create))));
   clear(ctx.el, form, list);
@@ -55,7 +55,7 @@ async function main() {
       await load();
       busy(create, false);
       toast(`Created ${r.name}`);
-      await tokenDialog(`Remote client "${r.name}"`, r.token, "Give this token to the agent (mailgate agent --token …). It is shown only now.");
+      await tokenDialog(`Remote client "${r.name}"`, r.token, "Give this token to the agent in the environment variable MAILGATE_AGENT_TOKEN (not with --token: other users of that machine can read command lines through ps). It is shown only now.");
     } catch (err) {
       busy(create, false);
       const rest = showErrors(form, err.errors);

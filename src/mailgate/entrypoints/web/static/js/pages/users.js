@@ -20,7 +20,7 @@ async function main() {
   async function load() {
     const users = (await get("/api/v1/users")).items;
     clear(list, h("h2", {}, "Users"), h("table", {},
-      h("thead", {}, h("tr", {}, ["User", "E-mail", "Roles", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["User", "E-mail", "Roles", "Actions"].map((t) => h("th", { scope: "col", class: t === "Actions" ? "num" : null }, t)))),
       h("tbody", {}, users.map((u) => {
         const e = h("button", { type: "button", class: "small", "aria-label": `Edit ${u.username}` }, "Edit");
         e.addEventListener("click", () => edit(u));

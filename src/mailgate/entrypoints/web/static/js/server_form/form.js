@@ -69,14 +69,14 @@ export class ServerForm extends BoundForm {
           this.text("Name", "name", { placeholder: "e.g. DEFAULT or invoices", help: "Up to 64 letters, digits, spaces, dots, - and _, starting with a letter or digit." }), def,
           this.renameWarning)));
     }
-    this.starttlsField = this.select("STARTTLS", "starttls", { required: "Required (refuse without TLS)", opportunistic: "Opportunistic (use TLS when offered)", disabled: "Disabled (never; plain text)" }, { help: "Only for SMTP; SMTPS is encrypted from the start." });
+    this.starttlsField = this.select("STARTTLS", "starttls", { required: "Required", opportunistic: "Opportunistic", disabled: "Disabled (plain text)" }, { help: "Required refuses a server without TLS; opportunistic uses TLS when offered. Not used by SMTPS, which is encrypted from the start." });
     this.portInput = h("input", { type: "number", min: "1", max: "65535", inputmode: "numeric" });
     this.bind("port", this.portInput, "int");
     this.portInput.addEventListener("input", () => { this.portEdited = this.portInput.value.trim() !== ""; this.portHelp(); });
     this.portField = field("Port", this.portInput, { path: "port" });
     this.portHelpEl = this.portField.querySelector(".help") || h("span", { class: "help" });
     this.portField.insertBefore(this.portHelpEl, this.portField.querySelector(".field-error"));
-    const proto = this.select("Protocol", "protocol", { smtp: "SMTP (plain, then STARTTLS)", smtps: "SMTPS (implicit TLS)" });
+    const proto = this.select("Protocol", "protocol", { smtp: "SMTP", smtps: "SMTPS (implicit TLS)" }, { help: "SMTP upgrades with STARTTLS as set below; SMTPS is TLS from the first byte." });
     proto.querySelector("select").addEventListener("change", () => {
       if (!this.portEdited) this.setValue("port", DEFAULT_PORTS[this.v.protocol]);
     });
@@ -187,6 +187,7 @@ export class ServerForm extends BoundForm {
     }
     this.methodBox = h("fieldset", {}, h("legend", {}, "Method"), method);
     this.apiAuthNote = h("p", { class: "section-note" });
+    this.plainWarning = h("div", { class: "plain-warning", hidden: true });
     this.pwBlock = h("div", { class: "grid" },
       this.text("User name", "authentication.username", { placeholder: "sender@example.com" }),
       this.secret("Password", "authentication.password", "authentication.password_set"));
@@ -194,6 +195,7 @@ export class ServerForm extends BoundForm {
     return this.section("Authentication", null,
       this.apiAuthNote,
       this.methodBox,
+      this.plainWarning,
       h("p", { class: "field-error", dataset: { errorFor: "authentication.method" } }),
       h("div", { class: "auth-detail" }, this.pwBlock, this.oauth2.el));
   }
@@ -245,6 +247,11 @@ export class ServerForm extends BoundForm {
         : "";
     this.transportHint.hidden = !this.transportHint.textContent;
     this.pwBlock.hidden = auth.method !== "password";
+    // Credentials that could cross the network unencrypted deserve a word before saving.
+    const plain = !api && this.v.protocol === "smtp" && this.v.starttls !== "required" && auth.method !== "none";
+    this.plainWarning.hidden = !plain;
+    if (plain) clear(this.plainWarning, banner("warn", h("strong", {}, this.v.starttls === "disabled" ? "No TLS. " : "TLS only if offered. "),
+      `With STARTTLS ${this.v.starttls}, the ${auth.method === "oauth2" ? "access token" : "password"} ${this.v.starttls === "disabled" ? "travels" : "can travel"} over the network in plain text. Choose STARTTLS Required or SMTPS unless the server is on this machine.`));
     if (this.renameWarning) {
       const old = this.o.value.name;
       const renamed = !this.o.isNew && (this.v.name || "").trim() !== old;

@@ -5,7 +5,7 @@ import { h, clear, banner, badge, fmtTime, toast, busy, errorText } from "../ui.
 import { API_PROVIDER, TRANSPORTS, copyable, setupSteps, renderSteps } from "./guide.js";
 
 const OAUTH_PROVIDERS = { microsoft: "Microsoft 365 / Office 365", google: "Google Workspace / Gmail", custom: "Other (custom endpoints)" };
-const GRANTS = { authorization_code: "Authorization code (a person signs in once)", client_credentials: "Client credentials (app permission, no sign-in)" };
+const GRANTS = { authorization_code: "Authorization code", client_credentials: "Client credentials" };
 const A = "authentication.";
 
 export class OAuth2Panel {
@@ -14,7 +14,7 @@ export class OAuth2Panel {
     this.form = form;
     this.providerField = form.select("Provider", A + "provider", { "": "Choose…", ...OAUTH_PROVIDERS });
     this.providerField.querySelector("select").addEventListener("change", () => this.providerChosen());
-    this.grantField = form.select("Grant", A + "grant", { "": "Choose…", ...GRANTS });
+    this.grantField = form.select("Grant", A + "grant", { "": "Choose…", ...GRANTS }, { help: "Authorization code: someone signs in once as the mailbox. Client credentials: the app's own permission, no sign-in." });
     this.msTenantField = form.text("Directory (tenant) ID", A + "directory_tenant_id", { help: "Entra ID tenant ID (a GUID) or domain, from the app's Overview." });
     this.customFields = h("div", { class: "grid wide" },
       form.text("Authorize URL", A + "authorize_url", { placeholder: "https://…/authorize" }),

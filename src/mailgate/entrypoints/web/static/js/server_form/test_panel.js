@@ -13,7 +13,7 @@ export class TestPanel {
     const to = h("input", { type: "email", placeholder: "you@example.com", autocomplete: "email" });
     to.value = form.o.testTo || "";
     this.to = to;
-    const send = h("button", { type: "button", class: "primary" }, "Send test email");
+    const send = h("button", { type: "button", class: "primary" }, "Send test e-mail");
     const dry = h("button", { type: "button" }, "Dry run");
     this.out = h("div", { class: "test-result", "aria-live": "polite" });
     send.addEventListener("click", () => this.run("send", send));
