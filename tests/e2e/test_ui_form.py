@@ -164,7 +164,8 @@ def test_lifecycle_intro_discard_enter_duplicate_rename_and_default_removal(
     assert names(mailgate, "life") == {"third": True}
 
 
-TRUNCATED_SELECTS = """form => [...form.querySelectorAll('select')].filter(s => s.offsetParent).filter(s => {
+TRUNCATED_SELECTS = """form => [...form.querySelectorAll('select')]
+.filter(s => s.offsetParent).filter(s => {
   const c = document.createElement('canvas').getContext('2d');
   const st = getComputedStyle(s);
   c.font = `${st.fontWeight} ${st.fontSize} ${st.fontFamily}`;
