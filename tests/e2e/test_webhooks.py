@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from tests.e2e.outbox_helpers import Rig, rig
 from tests.smtp_fixtures import SmtpServers
 from tests.webhook_receiver import WebhookReceiver
 
+from mailgate.adapters.db.tables import WebhookEvent
 from mailgate.adapters.webhooks import HttpWebhookSender
 from mailgate.domain.addresses import without_private
 from mailgate.domain.outbound import OutboundPolicy
@@ -294,3 +296,44 @@ def test_redirects_are_not_followed(
             assert target.requests == [] and len(receiver.requests) == 1
     finally:
         target.stop()
+
+
+def test_a_disabled_webhook_keeps_its_waiting_events_for_24_hours(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers, receiver: WebhookReceiver
+) -> None:
+    """Disabled: no new events, and nothing is sent; the events that were waiting stay and
+    go out when it is enabled again within the day; a day later they are given up; finished
+    events are deleted after 7 days."""
+    server = smtp_servers.start()
+    with rig(tmp_path, sqlite_url, webhook_allow_private=True) as r:
+        r.add_server(server.config())
+        created = create_hook(r, receiver.url, events=["message.sent"])
+        receiver.secret = created["secret"]
+        path = HOOKS.format(tenant="home") + f"/{created['id']}"
+        first = r.send(to=["x@example.org"], text="1")
+        assert r.run_once() == 1
+        assert r.api.request("PATCH", path, r.admin, json={"enabled": False}).status_code == 200
+        r.send(to=["x@example.org"], text="while disabled")
+        assert r.run_once() == 1
+        dispatcher = r.c.webhook_dispatcher("d")
+        assert dispatch(r, dispatcher) == 0 and receiver.requests == []
+        assert r.api.request("GET", path, r.admin).json()["pending"] == 1
+        r.clock.advance(hours=2)
+        assert r.api.request("PATCH", path, r.admin, json={"enabled": True}).status_code == 200
+        assert dispatch(r, dispatcher) == 1
+        assert [g.data["id"] for g in receiver.received] == [first]
+
+        r.send(to=["x@example.org"], text="2")
+        assert r.run_once() == 1
+        r.api.request("PATCH", path, r.admin, json={"enabled": False})
+        r.clock.advance(hours=25)
+        dispatcher.prune()
+        r.admin = r.api.admin_token()
+        r.api.request("PATCH", path, r.admin, json={"enabled": True})
+        assert dispatch(r, dispatcher) == 0  # given up: not sent a day late
+        assert len(receiver.received) == 1
+        with r.c.sessions() as db:
+            states = sorted(e.status for e in db.scalars(select(WebhookEvent)))
+        assert states == ["delivered", "failed"]
+        r.clock.advance(days=8)
+        assert dispatcher.prune() == 2

@@ -18,7 +18,9 @@ an event twice, with the same ``webhook-id``).
   30 s, 1, 2, 4 ... minutes (at most an hour apart) until the event is 24 hours old, then
   the row is ``failed``. Each attempt is logged (``webhook_attempts``, the deliveries log).
   A ``webhook.test`` event is tried once.
-- Finished rows older than ``keep`` are deleted with their attempts, now and then.
+- A disabled endpoint gets no new events; those already waiting for it stay, and are
+  given up 24 hours after they happened; finished rows older than ``keep`` are deleted
+  with their attempts, now and then.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.adapters.db.tables import WebhookAttempt, WebhookEndpoint, WebhookEvent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import SecretKeyError
-from mailgate.domain.events import DeliveryState, EventType, WebhookResponse, next_try
+from mailgate.domain.events import (
+    RETRY_FOR,
+    DeliveryState,
+    EventType,
+    WebhookResponse,
+    next_try,
+)
 from mailgate.ports import SecretCipher, WebhookSender
 from mailgate.services.events.webhooks import secret_context
 
@@ -255,10 +263,27 @@ class WebhookDispatcher:
         return str(values.get("status", _PENDING))
 
     def prune(self) -> int:
-        """Delete finished rows (and their attempts) older than ``keep``."""
-        cutoff = self.clock() - self.keep
+        """Give up on events nobody could take for 24 hours (their endpoint was paused all
+        along), and delete finished rows (and their attempts) older than ``keep``; returns
+        how many were deleted."""
+        now = self.clock()
         with self.sessions.begin() as db:
-            result = db.execute(delete(_E).where(_E.c.status != _PENDING, _E.c.created_at < cutoff))
+            db.execute(
+                update(_E)
+                .where(
+                    _E.c.status == _PENDING,
+                    _E.c.created_at < now - RETRY_FOR,
+                    _E.c.next_attempt_at <= now,  # not held by anyone now
+                )
+                .values(
+                    status=DeliveryState.FAILED.value,
+                    locked_by=None,
+                    last_error="not delivered within 24 hours (the webhook was paused)",
+                )
+            )
+            result = db.execute(
+                delete(_E).where(_E.c.status != _PENDING, _E.c.created_at < now - self.keep)
+            )
         return int(getattr(result, "rowcount", 0) or 0)
 
     # ---- the POSTs (on the event loop) -------------------------------------------------------

@@ -52,7 +52,7 @@ async function main() {
     enabled.addEventListener("change", async () => {
       try {
         await patch(`${base}/${enc(w.id)}`, { enabled: enabled.checked });
-        toast(enabled.checked ? "Webhook enabled" : "Webhook paused: events wait for up to 24 hours");
+        toast(enabled.checked ? "Webhook enabled" : "Webhook paused: no new events; those already waiting are kept for 24 hours");
       } catch (err) { enabled.checked = !enabled.checked; toast(errorText(err), "bad"); }
     });
     const test = h("button", { type: "button", class: "small", dataset: { action: "test" } }, "Send test");
@@ -79,7 +79,7 @@ async function main() {
     return h("tr", { dataset: { id: w.id } },
       h("td", { "data-label": "URL", class: "url" }, h("code", {}, w.url), w.description ? h("div", { class: "muted" }, w.description) : null),
       h("td", { "data-label": "Events" }, h("div", { class: "event-list" }, w.events.map((e) => h("span", { class: "badge event" }, e)))),
-      h("td", { "data-label": "Enabled" }, h("label", { class: "check" }, enabled, enabled.checked ? "on" : "paused")),
+      h("td", { "data-label": "Enabled" }, h("label", { class: "check" }, enabled, w.enabled ? "on" : "paused")),
       h("td", { "data-label": "Waiting" }, waiting),
       h("td", { class: "num", "data-label": "" }, h("div", { class: "actions" }, test, show, remove)));
   }
