@@ -8,6 +8,7 @@ machine, one sink for every row.
 (b) mailgate's worker draining N pre-queued messages;
 (c) end to end: N messages submitted through the HTTP API while ``mailgate serve`` delivers
     them: the default layout (its worker processes), 2 worker processes, and 2 on PostgreSQL;
+    and the default layout fed through its SMTP submission listener instead (c_smtp);
 Postfix: a private instance relaying to the sink, fed over SMTP by aiosmtplib;
 (d) idle-queue latency from the request (and from the 202) to the sink;
 scale: 10k / 100k / 1M queued, drained by ``mailgate serve``: rate and peak RSS.
@@ -237,6 +238,7 @@ class Serve:
         self, data_dir: Path, secret_key: str, database_url: str | None, workers: int | None
     ) -> None:
         self.port = free_port()
+        self.smtp_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
         env.update(
             {
@@ -244,6 +246,8 @@ class Serve:
                 "MAILGATE_SECRET_KEY": secret_key,
                 "MAILGATE_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "MAILGATE_LOG_LEVEL": "WARNING",
+                # Every serve has its SMTP listener (as by default), on a port of its own.
+                "MAILGATE_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
             }
         )
         if workers is not None:
@@ -335,15 +339,45 @@ def submit_all(serve: Serve, n: int, concurrency: int = 16) -> dict[str, Any]:
     return result
 
 
-def end_to_end(serve: Serve, sink: Sink, n: int) -> dict[str, Any]:
+def submit_smtp(serve: Serve, n: int, concurrency: int = 16) -> dict[str, Any]:
+    """``n`` messages through serve's SMTP submission listener, by ``smtpgen.py`` (aiosmtplib,
+    as the Postfix row) in its own process: ``concurrency`` connections, each signed in once
+    (tenant ``home``, the workflow's API key) and sending message after message; the
+    ``X-Mailgate-Server`` header picks the configuration as ``"server"`` does in (c)."""
+    raw = b"X-Mailgate-Server: SINK\r\n" + raw_message(0)
+    with tempfile.NamedTemporaryFile(suffix=".eml") as f:
+        f.write(raw)
+        f.flush()
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("smtpgen.py")),
+                "127.0.0.1",
+                str(serve.smtp_port),
+                str(n),
+                str(concurrency),
+                f.name,
+                "home",
+                serve.api_key,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def end_to_end(serve: Serve, sink: Sink, n: int, via: str = "http") -> dict[str, Any]:
     """Row (c): from the first request until the sink has all ``n``; CPU per message of
-    mailgate (serve and its worker processes together), the sink and the client."""
+    mailgate (serve and its worker processes together), the sink and the client. ``via``
+    ``smtp``: submitted through the SMTP listener instead of the HTTP API."""
     assert sink.proc.pid is not None
     pids = serve.pids()
     before = {pid: cpu_s(pid) for pid in pids}
     sink_before = cpu_s(sink.proc.pid)
     started = time.perf_counter()
-    submitted = submit_all(serve, n)
+    submitted = submit_smtp(serve, n) if via == "smtp" else submit_all(serve, n)
     sink.wait_for(n)
     elapsed = time.perf_counter() - started
     per_process = [(cpu_s(pid) - before[pid]) * 1000 / n for pid in pids]
@@ -435,10 +469,15 @@ def row_b(sink: Sink, n: int, database_url: str | None) -> float:
 
 
 def row_c(
-    sink: Sink, n: int, database_url: str | None, workers: int | None, samples: int = 0
+    sink: Sink,
+    n: int,
+    database_url: str | None,
+    workers: int | None,
+    samples: int = 0,
+    via: str = "http",
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(c) with ``workers`` worker processes (None: the default); with ``samples`` also (d)
-    on the same installation."""
+    on the same installation; ``via`` ``smtp``: fed through the SMTP listener."""
     sink.reset()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
@@ -448,7 +487,7 @@ def row_c(
         serve = Serve(data, secret, database_url, workers)
         try:
             serve.create_server_and_key(sink.port)
-            row = end_to_end(serve, sink, n)
+            row = end_to_end(serve, sink, n, via)
             latency = None
             if samples:
                 sink.reset()
@@ -642,6 +681,7 @@ def main() -> None:
             if latency is not None:
                 results["d_latency_ms"] = latency
             r["c_2_workers"], _ = row_c(sink, n, None, 2)
+            r["c_smtp"], _ = row_c(sink, n, None, None, via="smtp")
             r["postfix"] = row_postfix(sink, n)
             if pg_url is not None:
                 r["c_postgres"], _ = row_c_pg(sink, n, pg_url)
@@ -683,7 +723,7 @@ def summary(r: dict[str, Any]) -> str:
         f"(b) {r['b']:.0f}",
         f"(b) unpipelined {r['b_unpipelined']:.0f}",
     ]
-    for key in ("c_default", "c_2_workers", "c_postgres", "postfix"):
+    for key in ("c_default", "c_2_workers", "c_smtp", "c_postgres", "postfix"):
         if key in r:
             cpu = r[key]["cpu_ms_per_msg"]
             main_cpu = cpu.get("mailgate", cpu.get("postfix"))
@@ -698,7 +738,7 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
     def med(key: str) -> float:
         return median([r[key]["per_s"] if isinstance(r[key], dict) else r[key] for r in rounds])
 
-    keys = ["a", "b", "b_unpipelined", "c_default", "c_2_workers", "postfix"]
+    keys = ["a", "b", "b_unpipelined", "c_default", "c_2_workers", "c_smtp", "postfix"]
     if "c_postgres" in rounds[0]:
         keys.append("c_postgres")
     medians = {k: med(k) for k in keys}
@@ -710,6 +750,8 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
         "postfix/a": "postfix",
         "c_default/postfix": ("c_default", "postfix"),
         "c_2_workers/postfix": ("c_2_workers", "postfix"),
+        "c_smtp/c_default": ("c_smtp", "c_default"),
+        "c_smtp/postfix": ("c_smtp", "postfix"),
     }
     if "c_postgres" in medians:
         ratios["c_postgres/a"] = "c_postgres"
