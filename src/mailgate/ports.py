@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from mailgate.domain.delivery import Claimed, Recorded, SendSlot
+from mailgate.domain.delivery import Claimed, Journaled, Recorded, SendSlot
 from mailgate.domain.events import WebhookResponse
 from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.oauth2 import TokenSet
@@ -183,6 +183,16 @@ class DeliveryQueue(Protocol):
     def record(
         self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]
     ) -> list[Recorded]: ...
+
+    def journal(
+        self,
+        worker_id: str,
+        start: Sequence[str],
+        items: Sequence[tuple[Claimed, AttemptResult]],
+    ) -> Journaled:
+        """In one transaction: mark the attempts of ``start`` started (before they go out,
+        so that a crash leaves them visible as possibly delivered) and record ``items``."""
+        ...
 
     def postpone(
         self, worker_id: str, items: Sequence[tuple[Claimed, datetime, str | None]]

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
+from sqlalchemy import select
 from tests.e2e.outbox_helpers import rig
 from tests.smtp_fixtures import SmtpServers
 
-from mailgate.adapters.db.tables import EmailServer
+from mailgate.adapters.db.tables import EmailServer, Message, MessageContent
 from mailgate.domain.messages import AttemptResult, Outcome
 from mailgate.entrypoints.worker import Worker
-from mailgate.services.delivery import service as delivery_service
 
 
 def test_content_headers_attachments_and_envelope(
@@ -210,39 +208,47 @@ class _InstantSession:
         pass
 
 
-def test_results_are_recorded_in_batches_while_more_are_in_flight(
-    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers, monkeypatch: pytest.MonkeyPatch
+def test_attempts_are_marked_started_before_they_go_out_and_recorded_by_group_commit(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
 ) -> None:
     server = smtp_servers.start()
     with rig(tmp_path, sqlite_url, worker_batch=40) as r:
         r.add_server(server.config(limits={"max_connections": 4}))
         ids = [r.send(to=["a@example.org"], subject=f"m{i}") for i in range(40)]
+        unmarked: list[bytes] = []
 
-        async def instant(*_args: Any) -> _InstantSession:
-            return _InstantSession()
+        class _Checking(_InstantSession):
+            async def send(self, mail_from: str, rcpt_to: list[str], raw: bytes) -> AttemptResult:
+                with r.c.sessions() as db:
+                    mark = db.scalar(
+                        select(Message.attempt_started_at)
+                        .join(MessageContent, MessageContent.message_id == Message.id)
+                        .where(MessageContent.raw == raw)
+                    )
+                if mark is None:
+                    unmarked.append(raw)
+                return await super().send(mail_from, rcpt_to, raw)
 
-        worker = Worker(r.c, instant, worker_id="test-worker")
-        batches: list[int] = []
-        record = worker.store.record
+        async def checking(*_args: Any) -> _InstantSession:
+            return _Checking()
 
-        def counting(worker_id: str, items: Any) -> Any:
-            batches.append(len(items))
-            return record(worker_id, items)
+        worker = Worker(r.c, checking, worker_id="test-worker")
+        writes: list[tuple[int, int]] = []
+        journal = worker.store.journal
 
-        worker.store.record = counting  # type: ignore[method-assign]
+        def counting(worker_id: str, start: Any, items: Any) -> Any:
+            writes.append((len(start), len(items)))
+            return journal(worker_id, start, items)
+
+        worker.store.journal = counting  # type: ignore[method-assign]
         assert asyncio.run(worker.run_once()) == 40
-        assert sum(batches) == 40
-        # A quarter of the claim batch (10) per transaction, not one per result.
-        assert len(batches) <= 6, batches
+        assert not unmarked
+        assert sum(n for n, _i in writes) == 40 and sum(i for _n, i in writes) == 40
+        # Group commit: the marks and results of the 4 sessions share transactions (one
+        # each would be 80).
+        assert len(writes) <= 30, writes
         assert {r.get(mid)["status"] for mid in ids} == {"sent"}
-
-        # A lone message is recorded at once: nothing else is in flight to wait for.
-        monkeypatch.setattr(delivery_service, "RECORD_LINGER_S", 60.0)
-        mid = r.send(to=["a@example.org"], subject="alone")
-        started = time.monotonic()
-        assert asyncio.run(worker.run_once()) == 1
-        assert time.monotonic() - started < 30
-        assert r.get(mid)["status"] == "sent"
+        assert {r.row(mid).attempt_started_at for mid in ids} == {None}
 
 
 class _Tokens:

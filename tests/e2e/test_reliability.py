@@ -6,8 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import select
+from tests.conftest import make_settings
 from tests.e2e.outbox_helpers import rig
+from tests.e2e.test_worker_processes import (
+    queue_messages,
+    received_seqs,
+    sent_count,
+    start_worker,
+    stop,
+    wait_until,
+)
 from tests.smtp_fixtures import SmtpServers
+
+from mailgate.adapters.db.tables import MessageAttempt, MessageContent
+from mailgate.bootstrap import build, first_start
 
 
 def _attempts(view: dict[str, Any]) -> list[tuple[str, int | None, bool]]:
@@ -75,3 +89,56 @@ def test_a_connection_lost_after_the_final_dot_is_possibly_delivered(
             assert view["status"] == "deferred", pipelining
             assert view["last_error"].startswith("possibly delivered: no reply to the end of")
             assert _attempts(view) == [("deferred", None, True)]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_delivery_every_repeat_is_flagged(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    """A worker process killed with SIGKILL while it delivers: at most the messages whose
+    attempt had started (one per SMTP session) can reach the server twice, and every message
+    that did shows a possibly-delivered attempt in its log."""
+    n, sessions = 400, 4
+    server = smtp_servers.start()
+    c = build(make_settings(tmp_path, database_url, lease_s=5))
+    first_start(c, echo=lambda _m: None)
+    queue_messages(c, server, n, max_connections=sessions)
+    env = {"MAILGATE_POSSIBLY_DELIVERED_RETRY_S": "1"}
+
+    first = start_worker(c, tmp_path, "first", extra_env=env)
+    try:
+        wait_until(lambda: server.count >= n // 4, 60, "the first quarter to arrive")
+    finally:
+        first.kill()  # SIGKILL: no chance to record anything
+        first.wait()
+    at_kill = server.count
+    assert at_kill < n, "the worker finished before it could be killed"
+
+    second = start_worker(c, tmp_path, "second", extra_env=env)
+    try:
+        wait_until(lambda: sent_count(c) == n, 90, "every message to be sent")
+    finally:
+        assert stop(second) == 0
+
+    seqs = received_seqs(server)
+    assert set(seqs) == {str(i) for i in range(n)}, "a message was lost"
+    repeated = {seq for seq, times in seqs.items() if times > 1}
+    with c.sessions() as db:
+        seq_of = {
+            mid: raw.split(b"X-Seq: ", 1)[1].split(b"\r\n", 1)[0].decode()
+            for mid, raw in db.execute(select(MessageContent.message_id, MessageContent.raw))
+        }
+        flagged = {
+            seq_of[mid]
+            for mid in db.scalars(
+                select(MessageAttempt.message_id).where(MessageAttempt.possibly_delivered)
+            )
+        }
+    print(
+        f"\ncrash test: killed after {at_kill} of {n} arrived; {len(repeated)} repeated, "
+        f"{len(flagged)} flagged possibly delivered"
+    )
+    assert repeated <= flagged, f"repeats without a flag: {sorted(repeated - flagged)}"
+    assert len(repeated) <= sessions
+    assert len(flagged) <= sessions
+    c.engine.dispose()

@@ -96,6 +96,8 @@ def serve(
         MAILGATE_WORKERS=str(workers),
         # A killed worker's messages come back after 5 s, not 2 minutes.
         MAILGATE_LEASE_S="5",
+        # A message a killed worker had started is retried after 1 s, not an hour.
+        MAILGATE_POSSIBLY_DELIVERED_RETRY_S="1",
         MAILGATE_LOG_LEVEL="INFO",
         MAILGATE_PASSWORD_HASH_TIME_COST="1",
         MAILGATE_PASSWORD_HASH_MEMORY_KIB="64",

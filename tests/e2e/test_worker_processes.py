@@ -88,6 +88,8 @@ def start_worker(
         "MAILGATE_WORKER_BATCH": "100",
         "MAILGATE_WORKER_POLL_S": str(poll_s),
         "MAILGATE_LOG_LEVEL": "WARNING",
+        # A message a killed worker had started is retried after 1 s, not an hour.
+        "MAILGATE_POSSIBLY_DELIVERED_RETRY_S": "1",
         **(extra_env or {}),
     }
     log = (tmp_path / f"{name}.log").open("wb")

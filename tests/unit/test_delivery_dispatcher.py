@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tests.clock import TestClock
 
-from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.delivery import Claimed, Journaled, Recorded
 from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
 from mailgate.domain.pauses import PauseKind, PauseSignal
 from mailgate.ports import SessionFailed, TokenProvider
@@ -30,6 +30,7 @@ class MemoryQueue:
     ready: list[Claimed]
     recorded: list[tuple[Claimed, AttemptResult]] = field(default_factory=list)
     postponed: list[tuple[Claimed, datetime, str | None]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
 
     def claim(
         self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
@@ -48,6 +49,15 @@ class MemoryQueue:
             for m, r in items
         ]
 
+    def journal(
+        self,
+        worker_id: str,
+        start: Sequence[str],
+        items: Sequence[tuple[Claimed, AttemptResult]],
+    ) -> Journaled:
+        self.started.extend(start)
+        return Journaled(frozenset(start), self.record(worker_id, items))
+
     def postpone(
         self, worker_id: str, items: Sequence[tuple[Claimed, datetime, str | None]]
     ) -> None:
@@ -64,6 +74,11 @@ class MemoryQueue:
 
     def outcome_of(self, mid: str) -> AttemptResult:
         return next(r for m, r in self.recorded if m.id == mid)
+
+
+async def _inline(function: Any, *args: Any) -> Any:
+    """The memory queue's calls take no time: run them on the test's timeline."""
+    return function(*args)
 
 
 @dataclass
@@ -208,6 +223,7 @@ def rig(
         DeliverySettings(batch=batch, lease_s=lease_s, poll_s=0.05),
         clock=clock,
         sleep=clock.sleep,
+        run_blocking=_inline,
     )
     return Rig(clock, queue, transport, counter, service)
 

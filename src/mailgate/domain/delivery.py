@@ -64,3 +64,14 @@ def per_day_reason(per_day: int, until: datetime) -> str:
         f"waiting: limits.recipients_per_day ({per_day}) is reached for the last 24 hours; "
         f"more may go from {until.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
     )
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """What one journal write of a worker did (``ports.DeliveryQueue.journal``)."""
+
+    started: frozenset[str]
+    """The messages marked started: the worker still holds them and sends them now. One
+    asked for but missing here was taken away meanwhile (held, cancelled, or taken over
+    after the worker was thought dead) and must not be sent."""
+    recorded: list[Recorded]

@@ -81,6 +81,8 @@ class Worker:
             only_servers=self._own_remote_servers if remote_only else None,
             limits=SqlDeliveryLimits(c.engine, c.clock, timedelta(seconds=s.lease_s)),
         )
+        # Attempts a claim closes for dead workers count like any other (possibly delivered).
+        self.store.on_settled = self.service.observe
 
     @property
     def id(self) -> str:

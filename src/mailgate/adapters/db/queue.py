@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.pauses import claim_probes, pause_gate, record_pauses
 from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
 from mailgate.domain.clock import Clock
-from mailgate.domain.delivery import Claimed, Recorded
+from mailgate.domain.delivery import Claimed, Journaled, Recorded
 from mailgate.domain.events import EVENT_OF_STATUS
 from mailgate.domain.messages import (
     AttemptResult,
@@ -105,7 +106,37 @@ _RECORD = (
         locked_until=bindparam("locked_until"),
         updated_at=bindparam("updated_at"),
         recipient_status=bindparam("recipient_status"),
+        attempt_started_at=None,
     )
+)
+_START = (
+    update(Message)
+    .where(
+        Message.id.in_(bindparam("ids", expanding=True)),
+        Message.locked_by == bindparam("worker"),
+        Message.status == Status.SENDING.value,
+    )
+    .values(attempt_started_at=bindparam("now"))
+    .returning(Message.id)
+)
+# Messages whose attempt was started and never finished (the worker died, or lost the lease
+# in the middle of it): ready again, but possibly delivered already.
+_UNFINISHED = select(
+    Message.id,
+    Message.tenant_id,
+    Message.server_id,
+    Message.server_name,
+    Message.mail_from,
+    Message.rcpt_to,
+    Message.recipient_status,
+    Message.attempt_count,
+    Message.created_at,
+    Message.expires_at,
+    Message.locked_by,
+).where(
+    Message.status == Status.SENDING.value,
+    Message.next_attempt_at <= bindparam("now"),
+    Message.attempt_started_at.is_not(None),
 )
 
 
@@ -114,6 +145,15 @@ def _by_turn(groups: Iterable[list[tuple[int, datetime | None, str]]]) -> list[s
     rows = [row for group in groups for row in group]
     rows.sort(key=lambda row: (row[0], row[1] or _EARLIEST))
     return [mid for _p, _t, mid in rows]
+
+
+@dataclass
+class _AttemptRows:
+    items: list[tuple[Claimed, AttemptResult]]
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    events: list[MessageEvent] = field(default_factory=list)
+    recorded: list[Recorded] = field(default_factory=list)
 
 
 _ATTEMPT_OUTCOME = {Status.SENT: "delivered", Status.DEFERRED: "deferred", Status.FAILED: "failed"}
@@ -138,6 +178,8 @@ class SqlDeliveryQueue:
         self.lease = lease
         self.policy = policy
         self.rand = rand
+        self.on_settled: Callable[[list[Recorded]], None] = lambda _recorded: None
+        """Hears the attempts a claim closed for dead workers (possibly delivered)."""
 
     def claim(
         self,
@@ -160,6 +202,9 @@ class SqlDeliveryQueue:
         if only == []:
             return []
         with self.engine.begin() as conn:
+            # First the attempts a dead worker left open: recorded as possibly delivered
+            # and retried late, not sent again now.
+            self._settle_unfinished(conn, now)
             # Paused configurations (adapters/db/pauses.py): none of their mail, but one
             # probe of each whose pause is over.
             gate = pause_gate(conn, now)
@@ -244,18 +289,37 @@ class SqlDeliveryQueue:
     def record(
         self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]
     ) -> list[Recorded]:
-        """Store the attempts and the next state of each message, in one transaction.
+        """Store the attempts and the next state of each message, in one transaction."""
+        return self.journal(worker_id, (), items).recorded
 
-        A row whose lease was lost (another worker took it after it expired) keeps the other
-        worker's state; the attempt is still logged, so a duplicate is visible.
-        """
-        if not items:
-            return []
+    def journal(
+        self,
+        worker_id: str,
+        start: Sequence[str],
+        items: Sequence[tuple[Claimed, AttemptResult]],
+    ) -> Journaled:
+        """One transaction for what a worker's sessions did since the last one: mark the
+        attempts of ``start`` as started (they are about to go out; see ``Journaled`` for
+        the ones that must not) and record the finished attempts of ``items``."""
         now = self.clock()
-        out: list[Recorded] = []
-        updates: list[dict[str, Any]] = []
-        attempts: list[dict[str, Any]] = []
-        events: list[MessageEvent] = []
+        rows = self._attempt_rows(items, now, lambda _m: worker_id)
+        with self.engine.begin() as conn:
+            started: frozenset[str] = frozenset()
+            if start:
+                params = {"ids": list(start), "worker": worker_id, "now": now}
+                started = frozenset(conn.scalars(_START, params))
+            if items:
+                self._write_attempts(conn, rows, now)
+        return Journaled(started, rows.recorded)
+
+    def _attempt_rows(
+        self,
+        items: Sequence[tuple[Claimed, AttemptResult]],
+        now: datetime,
+        worker_of: Callable[[Claimed], str],
+    ) -> _AttemptRows:
+        """What recording ``items`` writes: decided by the retry policy, nothing written."""
+        rows = _AttemptRows(list(items))
         for claimed, result in items:
             # A quota or throttling answer is about the account, not the message: it does
             # not count toward the message's backoff (domain/pauses.py).
@@ -274,10 +338,11 @@ class SqlDeliveryQueue:
                 pause_until=pause_until,
             )
             status = _merge_recipients(claimed.recipient_status, claimed, result, decision)
-            updates.append(
+            worker = worker_of(claimed)
+            rows.updates.append(
                 {
                     "b_id": claimed.id,
-                    "b_worker": worker_id,
+                    "b_worker": worker,
                     "status": decision.status.value,
                     "next_attempt_at": decision.next_attempt_at,
                     "last_error": decision.last_error,
@@ -288,7 +353,7 @@ class SqlDeliveryQueue:
                     "recipient_status": status,
                 }
             )
-            attempts.append(
+            rows.attempts.append(
                 {
                     "message_id": claimed.id,
                     "at": now,
@@ -296,25 +361,69 @@ class SqlDeliveryQueue:
                     "smtp_code": result.code,
                     "smtp_response": result.text[:2000],
                     "ms": result.ms,
-                    "worker": worker_id,
+                    "worker": worker,
                     "recipients": _recipients_view(result) if result.recipients else None,
                     "possibly_delivered": result.possibly_delivered,
                 }
             )
-            out.append(Recorded(claimed, result, decision))
+            rows.recorded.append(Recorded(claimed, result, decision))
             event = EVENT_OF_STATUS.get(decision.status)
             if event is not None:
-                events.append(
-                    MessageEvent(claimed.id, event, _attempt_event(attempts[-1]), claimed.tenant_id)
+                rows.events.append(
+                    MessageEvent(
+                        claimed.id, event, _attempt_event(rows.attempts[-1]), claimed.tenant_id
+                    )
                 )
-        with self.engine.begin() as conn:
-            conn.execute(_RECORD, updates)
-            conn.execute(_ATTEMPTS.insert(), attempts)
-            # The webhook events of these attempts, committed with them (README "Webhooks").
-            emit_for_messages(conn, events, now=now)
-            if any(result.pause is not None or claimed.probe for claimed, result in items):
-                record_pauses(conn, items, now, self.pauses)
-        return out
+        return rows
+
+    def _write_attempts(self, conn: Connection, rows: _AttemptRows, now: datetime) -> None:
+        """The recording transaction's writes: each message's next state (only where the
+        worker still holds it: a row whose lease was lost keeps the other worker's state,
+        but the attempt is logged all the same, so a duplicate is visible), the attempt
+        log, the webhook events, the pauses."""
+        conn.execute(_RECORD, rows.updates)
+        conn.execute(_ATTEMPTS.insert(), rows.attempts)
+        # The webhook events of these attempts, committed with them (README "Webhooks").
+        emit_for_messages(conn, rows.events, now=now)
+        if any(result.pause is not None or claimed.probe for claimed, result in rows.items):
+            record_pauses(conn, rows.items, now, self.pauses)
+
+    def _settle_unfinished(self, conn: Connection, now: datetime) -> None:
+        """Close the attempts that were marked started and never recorded: the worker died
+        (or lost its lease) between the mark and the result, so the server may have the
+        message. Each gets a possibly-delivered attempt in the log and is retried after
+        ``RetryPolicy.possibly_delivered_after``, like a reply lost after the final dot."""
+        found = conn.execute(_UNFINISHED, {"now": now}).all()
+        if not found:
+            return
+        items: list[tuple[Claimed, AttemptResult]] = []
+        holder: dict[str, str] = {}
+        for r in found:
+            claimed = Claimed(
+                id=r.id,
+                tenant_id=r.tenant_id,
+                server_id=r.server_id,
+                server_name=r.server_name,
+                mail_from=r.mail_from,
+                rcpt_to=_pending(r.rcpt_to, r.recipient_status),
+                raw=b"",
+                attempt_count=r.attempt_count,
+                created_at=r.created_at,
+                expires_at=r.expires_at,
+                recipient_status=r.recipient_status,
+            )
+            holder[r.id] = r.locked_by or ""
+            text = (
+                f"the attempt by worker {r.locked_by} never finished (the worker stopped or "
+                "lost its lease after the message started to go out): the server may have it"
+            )
+            result = AttemptResult(
+                Outcome.TEMPORARY, None, text, 0, step="data", possibly_delivered=True
+            )
+            items.append((claimed, result))
+        rows = self._attempt_rows(items, now, lambda m: holder[m.id])
+        self._write_attempts(conn, rows, now)
+        self.on_settled(rows.recorded)
 
     def postpone(
         self,

@@ -263,6 +263,10 @@ class Message(Base):
     attempt_count: Mapped[int] = mapped_column(Integer, default=0)
     locked_by: Mapped[str | None] = mapped_column(String(100))
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """Set (in one write per batch) just before an attempt goes out, cleared when its
+    outcome is recorded: a message found with it set and no worker alive to finish the
+    attempt is possibly delivered."""
     last_error: Mapped[str | None] = mapped_column(Text)
     recipient_status: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     meta: Mapped[dict[str, str] | None] = mapped_column(JSON)

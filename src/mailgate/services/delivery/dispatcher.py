@@ -97,6 +97,7 @@ class Dispatcher:
         pauses: PausePolicy | None = None,
         limits: DeliveryLimits | None = None,
         holder: str = "worker",
+        before_send: Callable[[Claimed], Awaitable[bool]] | None = None,
     ) -> None:
         self.open_session = open_session
         self.load_targets = load_targets
@@ -116,6 +117,9 @@ class Dispatcher:
         self.holder = holder
         self.held_connections: set[tuple[int, int]] = set()
         """(configuration, slot) of the connection slots this dispatcher's sessions hold."""
+        self.before_send = before_send
+        """Awaited right before a message goes out (the service marks its attempt started);
+        False: the message was taken away meanwhile and is not sent."""
         self.lanes: dict[int | None, Lane] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -283,6 +287,8 @@ class Dispatcher:
                 delay = slot - self._now()
                 if delay > 0:
                     await self.sleep(delay)
+                if self.before_send is not None and not await self.before_send(m):
+                    continue
                 try:
                     result = await session.send(m.mail_from, m.rcpt_to, m.raw)
                 except Exception as exc:  # the transport classifies; anything else: retry later

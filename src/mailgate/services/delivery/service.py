@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,11 +42,13 @@ SKIP_RECHECK_S = 2.0
 PAUSE_RECHECK_S = 1.0
 # A worker fed by a trickle claims at most this often, so one claim takes several messages.
 CLAIM_SPACING_S = 0.01
-# Results are written in one transaction per batch: up to RECORD_BATCH, and while more
-# messages are in flight the recorder waits up to RECORD_LINGER_S for a quarter of a claim
-# batch to gather.
+# The journal (started marks and results) is written by group commit: each transaction takes
+# everything that gathered while the previous one was being written, up to RECORD_BATCH
+# results; no waiting for more. A write that fails is repeated, after JOURNAL_RETRY_S
+# doubling up to JOURNAL_RETRY_MAX_S: a result is never dropped.
 RECORD_BATCH = 1000
-RECORD_LINGER_S = 0.02
+JOURNAL_RETRY_S = 0.2
+JOURNAL_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class DeliveryService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         only_servers: Callable[[], list[int]] | None = None,
         limits: DeliveryLimits | None = None,
+        run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
     ) -> None:
         self.id = worker_id
         self.limits: DeliveryLimits = limits or LocalLimits(clock)
@@ -95,16 +97,21 @@ class DeliveryService:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self.run_blocking = run_blocking
+        """How the journal's blocking write runs: in a thread (tests on a hand-driven clock
+        run it inline, so that a mark takes no time on the test's timeline)."""
         self.batch = settings.batch
-        self._record_min = max(1, self.batch // 4)
         self._skip: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
         self.delivered = 0
         self._fresh_loop_state()
 
     def _fresh_loop_state(self, idle_session_s: float | None = None) -> None:
         # asyncio primitives belong to one event loop; tests call run_once() in new loops.
-        self.results: asyncio.Queue[tuple[Claimed, AttemptResult]] = asyncio.Queue()
-        self.batch_ready = asyncio.Event()
+        self.results: list[tuple[Claimed, AttemptResult]] = []
+        self.starts: list[tuple[Claimed, asyncio.Future[bool]]] = []
+        self.journal_due = asyncio.Event()
+        self._writing = False
+        self._failing_since: float | None = None
         self.progress = asyncio.Event()
         self.inflight = 0
         self.held: set[str] = set()
@@ -115,6 +122,7 @@ class DeliveryService:
             self.tokens_for,
             self._finish,
             self._postpone,
+            before_send=self._start,
             clock=self.clock,
             sleep=self.sleep,
             max_wait_s=self.settings.lease_s / 2,
@@ -171,7 +179,7 @@ class DeliveryService:
         """Claim and attempt everything due now; return the number of attempts recorded."""
         self._fresh_loop_state(idle_session_s=0.0)
         total = 0
-        helpers = [asyncio.create_task(self._recorder()), asyncio.create_task(self._heartbeat())]
+        helpers = [asyncio.create_task(self._journal()), asyncio.create_task(self._heartbeat())]
         try:
             while True:
                 claimed = await asyncio.to_thread(self._claim, self.batch)
@@ -191,7 +199,7 @@ class DeliveryService:
         """Deliver until ``stop`` is set; ``wake`` is set when new mail may be ready."""
         self._fresh_loop_state()
         helpers = [
-            asyncio.create_task(self._recorder()),
+            asyncio.create_task(self._journal()),
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._watch_pauses()),
         ]
@@ -261,34 +269,89 @@ class DeliveryService:
 
     # ---- results ---------------------------------------------------------------------------
 
-    def _finish(self, m: Claimed, result: AttemptResult) -> None:
-        self.results.put_nowait((m, result))
-        if self.results.qsize() >= self._record_min:
-            self.batch_ready.set()
+    async def _start(self, m: Claimed) -> bool:
+        """Mark ``m``'s attempt started before it goes out (with whatever else gathered, in
+        one write); False if the message was taken away meanwhile (held, cancelled, taken
+        over): then it must not be sent. The first session to ask while no write is under
+        way writes at once itself; the others' marks go with the next write."""
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.starts.append((m, started))
+        if self._writing:
+            self.journal_due.set()
+        elif not await self._write_journal():
+            self.journal_due.set()  # the journal task retries
+        return await started
 
-    async def _recorder(self) -> None:
+    def _finish(self, m: Claimed, result: AttemptResult) -> None:
+        self.results.append((m, result))
+        self.journal_due.set()
+
+    async def _journal(self) -> None:
+        """Group commit of started marks and results: one transaction takes all that
+        gathered while the last one was written. A failed write is tried again with the
+        same items (and what joined meanwhile): results are never dropped; while the
+        database refuses, the sessions wait for their marks and nothing new goes out."""
+        delay = JOURNAL_RETRY_S
         while True:
-            first = await self.results.get()
-            gathered = self.results.qsize() + 1
-            if gathered < self._record_min and self.inflight > gathered:
-                # More results are on their way: gather a few before paying for a transaction
-                # (one per ~50 results costs a fraction of one per handful), but never hold
-                # them for long.
-                self.batch_ready.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self.batch_ready.wait(), RECORD_LINGER_S)
-            items = [first]
-            while not self.results.empty() and len(items) < RECORD_BATCH:
-                items.append(self.results.get_nowait())
-            try:
-                recorded = await asyncio.to_thread(self.queue.record, self.id, items)
-            except Exception:
-                log.exception("recording %d results failed; their leases will expire", len(items))
-                recorded = []
-            self._observe(recorded)
-            self.held.difference_update(m.id for m, _r in items)
-            self.inflight -= len(items)
-            self.progress.set()
+            await self.journal_due.wait()
+            self.journal_due.clear()
+            while (self.starts or self.results) and not self._writing:
+                if await self._write_journal():
+                    delay = JOURNAL_RETRY_S
+                    continue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, JOURNAL_RETRY_MAX_S)
+
+    async def _write_journal(self) -> bool:
+        """One journal transaction with everything pending; False if it failed (the items
+        are put back for the next try)."""
+        self._writing = True
+        starts, self.starts = self.starts, []
+        items, self.results = self.results[:RECORD_BATCH], self.results[RECORD_BATCH:]
+        try:
+            done = await self.run_blocking(
+                self.queue.journal, self.id, [m.id for m, _f in starts], items
+            )
+        except Exception:
+            self.starts[:0] = starts
+            self.results[:0] = items
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.exception(
+                    "writing %d results and %d started marks failed; retrying until it works "
+                    "(nothing is dropped)",
+                    len(items),
+                    len(starts),
+                )
+            return False
+        finally:
+            self._writing = False
+        if self._failing_since is not None:
+            log.warning(
+                "writing results works again after %.1f s",
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
+        for m, future in starts:
+            ok = m.id in done.started
+            if not ok:
+                # Taken away before it started: nothing to record.
+                self.held.discard(m.id)
+                self.inflight -= 1
+            if not future.done():
+                future.set_result(ok)
+        self._observe(done.recorded)
+        self.held.difference_update(m.id for m, _r in items)
+        self.inflight -= len(items)
+        self.progress.set()
+        if self.starts or self.results:
+            self.journal_due.set()
+        return True
+
+    def observe(self, recorded: list[Recorded]) -> None:
+        """Count recorded attempts (the journal's, and those a claim closed for dead
+        workers)."""
+        self._observe(recorded)
 
     def _observe(self, recorded: list[Recorded]) -> None:
         now = self.clock()
