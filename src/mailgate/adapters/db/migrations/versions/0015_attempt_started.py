@@ -2,8 +2,8 @@
 worker's crash in the middle of it leaves a trace (the attempt is then recorded as possibly
 delivered instead of being sent again silently)
 
-Revision ID: 0012_attempt_started
-Revises: 0011_processes
+Revision ID: 0015_attempt_started
+Revises: 0014_server_limits
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_attempt_started"
-down_revision = "0011_processes"
+revision = "0015_attempt_started"
+down_revision = "0014_server_limits"
 branch_labels = None
 depends_on = None
 
