@@ -1,4 +1,4 @@
-"""The outbound destination policy as a system setting (API.md "System", v1.1)."""
+"""The outbound destination policy as a system setting (README "Security model")."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from mailgate.domain.addresses import without_private
 from mailgate.domain.events import next_try
 from mailgate.domain.outbound import OutboundPolicy
 
-# The specification's test vector (standard-webhooks, spec/standard-webhooks.md and the
-# reference libraries' tests).
+# The specification's test vector (the Standard Webhooks specification's example, also in
+# its reference libraries' tests).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SPEC_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 SPEC_TIMESTAMP = 1614265330

@@ -62,8 +62,8 @@ async function main() {
   await load();
 }
 
-// How to point an application (printer, ERP, script) at mailgate over SMTP (README "SMTP
-// submission"): host, port, TLS, user name, and that the password is one of these keys.
+// How to point an application (printer, ERP, script) at mailgate over SMTP: host, port, TLS,
+// user name, and that the password is one of these keys (README "SMTP submission").
 async function smtpPanel(panel, url) {
   const s = await get(url);
   const head = h("h2", { id: "smtp-head" }, "Send over SMTP");
