@@ -182,28 +182,23 @@ async function main() {
     const form = state.form;
     clearToasts(); // an earlier "Not saved" must not outlive this attempt
     busy(saveBtn, true, "Saving…");
+    let done = null; // [the confirmation, the server to show]
     try {
       if (state.removing) {
+        let text = null;
         if (state.current) {
           if (state.newDefault) await patch(`${base}/${enc(state.newDefault)}`, { is_default: true });
           await del(`${base}/${enc(state.current.name)}`);
-          toast(state.newDefault ? `Removed ${state.current.name}; ${state.newDefault} is the default now` : `Removed ${state.current.name}`);
+          text = state.newDefault ? `Removed ${state.current.name}; ${state.newDefault} is the default now` : `Removed ${state.current.name}`;
         }
-        state.draft = null;
         state.current = null;
-        state.form = null;
-        await load(null);
+        done = [text, null];
       } else if (state.current === null) {
         const saved = await post(base, form.body());
-        toast(`Saved ${saved.name}`);
-        state.draft = null;
-        state.form = null;
-        await load(saved.name);
+        done = [`Saved ${saved.name}`, saved.name];
       } else {
         const saved = await put(`${base}/${enc(state.current.name)}`, form.body());
-        toast(`Saved ${saved.name}`);
-        state.form = null;
-        await load(saved.name);
+        done = [`Saved ${saved.name}`, saved.name];
       }
     } catch (err) {
       const fieldErrors = err.status === 422 ? err.errors
@@ -211,6 +206,13 @@ async function main() {
       if (fieldErrors) form.showErrors(fieldErrors);
       else form.message("bad", errorText(err));
       toast(fieldErrors ? "Not saved: please fix the marked fields." : `Not saved: ${errorText(err)}`, "bad", 6000);
+    }
+    if (done) {
+      // The confirmation comes once the page shows what was saved.
+      state.draft = null;
+      state.form = null;
+      try { await load(done[1]); } catch (err) { clear(body, banner("bad", errorText(err))); }
+      if (done[0]) toast(done[0]);
     }
     busy(saveBtn, false);
     renderStatus();
