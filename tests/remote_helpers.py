@@ -23,8 +23,9 @@ RAW = (
 
 
 def remote_container(tmp_path: Path, sqlite_url: str) -> Iterator[Container]:
-    """Body of the modules' ``c`` fixture: a container with quick agent heartbeats."""
-    container = build(make_settings(tmp_path, sqlite_url, remote_heartbeat_s=0.5))
+    """Body of the modules' ``c`` fixture: a container with quick agent heartbeats (1 s: the
+    server closes after three missed ones, and a loaded CI machine can stall an agent 1.5 s)."""
+    container = build(make_settings(tmp_path, sqlite_url, remote_heartbeat_s=1.0))
     first_start(container, echo=lambda _m: None)
     yield container
     container.engine.dispose()
