@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     smtp_tls_key_file: Path | None = None
     smtp_max_connections: int = Field(default=100, ge=1)
     """SMTP connections open at once (both listeners of a process); more get ``421``."""
+    smtp_max_connections_per_client: int = Field(default=50, ge=1)
+    """SMTP connections open at once from one client address; more get ``421``."""
     smtp_command_timeout_s: float = Field(default=300, gt=0)
     """Deadline of each SMTP command: from one command to the next (RFC 5321 4.5.3.2.7)."""
     smtp_data_timeout_s: float = Field(default=600, gt=0)

@@ -22,7 +22,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from tests.smtp_fixtures import SmtpServers
-from tests.smtp_submission import message, queued_id, submission_rig
+from tests.smtp_submission import SubmissionRig, message, queued_id, submission_rig
 
 from mailgate.adapters.db import batch_writer
 from mailgate.domain.messages import PRIORITY_RANK, Priority
@@ -189,6 +189,12 @@ def test_refusals_say_what_is_wrong_and_store_nothing(
         queued_id(send_one(s, message()))
         s.quit()
         assert len(sub.messages()) == 1
+        assert metric(sub, 'mailgate_smtp_submissions_total{result="queued"}') == 1
+        # 550, three 554s (aiosmtpd itself refuses what is too large, before mailgate).
+        assert metric(sub, 'mailgate_smtp_submissions_total{result="refused"}') == 4
+        # smtplib tries PLAIN, then LOGIN: five sign-ins, ten refusals.
+        assert metric(sub, 'mailgate_smtp_auth_total{result="refused"}') == 10
+        assert metric(sub, 'mailgate_smtp_auth_total{result="ok"}') == 1
 
 
 def test_failed_auth_is_throttled_like_sign_ins(
@@ -239,6 +245,8 @@ def test_the_api_key_never_reaches_the_log(
             s.login("home", sub.key + "x")
         s.close()
     text = "\n".join(r.getMessage() for r in caplog.records)
+    # Nothing of aiosmtpd's above INFO either (it warns at every AUTH about login_data).
+    assert [r.getMessage() for r in caplog.records if r.name == "mail.log"] == []
     assert "SMTP submission" in text
     assert sub.key not in text
     assert _plain("home", sub.key) not in text
@@ -297,6 +305,25 @@ def test_connection_limit_answers_421_and_frees_the_slot(
         assert third.noop()[0] == 250
         second.quit()
         third.quit()
+
+
+def test_one_client_address_cannot_take_every_connection(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    with submission_rig(
+        tmp_path,
+        sqlite_url,
+        smtp_servers,
+        smtp_max_connections=10,
+        smtp_max_connections_per_client=1,
+    ) as sub:
+        first = sub.client()
+        with pytest.raises(smtplib.SMTPConnectError) as err:
+            sub.client()
+        assert (err.value.smtp_code, err.value.smtp_error[:5]) == (421, b"4.7.0")
+        first.quit()
+        wait_for(lambda: not sub.listener.per_client)
+        sub.client().quit()
 
 
 def test_a_stalled_client_is_disconnected_at_the_command_deadline(
@@ -361,6 +388,7 @@ def test_a_database_that_cannot_write_at_data_time_gets_451_and_nothing_is_lost(
             code, text = s.data(message(subject="first try"))
         assert (code, text[:5]) == (451, b"4.3.0"), text
         assert sub.messages() == []
+        assert metric(sub, 'mailgate_smtp_submissions_total{result="not_stored"}') == 1
         # The client sends again (451 says so); now it is stored, once, and delivered once.
         mid = queued_id(send_one(s, message(subject="second try")))
         s.quit()
@@ -504,3 +532,12 @@ def test_the_api_tells_how_to_reach_the_listener(
         False,
     )
     assert (body["running"], body["username"]) == (None, "acme")
+
+
+def metric(sub: SubmissionRig, name: str) -> float:
+    r = sub.rig.api.request("GET", "/metrics", sub.rig.admin)
+    assert r.status_code == 200, r.text
+    for line in r.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -137,6 +137,20 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.smtp_submissions = Counter(
+            "mailgate_smtp_submissions",
+            "Messages given to the SMTP submission listener by outcome: queued (250), "
+            "refused (5xx: the outbox or the options said no), not_stored (451)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.smtp_auth = Counter(
+            "mailgate_smtp_auth",
+            "AUTH at the SMTP submission listener by result: ok, refused (535), throttled, "
+            "unavailable (the database could not be asked)",
+            ["result"],
+            registry=self.registry,
+        )
         if own is not None:
             self.registry = CollectorRegistry()
             MultiProcessCollector(self.registry, path=multiproc_dir)  # type: ignore[no-untyped-call]

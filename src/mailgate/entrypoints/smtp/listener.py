@@ -31,8 +31,9 @@ from typing import Any, AnyStr, cast
 from urllib.parse import urlsplit
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from mailgate.adapters.db.health import is_unavailable
 from mailgate.bootstrap import Container
 from mailgate.config import Settings
 from mailgate.domain.errors import MailgateError, Throttled, Unauthenticated
@@ -75,6 +76,7 @@ class ListenerConfig:
     """Offered by STARTTLS on plain endpoints; used by implicit-TLS endpoints."""
     hostname: str
     max_connections: int
+    max_connections_per_client: int
     command_timeout_s: float
     data_timeout_s: float
     max_message_bytes: int
@@ -121,6 +123,7 @@ def listener_config(settings: Settings) -> ListenerConfig:
         tls=tls,
         hostname=urlsplit(settings.public_base_url).hostname or "localhost",
         max_connections=settings.smtp_max_connections,
+        max_connections_per_client=settings.smtp_max_connections_per_client,
         command_timeout_s=settings.smtp_command_timeout_s,
         data_timeout_s=settings.smtp_data_timeout_s,
         max_message_bytes=settings.max_message_bytes,
@@ -158,6 +161,8 @@ class SmtpListener:
         )
         self.handler = _Handler(self)
         self.connections: set[_SubmissionSMTP] = set()
+        self.per_client: dict[str, int] = {}
+        """Open connections per client address."""
         self._servers: list[tuple[Endpoint, asyncio.Server]] = []
         self.accepted = 0
         """Messages answered 250 (tests, progress)."""
@@ -245,20 +250,35 @@ class _SubmissionSMTP(SMTP):  # type: ignore[misc]
         self.storing = False
         self._refused = False
         self._counted = False
+        self._client = "unknown"
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     # ---- connections -----------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         if self._original_transport is None:  # a new connection, not the STARTTLS upgrade
             listener = self.listener
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            refusal = None
             if len(listener.connections) >= listener.config.max_connections:
+                refusal = replies.TOO_MANY_CONNECTIONS
+            elif (
+                listener.per_client.get(self._client, 0)
+                >= listener.config.max_connections_per_client
+            ):
+                # One application opening connections in a loop must not take every slot.
+                refusal = replies.TOO_MANY_FROM_CLIENT
+            if refusal is not None:
                 self._refused = True
-                transport.write(replies.TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+                transport.write(refusal.encode() + b"\r\n")
                 transport.close()
                 return
             listener.connections.add(self)
+            listener.per_client[self._client] = listener.per_client.get(self._client, 0) + 1
             self._counted = True
-            peer = transport.get_extra_info("peername")
             # AUTH needs TLS, except from loopback (a local application, nothing on the
             # wire) and on the implicit-TLS port (aiosmtpd does not see that as TLS).
             self._auth_require_tls = not (self.implicit_tls or is_loopback(peer))
@@ -268,7 +288,13 @@ class _SubmissionSMTP(SMTP):  # type: ignore[misc]
         if self._refused:
             return
         if self._counted:
-            self.listener.connections.discard(self)
+            listener = self.listener
+            listener.connections.discard(self)
+            left = listener.per_client.get(self._client, 1) - 1
+            if left > 0:
+                listener.per_client[self._client] = left
+            else:
+                listener.per_client.pop(self._client, None)
             self._counted = False
         super().connection_lost(error)
 
@@ -323,16 +349,31 @@ class _SubmissionSMTP(SMTP):  # type: ignore[misc]
                 self.listener.handler.authenticate, tenant, api_key, client
             )
         except Throttled as exc:
+            self.listener.c.metrics.smtp_auth.labels("throttled").inc()
             return AuthResult(success=False, handled=False, message=replies.throttled(exc))
         except Unauthenticated:
+            self.listener.c.metrics.smtp_auth.labels("refused").inc()
             log.info("SMTP AUTH refused for tenant %r from %s", replies.clean(tenant), client)
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         except (SQLAlchemyError, OSError) as exc:
+            self.listener.c.metrics.smtp_auth.labels("unavailable").inc()
             log.warning("SMTP AUTH could not be checked: %s", _db_reason(exc))
-            return AuthResult(
-                success=False, handled=False, message="454 4.7.0 temporary authentication failure"
-            )
+            return AuthResult(success=False, handled=False, message=replies.AUTH_UNAVAILABLE)
+        self.listener.c.metrics.smtp_auth.labels("ok").inc()
         return AuthResult(success=True, auth_data=login, message=replies.AUTH_OK)
+
+
+class _Session(Session):  # type: ignore[misc]
+    """aiosmtpd's session without the warning it logs each time AUTH succeeds (it sets the
+    deprecated ``login_data`` itself; mailgate never reads it)."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
 
 
 class _Handler:
@@ -399,24 +440,15 @@ class _Handler:
             else:
                 prepared = await asyncio.to_thread(self._prepare, login, raw, rcpt_to)
         except MailgateError as exc:
+            c.metrics.smtp_submissions.labels("refused").inc()
             return replies.for_refusal(exc)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning(
-                "an SMTP submission of tenant %s could not be read: %s",
-                login.tenant,
-                _db_reason(exc),
-            )
-            return replies.STORE_FAILED
-        except Exception:
-            log.exception("an SMTP submission of tenant %s failed", login.tenant)
-            return replies.STORE_FAILED
+        except Exception as exc:
+            return self._not_stored(login, exc)
         try:
             await c.submissions.write(prepared)
         except Exception as exc:
-            log.warning(
-                "an SMTP submission of tenant %s was not stored: %s", login.tenant, _db_reason(exc)
-            )
-            return replies.STORE_FAILED
+            return self._not_stored(login, exc)
+        c.metrics.smtp_submissions.labels("queued").inc()
         message_id = str(prepared.values["id"])
         self.listener.accepted += 1
         log.info(
@@ -427,6 +459,22 @@ class _Handler:
             len(rcpt_to),
         )
         return replies.queued(message_id)
+
+    def _not_stored(self, login: SmtpLogin, exc: Exception) -> str:
+        """451: the client keeps the message and sends it again later."""
+        c = self.c
+        c.metrics.smtp_submissions.labels("not_stored").inc()
+        if is_unavailable(exc):
+            if not isinstance(exc, DBAPIError):  # SQLAlchemy's hook has not seen it
+                c.write_health.failed(exc)
+            # WriteHealth logs the reason once, not once per message (a full disk under
+            # load would otherwise write a line per submission).
+            log.debug("SMTP submission of tenant %s not stored: %s", login.tenant, _db_reason(exc))
+        elif isinstance(exc, SQLAlchemyError | OSError):
+            log.error("SMTP submission of tenant %s not stored: %s", login.tenant, _db_reason(exc))
+        else:
+            log.exception("SMTP submission of tenant %s failed", login.tenant)
+        return replies.STORE_FAILED
 
     def _prepare(self, login: SmtpLogin, raw: bytes, rcpt_to: list[str]) -> Prepared:
         with self.c.read_engine.connect() as conn:

@@ -20,8 +20,10 @@ from mailgate.services.submission import UnknownServer
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_UNAVAILABLE = "454 4.7.0 temporary authentication failure; try again later"
 STORE_FAILED = "451 4.3.0 the message could not be stored; try again later"
 TOO_MANY_CONNECTIONS = "421 4.3.2 too many connections; try again later"
+TOO_MANY_FROM_CLIENT = "421 4.7.0 too many connections from your address; try again later"
 SHUTTING_DOWN = "421 4.3.2 mailgate is shutting down; try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients"
 MAX_REPLY_TEXT = 400
