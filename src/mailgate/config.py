@@ -40,6 +40,11 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
     """Largest accepted HTTP request body."""
+    header_timeout_s: float = Field(default=10, gt=0, le=600)
+    """A request's headers must arrive within this many seconds of its first byte (of the
+    connection, for its first request); a client that trickles them is disconnected."""
+    body_timeout_s: float = Field(default=120, gt=0, le=3600)
+    """A request's body must arrive completely within this many seconds (else ``408``)."""
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """Largest message accepted by the send API, whatever a configuration allows."""
     session_hours: int = Field(default=12, ge=1)

@@ -560,6 +560,36 @@ CASES = [
     Case("audit since not a time", "GET", "/api/v1/audit?since=yesterday", 422, "query.since"),
     Case("audit since naive", "GET", "/api/v1/audit?since=2026-01-01T00:00:00", 422, "query.since"),
     Case("audit actor too long", "GET", "/api/v1/audit?actor=" + "a" * 101, 422, "query.actor"),
+    # send_at beyond the supported range (once an OverflowError: a 500)
+    Case(
+        "send_at at the end of the calendar",
+        "POST",
+        "/api/v1/tenants/home/messages",
+        422,
+        "send_at",
+        json={"to": ["a@example.net"], "send_at": "9999-12-31T23:59:59+00:00"},
+    ),
+    Case(
+        "send_at in year 1, idempotent",
+        "POST",
+        "/api/v1/tenants/home/messages",
+        422,
+        "send_at",
+        json={
+            "to": ["a@example.net"],
+            "send_at": "0001-01-01T00:00:00+01:00",
+            "idempotency_key": "k",
+        },
+    ),
+    Case(
+        "send_at out of range, raw MIME",
+        "POST",
+        "/api/v1/tenants/home/messages?send_at=9999-12-31T23:59:59%2B00:00",
+        422,
+        "send_at",
+        content=b"From: a@example.com\r\nTo: b@example.net\r\n\r\nx\r\n",
+        ctype="message/rfc822",
+    ),
     # Outbound destination policy (system settings)
     Case(
         "deny network not a network",

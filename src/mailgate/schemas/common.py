@@ -14,6 +14,7 @@ from typing import Annotated
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     StringConstraints,
@@ -113,6 +114,27 @@ ObjectName = Annotated[
         strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$"
     ),
 ]
+
+
+LATEST_SEND_AT = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def check_send_at(value: datetime) -> datetime:
+    """A schedule time mailgate can store and compute with: from 1970 to the year 9000 (a
+    date at the end of the calendar overflowed when its expiry was computed: a 500)."""
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("outside the supported range of dates") from None
+    if utc.year < 1970:
+        raise ValueError("must not be before 1970")
+    if utc >= LATEST_SEND_AT:
+        raise ValueError("must be before the year 9000")
+    return utc
+
+
+SendAt = Annotated[AwareDatetime, AfterValidator(check_send_at)]
+"""When to send: an aware date-time within the supported range (``check_send_at``)."""
 
 
 def in_utc(value: datetime) -> datetime:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import (
-    AwareDatetime,
     Field,
     StringConstraints,
     field_validator,
@@ -20,6 +19,7 @@ from mailgate.schemas.common import (
     HeaderName,
     HeaderText,
     ObjectName,
+    SendAt,
     SingleLine,
     StrictModel,
     check_no_crlf,
@@ -91,7 +91,7 @@ class MessageIn(StrictModel):
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
     headers: dict[HeaderName, HeaderText] = Field(default_factory=dict, max_length=100)
     hold: bool = False
-    send_at: AwareDatetime | None = None
+    send_at: SendAt | None = None
     priority: Priority = Priority.NORMAL
     idempotency_key: (
         Annotated[SingleLine, StringConstraints(min_length=1, max_length=200)] | None

@@ -14,7 +14,7 @@ from mailgate.bootstrap import Container
 from mailgate.entrypoints import web
 from mailgate.entrypoints.api import problems
 from mailgate.entrypoints.api.audit_trail import RequestSource
-from mailgate.entrypoints.api.limits import BodyLimit, NoNulInUrl
+from mailgate.entrypoints.api.limits import BodyLimit, NoNulInUrl, NoSniff
 from mailgate.entrypoints.api.routers import (
     api_keys,
     audit,
@@ -111,7 +111,12 @@ def create_app(
     # before all others (see messages.submit_route); its FastAPI route documents it.
     app.router.routes.insert(0, messages.submit_route())
     web.install(app)
-    app.add_middleware(BodyLimit, max_bytes=container.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=container.settings.max_request_bytes,
+        timeout_s=container.settings.body_timeout_s,
+    )
     app.add_middleware(NoNulInUrl)
+    app.add_middleware(NoSniff)
     app.add_middleware(RequestSource)
     return app

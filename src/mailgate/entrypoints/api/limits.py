@@ -1,5 +1,6 @@
 """Request hygiene as plain ASGI middleware: a body size limit (checked before the body is
-parsed) and no NUL characters in the URL.
+parsed) and a total deadline for reading the body, no NUL characters in the URL, and
+``X-Content-Type-Options: nosniff`` on every answer.
 
 The body is read here, up to the limit, and replayed to the application. Raising from inside
 the application's ``receive`` does not work: FastAPI turns any exception while reading the
@@ -8,6 +9,7 @@ body into a 400, so a chunked upload without Content-Length would not get its 41
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -36,10 +38,38 @@ class NoNulInUrl:
         await self.app(scope, receive, send)
 
 
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every HTTP answer: a browser must not guess
+    that a stored message (``.../raw``) or a problem document is HTML or script."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != NOSNIFF[0]]
+                message = {**message, "headers": [*headers, NOSNIFF]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """At most ``max_bytes`` of body, read completely within ``timeout_s`` (a client that
+    trickles its body gets a 408 instead of holding a connection and a task for ever)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,20 +81,18 @@ class BodyLimit:
             await self._reject(send)
             return
         chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                # The client went away before sending the whole body: nothing to answer.
-                return
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_bytes:
-                await self._reject(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                complete = await self._read(receive, chunks)
+        except TimeoutError:
+            detail = f"the request body was not received within {self.timeout_s:g} s"
+            await _send_problem(send, 408, "Request timeout", detail)
+            return
+        if complete is None:
+            return  # the client went away before sending the whole body: nothing to answer
+        if not complete:
+            await self._reject(send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -76,13 +104,29 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _read(self, receive: Receive, chunks: list[bytes]) -> bool | None:
+        """Read the body into ``chunks``: True when complete, False when too large, None
+        when the client disconnected."""
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return True
+
     async def _reject(self, send: Send) -> None:
         detail = f"the request body is larger than {self.max_bytes} bytes"
         await _send_problem(send, 413, "Payload too large", detail)
 
 
 async def _send_problem(send: Send, status: int, title: str, detail: str) -> None:
-    slug = {400: "bad-request", 413: "payload-too-large"}[status]
+    slug = {400: "bad-request", 408: "request-timeout", 413: "payload-too-large"}[status]
     body: dict[str, Any] = {
         "type": f"urn:mailgate:problem:{slug}",
         "title": title,

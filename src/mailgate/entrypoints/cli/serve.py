@@ -32,6 +32,7 @@ def serve(
 
     from mailgate.entrypoints import access_log
     from mailgate.entrypoints.api.app import create_app
+    from mailgate.entrypoints.http_protocol import with_header_timeout
     from mailgate.entrypoints.smtp.listener import ConfigError, SmtpListener, listener_config
     from mailgate.entrypoints.supervisor import WorkerSupervisor
 
@@ -66,6 +67,7 @@ def serve(
         access_log=logging.getLevelNamesMapping().get(settings.log_level.upper(), 0)
         <= logging.INFO,
         proxy_headers=False,
+        http=with_header_timeout(settings.header_timeout_s),
     )
     access_log.install()  # after uvicorn.Config, which configures logging
     server = uvicorn.Server(config)

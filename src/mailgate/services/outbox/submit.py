@@ -31,6 +31,7 @@ from mailgate.domain.clock import Clock
 from mailgate.domain.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from mailgate.domain.events import EventType
 from mailgate.domain.messages import PRIORITY_RANK, Status, initial_status, new_message_id
+from mailgate.schemas.common import check_send_at
 from mailgate.schemas.message import MessageIn
 from mailgate.services.email_servers import EmailServers, ServerRef
 from mailgate.services.outbox.mime import BuiltMessage, build_mime, prepare_raw
@@ -167,6 +168,11 @@ class Submitter:
     ) -> dict[str, Any]:
         now = self.clock()
         hold, send_at = options.hold, options.send_at
+        if send_at is not None:
+            try:  # checked by the schemas; a caller that built options itself is checked here
+                check_send_at(send_at)
+            except ValueError as exc:
+                raise ValidationFailed.one("send_at", str(exc)) from None
         return {
             "id": new_message_id(int(now.timestamp() * 1000)),
             "tenant_id": tenant_id,

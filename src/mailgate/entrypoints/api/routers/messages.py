@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, StringConstraints, ValidationError
+from pydantic import StringConstraints, ValidationError
 from sqlalchemy.orm import Session
 from starlette.routing import Route
 
@@ -18,7 +18,7 @@ from mailgate.domain.messages import Action, Priority, Status
 from mailgate.domain.metadata import FILTER_PREFIX, metadata_errors
 from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, check_csrf, credential
-from mailgate.schemas.common import ObjectName, StrictModel
+from mailgate.schemas.common import ObjectName, SendAt, StrictModel
 from mailgate.schemas.email_server import pydantic_field_errors
 from mailgate.schemas.message import BulkIn, MessageIn
 from mailgate.schemas.out.message import (
@@ -94,7 +94,7 @@ class RawOptions(StrictModel):
 
     server: ObjectName | None = None
     hold: bool = False
-    send_at: AwareDatetime | None = None
+    send_at: SendAt | None = None
     priority: Priority = Priority.NORMAL
     metadata: dict[str, Annotated[str, StringConstraints(strip_whitespace=False)]] | None = None
 
