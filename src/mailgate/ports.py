@@ -15,7 +15,7 @@ pydantic model, and ``domain/`` stays standard-library only).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -178,6 +178,8 @@ class DeliveryQueue(Protocol):
         limit: int,
         skip_servers: Collection[int] = (),
         only_servers: Collection[int] | None = None,
+        per_server: int | None = None,
+        held: Mapping[int, int] | None = None,
     ) -> list[Claimed]: ...
 
     def record(

@@ -4,6 +4,7 @@ transport and a clock that moves only when the service sleeps."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,9 +34,23 @@ class MemoryQueue:
     started: list[str] = field(default_factory=list)
 
     def claim(
-        self, worker_id: str, limit: int, skip_servers: Collection[int] = ()
+        self,
+        worker_id: str,
+        limit: int,
+        skip_servers: Collection[int] = (),
+        per_server: int | None = None,
+        held: dict[int, int] | None = None,
     ) -> list[Claimed]:
-        taken = [m for m in self.ready if m.server_id not in skip_servers][:limit]
+        taken: list[Claimed] = []
+        room = dict(held or {})
+        for m in self.ready:
+            if len(taken) >= limit or m.server_id in skip_servers:
+                continue
+            if per_server is not None and m.server_id is not None:
+                if room.get(m.server_id, 0) >= per_server:
+                    continue
+                room[m.server_id] = room.get(m.server_id, 0) + 1
+            taken.append(m)
         self.ready = [m for m in self.ready if m not in taken]
         return taken
 
@@ -365,3 +380,61 @@ def test_a_pause_answer_to_opening_a_session_defers_only_the_message_that_tried(
     assert asyncio.run(r.service.run_once()) == 3
     assert [m.id for m, _r in r.queue.recorded] == ["1-0"]
     assert [m.id for m, _w, _r in r.queue.postponed] == ["1-1", "1-2"]
+
+
+def test_a_send_that_never_ends_costs_its_lane_only_its_deadline() -> None:
+    # A server that answers every command just in time: the transport's per-command
+    # deadline never fires; the deadline of the whole message does (4 x 0.05 + 0.1 s here).
+    timeouts = {"connect_s": 0.05, "command_s": 0.05, "data_done_s": 0.1}
+    slow = config(1, {"max_connections": 1})
+    slow = ResolvedServer(
+        slow.id,
+        slow.tenant_id,
+        slow.name,
+        slow.config.model_copy(
+            update={"timeouts": slow.config.timeouts.model_copy(update=timeouts)}
+        ),
+        slow.secrets,
+    )
+    r = rig(messages(1, 2) + messages(2, 2), {1: Target(slow), 2: Target(config(2))})
+    r.transport.block["1-0"] = asyncio.Event()  # never set
+    started = time.monotonic()
+    assert asyncio.run(r.service.run_once()) == 4
+    assert time.monotonic() - started < 2
+    stuck = r.queue.outcome_of("1-0")
+    assert stuck.outcome is Outcome.TEMPORARY and stuck.possibly_delivered
+    assert "deadline" in stuck.text
+    # The lane went on with a new session; the other configuration never waited.
+    assert r.queue.outcome_of("1-1").outcome is Outcome.DELIVERED
+    assert r.transport.opened["S1"] == 2
+    assert [r.queue.outcome_of(f"2-{i}").outcome for i in range(2)] == [Outcome.DELIVERED] * 2
+
+
+def test_a_hanging_lane_does_not_stop_the_worker_claiming_for_others() -> None:
+    async def scenario() -> Rig:
+        r = rig(
+            messages(1, 10),
+            {1: Target(config(1, {"max_connections": 2})), 2: Target(config(2))},
+            batch=8,
+        )
+        for i in range(10):
+            r.transport.block[f"1-{i}"] = asyncio.Event()  # its server never answers
+        stop, wake = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(r.service.run(stop, wake))
+        await asyncio.sleep(0.05)
+        # Its lane is full (a quarter of the batch, at least 4); the rest waits in the queue.
+        assert r.service.by_server[1] == 4
+        r.queue.ready += messages(2, 2)
+        wake.set()
+        for _ in range(100):
+            if len([s for s in r.transport.sent if s.server == "S2"]) == 2:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        for event in r.transport.block.values():
+            event.set()
+        await task
+        return r
+
+    r = asyncio.run(scenario())
+    assert [s.message for s in r.transport.sent if s.server == "S2"] == ["2-0", "2-1"]

@@ -13,7 +13,7 @@ Database work is batched: one transaction claims up to a batch, one records many
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +41,7 @@ _FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
 _AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
 _READY = (*_FRESH, *_AGAIN)
 _READY_OF_STATUS = (
-    select(Message.priority, Message.next_attempt_at, Message.id)
+    select(Message.priority, Message.next_attempt_at, Message.id, Message.server_id)
     .where(Message.status == bindparam("status"), Message.next_attempt_at <= bindparam("now"))
     .order_by(Message.priority, Message.next_attempt_at)
     .limit(bindparam("limit"))
@@ -51,7 +51,7 @@ _READY_OF_STATUS = (
 # server_id index. "status || ''" keeps SQLite (which has no statistics) from walking every
 # ready row of the status through ix_messages_ready to find the few of these servers.
 _READY_OF_SERVERS = (
-    select(Message.priority, Message.next_attempt_at, Message.id)
+    select(Message.priority, Message.next_attempt_at, Message.id, Message.server_id)
     .where(
         Message.status.concat("") == bindparam("status"),
         Message.next_attempt_at <= bindparam("now"),
@@ -140,11 +140,32 @@ _UNFINISHED = select(
 )
 
 
-def _by_turn(groups: Iterable[list[tuple[int, datetime | None, str]]]) -> list[str]:
-    """Ids of several statuses' ready rows merged in claim order (priority, then due)."""
+_Ready = tuple[int, datetime | None, str, int | None]
+"""A ready row: priority, due, id, configuration."""
+
+
+def _by_turn(groups: Iterable[list[_Ready]]) -> list[_Ready]:
+    """Several statuses' ready rows merged in claim order (priority, then due)."""
     rows = [row for group in groups for row in group]
     rows.sort(key=lambda row: (row[0], row[1] or _EARLIEST))
-    return [mid for _p, _t, mid in rows]
+    return rows
+
+
+def _fit(rows: list[_Ready], room: dict[int, int], per_server: int | None) -> list[str]:
+    """Ids of ``rows`` with at most ``room`` (default ``per_server``) of each configuration:
+    one configuration's backlog cannot fill a claim (README "Provider limits, pauses and
+    fairness")."""
+    if per_server is None:
+        return [row[2] for row in rows]
+    out: list[str] = []
+    for _p, _t, mid, sid in rows:
+        if sid is not None:
+            left = room.get(sid, per_server)
+            if left <= 0:
+                continue
+            room[sid] = left - 1
+        out.append(mid)
+    return out
 
 
 @dataclass
@@ -187,11 +208,15 @@ class SqlDeliveryQueue:
         limit: int,
         skip_servers: Collection[int] = (),
         only_servers: Collection[int] | None = None,
+        per_server: int | None = None,
+        held: Mapping[int, int] | None = None,
     ) -> list[Claimed]:
         """Take up to ``limit`` ready messages: fresh mail first by priority, but a quarter of
         the batch is kept for retries so that neither starves the other. Mail of
-        ``skip_servers`` is left to other processes (remote output, see ``RemoteClients``);
-        with ``only_servers`` nothing but their mail is taken.
+        ``skip_servers`` is left to other processes (remote output, see ``RemoteClients``),
+        or to later (the worker's lane of it is full); with ``only_servers`` nothing but
+        their mail is taken. ``per_server``: at most this many of one configuration, less
+        the ``held`` ones the worker's lane of it has already (fairness).
 
         Prepared column statements on a plain connection: a worker fed by a steady stream
         claims a few messages at a time, so the fixed cost of a claim counts.
@@ -223,8 +248,9 @@ class SqlDeliveryQueue:
                     skip = [*skip, *gate.skip]
                 limit -= len(probes)
             ready = {status: self._ready(conn, status, now, limit, skip, only) for status in _READY}
-            fresh = _by_turn(ready[s] for s in _FRESH)
-            again = _by_turn(ready[s] for s in _AGAIN)
+            room = {sid: per_server - n for sid, n in (held or {}).items()} if per_server else {}
+            fresh = _fit(_by_turn(ready[s] for s in _FRESH), room, per_server)
+            again = _fit(_by_turn(ready[s] for s in _AGAIN), room, per_server)
             retry_share = max(1, limit // 4)
             take_again = min(len(again), max(retry_share, limit - len(fresh)))
             ids = probes + fresh[: limit - take_again] + again[:take_again]
@@ -270,7 +296,7 @@ class SqlDeliveryQueue:
         limit: int,
         skip: Sequence[int],
         only: Sequence[int] | None = None,
-    ) -> list[tuple[int, datetime | None, str]]:
+    ) -> list[_Ready]:
         """Up to ``limit`` claimable messages of one status, in claim order.
 
         One query per status: with ``status IN (...)`` the database must sort every ready
@@ -279,12 +305,12 @@ class SqlDeliveryQueue:
         per claim with 50,000 queued, migration 0003)."""
         if only is not None:
             params = {"status": status, "now": now, "limit": limit, "servers": list(only)}
-            return [(p, t, i) for p, t, i in conn.execute(_READY_OF_SERVERS, params)]
+            return [(p, t, i, s) for p, t, i, s in conn.execute(_READY_OF_SERVERS, params)]
         query = _READY_OF_STATUS
         if skip:
             query = query.where(_not_in_servers(skip))
         rows = conn.execute(query, {"status": status, "now": now, "limit": limit})
-        return [(p, t, i) for p, t, i in rows]
+        return [(p, t, i, s) for p, t, i, s in rows]
 
     def record(
         self, worker_id: str, items: Sequence[tuple[Claimed, AttemptResult]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from mailgate.services.delivery.policy import (
     LocalLimits,
     fail_now,
     oauth2_wait_reason,
+    open_deadline_s,
+    send_deadline_s,
     spacing_s,
     unexpected_error,
 )
@@ -274,7 +277,7 @@ class Dispatcher:
                         await _close(session)
                         session = None
                     try:
-                        session = await self.open_session(lane.server, lane.tokens)
+                        session = await self._open(lane)
                     except SessionFailed as failed:
                         self.finish(m, failed.result)
                         if failed.result.pause is not None:
@@ -289,8 +292,24 @@ class Dispatcher:
                     await self.sleep(delay)
                 if self.before_send is not None and not await self.before_send(m):
                     continue
+                deadline = send_deadline_s(lane.server, len(m.raw))
+                started = time.monotonic()
                 try:
-                    result = await session.send(m.mail_from, m.rcpt_to, m.raw)
+                    async with asyncio.timeout(deadline):
+                        result = await session.send(m.mail_from, m.rcpt_to, m.raw)
+                except TimeoutError:
+                    # The session dripped: it is dropped, and the message may have arrived.
+                    result = AttemptResult(
+                        Outcome.TEMPORARY,
+                        None,
+                        f"no complete answer within {deadline:g} s (the deadline of one "
+                        "message on a session)",
+                        int((time.monotonic() - started) * 1000),
+                        step="data",
+                        possibly_delivered=True,
+                    )
+                    self._spawn(_close(session))
+                    session = None
                 except Exception as exc:  # the transport classifies; anything else: retry later
                     log.warning("send of %s failed unexpectedly: %s", m.id, type(exc).__name__)
                     result = unexpected_error()
@@ -298,6 +317,8 @@ class Dispatcher:
                 if result.pause is not None:
                     await self._pause(lane, result)
                     break
+                if session is None:
+                    continue
                 if result.outcome is not Outcome.DELIVERED and not session.usable:
                     await _close(session)
                     session = None
@@ -340,6 +361,26 @@ class Dispatcher:
             if waiting:
                 reason = "paused: another worker's attempt paused this e-mail server"
                 self._spawn(self.postpone([(m, 1.0, reason) for m in waiting]))
+
+    async def _open(self, lane: Lane) -> DeliverySession:
+        """A session of the lane's transport, within the deadline of the whole opening."""
+        assert lane.server is not None
+        deadline = open_deadline_s(lane.server)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(deadline):
+                return await self.open_session(lane.server, lane.tokens)
+        except TimeoutError:
+            raise SessionFailed(
+                AttemptResult(
+                    Outcome.TEMPORARY,
+                    None,
+                    f"the session to e-mail server {lane.server.name!r} did not open within "
+                    f"{deadline:g} s",
+                    int((time.monotonic() - started) * 1000),
+                    step="connect",
+                )
+            ) from None
 
     def take_waiting(self) -> list[Claimed]:
         """Remove and return every message not yet started (to give back on shutdown)."""

@@ -137,6 +137,27 @@ def frees_at(
     return now + DAY
 
 
+# The slowest transfer a message's deadline allows for its bytes (a server reading slower is
+# as good as hanging).
+MIN_BYTES_PER_S = 10_000
+
+
+def open_deadline_s(server: ResolvedServer) -> float:
+    """The whole opening of a session - resolve, connect, TLS, greeting, EHLO, STARTTLS,
+    EHLO again, AUTH (two exchanges), a token - however the server drips its replies."""
+    t = server.config.timeouts
+    return 2 * t.connect_s + 6 * t.command_s
+
+
+def send_deadline_s(server: ResolvedServer, size: int) -> float:
+    """One message on an open session: MAIL, RCPT and DATA (pipelined or not), the bytes at
+    ``MIN_BYTES_PER_S``, and the reply to the final dot. The transport's own deadline per
+    command fires first; this one bounds the whole, so that a server answering each command
+    just in time still costs a lane only so long."""
+    t = server.config.timeouts
+    return 4 * t.command_s + size / MIN_BYTES_PER_S + t.data_done_s
+
+
 def fail_now(text: str) -> AttemptResult:
     """A permanent failure decided without trying (e.g. the configuration was deleted)."""
     return AttemptResult(Outcome.PERMANENT, None, text, 0)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,12 @@ log = logging.getLogger("mailgate.worker")
 IDLE_SESSION_S = 10.0
 # How often the list of configurations left to other processes is read again.
 SKIP_RECHECK_S = 2.0
+# Fairness (README "Provider limits, pauses and fairness"): one configuration's lane holds at
+# most a quarter of a batch (at least LANE_MIN); a full lane is left out of claims, and the
+# mail it holds does not stop the worker from claiming for the others - up to MAX_HELD
+# batches in memory in all.
+LANE_MIN = 4
+MAX_HELD = 4
 # How often a worker holding mail that waits in lanes looks for pauses other processes began.
 PAUSE_RECHECK_S = 1.0
 # A worker fed by a trickle claims at most this often, so one claim takes several messages.
@@ -101,6 +108,7 @@ class DeliveryService:
         """How the journal's blocking write runs: in a thread (tests on a hand-driven clock
         run it inline, so that a mark takes no time on the test's timeline)."""
         self.batch = settings.batch
+        self.lane_budget = max(LANE_MIN, self.batch // 4)
         self._skip: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
         self.delivered = 0
         self._fresh_loop_state()
@@ -114,6 +122,8 @@ class DeliveryService:
         self._failing_since: float | None = None
         self.progress = asyncio.Event()
         self.inflight = 0
+        self.by_server: Counter[int] = Counter()
+        """Claimed and not yet recorded, per configuration (the lanes' budgets)."""
         self.held: set[str] = set()
         """Ids of claimed messages not yet recorded (their leases are renewed)."""
         self.dispatcher = Dispatcher(
@@ -161,11 +171,22 @@ class DeliveryService:
             self.only_servers_of is not None and not ids and time.monotonic() - at < SKIP_RECHECK_S
         )
 
-    def _claim(self, limit: int) -> list[Claimed]:
+    def _full_lanes(self) -> set[int]:
+        return {sid for sid, n in self.by_server.items() if n >= self.lane_budget}
+
+    def _claim(self, limit: int, full: set[int], held: dict[int, int]) -> list[Claimed]:
+        """Claim for lanes with room: none of ``full`` lanes' mail, and at most a lane's
+        budget of any configuration (less what its lane ``held`` already)."""
         only = self._only_servers()
+        budget = self.lane_budget
         if only is not None:
-            return self.queue.claim(self.id, limit, only_servers=only)
-        return self.queue.claim(self.id, limit, skip_servers=self._skip_servers())
+            only = [sid for sid in only if sid not in full]
+            return self.queue.claim(self.id, limit, only_servers=only, per_server=budget, held=held)
+        skip = [*self._skip_servers(), *full]
+        return self.queue.claim(self.id, limit, skip_servers=skip, per_server=budget, held=held)
+
+    def _claim_now(self, limit: int) -> Awaitable[list[Claimed]]:
+        return asyncio.to_thread(self._claim, limit, self._full_lanes(), dict(self.by_server))
 
     def _next_due(self) -> datetime | None:
         only = self._only_servers()
@@ -182,7 +203,7 @@ class DeliveryService:
         helpers = [asyncio.create_task(self._journal()), asyncio.create_task(self._heartbeat())]
         try:
             while True:
-                claimed = await asyncio.to_thread(self._claim, self.batch)
+                claimed = await self._claim_now(self.batch)
                 if not claimed:
                     break
                 await self._dispatch(claimed)
@@ -229,7 +250,12 @@ class DeliveryService:
         last_claim_at, last_claimed = 0.0, 0
         while not stop.is_set():
             self.progress.clear()
-            if self.inflight < low_water:
+            # Mail held by full lanes (a slow, hanging or rate-limited configuration) does not
+            # count: the worker goes on claiming other configurations' mail beside it.
+            full = self._full_lanes()
+            active = self.inflight - sum(self.by_server[sid] for sid in full)
+            room = min(self.batch - active, MAX_HELD * self.batch - self.inflight)
+            if active < low_water and room > 0:
                 since = time.monotonic() - last_claim_at
                 if 0 < last_claimed < self.batch // 4 and since < CLAIM_SPACING_S:
                     # Mail trickles in (the last claim found a handful): let a few more
@@ -238,7 +264,7 @@ class DeliveryService:
                     await _wait_any([stopper], CLAIM_SPACING_S - since)
                 wake.clear()
                 try:
-                    claimed = await asyncio.to_thread(self._claim, self.batch - self.inflight)
+                    claimed = await self._claim_now(room)
                 except Exception:
                     log.exception("claiming failed; retrying shortly")
                     claimed = []
@@ -262,7 +288,15 @@ class DeliveryService:
             for w in waiters:
                 w.cancel()
 
+    def _done(self, messages: Iterable[Claimed]) -> None:
+        for m in messages:
+            if m.server_id is not None:
+                self.by_server[m.server_id] -= 1
+                if self.by_server[m.server_id] <= 0:
+                    del self.by_server[m.server_id]
+
     async def _dispatch(self, claimed: list[Claimed]) -> None:
+        self.by_server.update(m.server_id for m in claimed if m.server_id is not None)
         self.inflight += len(claimed)
         self.held.update(m.id for m in claimed)
         await self.dispatcher.dispatch(claimed)
@@ -337,11 +371,13 @@ class DeliveryService:
             if not ok:
                 # Taken away before it started: nothing to record.
                 self.held.discard(m.id)
+                self._done([m])
                 self.inflight -= 1
             if not future.done():
                 future.set_result(ok)
         self._observe(done.recorded)
         self.held.difference_update(m.id for m, _r in items)
+        self._done(m for m, _r in items)
         self.inflight -= len(items)
         self.progress.set()
         if self.starts or self.results:
@@ -373,6 +409,7 @@ class DeliveryService:
             await asyncio.to_thread(self.queue.postpone, self.id, rows)
         finally:
             self.held.difference_update(m.id for m, _a, _r in items)
+            self._done(m for m, _a, _r in items)
             self.inflight -= len(items)
             self.progress.set()
 
