@@ -63,6 +63,9 @@ def test_submit_builds_mime_with_defaults_and_stores_it(api: Api) -> None:
     assert got["priority"] == "high" and got["attempts"] == []
     assert got["headers"]["Subject"] == "Invoice 42 - é"
     assert got["headers"]["Message-ID"].endswith("@example.com>")
+    assert got["attachments"] == [
+        {"filename": "invoice.pdf", "content_type": "application/pdf", "size_bytes": len(pdf)}
+    ]
 
     raw = api.request("GET", f"{BASE}/{mid}/raw", admin)
     assert raw.headers["content-type"].startswith("message/rfc822")

@@ -62,6 +62,12 @@ class HeadersOut(RowOutModel):
     message_id: str | None = Field(alias="Message-ID")
 
 
+class AttachmentOut(RowOutModel):
+    filename: str | None
+    content_type: str
+    size_bytes: int = Field(description="Decoded size (the MIME encoding adds about a third).")
+
+
 class RecipientStateOut(RowOutModel):
     model_config = ConfigDict(extra="allow")
 
@@ -99,6 +105,9 @@ class MessageOut(MessageSummaryOut):
 
     envelope: EnvelopeOut
     headers: HeadersOut
+    attachments: list[AttachmentOut] = Field(
+        description="The stored message's attachments (parts with a file name)."
+    )
     updated_at: UtcTimestamp
     expires_at: UtcTimestamp
     created_by: str | None

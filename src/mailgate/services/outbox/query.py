@@ -10,7 +10,8 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from email import policy as email_policy
-from email.parser import BytesHeaderParser
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, and_, cast, or_, select
@@ -121,9 +122,33 @@ def summary(row: Message) -> MessageSummaryOut:
     return MessageSummaryOut.model_validate(_summary_fields(row))
 
 
+def attachments_of(content: bytes) -> list[dict[str, Any]]:
+    """The attachments of a stored MIME message: file name, type and decoded size."""
+    message = BytesParser(policy=email_policy.default).parsebytes(content)
+    out: list[dict[str, Any]] = []
+    if not isinstance(message, EmailMessage) or not message.is_multipart():
+        return out
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        filename = part.get_filename()
+        if part.get_content_disposition() != "attachment" and filename is None:
+            continue
+        payload = part.get_payload(decode=True)
+        out.append(
+            {
+                "filename": filename,
+                "content_type": part.get_content_type(),
+                "size_bytes": len(payload) if isinstance(payload, bytes) else 0,
+            }
+        )
+    return out
+
+
 def view(db: Session, row: Message) -> MessageOut:
-    """A message with its envelope, headers, recipients' state and attempts."""
-    headers = BytesHeaderParser(policy=email_policy.default).parsebytes(raw(db, row))
+    """A message with its envelope, headers, attachments, recipients' state and attempts."""
+    content = raw(db, row)
+    headers = BytesHeaderParser(policy=email_policy.default).parsebytes(content)
     return MessageOut.model_validate(
         {
             **_summary_fields(row),
@@ -132,6 +157,7 @@ def view(db: Session, row: Message) -> MessageOut:
                 name: str(headers[name]) if headers[name] is not None else None
                 for name in _SUMMARY_HEADERS
             },
+            "attachments": attachments_of(content),
             "updated_at": row.updated_at,
             "expires_at": row.expires_at,
             "created_by": row.created_by,

@@ -106,9 +106,24 @@ export async function boot() {
     try { await post("/api/v1/auth/logout"); } catch { /* signed out either way */ }
     location.assign("/ui/login");
   });
+  if (me.system_admin && ctx.page !== "system-email-server") systemServerNotice();
   page.removeAttribute("aria-busy");
   clear(page);
   return ctx;
+}
+
+// Without a system e-mail server, password reset links and token alerts go nowhere, silently
+// for the person asking: say so to those who can set one up.
+async function systemServerNotice() {
+  try {
+    await get("/api/v1/system/email-server", { signOutOn401: false });
+  } catch (err) {
+    if (err.status !== 404) return;
+    const box = document.getElementById("notices");
+    box?.append(banner("warn", h("strong", {}, "No system e-mail server. "),
+      "Password reset links and OAuth2 alerts are not sent until one is set up. ",
+      h("a", { href: "/ui/system-email-server" }, "Set up the system e-mail server")));
+  }
 }
 
 // For pages that need a tenant role (most of them).

@@ -168,33 +168,62 @@ async function detail(id) {
   if (ACTIVE.includes(m.status)) setTimeout(() => location.reload(), 3000);
   const attempts = m.attempts || [];
   const env = m.envelope || {};
+  const hd = m.headers || {};
+  const recipients = recipientRows(m);
+  const files = m.attachments || [];
+  const meta = Object.entries(m.metadata || {});
   clear(ctx.el,
     h("p", {}, h("a", { href: tenantUrl("/ui/messages", ctx.tenant) }, "← All messages")),
     m.last_error && !["sent", "cancelled"].includes(m.status) ? banner(m.status === "failed" ? "bad" : "warn", h("strong", {}, "Last error: "), m.last_error) : null,
     h("section", { class: "panel" },
       h("div", { class: "page-head" }, h("h2", {}, "Status ", badge(m.status)), h("span", { class: "spacer" }), h("div", { class: "actions" }, actions)),
-      h("dl", { class: "kv" },
+      h("dl", { class: "kv message-facts" },
         h("dt", {}, "Message id"), h("dd", { class: "mono" }, m.id),
         h("dt", {}, "Server"), h("dd", {}, m.server || "—"),
-        h("dt", {}, "From"), h("dd", {}, addr(m.from) || env.mail_from || "—"),
-        h("dt", {}, "To"), h("dd", {}, addrs(m.to) || (env.rcpt_to || []).join(", ")),
-        m.cc?.length ? [h("dt", {}, "Cc"), h("dd", {}, addrs(m.cc))] : null,
-        env.mail_from !== undefined ? [h("dt", {}, "Envelope"), h("dd", { class: "mono" }, `MAIL FROM:<${env.mail_from}> RCPT TO:${(env.rcpt_to || []).map((r) => `<${r}>`).join(" ")}`)] : null,
+        h("dt", {}, "Priority"), h("dd", {}, badge(m.priority === "high" ? "bad" : m.priority === "low" ? "" : "queued", m.priority || "normal")),
         h("dt", {}, "Size"), h("dd", {}, m.size_bytes != null ? `${Number(m.size_bytes).toLocaleString()} bytes` : "—"),
-        h("dt", {}, "Metadata"), h("dd", { class: "metadata" }, Object.keys(m.metadata || {}).length
-          ? h("ul", { class: "meta-list" }, Object.entries(m.metadata).map(([k, v]) => h("li", {}, h("a", { href: tenantUrl("/ui/messages", ctx.tenant, { [`metadata.${k}`]: v }), title: `Messages with ${k} = ${v}` }, h("code", {}, k), " = ", v))))
-          : h("span", { class: "muted" }, "none")),
-        m.headers?.From ? [h("dt", {}, "From header"), h("dd", {}, m.headers.From)] : null,
-        m.headers?.["Message-ID"] ? [h("dt", {}, "Message-ID"), h("dd", { class: "mono" }, m.headers["Message-ID"])] : null,
-        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? " over SMTP" : ""),
+        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? [" ", badge("", "SMTP")] : null),
         m.send_at ? [h("dt", {}, "Send at"), h("dd", {}, fmtTime(m.send_at))] : null,
-        h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)))),
+        h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)),
+        meta.length ? [h("dt", {}, "Metadata"), h("dd", {}, meta.map(([k, v]) => [badge("", `${k}: ${v}`), " "]))] : null)),
+    h("section", { class: "panel", "aria-labelledby": "rcpt-h" }, h("h2", { id: "rcpt-h" }, "Recipients"),
+      h("p", { class: "section-note" }, `Envelope sender (MAIL FROM): ${env.mail_from || "—"}`),
+      h("div", { class: "table-wrap" }, h("table", { class: "cards recipients" },
+        h("thead", {}, h("tr", {}, ["Recipient", "State", "Server's answer"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, recipients.map((r) => h("tr", { dataset: { rcpt: r.address } },
+          h("td", { "data-label": "Recipient" }, r.address),
+          h("td", { "data-label": "State" }, badge(r.kind, r.label)),
+          h("td", { "data-label": "Answer", class: "mono" }, r.answer || "—"))))))),
+    h("section", { class: "panel", "aria-labelledby": "hdr-h" }, h("h2", { id: "hdr-h" }, "Headers"),
+      h("dl", { class: "kv headers" }, ["From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID"].filter((k) => hd[k]).map((k) =>
+        [h("dt", {}, k), h("dd", { class: k === "Message-ID" ? "mono" : null }, hd[k])]))),
+    h("section", { class: "panel", "aria-labelledby": "att-h" }, h("h2", { id: "att-h" }, "Attachments"),
+      files.length ? h("ul", { class: "attachments" }, files.map((f) => h("li", {},
+        h("strong", {}, f.filename || "(no name)"), h("span", { class: "muted" }, ` · ${f.content_type} · ${Number(f.size_bytes).toLocaleString()} bytes`))))
+        : h("p", { class: "muted" }, "No attachments.")),
     h("section", { class: "panel" }, h("h2", {}, "Attempts"),
       attempts.length ? h("ol", { class: "timeline" }, attempts.map((a) => h("li", { class: a.outcome },
-        h("div", {}, badge(a.outcome), " ", h("strong", {}, fmtTime(a.at)), a.ms != null ? h("span", { class: "muted" }, ` · ${a.ms} ms`) : null),
+        h("div", {}, badge(a.outcome), " ", h("strong", {}, fmtTime(a.at)), a.ms != null ? h("span", { class: "muted" }, ` · ${a.ms} ms`) : null,
+          a.possibly_delivered ? [" ", badge("warn", "possibly delivered")] : null),
         a.smtp_code || a.smtp_response ? h("div", { class: "mono" }, `${a.smtp_code ?? ""} ${a.smtp_response ?? ""}`) : null)))
         : h("p", { class: "muted" }, "No delivery attempt yet.")),
     h("section", { class: "panel" }, raw));
+}
+
+// Each envelope recipient's state: its own once recipients fared differently, else the
+// message's (with the last attempt's answer).
+function recipientRows(m) {
+  const own = m.recipients || {};
+  const last = (m.attempts || []).at(-1);
+  const LABEL = { delivered: ["ok", "delivered"], refused: ["bad", "refused"], pending: ["warn", "pending"] };
+  const fromStatus = { sent: "delivered", failed: "refused", cancelled: null };
+  return ((m.envelope || {}).rcpt_to || []).map((address) => {
+    const r = own[address];
+    const state = r?.status || (m.status in fromStatus ? fromStatus[m.status] : "pending");
+    const [kind, label] = state ? LABEL[state] || ["", state] : ["", "cancelled"];
+    const answer = r ? `${r.code ?? ""} ${r.text || ""}`.trim() : last ? `${last.smtp_code ?? ""} ${last.smtp_response ?? ""}`.trim() : "";
+    return { address, kind, label, answer };
+  });
 }
 
 if (needTenant(ctx)) {

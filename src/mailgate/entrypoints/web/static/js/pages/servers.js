@@ -59,6 +59,7 @@ async function main() {
       const label = selected && state.form ? state.form.name || "(no name)" : s.name;
       const t = h("button", { type: "button", role: "tab", "aria-selected": String(selected), tabindex: selected ? "0" : "-1", class: selected && state.removing ? "removed" : "", dataset: { server: s.name } },
         h("span", { class: "tab-label" }, label), s.is_default ? h("span", { class: "tab-badge", title: "Tenant default" }, "default") : null,
+        statusBadges(s),
         selected && dirty() ? h("span", { class: "dirty-dot", title: "Unsaved changes" }) : null);
       t.addEventListener("click", () => switchTo(() => open(s)));
       return t;
@@ -71,6 +72,20 @@ async function main() {
     const add = ctx.canEditServers && (state.servers.length || state.draft) ? h("button", { type: "button", class: "add-tab", title: "New configuration", "aria-label": "New configuration" }, "+") : null;
     add?.addEventListener("click", () => switchTo(() => openNew(true)));
     clear(ribbon, tabs, add);
+  }
+
+  // What needs attention, on the tab itself: authorization, pauses, offline agents, failed tests.
+  function statusBadges(s) {
+    const out = [];
+    const add = (kind, text, title) => out.push(h("span", { class: `tab-badge ${kind}`, title }, text));
+    const st = s.oauth2_status?.state;
+    if (st === "not_authorized") add("warn", "not authorized", "OAuth2: authorize this configuration before it can send");
+    if (st === "needs_reauthorization" || st === "error") add("bad", "re-authorize", "OAuth2: the provider no longer accepts the token; mail waits");
+    if (s.delivery?.state === "paused") add("warn", "paused", `Paused by the provider${s.delivery.paused_until ? ` until ${new Date(s.delivery.paused_until).toLocaleString()}` : ""}`);
+    const rc = s.remote_output?.enabled ? s.remote_output.remote_client : null;
+    if (rc && remote.connected?.[rc] === false) add("bad", "client offline", `Remote client ${rc} is not connected; mail waits`);
+    if (s.last_test && s.last_test.ok === false) add("bad", "test failed", `Last test ${new Date(s.last_test.at).toLocaleString()}: ${s.last_test.step || ""} failed`);
+    return out;
   }
 
   // Arrow keys move between tabs (WAI-ARIA tabs pattern).
@@ -113,7 +128,7 @@ async function main() {
       canEdit: ctx.canEditServers, canTest: ctx.canTest,
       apiBase: isNew ? null : `${base}/${enc(value.name)}`,
       collectionBase: base,
-      remoteClients: remote.clients, remoteAllowed: remote.allowed,
+      remoteClients: remote.clients, remoteAllowed: remote.allowed, remoteConnected: remote.connected,
       testTo: ctx.me.email || "",
       onChange: () => { renderRibbon(); renderStatus(); },
       onSubmit: () => { if (!saveBtn.disabled) save(); },

@@ -2,8 +2,8 @@
 // page (no ribbon): its sections, the authentication method, and the state a page saves
 // (body(), isDirty(), errors shown at their fields). Inputs are bound by ./binding.js; the
 // OAuth2 and test sections are panels of their own.
-import { get } from "../api.js";
-import { h, clear, field, showErrors, clearErrors, banner, nextId } from "../ui.js";
+import { get, post } from "../api.js";
+import { h, clear, field, showErrors, clearErrors, banner, nextId, busy, toast, errorText } from "../ui.js";
 import { BoundForm } from "./binding.js";
 import { OAuth2Panel } from "./oauth2_panel.js";
 import { TestPanel } from "./test_panel.js";
@@ -58,6 +58,7 @@ export class ServerForm extends BoundForm {
     const o = this.o;
     const parts = [this.topBanner];
     if (o.value.secrets_error) this.message("bad", h("strong", {}, "Stored secrets unreadable. "), o.value.secrets_error);
+    parts.push(this.statusBanners());
     parts.push(this.buildTransport());
     if (!o.isSystem) {
       const isDefault = o.value.is_default && !o.isNew;
@@ -130,6 +131,29 @@ export class ServerForm extends BoundForm {
     this.test = new TestPanel(this);
     parts.push(this.test.el);
     this.el.append(...parts);
+  }
+
+  // What needs attention, above everything: a provider's pause, an offline remote client.
+  statusBanners() {
+    const o = this.o;
+    const v = o.value;
+    const box = h("div", { class: "status-banners" });
+    if (v.delivery?.state === "paused") {
+      const until = v.delivery.paused_until ? new Date(v.delivery.paused_until).toLocaleString() : "further notice";
+      const resume = o.canEdit && o.apiBase && !o.isSystem ? h("button", { type: "button", class: "small" }, "Resume now") : null;
+      resume?.addEventListener("click", async () => {
+        busy(resume, true, "Resuming…");
+        try { await post(`${o.apiBase}/resume`); toast("Delivery resumed"); o.onReload?.(); } catch (err) { toast(errorText(err), "bad"); busy(resume, false); }
+      });
+      box.append(banner("warn", h("strong", {}, "Paused by the provider. "),
+        `Mail waits until ${until}${v.delivery.reason ? ` (${v.delivery.reason})` : ""}. `,
+        v.delivery.last_reply ? h("span", { class: "mono" }, v.delivery.last_reply) : null, resume ? " " : null, resume));
+    }
+    const rc = v.remote_output?.enabled ? v.remote_output.remote_client : null;
+    if (rc && o.remoteConnected && o.remoteConnected[rc] === false) {
+      box.append(banner("bad", h("strong", {}, "Remote client offline. "), `"${rc}" is not connected: this configuration's mail waits until its agent connects again.`));
+    }
+    return box;
   }
 
   // The first choice: how mail leaves. The API transports hide what only SMTP uses.
@@ -303,9 +327,14 @@ export async function remoteContext(ctx) {
   // Remote output needs the system setting and at least one remote client of this tenant.
   let clients = [];
   let allowed = null;
-  try { clients = (await get(`/api/v1/tenants/${encodeURIComponent(ctx.tenant)}/remote-clients`)).items.map((c) => c.name); } catch { clients = []; }
+  const connected = {};
+  try {
+    const items = (await get(`/api/v1/tenants/${encodeURIComponent(ctx.tenant)}/remote-clients`)).items;
+    clients = items.map((c) => c.name);
+    for (const c of items) connected[c.name] = !!c.connected;
+  } catch { clients = []; }
   if (ctx.systemAdmin) {
     try { allowed = !!(await get("/api/v1/system/settings")).allow_remote_clients; } catch { allowed = null; }
   }
-  return { clients, allowed: allowed === null ? clients.length > 0 : allowed };
+  return { clients, connected, allowed: allowed === null ? clients.length > 0 : allowed };
 }
