@@ -148,7 +148,9 @@ def build(
     sessions = make_session_factory(engine)
     read_engine = read_only(engine)
     outbound_policy = OutboundPolicySource(read_engine, settings.outbound_deny_networks)
-    servers = EmailServers(box, clock, settings.public_base_url)
+    servers = EmailServers(
+        box, clock, settings.public_base_url, max_per_tenant=settings.max_servers_per_tenant
+    )
     metrics = Metrics(sessions, clock)
     write_health = WriteHealth(on_failure=metrics.write_failures.inc)
     write_health.install(engine)
@@ -201,6 +203,7 @@ def build(
             time_cost=settings.password_hash_time_cost,
             memory_cost=settings.password_hash_memory_kib,
         ),
+        max_api_keys=settings.max_api_keys_per_tenant,
     )
     return Container(
         settings=settings,
@@ -210,7 +213,7 @@ def build(
         clock=clock,
         identity=identity,
         servers=servers,
-        remote_clients=RemoteClients(clock),
+        remote_clients=RemoteClients(clock, max_per_tenant=settings.max_remote_clients_per_tenant),
         oauth2=oauth2,
         transfer=Transfer(servers, clock, ScryptEnvelope()),
         outbox=Outbox(

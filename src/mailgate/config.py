@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     """A request's body must arrive completely within this many seconds (else ``408``)."""
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """Largest message accepted by the send API, whatever a configuration allows."""
+    max_servers_per_tenant: int = Field(default=100, ge=1)
+    """E-mail server configurations one tenant may have."""
+    max_api_keys_per_tenant: int = Field(default=100, ge=1)
+    """API keys one tenant may have."""
+    max_remote_clients_per_tenant: int = Field(default=50, ge=1)
+    """Remote clients (agents) one tenant may have."""
     session_hours: int = Field(default=12, ge=1)
     """Lifetime of a login token / browser session."""
     login_max_failures: int = Field(default=5, ge=1)

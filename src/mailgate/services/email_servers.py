@@ -40,6 +40,7 @@ from mailgate.schemas.email_server import (
     parse_and_validate,
     validate_semantics,
 )
+from mailgate.services.caps import check_room
 
 log = logging.getLogger("mailgate.servers")
 
@@ -114,10 +115,18 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class EmailServers:
-    def __init__(self, box: SecretCipher, clock: Clock, public_base_url: str) -> None:
+    def __init__(
+        self,
+        box: SecretCipher,
+        clock: Clock,
+        public_base_url: str,
+        *,
+        max_per_tenant: int = 100,
+    ) -> None:
         self.box = box
         self.clock = clock
         self.public_base_url = public_base_url
+        self.max_per_tenant = max_per_tenant
         self._configs: dict[tuple[str, str], EmailServerIn] = {}
 
     # ---- reading ---------------------------------------------------------------------------
@@ -290,6 +299,8 @@ class EmailServers:
         self.check(cfg)
         self._check_remote_output(db, tenant_id, cfg)
         name = SYSTEM_SERVER_NAME if tenant is None else cfg.name
+        if tenant is not None:
+            self.check_room(db, tenant.id)
         if db.scalar(
             select(EmailServer.id).where(_tenant_clause(tenant_id), EmailServer.name == name)
         ):
@@ -397,6 +408,7 @@ class EmailServers:
         now = self.clock()
         old_config: dict[str, Any] = {}
         if row is None:
+            self.check_room(db, tenant.id)
             row = EmailServer(
                 tenant_id=tenant.id,
                 name=cfg.name,
@@ -431,6 +443,16 @@ class EmailServers:
         return row
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def check_room(self, db: Session, tenant_id: int) -> None:
+        check_room(
+            db,
+            EmailServer,
+            tenant_id,
+            self.max_per_tenant,
+            "e-mail server configurations",
+            "MAILGATE_MAX_SERVERS_PER_TENANT",
+        )
 
     def _store_secrets(self, row: EmailServer, cfg: EmailServerIn, stored: ServerSecrets) -> None:
         keep = kept_secrets(cfg, stored)

@@ -36,6 +36,7 @@ from mailgate.domain.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from mailgate.services.caps import check_room
 
 _SESSION_LOOKUP = (
     select(
@@ -118,7 +119,10 @@ class Identity:
         max_failures: int,
         window_s: int,
         hasher: PasswordHasher = _DEFAULT_HASHER,
+        *,
+        max_api_keys: int = 100,
     ):
+        self.max_api_keys = max_api_keys
         self.clock = clock
         self.hasher = hasher
         self.session_hours = session_hours
@@ -369,6 +373,14 @@ class Identity:
     def create_api_key(
         self, db: Session, tenant: Tenant, name: str, role: Role, created_by: str
     ) -> tuple[ApiKey, str]:
+        check_room(
+            db,
+            ApiKey,
+            tenant.id,
+            self.max_api_keys,
+            "API keys",
+            "MAILGATE_MAX_API_KEYS_PER_TENANT",
+        )
         token = new_token(API_KEY_PREFIX)
         key = ApiKey(
             id=uuid.uuid4().hex,

@@ -20,6 +20,7 @@ from mailgate.domain.clock import Clock, isoformat
 from mailgate.domain.errors import Conflict, NotFound, Unauthenticated
 from mailgate.domain.remote import AgentIdentity
 from mailgate.ports import AgentDirectory
+from mailgate.services.caps import check_room
 from mailgate.services.identity import new_token, token_hash
 
 REMOTE_TOKEN_PREFIX = "mgr_"
@@ -32,8 +33,9 @@ def remote_clients_allowed(db: Session) -> bool:
 
 
 class RemoteClients:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, max_per_tenant: int = 50) -> None:
         self.clock = clock
+        self.max_per_tenant = max_per_tenant
 
     def list(self, db: Session, tenant_id: int) -> list[RemoteClient]:
         return list(
@@ -63,6 +65,14 @@ class RemoteClients:
         )
         if clash is not None:
             raise Conflict(f"a remote client named {name!r} exists already")
+        check_room(
+            db,
+            RemoteClient,
+            tenant.id,
+            self.max_per_tenant,
+            "remote clients",
+            "MAILGATE_MAX_REMOTE_CLIENTS_PER_TENANT",
+        )
         token = new_token(REMOTE_TOKEN_PREFIX)
         row = RemoteClient(
             tenant_id=tenant.id,
