@@ -174,11 +174,14 @@ class DeliveryService:
     def _full_lanes(self) -> set[int]:
         return {sid for sid, n in self.by_server.items() if n >= self.lane_budget}
 
-    def _claim(self, limit: int, full: set[int], held: dict[int, int]) -> list[Claimed]:
+    def _claim(
+        self, limit: int, full: set[int], held: dict[int, int], *, fair: bool = True
+    ) -> list[Claimed]:
         """Claim for lanes with room: none of ``full`` lanes' mail, and at most a lane's
-        budget of any configuration (less what its lane ``held`` already)."""
+        budget of any configuration (less what its lane ``held`` already). ``fair`` False:
+        a whole batch as it comes (``run_once`` drains everything anyway)."""
         only = self._only_servers()
-        budget = self.lane_budget
+        budget = self.lane_budget if fair else None
         if only is not None:
             only = [sid for sid in only if sid not in full]
             return self.queue.claim(self.id, limit, only_servers=only, per_server=budget, held=held)
@@ -203,7 +206,7 @@ class DeliveryService:
         helpers = [asyncio.create_task(self._journal()), asyncio.create_task(self._heartbeat())]
         try:
             while True:
-                claimed = await self._claim_now(self.batch)
+                claimed = await asyncio.to_thread(self._claim, self.batch, set(), {}, fair=False)
                 if not claimed:
                     break
                 await self._dispatch(claimed)
