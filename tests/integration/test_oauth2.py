@@ -582,3 +582,38 @@ def test_the_audit_trail_names_who_authorized_and_who_consented(lite: Env) -> No
     assert consent["detail"]["account"] == MAILBOX
     assert consent["actor"] == f"oauth2:{MAILBOX}"
     assert lite.tokens()["access_token"] not in r.text
+
+
+def test_a_refused_refresh_is_a_server_needs_reauthorization_event(lite: Env) -> None:
+    """README "Webhooks": the state change and its event are one transaction."""
+    from sqlalchemy import select
+
+    from mailgate.adapters.db.tables import WebhookEndpoint, WebhookEvent
+
+    with lite.c.session() as db:
+        db.add(
+            WebhookEndpoint(
+                id="wh_oauth",
+                tenant_id=lite.c_home_id(db),
+                url="https://example.com/hook",
+                events=["server.needs_reauthorization"],
+                enabled=True,
+                secret_enc="unused",
+                created_at=lite.clock(),
+                updated_at=lite.clock(),
+            )
+        )
+    lite.authorize()
+    server_id = lite.server_row().id
+    assert lite.oauth.server.revoke() == 1
+    lite.clock.offset = timedelta(hours=2)
+    with pytest.raises(NeedsAuthorization):
+        lite.c.oauth2.tokens.access_token(server_id)
+    with pytest.raises(NeedsAuthorization):
+        lite.c.oauth2.tokens.access_token(server_id)  # no second incident, no second event
+    with lite.c.sessions() as db:
+        (event,) = db.scalars(select(WebhookEvent))
+    assert event.type == "server.needs_reauthorization"
+    data = event.payload["data"]
+    assert data["server"] == "DEFAULT" and data["tenant"] == "home"
+    assert data["state"] == "needs_reauthorization" and "invalid_grant" in data["reason"]
