@@ -195,3 +195,28 @@ def test_message_detail_attachments_headers_priority_and_recipients(
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, width
     shot(page, "42-message-detail-390", full_page=True)
+
+
+def test_last_test_failed_badge_is_kept_by_mailgate(
+    page: Any, mailgate: Mailgate, smtp_servers: SmtpServers
+) -> None:
+    smtp = smtp_servers.start(tls="starttls", users={"alice": "right-password-1"})
+    admin = mailgate.token()
+    with mailgate.api(admin) as api:
+        assert api.post("/api/v1/tenants", json={"name": "tested"}).status_code == 201
+        body = smtp.password_config("alice", "wrong-password-1")
+        assert api.post("/api/v1/tenants/tested/email-servers", json=body).is_success
+    sign_in(page)
+    page.goto("/ui/email-servers/DEFAULT?tenant=tested")
+    page.wait_for_selector("main[data-ready='1']")
+    expect(page.locator(".last-test")).to_be_hidden()
+    page.get_by_role("button", name="Dry run").click()
+    expect(page.locator(".test-result")).to_contain_text("Test failed", timeout=20_000)
+    expect(tab(page, "DEFAULT").locator(".tab-badge.bad")).to_have_text("test failed")
+    expect(page.locator(".last-test")).to_contain_text("failed")
+    expect(page.locator(".last-test")).to_contain_text("auth: 535")
+    # Kept by mailgate: another browser (or a reload) sees it too.
+    page.reload()
+    page.wait_for_selector("main[data-ready='1']")
+    expect(tab(page, "DEFAULT").locator(".tab-badge.bad")).to_have_text("test failed")
+    shot(page, "43-last-test-failed")

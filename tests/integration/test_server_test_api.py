@@ -559,3 +559,29 @@ def test_streamed_test_reports_each_step_as_it_completes(
         json={"to": "rcpt@example.org"},
     )
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+
+
+def test_the_last_test_of_the_saved_settings_is_kept(lite: Api, smtp_servers: SmtpServers) -> None:
+    """What the UI's "test failed" badge reads: the outcome of the last test of the stored
+    configuration; tests of unsaved settings leave it alone, and a change forgets it."""
+    server = secure_server(smtp_servers)
+    admin = lite.admin_token()
+    create(lite, admin, server.password_config("alice", "wrong-password-1"))
+    assert lite.request("GET", f"{BASE}/DEFAULT", admin).json()["last_test"] is None
+    result = diagnose(lite, admin, f"{BASE}/DEFAULT/test", to="rcpt@example.org")
+    assert result["ok"] is False
+    last = lite.request("GET", f"{BASE}/DEFAULT", admin).json()["last_test"]
+    assert last["ok"] is False and last["mode"] == "send" and last["step"] == "auth"
+    assert last["detail"].startswith("535")
+    assert "wrong-password-1" not in str(last)
+    # Unsaved settings that pass do not make the stored ones look good.
+    good = server.password_config("alice", PASSWORD)
+    assert diagnose(lite, admin, f"{BASE}/DEFAULT/test", mode="dry_run", config=good)["ok"]
+    assert lite.request("GET", f"{BASE}/DEFAULT", admin).json()["last_test"] == last
+    # Saving other settings forgets the old outcome; the next test records the new one.
+    r = lite.request("PUT", f"{BASE}/DEFAULT", admin, json=good)
+    assert r.status_code == 200, r.text
+    assert r.json()["last_test"] is None
+    assert diagnose(lite, admin, f"{BASE}/DEFAULT/test", mode="dry_run")["ok"]
+    last = lite.request("GET", f"{BASE}/DEFAULT", admin).json()["last_test"]
+    assert last["ok"] is True and last["mode"] == "dry_run" and last["step"] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Text, bindparam, cast, func, select
@@ -19,6 +20,7 @@ from mailgate.adapters.db.tables import (
     EmailServer,
     RemoteClient,
     ServerDelivery,
+    ServerLastTest,
     SystemSetting,
     Tenant,
 )
@@ -246,6 +248,7 @@ class EmailServers:
                 "warning": row.oauth2_warning,
             }
         out["delivery"] = self._delivery(row)
+        out["last_test"] = self._last_test(row)
         out["created_at"] = isoformat(row.created_at)
         out["updated_at"] = isoformat(row.updated_at)
         if row.tenant_id is None:
@@ -253,6 +256,42 @@ class EmailServers:
             out.pop("is_default")
             out.pop("remote_output", None)
         return out
+
+    @staticmethod
+    def _last_test(row: EmailServer) -> dict[str, Any] | None:
+        """The last test of the configuration as saved now (an older one tested other
+        settings), or ``None``."""
+        db = object_session(row)
+        test = db.get(ServerLastTest, row.id) if db is not None and row.id is not None else None
+        if test is None or test.at < row.updated_at:
+            return None
+        return {
+            "ok": test.ok,
+            "at": isoformat(test.at),
+            "mode": test.mode,
+            "step": test.step,
+            "detail": test.detail,
+        }
+
+    def record_test(
+        self,
+        db: Session,
+        server_id: int,
+        *,
+        ok: bool,
+        mode: str,
+        steps: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Keep the outcome of a test of the stored configuration (one row per server)."""
+        failed = next((s for s in steps if not s.get("ok")), None)
+        test = db.get(ServerLastTest, server_id) or ServerLastTest(server_id=server_id)
+        test.at = self.clock()
+        test.ok = ok
+        test.mode = mode
+        test.step = str(failed["step"])[:32] if failed else None
+        test.detail = str(failed.get("detail") or "")[:500] if failed else None
+        if db.get(EmailServer, server_id) is not None:  # removed meanwhile: nothing to keep
+            db.merge(test)
 
     @staticmethod
     def _delivery(row: EmailServer) -> dict[str, Any]:

@@ -145,6 +145,22 @@ class EmailServer(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ServerLastTest(Base):
+    """The last "Send test e-mail" (or dry run) of a configuration as saved: what the UI's
+    status badge shows. Tests of unsaved settings are not recorded."""
+
+    __tablename__ = "server_last_tests"
+    server_id: Mapped[int] = mapped_column(
+        ForeignKey("email_servers.id", ondelete="CASCADE"), primary_key=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    mode: Mapped[str] = mapped_column(String(16))
+    step: Mapped[str | None] = mapped_column(String(32))
+    """The step that failed (none when the test passed)."""
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class ServerDelivery(Base):
     """How a configuration's delivery stands, shared by every worker process: a pause after a
     provider's quota or throttling answer (``domain/pauses.py``) and its probe. No row, or

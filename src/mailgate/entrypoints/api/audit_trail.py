@@ -60,7 +60,7 @@ def audit(
 
 
 # What a configuration's diff leaves out: state that changes without anyone changing it.
-_SERVER_STATE = ("oauth2_status", "delivery", "created_at", "updated_at", "id")
+_SERVER_STATE = ("oauth2_status", "delivery", "last_test", "created_at", "updated_at", "id")
 
 
 def server_snapshot(c: Container, row: EmailServer | None) -> dict[str, Any]:

@@ -120,6 +120,14 @@ class DeliveryOut(OutModel):
     last_reply: str | None = Field(description="the provider's answer that paused it last")
 
 
+class LastTestOut(OutModel):
+    ok: bool
+    at: Timestamp
+    mode: Literal["send", "dry_run"]
+    step: str | None = Field(description="The step that failed (null when the test passed).")
+    detail: str | None
+
+
 class EmailServerOut(OutModel):
     """A tenant's configuration, or the system e-mail server (which has no name, is_default
     or remote_output)."""
@@ -147,6 +155,9 @@ class EmailServerOut(OutModel):
         "only with authentication method oauth2"
     )
     delivery: DeliveryOut
+    last_test: LastTestOut | None = Field(
+        description="The last test of the configuration as saved now (null: none since)."
+    )
     created_at: Timestamp
     updated_at: Timestamp
 

@@ -83,6 +83,29 @@ async def _diagnose(
     label: str,
     on_step: Callable[[Step], None] | None = None,
 ) -> DiagnosisOut:
+    result = await _run(c, server, body, label, on_step)
+    if body.config is None and server.id:
+        # The stored configuration was tested: keep the outcome for the UI's status badge.
+        await run_in_threadpool(_record, c, server.id, body.mode, result)
+    return result
+
+
+def _record(c: Container, server_id: int, mode: str, result: DiagnosisOut) -> None:
+    try:
+        with c.session() as db:
+            steps = [s.model_dump() for s in result.steps]
+            c.servers.record_test(db, server_id, ok=result.ok, mode=mode, steps=steps)
+    except Exception as exc:  # the test's answer matters more than its record
+        log.warning("the test result of server id %s was not recorded: %s", server_id, exc)
+
+
+async def _run(
+    c: Container,
+    server: ResolvedServer,
+    body: TestRequest,
+    label: str,
+    on_step: Callable[[Step], None] | None = None,
+) -> DiagnosisOut:
     to = _recipient(server, body)
     client = server.remote_client
     if client is not None:

@@ -132,6 +132,15 @@ async function main() {
       testTo: ctx.me.email || "",
       onChange: () => { renderRibbon(); renderStatus(); },
       onSubmit: () => { if (!saveBtn.disabled) save(); },
+      onTested: async () => {
+        try {
+          const fresh = await get(`${base}/${enc(value.name)}`);
+          const i = state.servers.findIndex((s) => s.name === value.name);
+          if (i >= 0) state.servers[i] = { ...state.servers[i], last_test: fresh.last_test };
+          state.form?.test.showLast(fresh.last_test);
+          renderRibbon();
+        } catch { /* the badge catches up on the next load */ }
+      },
       onReload: () => load(value.name),
     });
     clear(body, ctx.canEditServers ? null : banner("info", "You can read this configuration; only administrators can change it."), state.form.el);

@@ -1,7 +1,7 @@
 // The server form's test panel: send a test e-mail (or a dry run) with the settings on screen,
 // show each step as the server streams it (NDJSON), then the result and the SMTP transcript.
 import { postStream } from "../api.js";
-import { h, clear, field, showErrors, clearErrors, banner, badge, busy, errorText } from "../ui.js";
+import { h, clear, field, showErrors, clearErrors, banner, badge, busy, errorText, fmtTime } from "../ui.js";
 
 const SMTP_STEPS = ["resolve", "connect", "tls", "ehlo", "auth", "mail_from", "rcpt_to", "data"];
 const API_STEPS = ["token", "send"]; // Graph and the Gmail API: get a token, then send
@@ -16,10 +16,13 @@ export class TestPanel {
     const send = h("button", { type: "button", class: "primary" }, "Send test e-mail");
     const dry = h("button", { type: "button" }, "Dry run");
     this.out = h("div", { class: "test-result", "aria-live": "polite" });
+    this.last = h("p", { class: "last-test" });
+    this.showLast(form.o.value.last_test);
     send.addEventListener("click", () => this.run("send", send));
     dry.addEventListener("click", () => this.run("dry_run", dry));
     this.buttons = [send, dry];
     this.el = !form.o.canTest ? h("div") : form.section("Send test e-mail", "Connects with these settings and reports each step. A dry run stops before the message is sent.",
+      this.last,
       h("div", { class: "test-row" }, field("Send test e-mail to", to, { path: "to" }), h("div", { class: "actions" }, send, dry)),
       this.out);
   }
@@ -56,11 +59,20 @@ export class TestPanel {
         else if (e.event === "error") throw new Error(e.detail || "the test stopped unexpectedly");
       });
       if (result) this.renderResult(result, list);
+      if (result && !body.config) form.o.onTested?.(); // the saved settings: their status changed
     } catch (err) {
       clear(this.out, banner("bad", err.status === 422 && body.config ? "The settings are not valid yet; see the marked fields. " : "", errorText(err)));
       if (err.status === 422) showErrors(form.el, (err.errors || []).map((e) => ({ ...e, field: e.field.replace(/^config\./, "") })));
     }
     this.buttons.forEach((b) => busy(b, false));
+  }
+
+  // The last test of the saved settings (kept by mailgate, whoever ran it).
+  showLast(t) {
+    this.last.hidden = !t;
+    if (!t) return;
+    clear(this.last, h("strong", {}, "Last test: "), badge(t.ok ? "ok" : "bad", t.ok ? "passed" : "failed"), ` ${t.mode === "dry_run" ? "dry run" : "send"} · ${fmtTime(t.at)}`,
+      t.ok ? null : h("span", { class: "muted" }, ` · ${t.step}: ${t.detail || ""}`));
   }
 
   // One step finished: show it, and move the spinner to the next one.
