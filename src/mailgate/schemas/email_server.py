@@ -50,6 +50,7 @@ _READ_ONLY = {
     "oauth2_status",
     "secrets_error",
     "delivery",
+    "last_test",
 }
 MAX_PEM = 64 * 1024
 
