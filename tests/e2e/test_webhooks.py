@@ -337,3 +337,45 @@ def test_a_disabled_webhook_keeps_its_waiting_events_for_24_hours(
         assert states == ["delivered", "failed"]
         r.clock.advance(days=8)
         assert dispatcher.prune() == 2
+
+
+def test_concurrent_dispatchers_deliver_each_event_once_in_order_per_message(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers, receiver: WebhookReceiver
+) -> None:
+    """Three dispatchers at once (on PostgreSQL their claims race through SKIP LOCKED):
+    every event arrives once, and a message's events arrive in the order they happened."""
+    server = smtp_servers.start()
+    receiver.hang_s = 0.005
+    n = 40
+    with rig(tmp_path, database_url, webhook_allow_private=True) as r:
+        r.add_server(server.config())
+        receiver.secret = create_hook(r, receiver.url, events=["message.held", "message.sent"])[
+            "secret"
+        ]
+        ids = [r.send(to=["x@example.org"], text=str(i), hold=True) for i in range(n)]
+        assert r.post("/release", json={"status": "held"}).json()["changed"] == n
+        assert r.run_once() == n
+
+        async def race() -> None:
+            sender = HttpWebhookSender(r.c.outbound_policy, deadline_s=5)
+            stop = asyncio.Event()
+            tasks = [
+                asyncio.create_task(
+                    WebhookDispatcher(
+                        r.c.sessions, sender, r.c.box, r.c.clock, f"d{i}", poll_s=0.02
+                    ).run(stop)
+                )
+                for i in range(3)
+            ]
+            deadline = time.monotonic() + 30
+            while len(receiver.received) < 2 * n and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(race())
+        got = receiver.received
+        assert len(got) == 2 * n and all(g.verified for g in got)
+        assert len({g.webhook_id for g in got}) == 2 * n  # none twice
+        for mid in ids:
+            assert [g.type for g in got if g.data["id"] == mid] == ["message.held", "message.sent"]
