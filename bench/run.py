@@ -6,6 +6,8 @@ machine, one sink for every row.
 
 (a) raw aiosmtplib, 8 reused connections: the ceiling of the client library;
 (b) mailgate's worker draining N pre-queued messages;
+(f) (b) beside another configuration that is paused or tarpitted, as a ratio of (b)
+    (bench/fairness.py);
 (c) end to end: N messages submitted through the HTTP API while ``mailgate serve`` delivers
     them: the default layout (its worker processes), 2 worker processes, and 2 on PostgreSQL;
     and the default layout fed through its SMTP submission listener instead (c_smtp);
@@ -39,6 +41,7 @@ import uvloop
 from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fairness import row_beside
 from postfix import PrivatePostfix
 from postfix import available as postfix_available
 from postfix import version as postfix_version
@@ -676,6 +679,8 @@ def main() -> None:
             r["a"] = row_a(sink, n)
             r["b"] = row_b(sink, n, None)
             r["b_unpipelined"] = row_b_unpipelined(sink, n)
+            r["b_beside_paused"] = row_beside(sink, n, "paused")
+            r["b_beside_tarpit"] = row_beside(sink, n, "tarpit")
             samples = args.latency_samples if i == args.repeat - 1 else 0
             r["c_default"], latency = row_c(sink, n, None, None, samples=samples)
             if latency is not None:
@@ -722,6 +727,8 @@ def summary(r: dict[str, Any]) -> str:
         f"(a) {r['a']:.0f}",
         f"(b) {r['b']:.0f}",
         f"(b) unpipelined {r['b_unpipelined']:.0f}",
+        f"(b) beside a paused configuration {r['b_beside_paused']:.0f}",
+        f"(b) beside a tarpit {r['b_beside_tarpit']:.0f}",
     ]
     for key in ("c_default", "c_2_workers", "c_smtp", "c_postgres", "postfix"):
         if key in r:
@@ -738,7 +745,8 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
     def med(key: str) -> float:
         return median([r[key]["per_s"] if isinstance(r[key], dict) else r[key] for r in rounds])
 
-    keys = ["a", "b", "b_unpipelined", "c_default", "c_2_workers", "c_smtp", "postfix"]
+    keys = ["a", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit"]
+    keys += ["c_default", "c_2_workers", "c_smtp", "postfix"]
     if "c_postgres" in rounds[0]:
         keys.append("c_postgres")
     medians = {k: med(k) for k in keys}
@@ -752,6 +760,9 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
         "c_2_workers/postfix": ("c_2_workers", "postfix"),
         "c_smtp/c_default": ("c_smtp", "c_default"),
         "c_smtp/postfix": ("c_smtp", "postfix"),
+        # (f) fairness: the healthy configuration's rate beside a stuck one, as a share of (b).
+        "b_beside_paused/b": ("b_beside_paused", "b"),
+        "b_beside_tarpit/b": ("b_beside_tarpit", "b"),
     }
     if "c_postgres" in medians:
         ratios["c_postgres/a"] = "c_postgres"
@@ -782,7 +793,7 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
             ]
         )
         for k in keys
-        if k not in ("a", "b", "b_unpipelined")
+        if k not in ("a", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit")
     }
     results["cpu_ms_per_msg_medians"] = cpu
     print(f"\nmedians of {len(rounds)} rounds, {n} messages each:")
