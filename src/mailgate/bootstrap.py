@@ -58,6 +58,7 @@ from mailgate.services.oauth2.tokens import OAuth2TokenProvider, OAuth2Tokens, t
 from mailgate.services.outbound import OutboundPolicySource
 from mailgate.services.outbox import Outbox, Prepared, store_many
 from mailgate.services.remote_clients import RemoteClients
+from mailgate.services.submission import SmtpSubmission
 from mailgate.services.system_mailer import TransportSystemMailer
 from mailgate.services.transfer import Transfer
 
@@ -86,6 +87,8 @@ class Container:
     """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
     submissions: BatchWriter[Prepared]
     """Group commit of submissions without an idempotency key."""
+    smtp_submission: SmtpSubmission
+    """What the SMTP submission listener asks: AUTH by API key, a message's rows."""
     prober: Prober
     """What the server test drives: the router, which picks the configuration's transport."""
     hub: RemoteHub
@@ -205,6 +208,12 @@ def build(
         ),
         max_api_keys=settings.max_api_keys_per_tenant,
     )
+    outbox = Outbox(
+        servers,
+        clock,
+        settings.max_message_bytes,
+        timedelta(seconds=settings.retry_max_age_s),
+    )
     return Container(
         settings=settings,
         engine=engine,
@@ -216,12 +225,7 @@ def build(
         remote_clients=RemoteClients(clock, max_per_tenant=settings.max_remote_clients_per_tenant),
         oauth2=oauth2,
         transfer=Transfer(servers, clock, ScryptEnvelope()),
-        outbox=Outbox(
-            servers,
-            clock,
-            settings.max_message_bytes,
-            timedelta(seconds=settings.retry_max_age_s),
-        ),
+        outbox=outbox,
         wakeup=wakeup,
         metrics=metrics,
         transports=transports,
@@ -229,6 +233,7 @@ def build(
         hub=hub,
         read_engine=read_engine,
         submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
+        smtp_submission=SmtpSubmission(identity, servers, outbox.submitter, clock),
         system_mailer=system_mailer,
         write_health=write_health,
         installation=Installation(

@@ -541,3 +541,30 @@ def metric(sub: SubmissionRig, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_the_usual_auth_only_reads(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """A valid key whose last use was recorded less than a minute ago, without failures on
+    record, signs in without a write: on SQLite it does not wait for the write lock."""
+    with submission_rig(tmp_path, sqlite_url, smtp_servers) as sub:
+        sub.signed_in().quit()  # records last_used_at
+        holder = sqlite3.connect(str(sub.rig.c.engine.url.database), timeout=5)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # another process writes for a long time
+            started = time.monotonic()
+            s = sub.client()
+            s.login("home", sub.key)
+            assert time.monotonic() - started < 2
+            s.quit()
+        finally:
+            holder.rollback()
+            holder.close()
+        # A failure on record takes the writing path: counted, then cleared by a success.
+        s = sub.client()
+        assert s.docmd("AUTH", "PLAIN " + _plain("home", "mgk_wrong"))[0] == 535
+        assert s.docmd("AUTH", "PLAIN " + _plain("home", sub.key))[0] == 235
+        s.quit()
+        with sub.rig.c.read_engine.connect() as conn:
+            assert not sub.rig.c.identity.has_sign_in_failures(conn, "smtp:home", "127.0.0.1")

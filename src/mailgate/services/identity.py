@@ -173,6 +173,13 @@ class Identity:
     def record_sign_in_failure(self, db: Session, name: str, client: str) -> None:
         self._record_failure(db, self._throttle_key(name, client))
 
+    def has_sign_in_failures(self, conn: Connection, name: str, client: str) -> bool:
+        """Failures of ``name`` from ``client`` are on record (a read: a read-only
+        connection will do)."""
+        key = self._throttle_key(name, client)
+        found = conn.execute(select(LoginThrottle.key).where(LoginThrottle.key == key))
+        return found.first() is not None
+
     def clear_sign_in_failures(self, db: Session, name: str, client: str) -> None:
         key = self._throttle_key(name, client)
         if db.get(LoginThrottle, key) is not None:  # no write when there is nothing to clear

@@ -178,6 +178,27 @@ class SmtpSubmission:
         self.submitter = submitter
         self.clock = clock
 
+    def authenticate_reading(
+        self, conn: Connection, tenant: str, api_key: str, client: str
+    ) -> SmtpLogin | None:
+        """``authenticate`` for the common case, from reads only (a read-only connection:
+        on SQLite a transaction would take the write lock for nothing): a key that may send,
+        no failures on record, ``last_used_at`` written less than a minute ago. ``None``:
+        call ``authenticate``, which writes what there is to write (a failure, a cleared
+        counter, ``last_used_at``) and raises what there is to raise."""
+        if not api_key.startswith(API_KEY_PREFIX):
+            return None
+        if self.identity.has_sign_in_failures(conn, f"smtp:{tenant}", client):
+            return None
+        try:
+            caller, touch = self.identity.authenticate_read_only(conn, api_key)
+            tenant_id = tenant_id_for(conn, caller, tenant, Perm.MESSAGES_SEND)
+        except (Unauthenticated, NotFound, Forbidden):
+            return None
+        if touch is not None:
+            return None
+        return _login(tenant, tenant_id, caller, api_key)
+
     def authenticate(self, db: Session, tenant: str, api_key: str, client: str) -> SmtpLogin:
         """The session of ``tenant`` signing in with ``api_key`` from ``client`` (its
         address). Raises ``Throttled``, or ``Unauthenticated`` (one answer for an unknown
@@ -197,10 +218,7 @@ class SmtpSubmission:
         self.identity.clear_sign_in_failures(db, name, client)
         if touch is not None:
             self.identity.touch_api_keys(db, [touch])
-        assert caller.api_key_id is not None
-        return SmtpLogin(
-            tenant, tenant_id, caller.api_key_id, caller.name.removeprefix("apikey:"), api_key
-        )
+        return _login(tenant, tenant_id, caller, api_key)
 
     def prepare(
         self, conn: Connection, login: SmtpLogin, raw: bytes, rcpt_to: Sequence[str]
@@ -233,6 +251,13 @@ class SmtpSubmission:
         return self.submitter.prepare(
             conn, tenant_id, _owner(caller, tenant_id), message, options, server=ref
         )
+
+
+def _login(tenant: str, tenant_id: int, caller: Principal, api_key: str) -> SmtpLogin:
+    assert caller.api_key_id is not None
+    return SmtpLogin(
+        tenant, tenant_id, caller.api_key_id, caller.name.removeprefix("apikey:"), api_key
+    )
 
 
 def _owner(caller: Principal, tenant_id: int) -> Owner:

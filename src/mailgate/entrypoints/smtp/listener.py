@@ -40,7 +40,7 @@ from mailgate.domain.errors import MailgateError, Throttled, Unauthenticated
 from mailgate.entrypoints.smtp import replies
 from mailgate.schemas.common import normalize_email
 from mailgate.services.outbox import Prepared
-from mailgate.services.submission import SmtpLogin, SmtpSubmission
+from mailgate.services.submission import SmtpLogin
 
 log = logging.getLogger("mailgate.smtp")
 # aiosmtpd logs every command line at INFO, "AUTH PLAIN <credentials>" included: only its
@@ -156,9 +156,6 @@ class SmtpListener:
     def __init__(self, container: Container, config: ListenerConfig) -> None:
         self.c = container
         self.config = config
-        self.submission = SmtpSubmission(
-            container.identity, container.servers, container.outbox.submitter, container.clock
-        )
         self.handler = _Handler(self)
         self.connections: set[_SubmissionSMTP] = set()
         self.per_client: dict[str, int] = {}
@@ -315,8 +312,10 @@ class _SubmissionSMTP(SMTP):  # type: ignore[misc]
     # ---- deadlines -------------------------------------------------------------------------
 
     async def smtp_DATA(self, arg: str) -> None:
-        # The content has its own deadline (aiosmtpd's timer runs from command to command).
-        self._reset_timeout(self.listener.config.data_timeout_s)
+        # The content has its own deadline (aiosmtpd's timer runs from command to command),
+        # when there will be content (aiosmtpd refuses DATA without recipients or AUTH).
+        if self.envelope is not None and self.envelope.rcpt_tos and not arg:
+            self._reset_timeout(self.listener.config.data_timeout_s)
         await super().smtp_DATA(arg)
 
     def extend_deadline(self, seconds: float) -> None:
@@ -382,13 +381,18 @@ class _Handler:
     def __init__(self, listener: SmtpListener) -> None:
         self.listener = listener
         self.c = listener.c
+        self.submission = listener.c.smtp_submission
 
     def authenticate(self, tenant: str, api_key: str, client: str) -> SmtpLogin:
-        """In a thread: one transaction, committed even when the check fails (the failure
-        counts towards the throttle)."""
+        """In a thread: the usual sign-in from reads only; otherwise one transaction,
+        committed even when the check fails (the failure counts towards the throttle)."""
+        with self.c.read_engine.connect() as conn:
+            login = self.submission.authenticate_reading(conn, tenant, api_key, client)
+        if login is not None:
+            return login
         with self.c.sessions() as db:
             try:
-                return self.listener.submission.authenticate(db, tenant, api_key, client)
+                return self.submission.authenticate(db, tenant, api_key, client)
             finally:
                 db.commit()
 
@@ -478,7 +482,7 @@ class _Handler:
 
     def _prepare(self, login: SmtpLogin, raw: bytes, rcpt_to: list[str]) -> Prepared:
         with self.c.read_engine.connect() as conn:
-            return self.listener.submission.prepare(conn, login, raw, rcpt_to)
+            return self.submission.prepare(conn, login, raw, rcpt_to)
 
 
 def _db_reason(exc: BaseException) -> str:
