@@ -154,9 +154,16 @@ def test_mailgate_smtp_runs_the_listener_alone_and_stops_on_sigterm(
         smtp_env = {**env, "MAILGATE_SMTP_LISTEN": "127.0.0.1:0"}
         with mailgate(tmp_path, smtp_env, "smtp", name="smtp") as listener:
             found = listener.wait_for(r"listening on 127\.0\.0\.1:(\d+)", "mailgate smtp")
-            [mid] = submit(int(found.group(1)), key, ["alone"])
+            port = int(found.group(1))
+            [mid] = submit(port, key, ["alone"])
+            # A client still connected when it stops is told so (421), then disconnected.
+            idle = smtplib.SMTP("127.0.0.1", port, timeout=30)
+            idle.ehlo("client.example")
             listener.proc.send_signal(signal.SIGTERM)
             assert listener.proc.wait(30) == 0, listener.text()
+            code, text = idle.getreply()
+            assert (code, text[:5]) == (421, b"4.3.2"), text
+            idle.close()
             assert "stopped after accepting 1 messages" in listener.text()
         r = http.get(f"/api/v1/tenants/home/messages/{mid}")
         assert r.status_code == 200, r.text
