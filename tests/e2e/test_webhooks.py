@@ -183,6 +183,10 @@ def test_message_events_signed_in_order_with_retries_for_24_hours(
         assert event.data["attempt"]["smtp_code"] == 250 and event.body["timestamp"]
         log = deliveries(r, hook)
         assert sorted(d["status_code"] for d in log) == [200, 200, 200, 500]
+        metrics = r.api.client.get("/metrics").text
+        assert 'mailgate_webhook_events{state="delivered"} 3.0' in metrics
+        assert 'mailgate_webhook_events{state="pending"} 0.0' in metrics
+        assert "mailgate_webhook_oldest_pending_seconds 0.0" in metrics
 
         # A receiver that is gone: retried with backoff, failed after 24 hours.
         receiver.stop()

@@ -19,8 +19,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.db.tables import Message
+from mailgate.adapters.db.tables import Message, WebhookEvent
 from mailgate.domain.clock import Clock
+from mailgate.domain.events import DeliveryState
 from mailgate.domain.messages import PENDING, Status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,6 +75,40 @@ class _QueueCollector:
             "How long the oldest ready message has waited for a worker",
             value=numbers["oldest_ready_s"],
         )
+        yield from webhook_gauges(self.sessions, self.clock())
+
+
+def webhook_gauges(sessions: sessionmaker[Session], now: datetime) -> Iterator[GaugeMetricFamily]:
+    """Webhook events by state, and how old the oldest one still waiting is (a receiver
+    that has been failing for hours shows here before its events are given up)."""
+    by_state = {s.value: 0 for s in DeliveryState}
+    with sessions() as db:
+        for state, count in db.execute(
+            select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)
+        ):
+            by_state[state] = count
+        oldest = db.scalar(
+            select(func.min(WebhookEvent.created_at)).where(
+                WebhookEvent.status == DeliveryState.PENDING.value
+            )
+        )
+    family = GaugeMetricFamily(
+        "mailgate_webhook_events",
+        "Webhook events by state (pending, delivered, failed; kept 7 days)",
+        labels=["state"],
+    )
+    for state, count in by_state.items():
+        family.add_metric([state], count)
+    yield family
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+
+        oldest = oldest.replace(tzinfo=UTC)
+    yield GaugeMetricFamily(
+        "mailgate_webhook_oldest_pending_seconds",
+        "Age of the oldest webhook event not delivered yet (0: none waits)",
+        value=max(0, int((now - oldest).total_seconds())) if oldest else 0,
+    )
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
