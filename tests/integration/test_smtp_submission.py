@@ -568,3 +568,23 @@ def test_the_usual_auth_only_reads(
         s.quit()
         with sub.rig.c.read_engine.connect() as conn:
             assert not sub.rig.c.identity.has_sign_in_failures(conn, "smtp:home", "127.0.0.1")
+
+
+def test_a_failed_tls_handshake_is_one_line_in_the_log(
+    tmp_path: Path,
+    sqlite_url: str,
+    smtp_servers: SmtpServers,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    with submission_rig(tmp_path, sqlite_url, smtp_servers, tls=True) as sub:
+        s = sub.client()
+        assert s.docmd("STARTTLS")[0] == 220
+        s.sock.sendall(b"this is not a TLS ClientHello\r\n" * 4)
+        wait_for(lambda: not sub.listener.connections)
+        s.close()
+        # The listener still works.
+        sub.signed_in().quit()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("SMTP client dropped" in r.getMessage() for r in caplog.records)

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any, AnyStr, cast
 from urllib.parse import urlsplit
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    TLSSetupException,
+)
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailgate.adapters.db.health import is_unavailable
@@ -395,6 +402,15 @@ class _Handler:
                 return self.submission.authenticate(db, tenant, api_key, client)
             finally:
                 db.commit()
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would log a traceback for every client whose TLS handshake fails (port
+        # scanners, wrong certificates) and answer the exception's text.
+        if isinstance(error, TLSSetupException | ConnectionError | ssl.SSLError):
+            log.info("SMTP client dropped: %s", error.__cause__ or error)
+            return "421 4.7.0 TLS negotiation failed"
+        log.error("SMTP session error", exc_info=error)
+        return replies.STORE_FAILED
 
     async def handle_EHLO(
         self,
