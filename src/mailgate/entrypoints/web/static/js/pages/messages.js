@@ -185,7 +185,9 @@ async function detail(id) {
         h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? [" ", badge("", "SMTP")] : null),
         m.send_at ? [h("dt", {}, "Send at"), h("dd", {}, fmtTime(m.send_at))] : null,
         h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)),
-        meta.length ? [h("dt", {}, "Metadata"), h("dd", {}, meta.map(([k, v]) => [badge("", `${k}: ${v}`), " "]))] : null)),
+        meta.length ? [h("dt", {}, "Metadata"), h("dd", { class: "metadata" }, meta.map(([k, v]) => [
+          // Each pair finds the messages that carry it too (?metadata.KEY=VALUE).
+          h("a", { href: tenantUrl("/ui/messages", ctx.tenant, { [`metadata.${k}`]: v }), title: `All messages with ${k} = ${v}` }, badge("", `${k}: ${v}`)), " "]))] : null)),
     h("section", { class: "panel", "aria-labelledby": "rcpt-h" }, h("h2", { id: "rcpt-h" }, "Recipients"),
       h("p", { class: "section-note" }, `Envelope sender (MAIL FROM): ${env.mail_from || "—"}`),
       h("div", { class: "table-wrap" }, h("table", { class: "cards recipients" },

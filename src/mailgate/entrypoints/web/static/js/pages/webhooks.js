@@ -66,6 +66,8 @@ async function main() {
       } catch (err) { toast(errorText(err), "bad"); }
       busy(test, false);
     });
+    const edit = h("button", { type: "button", class: "small", "aria-label": `Edit ${w.url}` }, "Edit");
+    edit.addEventListener("click", () => editDialog(w));
     const show = h("button", { type: "button", class: "small", dataset: { action: "deliveries" } }, "Deliveries");
     show.addEventListener("click", () => deliveries(w).catch((err) => toast(errorText(err), "bad")));
     const remove = h("button", { type: "button", class: "danger small", "aria-label": `Delete ${w.url}` }, "Delete");
@@ -81,7 +83,42 @@ async function main() {
       h("td", { "data-label": "Events" }, h("div", { class: "event-list" }, w.events.map((e) => h("span", { class: "badge event" }, e)))),
       h("td", { "data-label": "Enabled" }, h("label", { class: "check" }, enabled, w.enabled ? "on" : "paused")),
       h("td", { "data-label": "Waiting" }, waiting),
-      h("td", { class: "num", "data-label": "" }, h("div", { class: "actions" }, test, show, remove)));
+      h("td", { class: "num", "data-label": "" }, h("div", { class: "actions" }, test, show, edit, remove)));
+  }
+
+  // Change the URL or the events (the secret stays; delete and create again for a new one).
+  function editDialog(w) {
+    const u = h("input", { type: "url", value: w.url, autocomplete: "off" });
+    const checks = Object.entries(EVENTS).map(([value, label]) => h("label", { class: "check" }, h("input", { type: "checkbox", value, checked: w.events.includes(value) }), label));
+    const save = h("button", { type: "submit", class: "primary" }, "Save");
+    const cancel = h("button", { type: "button" }, "Cancel");
+    const body = h("form", { novalidate: true },
+      field("URL", u, { path: "url", wide: true }),
+      h("fieldset", { class: "field wide event-choice", dataset: { fieldPath: "events" } }, h("legend", {}, "Events"), h("div", { class: "event-grid" }, checks), h("p", { class: "field-error", dataset: { errorFor: "events" } })),
+      h("div", { class: "actions" }, cancel, save));
+    const dlg = h("dialog", { "aria-labelledby": "edit-hook-title", class: "wide-dialog" }, h("h2", { id: "edit-hook-title" }, "Edit webhook"), body);
+    document.body.append(dlg);
+    const close = () => { dlg.close(); dlg.remove(); };
+    cancel.addEventListener("click", close);
+    dlg.addEventListener("cancel", (e) => { e.preventDefault(); close(); });
+    body.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      clearErrors(body);
+      busy(save, true, "Saving…");
+      try {
+        const events = checks.map((c) => c.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
+        await patch(`${base}/${enc(w.id)}`, { url: u.value.trim(), events });
+        close();
+        toast("Webhook saved");
+        await load();
+      } catch (err) {
+        busy(save, false);
+        const rest = showErrors(body, err.errors);
+        if (rest.length || !err.errors.length) toast(errorText(err), "bad", 6000);
+      }
+    });
+    dlg.showModal();
+    u.focus();
   }
 
   async function deliveries(w, cursor = null, items = []) {
