@@ -34,6 +34,7 @@ from mailgate.config import Settings
 from mailgate.domain.errors import SecretKeyError
 from mailgate.entrypoints.cli import app as cli_app
 from mailgate.schemas.email_server import EmailServerIn
+from mailgate.schemas.webhook import WebhookIn
 
 MAILGATE = Path(sys.executable).with_name("mailgate")
 START_TIMEOUT_S = 60
@@ -387,12 +388,16 @@ def test_secrets_rotate_reencrypts_everything_with_the_first_key(tmp_path: Path)
             body["authentication"]["password"] = f"pw-rotate-{i}"
             rows.append(c.servers.create(db, home, EmailServerIn.model_validate(body)))
         c.servers.store_tokens(rows[0], {"access_token": "at-1", "refresh_token": "rt-1"})
+        hook, hook_secret = c.webhooks.create(
+            db, home.id, WebhookIn(url="https://example.com/hook")
+        )
+        hook_id = hook.id
     c.engine.dispose()
 
     env = clean_env(MAILGATE_DATABASE_URL=db_url, MAILGATE_SECRET_KEY=f"{new},{old}")
     run = mailgate(tmp_path, "secrets", "rotate", env=env)
     assert run.returncode == 0, run.stderr
-    assert "6 stored secrets" in run.stdout and "6 re-encrypted" in run.stdout
+    assert "7 stored secrets" in run.stdout and "7 re-encrypted" in run.stdout
     assert "pw-rotate" not in run.stdout + run.stderr
 
     # Only the new key is needed now; the old one alone no longer opens anything.
@@ -411,10 +416,12 @@ def test_secrets_rotate_reencrypts_everything_with_the_first_key(tmp_path: Path)
                 assert (
                     c.servers.tokens_of(c.servers.get(db, home.id, "s0"))["refresh_token"] == "rt-1"
                 )
+                # The webhook's signing secret too (README "Webhooks").
+                assert c.webhooks.secret_of(c.webhooks.get(db, home.id, hook_id)) == hook_secret
         c.engine.dispose()
 
     again = mailgate(tmp_path, "secrets", "rotate", env=env)
-    assert "0 re-encrypted, 6 already under the current key" in again.stdout
+    assert "0 re-encrypted, 7 already under the current key" in again.stdout
 
     # A secret under a key that is no longer configured is reported, not silently dropped.
     stranger = generate_key()
@@ -425,7 +432,7 @@ def test_secrets_rotate_reencrypts_everything_with_the_first_key(tmp_path: Path)
         env=clean_env(MAILGATE_DATABASE_URL=db_url, MAILGATE_SECRET_KEY=stranger),
     )
     assert unknown.returncode == 1
-    assert "6 secrets do not decrypt" in unknown.stderr
+    assert "7 secrets do not decrypt" in unknown.stderr
     assert "email_servers.secrets_enc of row 1" in unknown.stderr
 
 

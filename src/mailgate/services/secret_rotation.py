@@ -17,10 +17,11 @@ from typing import Any
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization
+from mailgate.adapters.db.tables import EmailServer, OAuth2Authorization, WebhookEndpoint
 from mailgate.domain.errors import SecretKeyError
 from mailgate.ports import SecretCipher
 from mailgate.services.email_servers import secret_context
+from mailgate.services.events.webhooks import secret_context as webhook_secret_context
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(
         OAuth2Authorization, "code_verifier_enc", lambda row: f"oauth2-state:{row.state_hash}"
     ),
+    EncryptedColumn(WebhookEndpoint, "secret_enc", lambda row: webhook_secret_context(row.id)),
 )
 
 
