@@ -207,6 +207,8 @@ def build(
             memory_cost=settings.password_hash_memory_kib,
         ),
         max_api_keys=settings.max_api_keys_per_tenant,
+        max_failures_per_address=settings.login_max_failures_per_address,
+        max_resets_per_address=settings.reset_max_per_address,
     )
     outbox = Outbox(
         servers,

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     """Failed logins per user and client address within ``login_window_s`` before 429."""
     login_window_s: int = Field(default=300, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    """Failed sign-ins from one client address, whatever the names, within
+    ``login_window_s`` before 429 (password spraying)."""
+    reset_max_per_address: int = Field(default=10, ge=1)
+    """Password reset requests from one client address within ``login_window_s``."""
     password_hash_time_cost: int = Field(default=3, ge=1, le=20)
     """Argon2id passes over memory (RFC 9106); raise it on fast machines."""
     password_hash_memory_kib: int = Field(default=64 * 1024, ge=64, le=4 * 1024 * 1024)

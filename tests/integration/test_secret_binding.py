@@ -43,6 +43,10 @@ def test_repointing_drops_the_password_unless_it_is_sent_again(
     with api.container.session() as db:
         row = db.scalar(select(EmailServer).where(EmailServer.name == "DEFAULT"))
         assert row is not None and api.container.servers.secrets_of(row).password is None
+    # The configuration stays editable; the password stays unset until it is entered.
+    r = api.request("PATCH", f"{BASE}/DEFAULT", admin, json={"helo_name": "x.example.com"})
+    assert r.status_code == 200, r.text
+    assert r.json()["authentication"]["password_set"] is False
 
     r = api.request(
         "PATCH",

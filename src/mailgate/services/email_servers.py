@@ -368,8 +368,9 @@ class EmailServers:
 
     def replace(self, db: Session, row: EmailServer, cfg: EmailServerIn) -> EmailServer:
         """Full replace (PUT). Omitted secrets keep their stored value."""
-        stored = self.readable_secrets(row) or ServerSecrets()  # unreadable: must be re-entered
-        self.check(cfg, stored)
+        readable = self.readable_secrets(row)
+        stored = readable or ServerSecrets()  # unreadable: must be re-entered
+        self.check(cfg, _for_validation(row, readable) if readable is not None else stored)
         self._check_remote_output(db, row.tenant_id, cfg)
         if row.tenant_id is not None and cfg.name != row.name:
             self._rename(db, row, cfg.name)
@@ -409,7 +410,9 @@ class EmailServers:
         merged = merge_patch(current, patch)
         if row.tenant_id is None:
             merged.pop("name", None)
-        cfg = self.parse(merged, self.readable_secrets(row) or ServerSecrets())
+        cfg = self.parse(
+            merged, _for_validation(row, self.readable_secrets(row) or ServerSecrets())
+        )
         if "is_default" not in patch:
             cfg.is_default = None
         return self.replace(db, row, cfg)
@@ -582,6 +585,22 @@ def kept_secrets(cfg: EmailServerIn, stored: ServerSecrets) -> dict[str, str]:
         if value:
             keep["client_key_pem"] = value
     return keep
+
+
+_DROPPED = "(dropped: enter it again)"
+
+
+def _for_validation(row: EmailServer, stored: ServerSecrets) -> ServerSecrets:
+    """The secrets an update is validated with. A password or client secret the
+    configuration's method needs but does not have was dropped when it was re-pointed (a
+    new configuration cannot be saved without it): the update may go on (the answer says
+    ``password_set: false``) and the stored value stays empty - this is never stored."""
+    method = (row.config.get("authentication") or {}).get("method")
+    return ServerSecrets(
+        password=stored.password or (_DROPPED if method == "password" else None),
+        client_secret=stored.client_secret or (_DROPPED if method == "oauth2" else None),
+        client_key_pem=stored.client_key_pem,
+    )
 
 
 def smtp_destination(config: dict[str, Any]) -> tuple[str, str, str, int]:

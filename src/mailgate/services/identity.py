@@ -121,8 +121,12 @@ class Identity:
         hasher: PasswordHasher = _DEFAULT_HASHER,
         *,
         max_api_keys: int = 100,
+        max_failures_per_address: int = 20,
+        max_resets_per_address: int = 10,
     ):
         self.max_api_keys = max_api_keys
+        self.max_failures_per_address = max_failures_per_address
+        self.max_resets_per_address = max_resets_per_address
         self.clock = clock
         self.hasher = hasher
         self.session_hours = session_hours
@@ -141,14 +145,14 @@ class Identity:
     def _throttle_key(self, username: str, client: str) -> str:
         return f"{username.lower()}|{client}"[:200]
 
-    def _check_throttle(self, db: Session, key: str) -> None:
+    def _check_throttle(self, db: Session, key: str, limit: int | None = None) -> None:
         row = db.get(LoginThrottle, key)
         if row is None:
             return
         elapsed = (self.clock() - row.window_start).total_seconds()
         if elapsed >= self.window_s:
             return
-        if row.failures >= self.max_failures:
+        if row.failures >= (limit or self.max_failures):
             raise Throttled(
                 "too many failed sign-ins; wait before trying again",
                 retry_after_s=max(1, int(self.window_s - elapsed)),
@@ -164,14 +168,26 @@ class Identity:
         else:
             row.failures += 1
 
+    @staticmethod
+    def _address_key(client: str, what: str = "sign-in") -> str:
+        # "|" is in no user or tenant name: no collision with the per-name keys.
+        return f"|{what}|{client}"[:200]
+
+    def _check_address(self, db: Session, client: str) -> None:
+        """Guesses from one client address across many names (password spraying)."""
+        self._check_throttle(db, self._address_key(client), self.max_failures_per_address)
+
     # The same throttle for other sign-ins (SMTP AUTH): ``name`` is what the client signs in as.
 
     def check_sign_in_throttle(self, db: Session, name: str, client: str) -> None:
-        """Raise ``Throttled`` while ``name`` from ``client`` has failed too often."""
+        """Raise ``Throttled`` while ``name`` from ``client``, or ``client`` with any name,
+        has failed too often."""
         self._check_throttle(db, self._throttle_key(name, client))
+        self._check_address(db, client)
 
     def record_sign_in_failure(self, db: Session, name: str, client: str) -> None:
         self._record_failure(db, self._throttle_key(name, client))
+        self._record_failure(db, self._address_key(client))
 
     def has_sign_in_failures(self, conn: Connection, name: str, client: str) -> bool:
         """Failures of ``name`` from ``client`` are on record (a read: a read-only
@@ -181,9 +197,17 @@ class Identity:
         return found.first() is not None
 
     def clear_sign_in_failures(self, db: Session, name: str, client: str) -> None:
+        # The address's count stays: one account that works must not reset a spraying budget.
         key = self._throttle_key(name, client)
         if db.get(LoginThrottle, key) is not None:  # no write when there is nothing to clear
             db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
+    def check_reset_request(self, db: Session, client: str) -> None:
+        """Count a password reset request from ``client``; ``Throttled`` beyond
+        ``max_resets_per_address`` in the window (the answer says nothing about accounts)."""
+        key = self._address_key(client, "reset")
+        self._check_throttle(db, key, self.max_resets_per_address)
+        self._record_failure(db, key)
 
     def login(
         self, db: Session, username: str, password: str, client: str
@@ -197,6 +221,7 @@ class Identity:
         """
         key = self._throttle_key(username, client)
         self._check_throttle(db, key)
+        self._check_address(db, client)
         user = db.scalar(select(User).where(User.username == username))
         db.commit()  # no transaction (no write lock) while hashing
         valid = verify_password(user, password, self.hasher)
@@ -205,10 +230,12 @@ class Identity:
             rehashed = hash_password(password, self.hasher)
         if not valid:
             self._record_failure(db, key)
+            self._record_failure(db, self._address_key(client))
             raise Unauthenticated("wrong user name or password")
         assert user is not None
         # Guesses that failed while this one was hashed count too.
         self._check_throttle(db, key)
+        self._check_address(db, client)
         db.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
         if rehashed is not None:
             user.password_hash = rehashed

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from mailgate.adapters.db.tables import SystemSetting
 from mailgate.bootstrap import Container
+from mailgate.domain.errors import Throttled
 from mailgate.entrypoints.api.audit_trail import audit
 from mailgate.entrypoints.api.deps import DB, AppContainer
 from mailgate.schemas.common import StrictModel
@@ -57,8 +58,14 @@ def _send(c: Container, user_id: int, token: str) -> None:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
 def request_reset(
-    body: ResetIn, background: BackgroundTasks, db: DB, c: AppContainer
+    body: ResetIn, request: Request, background: BackgroundTasks, db: DB, c: AppContainer
 ) -> ResetRequestedOut:
+    client = request.client.host if request.client else "unknown"
+    try:
+        c.identity.check_reset_request(db, client)
+    except Throttled:
+        db.commit()  # the count stays
+        raise
     found = svc.request_reset(db, c.clock, body.username)
     if found is not None:
         user, token = found
