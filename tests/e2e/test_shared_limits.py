@@ -185,3 +185,45 @@ def test_presets_come_from_one_place_and_apply_as_limits(
         )
         assert patched.status_code == 200, patched.text
         assert patched.json()["limits"]["recipients_per_day"] == 10_000
+
+
+def test_two_worker_processes_hold_one_max_connections(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    n = 12
+    server = smtp_servers.start()
+    server.delay_data_end(0.3, times=None)  # every session stays busy a while
+    c = build(make_settings(tmp_path, database_url, lease_s=5))
+    first_start(c, echo=lambda _m: None)
+    queue_messages(c, server, n, max_connections=2)
+    most = 0
+    sampling = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not sampling.is_set():
+            open_now = sum(
+                1
+                for p in list(server._protocols)
+                if p.transport is not None and not p.transport.is_closing()
+            )
+            most = max(most, open_now)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    # Four messages at a time each: both processes have mail for the configuration at once.
+    four = {"MAILGATE_WORKER_BATCH": "4"}
+    workers = [start_worker(c, tmp_path, f"w{i}", poll_s=0.2, extra_env=four) for i in range(2)]
+    try:
+        wait_until(lambda: server.count == n, 60, "every message")
+    finally:
+        codes = [stop(w) for w in workers]
+        sampling.set()
+        sampler.join()
+    assert codes == [0, 0]
+    # Per process, as before, the two would have held up to four connections (both claim
+    # mail for it: four messages each at a time). Which process sends is left to them.
+    assert most <= 2, most
+    print(f"\nmax_connections 2 across two processes: at most {most} open at once")
+    c.engine.dispose()

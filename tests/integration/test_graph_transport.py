@@ -9,7 +9,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,29 @@ def test_throttling_defers_for_retry_after_and_keeps_the_mailbox_quiet(
     third = submit(lite, subject="three")
     deliver(lite)
     assert message(lite, third)["status"] == "deferred"
+
+
+def test_a_429_pauses_the_whole_configuration_until_retry_after(
+    lite: Env, api_peers: ApiPeers
+) -> None:
+    # README "Provider limits, pauses and fairness": HTTP 429 is a throttling answer.
+    add_graph(lite, grant="client_credentials", limits={"max_connections": 1})
+    api_peers.graph.throttle_graph(1, 429, retry_after="45")
+    ids = [submit(lite, subject=f"m{i}") for i in range(3)]
+    deliver(lite)
+    r = lite.api.request("GET", f"{BASE}/GRAPH", lite.admin)
+    delivery = r.json()["delivery"]
+    assert delivery["state"] == "paused", delivery
+    until = datetime.fromisoformat(delivery["paused_until"].replace("Z", "+00:00"))
+    assert abs((until - lite.clock()).total_seconds() - 45) < 3  # the clock ticks here
+    assert "throttling" in delivery["reason"] and "429" in delivery["last_reply"]
+    assert {message(lite, mid)["status"] for mid in ids} == {"deferred"}
+    assert len([q for q in api_peers.graph.requests if q[1].endswith("/sendMail")]) == 1
+    lite.clock.offset += timedelta(seconds=46)
+    deliver(lite)  # one probe goes through, the pause ends, the rest follows
+    assert {message(lite, mid)["status"] for mid in ids} == {"sent"}
+    r = lite.api.request("GET", f"{BASE}/GRAPH", lite.admin)
+    assert r.json()["delivery"]["state"] == "active"
 
 
 def test_401_refreshes_once_then_needs_reauthorization(lite: Env, api_peers: ApiPeers) -> None:

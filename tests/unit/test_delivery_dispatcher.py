@@ -84,8 +84,10 @@ class MemoryQueue:
     def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:
         return None
 
+    paused: list[int] = field(default_factory=list)
+
     def paused_servers(self) -> list[int]:
-        return []
+        return list(self.paused)
 
     def outcome_of(self, mid: str) -> AttemptResult:
         return next(r for m, r in self.recorded if m.id == mid)
@@ -438,3 +440,27 @@ def test_a_hanging_lane_does_not_stop_the_worker_claiming_for_others() -> None:
 
     r = asyncio.run(scenario())
     assert [s.message for s in r.transport.sent if s.server == "S2"] == ["2-0", "2-1"]
+
+
+def test_a_pause_another_process_began_stops_the_lane_within_a_second() -> None:
+    async def scenario() -> Rig:
+        r = rig(messages(1, 5), {1: Target(config(1, {"max_connections": 1}))})
+        r.transport.block["1-0"] = asyncio.Event()  # the first send is under way
+        stop, wake = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(r.service.run(stop, wake))
+        await asyncio.sleep(0.05)
+        r.queue.paused = [1]  # another process recorded a quota answer
+        for _ in range(300):
+            if r.queue.postponed:
+                break
+            await asyncio.sleep(0.01)
+        r.transport.block["1-0"].set()
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return r
+
+    r = asyncio.run(scenario())
+    assert [s.message for s in r.transport.sent] == ["1-0"]
+    assert [m.id for m, _w, _r in r.queue.postponed] == ["1-1", "1-2", "1-3", "1-4"]
+    assert all(reason and reason.startswith("paused: ") for *_x, reason in r.queue.postponed)
