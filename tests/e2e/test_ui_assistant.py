@@ -106,6 +106,10 @@ def test_transport_choice_hides_smtp_fields_and_sends_through_graph(
         steps.get_by_role("button", name="Copy: Mail.Send").click()
         assert page.evaluate("navigator.clipboard.readText()") == "Mail.Send"
         shot(page, "20-transport-graph-delegated", full_page=True)
+        page.locator("section", has=page.get_by_role("heading", name="Authentication")).evaluate(
+            "e => e.scrollIntoView({block: 'start'})"
+        )
+        shot(page, "20b-assistant-graph-delegated")
 
         # App-only: no redirect URI anywhere, application permission, RBAC for Applications.
         control(page, "Grant").select_option("client_credentials")

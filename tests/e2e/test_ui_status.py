@@ -177,7 +177,7 @@ def test_message_detail_attachments_headers_priority_and_recipients(
     page.goto(f"/ui/messages/{mid}?tenant=detail")
     page.wait_for_selector("main[data-ready='1']")
     expect(page.locator(".message-facts")).to_contain_text("high")
-    expect(page.locator(".message-facts")).to_contain_text("order: 77")
+    expect(page.locator(".message-facts dd.metadata")).to_contain_text("order: 77")
     rows = page.locator("table.recipients tbody tr")
     expect(rows).to_have_count(3)
     gone = page.locator("tr[data-rcpt='gone@example.org']")

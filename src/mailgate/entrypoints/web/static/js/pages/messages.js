@@ -182,7 +182,7 @@ async function detail(id) {
         h("dt", {}, "Server"), h("dd", {}, m.server || "—"),
         h("dt", {}, "Priority"), h("dd", {}, badge(m.priority === "high" ? "bad" : m.priority === "low" ? "" : "queued", m.priority || "normal")),
         h("dt", {}, "Size"), h("dd", {}, m.size_bytes != null ? `${Number(m.size_bytes).toLocaleString()} bytes` : "—"),
-        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? [" ", badge("", "SMTP")] : null),
+        h("dt", {}, "Created"), h("dd", {}, fmtTime(m.created_at), m.created_by ? ` by ${m.created_by}` : "", m.source === "smtp" ? " over SMTP" : ""),
         m.send_at ? [h("dt", {}, "Send at"), h("dd", {}, fmtTime(m.send_at))] : null,
         h("dt", {}, "Next attempt"), h("dd", {}, fmtTime(m.next_attempt_at)),
         meta.length ? [h("dt", {}, "Metadata"), h("dd", { class: "metadata" }, meta.map(([k, v]) => [

@@ -30,6 +30,7 @@ export class OAuth2Panel {
     this.mailboxField = form.text("Mailbox", A + "username", { placeholder: "sender@contoso.com", help: "The mailbox that sends." });
     this.el = h("div", { class: "oauth2-panel" },
       this.guide,
+      this.redirectBox,
       h("div", { class: "grid" },
         this.providerField,
         this.grantField,
@@ -37,7 +38,6 @@ export class OAuth2Panel {
         this.msTenantField,
         form.text("Client (application) ID", A + "client_id"),
         form.secret("Client secret", A + "client_secret", A + "client_secret_set"),
-        this.redirectBox,
         this.customFields,
         this.redirectOverride),
       this.status = h("div", { class: "oauth-status" }));
