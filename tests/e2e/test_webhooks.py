@@ -383,3 +383,31 @@ def test_concurrent_dispatchers_deliver_each_event_once_in_order_per_message(
         assert len({g.webhook_id for g in got}) == 2 * n  # none twice
         for mid in ids:
             assert [g.type for g in got if g.data["id"] == mid] == ["message.held", "message.sent"]
+
+
+def test_a_failing_endpoint_gets_one_slot_until_it_answers_again(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers, receiver: WebhookReceiver
+) -> None:
+    """Four POSTs at a time to a healthy endpoint; one at a time after a failure, so a dead
+    or slow receiver holds one slot of the process, not four; a 2xx gives it four again."""
+    server = smtp_servers.start()
+    with rig(tmp_path, sqlite_url, webhook_allow_private=True) as r:
+        r.add_server(server.config())
+        receiver.secret = create_hook(r, receiver.url, events=["message.sent"])["secret"]
+        for i in range(12):
+            r.send(to=["x@example.org"], text=str(i))
+        assert r.run_once() == 12
+        dispatcher = r.c.webhook_dispatcher("d")
+        first = dispatcher.claim()
+        assert len(first) == 4  # per endpoint
+        receiver.fail(1, status=500)
+        asyncio.run(dispatcher.deliver(first[0]))
+        r.clock.advance(minutes=2)  # past the lease of the other three
+        (only,) = dispatcher.claim()  # failing: one slot
+        asyncio.run(dispatcher.deliver(only))  # answered 200
+        assert len(dispatcher.claim()) == 4  # healthy again
+        r.clock.advance(minutes=2)
+        asyncio.run(dispatcher.run_once())
+        listed = r.api.request("GET", "/api/v1/tenants/home/messages", r.admin).json()["items"]
+        assert len(listed) == 12
+        assert {g.data["id"] for g in receiver.received} == {m["id"] for m in listed}

@@ -9,8 +9,9 @@ an event twice, with the same ``webhook-id``).
 
 - Order: an event about a message is not claimed while an earlier event about the same
   message waits for the same endpoint.
-- Isolation: at most ``per_endpoint`` POSTs to one endpoint at a time (a slow receiver ties
-  up only its own slots, never the others' nor the delivery workers'); every POST has a
+- Isolation: at most ``per_endpoint`` POSTs to one endpoint at a time, and only one while
+  its last answer was a failure (for ``failing_for``): a slow or dead receiver ties up one
+  slot of ``max_in_flight``, never the others' nor the delivery workers'; every POST has a
   total deadline (``WebhookSender``); the database is touched only before and after the
   POST, never during it, in short transactions of their own (in a thread: no I/O of the
   event loop waits for the database).
@@ -85,7 +86,8 @@ class WebhookDispatcher:
         lease: timedelta = timedelta(seconds=60),
         batch: int = 100,
         per_endpoint: int = 4,
-        max_in_flight: int = 64,
+        max_in_flight: int = 256,
+        failing_for: float = 60.0,
         poll_s: float = 1.0,
         keep: timedelta = timedelta(days=7),
     ) -> None:
@@ -98,6 +100,9 @@ class WebhookDispatcher:
         self.batch = batch
         self.per_endpoint = per_endpoint
         self.max_in_flight = max_in_flight
+        self.failing_for = failing_for
+        self._failing: dict[str, float] = {}
+        """Endpoints whose last attempt failed, and until when (monotonic) they get one slot."""
         self.poll_s = poll_s
         self.keep = keep
         self.delivered = 0
@@ -105,6 +110,16 @@ class WebhookDispatcher:
         self._pruned_at = 0.0
 
     # ---- the database, before and after a POST (short transactions, in a thread) ----------
+
+    def _slots(self, endpoint_id: str) -> int:
+        """How many POSTs to ``endpoint_id`` may be in flight: one while it is failing."""
+        until = self._failing.get(endpoint_id)
+        if until is None:
+            return self.per_endpoint
+        if until < time.monotonic():
+            del self._failing[endpoint_id]
+            return self.per_endpoint
+        return 1
 
     def claim(self, busy: Mapping[str, int] | None = None, limit: int | None = None) -> list[Job]:
         """Take due rows: at most ``per_endpoint`` in flight per endpoint (``busy`` counts
@@ -137,7 +152,7 @@ class WebhookDispatcher:
         with self.sessions.begin() as db:
             taken: list[int] = []
             for row_id, endpoint_id in db.execute(candidates).all():
-                if busy.get(endpoint_id, 0) >= self.per_endpoint:
+                if busy.get(endpoint_id, 0) >= self._slots(endpoint_id):
                     continue
                 busy[endpoint_id] = busy.get(endpoint_id, 0) + 1
                 taken.append(row_id)
@@ -295,8 +310,10 @@ class WebhookDispatcher:
         status = await asyncio.to_thread(self.finish, job, response, holder)
         if response.delivered:
             self.delivered += 1
+            self._failing.pop(job.endpoint_id, None)
         else:
             self.failed_attempts += 1
+            self._failing[job.endpoint_id] = time.monotonic() + self.failing_for
             log.info(
                 "webhook %s: %s %s not delivered (%s); now %s",
                 job.endpoint_id,
