@@ -5,17 +5,20 @@ PostgreSQL, on the rig's hand-driven clock."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from tests.conftest import make_settings
 from tests.e2e.outbox_helpers import Rig, rig
 from tests.e2e.test_event_outbox import add_endpoint, events_of
+from tests.e2e.test_worker_processes import queue_messages, start_worker, stop, wait_until
 from tests.smtp_fixtures import SmtpServer, SmtpServers
 
 from mailgate.adapters.db.tables import EmailServer, Message, ServerDelivery
-from mailgate.bootstrap import build
+from mailgate.bootstrap import build, first_start
 from mailgate.entrypoints.worker import Worker
 from mailgate.services.oauth2.alerts import OAuth2Alerts
 
@@ -205,3 +208,50 @@ def test_the_pause_shows_on_the_server_tells_the_admins_and_resume_ends_it(
         assert _statuses(r, ids) == {"sent": 4}
         again = r.api.request("POST", "/api/v1/tenants/home/email-servers/DEFAULT/resume", r.admin)
         assert again.status_code == 200 and again.json()["delivery"]["state"] == "active"
+
+
+def test_a_pause_survives_killing_the_worker_process(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    """Real ``mailgate worker`` processes, real time: the quota pause (3 s here) is in the
+    database; a worker killed with SIGKILL during it and a new one started hold it, and the
+    new one sends exactly one probe when it ends."""
+    server = smtp_servers.start()
+    server.fail("DATA_END", QUOTA, times=None)
+    c = build(make_settings(tmp_path, database_url, lease_s=5))
+    first_start(c, echo=lambda _m: None)
+    queue_messages(c, server, 6, max_connections=1)
+    pause = {"MAILGATE_PAUSE_QUOTA_S": "5"}
+    first = start_worker(c, tmp_path, "first", poll_s=0.2, extra_env=pause)
+    try:
+        wait_until(lambda: _mails(server) >= 1, 30, "the first attempt")
+        wait_until(lambda: _paused(c), 10, "the pause")
+    finally:
+        first.kill()
+        first.wait()
+    tried = _mails(server)
+    second = start_worker(c, tmp_path, "second", poll_s=0.2, extra_env=pause)
+    try:
+        with c.sessions() as db:
+            until = db.scalar(select(ServerDelivery.paused_until))
+        assert until is not None
+        # Until the pause ends the new process tries nothing (however long it took to start).
+        while datetime.now(UTC) < until - timedelta(seconds=0.3):
+            assert _mails(server) == tried
+            time.sleep(0.05)
+        wait_until(lambda: _mails(server) == tried + 1, 15, "one probe after the pause")
+        time.sleep(1.0)  # the probe got the quota answer again: no second one
+        assert _mails(server) == tried + 1
+        server.faults.clear()
+        wait_until(lambda: server.count == 6, 30, "everything once the quota is back")
+    finally:
+        assert stop(second) == 0
+    with c.sessions() as db:
+        statuses = set(db.scalars(select(Message.status)))
+    assert statuses == {"sent"}
+    c.engine.dispose()
+
+
+def _paused(c: Any) -> bool:
+    with c.sessions() as db:
+        return bool(db.scalar(select(ServerDelivery.paused_until)))
