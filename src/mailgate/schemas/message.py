@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     Field,
     StringConstraints,
     field_validator,
@@ -25,8 +26,20 @@ from mailgate.schemas.common import (
     check_no_crlf,
 )
 
+
+def _no_nul(value: str) -> str:
+    # RFC 5322 2.3 / RFC 2045 2.7: no NUL in text; SMTP servers refuse or mangle it.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (send binary data as an attachment)")
+    return value
+
+
 # Bodies keep their whitespace (the model strips strings by default).
-Body = Annotated[str, StringConstraints(strip_whitespace=False, max_length=25 * 1024 * 1024)]
+Body = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False, max_length=25 * 1024 * 1024),
+    AfterValidator(_no_nul),
+]
 MimeType = Annotated[
     str,
     StringConstraints(

@@ -180,6 +180,42 @@ def build_mime(
     return BuiltMessage(raw, mail_from, rcpts, subject, str(msg["Message-ID"] or "") or None)
 
 
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+_OBS_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _raw_problems(raw: bytes) -> list[FieldError]:
+    """What no SMTP server may be sent: NUL bytes, lines over 998 octets (RFC 5322 2.1.1;
+    servers cut or refuse them, which breaks signatures and, cut in a header, can make a
+    header of the rest)."""
+    errors = []
+    if b"\x00" in raw:
+        errors.append(
+            FieldError("body", "the message contains NUL bytes: encode binary parts (base64)")
+        )
+    if (long := _LONG_LINE.search(raw)) is not None:
+        line = raw.count(b"\n", 0, long.start()) + 1
+        errors.append(
+            FieldError(
+                "body",
+                f"line {line} is longer than 998 octets (RFC 5322 2.1.1): fold the header or "
+                "encode the part (quoted-printable or base64)",
+            )
+        )
+    return errors
+
+
+def _normalize_names(raw: bytes) -> bytes:
+    """``Bcc :`` (obsolete syntax, RFC 5322 4.5.3: white space before the colon) is the Bcc
+    header. Python's parser would end the header section at such a line and deliver it (and
+    every header after it) as body text - a Bcc shown to every recipient: strip the space."""
+    end = _HEADER_END.search(raw)
+    head = raw[: end.start()] if end else raw
+    fixed = _OBS_NAME.sub(rb"\1:", head)
+    return raw if fixed == head else fixed + raw[len(head) :]
+
+
 def prepare_raw(
     raw: bytes,
     defaults: MessageDefaults,
@@ -192,6 +228,10 @@ def prepare_raw(
     ``rcpt_to`` (the SMTP envelope's recipients, already normalized) replaces the
     recipients of the headers, which are then not read: ``To: undisclosed-recipients:;`` is
     a valid header of a message sent to Bcc recipients only."""
+    problems = _raw_problems(raw)
+    if problems:
+        raise ValidationFailed(problems)
+    raw = _normalize_names(raw)
     msg = BytesParser(policy=email_policy.default).parsebytes(raw)
     errors: list[FieldError] = []
     senders = getaddresses([str(v) for v in msg.get_all("From", [])])

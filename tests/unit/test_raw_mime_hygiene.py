@@ -1,0 +1,45 @@
+"""Complete MIME messages that no SMTP server may be sent are refused, and ``Bcc :`` is Bcc
+(issue 13, point 8)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from mailgate.domain.errors import ValidationFailed
+from mailgate.schemas.email_server import MessageDefaults
+from mailgate.schemas.message import MessageIn
+from mailgate.services.outbox.mime import prepare_raw
+
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+HEAD = b"From: a@example.com\r\nTo: t@example.net\r\nSubject: s\r\n\r\n"
+
+
+def test_nul_bytes_are_refused() -> None:
+    with pytest.raises(ValidationFailed, match="NUL"):
+        prepare_raw(HEAD + b"binary \x00 data\r\n", MessageDefaults(), NOW)
+    with pytest.raises(ValidationError) as caught:
+        MessageIn.model_validate({"to": ["t@example.net"], "text": "a\x00b"})
+    assert caught.value.errors()[0]["loc"] == ("text",)
+
+
+def test_lines_over_998_octets_are_refused_naming_the_line() -> None:
+    assert prepare_raw(HEAD + b"x" * 998 + b"\r\n", MessageDefaults(), NOW)
+    with pytest.raises(ValidationFailed, match="line 5 is longer than 998 octets"):
+        prepare_raw(HEAD + b"x" * 999 + b"\r\n", MessageDefaults(), NOW)
+    with pytest.raises(ValidationFailed, match="line 1 is longer"):
+        prepare_raw(b"X-Long: " + b"y" * 1000 + b"\r\n" + HEAD, MessageDefaults(), NOW)
+
+
+@pytest.mark.parametrize("name", [b"Bcc :", b"Bcc\t:", b"BCC  :"])
+def test_bcc_with_space_before_the_colon_is_bcc(name: bytes) -> None:
+    raw = (
+        b"From: a@example.com\r\nTo: t@example.net\r\n" + name + b" hidden@example.net\r\n"
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+    built = prepare_raw(raw, MessageDefaults(), NOW)
+    assert built.rcpt_to == ["t@example.net", "hidden@example.net"]
+    assert b"hidden" not in built.raw and b"Subject: s" in built.raw
+    assert built.raw.endswith(b"\r\n\r\nbody\r\n")
