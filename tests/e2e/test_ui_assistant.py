@@ -315,3 +315,42 @@ def test_oauth2_callback_failure_is_a_page_with_the_way_back(
         r = api.get("/settings/oauth2code", params={"state": "made-up", "code": "x"})
         assert r.status_code == 400
         assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_saving_in_the_form_keeps_endpoint_overrides_made_through_the_api(
+    page: Any, mailgate: Mailgate
+) -> None:
+    make_tenant(mailgate, "overrides")
+    base = "/api/v1/tenants/overrides/email-servers"
+    auth = {
+        "method": "oauth2",
+        "provider": "microsoft",
+        "grant": "client_credentials",
+        "username": MAILBOX,
+        "directory_tenant_id": "contoso",
+        "client_id": "app",
+        "client_secret": "secret",
+        "token_url": "https://login.example.com/token",
+        "scope": "https://outlook.office365.com/.default",
+    }
+    with mailgate.api(mailgate.token()) as api:
+        body = {"name": "DEFAULT", "host": "smtp.office365.com", "authentication": auth}
+        assert api.post(base, json=body).status_code == 201
+    sign_in(page)
+    page.goto("/ui/email-servers/DEFAULT?tenant=overrides")
+    page.wait_for_selector("main[data-ready='1']")
+    control(page, "Subject").fill("kept")
+    page.locator("#save").click()
+    expect(page.locator(".toast").last).to_contain_text("Saved DEFAULT")
+    with mailgate.api(mailgate.token()) as api:
+        saved = api.get(f"{base}/DEFAULT").json()["authentication"]
+    assert saved["token_url"] == "https://login.example.com/token"
+    assert saved["scope"] == "https://outlook.office365.com/.default"
+    # Switching to another provider drops what belonged to the old one.
+    control(page, "Provider").select_option("google")
+    expect(control(page, "Host")).to_have_value("smtp.gmail.com")  # the preset follows
+    page.locator("#save").click()
+    expect(page.locator(".toast").last).to_contain_text("Saved DEFAULT")
+    with mailgate.api(mailgate.token()) as api:
+        saved = api.get(f"{base}/DEFAULT").json()["authentication"]
+    assert saved["provider"] == "google" and saved["token_url"] is None and saved["scope"] is None

@@ -103,7 +103,13 @@ export class OAuth2Panel {
     const pick = (...keys) => Object.fromEntries(keys.map((k) => [k, a[k] ?? null]));
     const auth = { method: "oauth2", ...pick("provider", "grant", "username", "client_id", "redirect_uri", "scope", "authorize_url", "token_url") };
     if (a.provider === "microsoft") auth.directory_tenant_id = a.directory_tenant_id ?? null;
-    if (a.provider !== "custom") { auth.authorize_url = null; auth.token_url = null; auth.scope = a.provider ? a.scope ?? null : null; }
+    // Endpoint and scope overrides are only edited for a custom provider; for the others,
+    // keep those saved with the same provider (set through the API) and drop a custom one's.
+    if (a.provider !== "custom" && this.form.o.value.authentication?.provider !== a.provider) {
+      auth.authorize_url = null;
+      auth.token_url = null;
+      auth.scope = null;
+    }
     if (a.grant === "client_credentials") auth.redirect_uri = null;
     if (!auth.provider) auth.provider = null;
     if (!auth.grant) auth.grant = null;
