@@ -142,9 +142,9 @@ async def remote_connect(ws: WebSocket) -> None:
     await ws.accept()
     heartbeat_s = c.settings.remote_heartbeat_s
     try:
-        first = await asyncio.wait_for(ws.receive_text(), heartbeat_s * 3)
+        first = await _receive_text(ws, heartbeat_s * 3)
         hello = Hello.model_validate_json(first)
-    except (TimeoutError, ValidationError, WebSocketDisconnect):
+    except (TimeoutError, ValidationError, WebSocketDisconnect, _Malformed, RuntimeError):
         await _close_quietly(ws, 1002, "expected a hello frame")
         return
     address = ws.client.host if ws.client else None
@@ -185,18 +185,25 @@ async def remote_connect(ws: WebSocket) -> None:
 async def _serve(ws: WebSocket, c: Container, conn: AgentConnection, heartbeat_s: float) -> None:
     while not conn.closed:
         try:
-            text = await asyncio.wait_for(ws.receive_text(), heartbeat_s * 3)
+            text = await _receive_text(ws, heartbeat_s * 3)
         except TimeoutError:
             log.warning("remote client %s missed its heartbeats; closing", conn.agent.name)
             await _close_quietly(ws, CLOSE_HEARTBEAT_MISSED, "no heartbeat")
             return
         except (WebSocketDisconnect, RuntimeError):
             return
+        except _Malformed as exc:
+            log.warning("remote client %s: %s; closing", conn.agent.name, exc)
+            await _close_quietly(ws, 1003, str(exc))
+            return
         try:
             frame = json.loads(text)
-            kind = frame.get("type") if isinstance(frame, dict) else None
-        except ValueError:
-            kind = None
+        except (ValueError, RecursionError):
+            # Not JSON, or nested deeper than a parser goes: not an agent of ours.
+            log.warning("remote client %s sent a malformed frame; closing", conn.agent.name)
+            await _close_quietly(ws, 1007, "malformed frame")
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "heartbeat":
             # Another process may have deleted the client or switched remote clients off.
             valid = await run_in_threadpool(_touch, c, conn.agent, heartbeat_s)
@@ -241,6 +248,22 @@ def _wake(c: Container, agent: AgentIdentity) -> int:
 def _mark_disconnected(c: Container, agent: AgentIdentity) -> None:
     with c.session() as db:
         c.remote_clients.mark_disconnected(db, agent)
+
+
+class _Malformed(Exception):
+    """A frame that is no part of the protocol (binary)."""
+
+
+async def _receive_text(ws: WebSocket, timeout_s: float) -> str:
+    """The next text frame; ``_Malformed`` for a binary one (Starlette's ``receive_text``
+    raised a ``KeyError`` for those: a traceback per frame)."""
+    message = await asyncio.wait_for(ws.receive(), timeout_s)
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise _Malformed("binary frames are not part of the protocol")
+    return text
 
 
 async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:
