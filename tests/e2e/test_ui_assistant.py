@@ -226,6 +226,18 @@ def test_oauth2_assistant_for_smtp_prefills_and_checks(page: Any, mailgate: Mail
     )
     expect(steps.locator("code")).to_contain_text(["SMTP.Send", "offline_access"])
 
+    # App-only SMTP: the app's Exchange registration too; long lines stay inside on a phone.
+    control(page, "Grant").select_option("client_credentials")
+    expect(steps.locator("code", has_text="Add-MailboxPermission")).to_contain_text(MAILBOX)
+    expect(steps.locator("code")).to_contain_text(["SMTP.SendAsApp"])
+    page.set_viewport_size({"width": 390, "height": 844})
+    steps.scroll_into_view_if_needed()
+    shot(page, "22b-assistant-smtp-app-only-390")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert steps.evaluate("e => e.scrollWidth <= e.clientWidth")
+    page.set_viewport_size({"width": 1366, "height": 900})
+    control(page, "Grant").select_option("authorization_code")
+
     # Another redirect URI: the box and the steps show the one to register.
     page.get_by_text("Use another redirect URI").click()
     control(page, "Redirect URI").fill("https://mail.example.com/settings/oauth2code")
