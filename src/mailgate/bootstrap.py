@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.adapters.db import notify
 from mailgate.adapters.db.batch_writer import BatchWriter
 from mailgate.adapters.db.engine import (
+    durable,
     make_engine,
     make_session_factory,
     read_only,
@@ -106,6 +107,9 @@ class Container:
     """POSTs signed events (the outbound address policy of webhooks at connect time)."""
     write_health: WriteHealth
     """The last commit's outcome and age in this process (/healthz, the 503 answers)."""
+    durable_sessions: sessionmaker[Session]
+    """Sessions whose commits survive a power loss on SQLite (submissions with an
+    idempotency key; the group commit has its own connection)."""
 
     def webhook_dispatcher(self, worker_id: str) -> WebhookDispatcher:
         """A dispatcher of the event outbox for this process (``mailgate worker``)."""
@@ -128,9 +132,10 @@ class Container:
         return OAuth2TokenProvider(self.oauth2.tokens, server.id, alerts=self.oauth2.alerts)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: commit on success, roll back on any error."""
-        with self.sessions() as db:
+    def session(self, *, durable: bool = False) -> Iterator[Session]:
+        """A unit of work: commit on success, roll back on any error. ``durable``: the
+        commit survives a power loss on SQLite too (``adapters.db.engine.durable``)."""
+        with (self.durable_sessions if durable else self.sessions)() as db:
             try:
                 yield db
                 db.commit()
@@ -147,8 +152,12 @@ def build(
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_spec = settings.secret_key or load_or_create_key_file(settings.key_file)
     engine = make_engine(settings.effective_database_url)
+    # The submissions' commits (the 202, the SMTP 250) survive a power loss on SQLite too,
+    # unless the operator traded that for speed (README "What a 202 guarantees").
+    submit_engine = durable(engine) if settings.sqlite_synchronous == "full" else engine
     box = SecretBox.from_spec(key_spec)
     sessions = make_session_factory(engine)
+    durable_sessions = make_session_factory(submit_engine)
     read_engine = read_only(engine)
     outbound_policy = OutboundPolicySource(read_engine, settings.outbound_deny_networks)
     servers = EmailServers(
@@ -234,10 +243,18 @@ def build(
         prober=transports,
         hub=hub,
         read_engine=read_engine,
-        submissions=BatchWriter(engine, store_many, wakeup.notify, linger_s=0.001),
+        submissions=BatchWriter(
+            submit_engine,
+            store_many,
+            wakeup.notify,
+            linger_s=0.001,
+            # An fsync per commit (synchronous=FULL) must not hold up the event loop.
+            on_loop=settings.sqlite_synchronous == "normal",
+        ),
         smtp_submission=SmtpSubmission(identity, servers, outbox.submitter, clock),
         system_mailer=system_mailer,
         write_health=write_health,
+        durable_sessions=durable_sessions,
         installation=Installation(
             engine,
             sessions,

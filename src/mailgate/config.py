@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     """Temporary failures are retried until the message is this old, then it fails."""
     lease_s: int = Field(default=120, ge=5)
     """How long a worker owns a claimed message before another may take it."""
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    """SQLite's ``synchronous`` in WAL mode: ``full`` fsyncs every commit (a ``202`` survives
+    a power loss); ``normal`` only at checkpoints (survives a crash of the process, not of
+    the machine)."""
+    worker_dead_after_s: float = Field(default=15.0, ge=1)
+    """A worker whose heartbeat (every fifth of this) stopped this long ago is dead: another
+    worker takes over its messages at once instead of waiting for their leases."""
     retry_base_s: float = Field(default=60, gt=0)
     """First retry delay; it doubles with each attempt (with jitter) up to ``retry_cap_s``."""
     retry_cap_s: float = Field(default=3600, gt=0)

@@ -16,10 +16,10 @@ pydantic model, and ``domain/`` stays standard-library only).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from mailgate.domain.delivery import Claimed, Journaled, Recorded, SendSlot
+from mailgate.domain.delivery import Claimed, Heartbeat, Journaled, Recorded, SendSlot
 from mailgate.domain.events import WebhookResponse
 from mailgate.domain.messages import AttemptResult, Status
 from mailgate.domain.oauth2 import TokenSet
@@ -201,6 +201,12 @@ class DeliveryQueue(Protocol):
     ) -> None: ...
 
     def extend(self, worker_id: str, ids: Sequence[str]) -> None: ...
+
+    def heartbeat(self, worker_id: str, dead_after: timedelta) -> Heartbeat:
+        """Say this worker is alive; take over the messages of workers that are not."""
+        ...
+
+    def leave(self, worker_id: str) -> None: ...
 
     def paused_servers(self) -> list[int]:
         """Configurations paused right now (by any process) after a quota or throttling

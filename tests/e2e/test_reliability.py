@@ -3,6 +3,7 @@ API, the outbox and the worker into real aiosmtpd servers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tests.e2e.test_worker_processes import (
 )
 from tests.smtp_fixtures import SmtpServers
 
-from mailgate.adapters.db.tables import MessageAttempt, MessageContent
+from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, Process
 from mailgate.bootstrap import build, first_start
 
 
@@ -142,3 +143,78 @@ def test_sigkill_mid_delivery_every_repeat_is_flagged(
     assert len(repeated) <= sessions
     assert len(flagged) <= sessions
     c.engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_dead_workers_messages_are_taken_over_within_seconds_not_after_the_lease(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    """Leases of 120 s, heartbeats: a worker killed with SIGKILL is found dead by the one
+    still running after MAILGATE_WORKER_DEAD_AFTER_S (3 s here), which takes over its
+    messages at once; nothing waits for the lease."""
+    n = 300
+    server = smtp_servers.start()
+    c = build(make_settings(tmp_path, database_url, lease_s=120))
+    first_start(c, echo=lambda _m: None)
+    queue_messages(c, server, n, max_connections=2)
+    env = {
+        "MAILGATE_LEASE_S": "120",
+        "MAILGATE_WORKER_DEAD_AFTER_S": "3",
+        "MAILGATE_POSSIBLY_DELIVERED_RETRY_S": "1",
+    }
+    first = start_worker(c, tmp_path, "first", extra_env=env)
+    try:
+        wait_until(lambda: server.count >= 20, 60, "the first worker to deliver")
+        second = start_worker(c, tmp_path, "second", extra_env=env)
+    finally:
+        first.kill()
+        first.wait()
+    killed_at = time.monotonic()
+    try:
+        wait_until(lambda: sent_count(c) == n, 60, "every message to be sent")
+        recovered_s = time.monotonic() - killed_at
+    finally:
+        assert stop(second) == 0
+    print(f"\ntakeover: all {n} sent {recovered_s:.1f} s after the kill (lease 120 s)")
+    assert recovered_s < 60
+    assert set(received_seqs(server)) == {str(i) for i in range(n)}
+    with c.sessions() as db:
+        alive = list(db.scalars(select(Process.id)))
+    assert alive == []  # the dead one was forgotten, the stopped one unregistered
+    c.engine.dispose()
+
+
+@pytest.mark.slow
+def test_claimed_messages_not_yet_started_can_be_held_and_cancelled(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """A worker claims no more than its sessions can start soon, and of what it claimed,
+    what has not started can still be held or cancelled: the worker does not send it."""
+    n = 200
+    server = smtp_servers.start()
+    server.delay_data_end(1.0, times=None)  # one message per second on one connection
+    with rig(tmp_path, sqlite_url) as r:
+        r.add_server(server.config(limits={"max_connections": 1}))
+        ids = [r.send(to=["a@example.org"], subject=f"m{i}") for i in range(n)]
+        worker = start_worker(r.c, tmp_path, "w", extra_env={"MAILGATE_WORKER_BATCH": "200"})
+        try:
+            wait_until(lambda: server.count >= 1, 30, "the first delivery")
+            with r.c.sessions() as db:
+                claimed = list(db.scalars(select(Message.id).where(Message.status == "sending")))
+            # One session: the lanes hold at most CLAIM_FLOOR (50), not the batch (200).
+            assert 1 <= len(claimed) <= 50, len(claimed)
+            hold = r.post("/hold", json={"ids": claimed[: len(claimed) // 2]}).json()
+            cancel = r.post("/cancel", json={"ids": claimed[len(claimed) // 2 :]}).json()
+            # Only the one (or two) in an attempt right now are refused.
+            assert hold["changed"] + cancel["changed"] >= len(claimed) - 2
+            refused = hold["skipped"] + cancel["skipped"]
+            assert all("being delivered" in s["reason"] for s in refused), refused
+            stopped = set(hold["ids"]) | set(cancel["ids"])
+            wait_until(lambda: server.count >= 5, 30, "more deliveries")
+        finally:
+            assert stop(worker) == 0
+        delivered = {str(m.message["Subject"]) for m in server.received}
+        subject = {mid: f"m{i}" for i, mid in enumerate(ids)}
+        assert not delivered & {subject[mid] for mid in stopped}
+        statuses = {r.get(mid)["status"] for mid in stopped}
+        assert statuses <= {"held", "cancelled"}

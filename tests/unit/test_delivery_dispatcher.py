@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.clock import TestClock
 
-from mailgate.domain.delivery import Claimed, Journaled, Recorded
+from mailgate.domain.delivery import Claimed, Heartbeat, Journaled, Recorded
 from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
 from mailgate.domain.pauses import PauseKind, PauseSignal
 from mailgate.ports import SessionFailed, TokenProvider
@@ -79,6 +79,12 @@ class MemoryQueue:
         self.postponed.extend(items)
 
     def extend(self, worker_id: str, ids: Sequence[str]) -> None:
+        pass
+
+    def heartbeat(self, worker_id: str, dead_after: timedelta) -> Heartbeat:
+        return Heartbeat(False, [], 0)
+
+    def leave(self, worker_id: str) -> None:
         pass
 
     def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:

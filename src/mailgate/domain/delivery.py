@@ -75,3 +75,17 @@ class Journaled:
     asked for but missing here was taken away meanwhile (held, cancelled, or taken over
     after the worker was thought dead) and must not be sent."""
     recorded: list[Recorded]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a worker's heartbeat found (``ports.DeliveryQueue.heartbeat``)."""
+
+    presumed_dead: bool
+    """This worker had been taken for dead (its heartbeat stopped for too long) and its
+    messages were taken over: the ones it holds and has not started are no longer its own."""
+    dead: list[str]
+    """Workers found dead now, whose messages this heartbeat took over."""
+    released: int
+    """Their messages made ready again (not counting attempts closed as possibly
+    delivered)."""

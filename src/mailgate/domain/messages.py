@@ -58,6 +58,9 @@ ALLOWED_FROM: dict[Action, tuple[Status, ...]] = {
     Action.HOLD: (Status.SCHEDULED, Status.QUEUED, Status.DEFERRED),
 }
 
+# What a claimed message that has not started yet still allows.
+_BEFORE_ATTEMPT = (Action.HOLD, Action.CANCEL)
+
 _WHY_NOT: dict[Status, str] = {
     Status.SENDING: "it is being delivered right now",
     Status.SENT: "it has been delivered",
@@ -70,9 +73,15 @@ _WHY_NOT: dict[Status, str] = {
 }
 
 
-def refusal(action: Action, status: Status) -> str | None:
-    """``None`` when ``action`` is legal for a message in ``status``, else the reason."""
+def refusal(action: Action, status: Status, *, in_attempt: bool = True) -> str | None:
+    """``None`` when ``action`` is legal for a message in ``status``, else the reason.
+
+    A ``sending`` message whose attempt has not started (``in_attempt`` false: a worker
+    claimed it, and it waits in the worker's lane) can still be held or cancelled: the
+    worker checks, right before it sends, that the message is still its own."""
     if status in ALLOWED_FROM[action]:
+        return None
+    if status is Status.SENDING and not in_attempt and action in _BEFORE_ATTEMPT:
         return None
     allowed = ", ".join(s.value for s in ALLOWED_FROM[action])
     return (

@@ -75,6 +75,7 @@ class Worker:
                 lease_s=s.lease_s,
                 poll_s=s.worker_poll_s,
                 idle_session_s=idle_session_s,
+                dead_after_s=s.worker_dead_after_s,
                 pauses=pauses,
             ),
             clock=c.clock,

@@ -63,9 +63,13 @@ class BatchWriter(Generic[T]):
         linger_s: float = 0.0,
         checkpoint_bytes: int = 8 << 20,
         checkpoint_check_s: float = 1.0,
+        on_loop: bool | None = None,
     ) -> None:
         """``write`` inserts a batch in the open transaction and returns whether
-        ``after_commit`` (say, waking this process's workers) should run after the commit."""
+        ``after_commit`` (say, waking this process's workers) should run after the commit.
+        ``on_loop``: write SQLite on the event loop (default for SQLite); ``False`` writes in
+        the thread, as on PostgreSQL - for SQLite with ``synchronous=FULL``, whose fsync per
+        commit must not stop the event loop."""
         self.engine = engine
         self.write_many = write
         self.after_commit = after_commit
@@ -75,7 +79,8 @@ class BatchWriter(Generic[T]):
         self.checkpoint_bytes = checkpoint_bytes
         self.checkpoint_check_s = checkpoint_check_s
         self.checkpoints = 0
-        self.on_loop = engine.dialect.name == "sqlite"
+        sqlite = engine.dialect.name == "sqlite"
+        self.on_loop = sqlite if on_loop is None else (on_loop and sqlite)
         self._last_size = 0
         self.batches = 0
         """Transactions committed (for tests and metrics)."""

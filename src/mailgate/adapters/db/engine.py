@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "mailgate_read_only"
 NO_WAIT = "mailgate_no_wait"
+DURABLE = "mailgate_durable"
 BUSY_TIMEOUT_MS = 30000
 
 
@@ -47,7 +48,13 @@ def make_engine(url: str) -> Engine:
                 # No transaction at all: each SELECT reads the last commit by itself, and
                 # the BEGIN/ROLLBACK pair cost more than the reads of a submission.
                 return
-            elif options.get(NO_WAIT):
+            # synchronous=FULL for the transactions that must survive a power loss (the
+            # submissions: ``durable``), NORMAL for the rest; it applies at commit.
+            sync = "FULL" if options.get(DURABLE) else "NORMAL"
+            if conn.info.get(DURABLE) != sync:
+                conn.connection.driver_connection.execute(f"PRAGMA synchronous={sync}")
+                conn.info[DURABLE] = sync
+            if options.get(NO_WAIT):
                 # One try: "database is locked" if another writer holds the lock. For a
                 # connection whose busy timeout is 0 (the caller's), so nothing waits.
                 conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
@@ -90,6 +97,14 @@ def _begin_immediate(raw: sqlite3.Connection, timeout_s: float) -> None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def durable(engine: Engine) -> Engine:
+    """The engine for commits that must survive an OS crash or power loss, not only a crash
+    of the process: on SQLite (WAL mode) ``synchronous=FULL``, an fsync of the WAL at each
+    commit (other transactions use NORMAL: fsync at checkpoints only). On PostgreSQL every
+    commit is flushed already (``synchronous_commit=on``, the server's default)."""
+    return engine.execution_options(**{DURABLE: True})
 
 
 def read_only(engine: Engine) -> Engine:

@@ -3,7 +3,8 @@
 Every delivery worker writes its heartbeat here (``beat``) every few seconds; the API
 process does when ``/healthz`` needs to prove the write path. A worker whose heartbeat is
 older than ``dead_after`` is dead (SIGKILL, OOM, power loss): the next worker to look
-(``take_over``) makes its claimed messages claimable at once, instead of after their lease.
+(``dead_workers``, then ``SqlDeliveryQueue.heartbeat``) takes over its claimed messages at
+once, instead of after their lease.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from mailgate.adapters.db.tables import Message, Process
-from mailgate.domain.messages import Status
+from mailgate.adapters.db.tables import Process
 
 
 def beat(conn: Connection, process_id: str, kind: str, now: datetime) -> bool:
@@ -44,19 +44,13 @@ def leave(conn: Connection, process_id: str) -> None:
     conn.execute(delete(Process).where(Process.id == process_id))
 
 
-def take_over(conn: Connection, now: datetime, dead_after: timedelta) -> list[str]:
-    """Make the messages of dead workers claimable now; forget those workers. Returns the
-    ids of the dead workers found."""
-    cutoff = now - dead_after
-    gone = conn.execute(select(Process.id, Process.kind).where(Process.heartbeat_at < cutoff)).all()
+def dead_workers(conn: Connection, now: datetime, dead_after: timedelta) -> list[str]:
+    """Forget every process whose heartbeat is older than ``dead_after``; return the ids of
+    the workers among them (whose leases the caller takes over)."""
+    gone = conn.execute(
+        select(Process.id, Process.kind).where(Process.heartbeat_at < now - dead_after)
+    ).all()
     if not gone:
         return []
-    dead = [pid for pid, kind in gone if kind == "worker"]
-    if dead:
-        conn.execute(
-            update(Message)
-            .where(Message.status == Status.SENDING.value, Message.locked_by.in_(dead))
-            .values(locked_until=now, next_attempt_at=now)
-        )
     conn.execute(delete(Process).where(Process.id.in_([pid for pid, _k in gone])))
-    return dead
+    return [pid for pid, kind in gone if kind == "worker"]

@@ -18,14 +18,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgate.adapters.db import processes
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.pauses import claim_probes, pause_gate, record_pauses
-from mailgate.adapters.db.tables import Message, MessageAttempt, MessageContent, table_of
+from mailgate.adapters.db.tables import (
+    Message,
+    MessageAttempt,
+    MessageContent,
+    ServerConnection,
+    table_of,
+)
 from mailgate.domain.clock import Clock
-from mailgate.domain.delivery import Claimed, Journaled, Recorded
+from mailgate.domain.delivery import Claimed, Heartbeat, Journaled, Recorded
 from mailgate.domain.events import EVENT_OF_STATUS
 from mailgate.domain.messages import (
     AttemptResult,
@@ -485,6 +492,43 @@ class SqlDeliveryQueue:
                     .where(Message.id == claimed.id, Message.locked_by == worker_id)
                     .values(**values)
                 )
+
+    def heartbeat(self, worker_id: str, dead_after: timedelta) -> Heartbeat:
+        """Renew this worker's heartbeat and take over the messages of workers whose
+        heartbeat stopped more than ``dead_after`` ago, in one transaction: the attempts
+        they had started are closed as possibly delivered (``_settle_unfinished``), the
+        rest are ready again at once (their leases would have held them for up to
+        ``MAILGATE_LEASE_S``)."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            known = processes.beat(conn, worker_id, "worker", now)
+            dead = processes.dead_workers(conn, now, dead_after)
+            released = 0
+            if dead:
+                mine = (Message.status == Status.SENDING.value) & Message.locked_by.in_(dead)
+                conn.execute(update(Message).where(mine).values(next_attempt_at=now))
+                # Their connection slots (adapters/db/limits.py) are free at once too.
+                conn.execute(delete(ServerConnection).where(ServerConnection.holder.in_(dead)))
+                self._settle_unfinished(conn, now)
+                for status, fresh in ((Status.QUEUED, True), (Status.DEFERRED, False)):
+                    count = Message.attempt_count == 0 if fresh else Message.attempt_count > 0
+                    released += conn.execute(
+                        update(Message)
+                        .where(mine, count)
+                        .values(
+                            status=status.value,
+                            locked_by=None,
+                            locked_until=None,
+                            next_attempt_at=now,
+                            updated_at=now,
+                        )
+                    ).rowcount
+        return Heartbeat(not known, dead, released)
+
+    def leave(self, worker_id: str) -> None:
+        """A worker that stops cleanly unregisters (after giving its messages back)."""
+        with self.engine.begin() as conn:
+            processes.leave(conn, worker_id)
 
     def extend(self, worker_id: str, ids: Sequence[str]) -> None:
         """Renew the lease on messages still in flight, so that a slow batch (a congested

@@ -66,6 +66,9 @@ class DeliverySettings:
     poll_s: float
     """Safety-net poll of an idle worker (new mail wakes it at once)."""
     idle_session_s: float = IDLE_SESSION_S
+    dead_after_s: float = 15.0
+    """A worker whose heartbeat stopped this long ago is dead: its messages are taken over.
+    Heartbeats go every fifth of it."""
     pauses: PausePolicy = field(default_factory=PausePolicy)
 
 
@@ -125,6 +128,9 @@ class DeliveryService:
         self.by_server: Counter[int] = Counter()
         """Claimed and not yet recorded, per configuration (the lanes' budgets)."""
         self.held: set[str] = set()
+        self._registered = False
+        self.in_attempt: set[str] = set()
+        """Ids of messages whose attempt is under way (marked started, not recorded)."""
         """Ids of claimed messages not yet recorded (their leases are renewed)."""
         self.dispatcher = Dispatcher(
             self.open_session,
@@ -243,12 +249,15 @@ class DeliveryService:
                         break
             await self.dispatcher.join()
             await _cancel([*helpers, stopper])
+            try:
+                await asyncio.to_thread(self.queue.leave, self.id)
+            except Exception:
+                log.warning("unregistering the worker failed (its heartbeat will run out)")
             log.info("worker %s stopped", self.id)
 
     async def _claim_loop(
         self, stop: asyncio.Event, wake: asyncio.Event, stopper: asyncio.Task[bool]
     ) -> None:
-        low_water = max(1, self.batch // 2)
         poll = self.settings.poll_s
         last_claim_at, last_claimed = 0.0, 0
         while not stop.is_set():
@@ -371,7 +380,9 @@ class DeliveryService:
             self._failing_since = None
         for m, future in starts:
             ok = m.id in done.started
-            if not ok:
+            if ok:
+                self.in_attempt.add(m.id)
+            else:
                 # Taken away before it started: nothing to record.
                 self.held.discard(m.id)
                 self._done([m])
@@ -381,6 +392,7 @@ class DeliveryService:
         self._observe(done.recorded)
         self.held.difference_update(m.id for m, _r in items)
         self._done(m for m, _r in items)
+        self.in_attempt.difference_update(m.id for m, _r in items)
         self.inflight -= len(items)
         self.progress.set()
         if self.starts or self.results:
@@ -437,9 +449,45 @@ class DeliveryService:
             self.dispatcher.hold(paused)
 
     async def _heartbeat(self) -> None:
-        every = self.settings.lease_s / 3
+        """Every ``dead_after_s / 5``: this worker's heartbeat (taking over the messages of
+        dead workers on the way); every ``lease_s / 3``: the leases of the messages it
+        holds, and its connection slots."""
+        beat_every = self.settings.dead_after_s / 5
+        lease_every = self.settings.lease_s / 3
+        dead_after = timedelta(seconds=self.settings.dead_after_s)
+        next_lease = time.monotonic() + lease_every
         while True:
-            await asyncio.sleep(every)
+            try:
+                beat = await asyncio.to_thread(self.queue.heartbeat, self.id, dead_after)
+            except Exception:
+                log.warning("the heartbeat failed; trying again", exc_info=True)
+            else:
+                if beat.dead:
+                    log.warning(
+                        "took over the messages of %d stopped worker(s) (%s): %d ready again",
+                        len(beat.dead),
+                        ", ".join(beat.dead),
+                        beat.released,
+                    )
+                if beat.presumed_dead and self._registered:
+                    # Another worker took this one for dead and took its messages over: the
+                    # ones waiting in lanes are no longer its own (their marks would fail).
+                    dropped = self.dispatcher.take_waiting()
+                    self.held.difference_update(m.id for m in dropped)
+                    self._done(dropped)
+                    self.inflight -= len(dropped)
+                    self.progress.set()
+                    log.warning(
+                        "this worker was taken for dead (no heartbeat for %.0f s); dropped "
+                        "%d messages it had not started",
+                        self.settings.dead_after_s,
+                        len(dropped),
+                    )
+                self._registered = True
+            await asyncio.sleep(beat_every)
+            if time.monotonic() < next_lease:
+                continue
+            next_lease = time.monotonic() + lease_every
             held = list(self.dispatcher.held_connections)
             if held:
                 try:

@@ -53,7 +53,7 @@ class Steering:
         row = get(db, tenant_id, Owner("", None), message_id)
         # Lock the row: a worker or a second request must not change it under us.
         db.refresh(row, with_for_update=True)
-        why = refusal(action, Status(row.status))
+        why = refusal(action, Status(row.status), in_attempt=_in_attempt(row))
         if why is not None:
             raise Conflict(why)
         self._apply(row, action)
@@ -116,7 +116,7 @@ class Steering:
                 if row is None:
                     skipped.append({"id": message_id, "reason": "not found"})
                     continue
-                why = refusal(action, Status(row.status))
+                why = refusal(action, Status(row.status), in_attempt=_in_attempt(row))
                 if why is not None:
                     skipped.append({"id": message_id, "reason": why})
                     continue
@@ -192,6 +192,12 @@ class Steering:
         row.locked_by = None
         row.locked_until = None
         row.updated_at = now
+
+
+def _in_attempt(row: Message) -> bool:
+    """The message is in an attempt right now (a worker marked it started): too late to
+    stop it. A claimed message not started yet can be (the worker will not send it)."""
+    return row.status == Status.SENDING.value and row.attempt_started_at is not None
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -294,7 +294,7 @@ def _submit_keyed(
     options: RawOptions,
     header_key: str | None,
 ) -> Submitted:
-    with c.session() as db:
+    with c.session(durable=True) as db:
         caller = c.identity.authenticate(db, token)
         if is_cookie:
             check_csrf(request, caller)
