@@ -128,10 +128,8 @@ class DeliveryService:
         self.by_server: Counter[int] = Counter()
         """Claimed and not yet recorded, per configuration (the lanes' budgets)."""
         self.held: set[str] = set()
-        self._registered = False
-        self.in_attempt: set[str] = set()
-        """Ids of messages whose attempt is under way (marked started, not recorded)."""
         """Ids of claimed messages not yet recorded (their leases are renewed)."""
+        self._registered = False
         self.dispatcher = Dispatcher(
             self.open_session,
             self.load_targets,
@@ -258,6 +256,7 @@ class DeliveryService:
     async def _claim_loop(
         self, stop: asyncio.Event, wake: asyncio.Event, stopper: asyncio.Task[bool]
     ) -> None:
+        low_water = max(1, self.batch // 2)
         poll = self.settings.poll_s
         last_claim_at, last_claimed = 0.0, 0
         while not stop.is_set():
@@ -380,9 +379,7 @@ class DeliveryService:
             self._failing_since = None
         for m, future in starts:
             ok = m.id in done.started
-            if ok:
-                self.in_attempt.add(m.id)
-            else:
+            if not ok:
                 # Taken away before it started: nothing to record.
                 self.held.discard(m.id)
                 self._done([m])
@@ -392,7 +389,6 @@ class DeliveryService:
         self._observe(done.recorded)
         self.held.difference_update(m.id for m, _r in items)
         self._done(m for m, _r in items)
-        self.in_attempt.difference_update(m.id for m, _r in items)
         self.inflight -= len(items)
         self.progress.set()
         if self.starts or self.results:
