@@ -42,7 +42,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from mailgate.adapters.db.engine import NO_WAIT
+from mailgate.adapters.db.engine import LOCK_WAIT_S, NO_WAIT
 
 log = logging.getLogger("mailgate.batch_writer")
 
@@ -235,7 +235,11 @@ class BatchWriter(Generic[T]):
                     break
             self._last_size = len(jobs)
             try:
-                with self.engine.connect() as conn:
+                # SQLite (a durable writer, in this thread): wait for another process's write
+                # lock no longer than on the event loop, then fail the batch (451 / 503).
+                with self.engine.connect().execution_options(
+                    **{LOCK_WAIT_S: LOCK_TIMEOUT_S}
+                ) as conn:
                     conn.begin()
                     outcomes = self._in_transaction(conn, [item for item, _l, _f in jobs])
             except Exception as exc:

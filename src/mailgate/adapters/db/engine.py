@@ -18,6 +18,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "mailgate_read_only"
 NO_WAIT = "mailgate_no_wait"
 DURABLE = "mailgate_durable"
+LOCK_WAIT_S = "mailgate_lock_wait_s"
+"""SQLite: how long BEGIN IMMEDIATE waits for the write lock (default: the busy timeout)."""
 BUSY_TIMEOUT_MS = 30000
 
 
@@ -59,7 +61,8 @@ def make_engine(url: str) -> Engine:
                 # connection whose busy timeout is 0 (the caller's), so nothing waits.
                 conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
             else:
-                _begin_immediate(conn.connection.driver_connection, BUSY_TIMEOUT_MS / 1000)
+                wait_s = options.get(LOCK_WAIT_S, BUSY_TIMEOUT_MS / 1000)
+                _begin_immediate(conn.connection.driver_connection, wait_s)
 
         # Let SQLAlchemy's "begin" event issue the BEGIN instead of pysqlite.
         @event.listens_for(engine, "connect")
