@@ -28,6 +28,9 @@ async function load() {
     value: value || emptyServer(), isNew: !exists, isSystem: true, canEdit: true, canTest: true,
     apiBase: URL_, testTo: ctx.me.email || "", onChange: renderStatus, onReload: load,
     onSubmit: () => { if (!saveBtn.disabled) save(); },
+    onTested: async () => {
+      try { form?.test.showLast((await get(URL_)).last_test); } catch { /* shown on the next load */ }
+    },
   });
   clear(body, exists ? null : banner("info", "No system e-mail server yet. mailgate uses it for password reset links and token alerts."), form.el);
   renderStatus();
