@@ -294,8 +294,15 @@ def test_oauth2_callback_failure_is_a_page_with_the_way_back(
         url = api.post("/api/v1/tenants/callback/email-servers/DEFAULT/oauth2/authorize").json()[
             "authorization_url"
         ]
+        # The flow is bound to the browser that started it (its cookie): hand it over.
+        flow = [
+            {"name": k, "value": v, "url": f"{mailgate.url}/settings/oauth2code"}
+            for k, v in api.cookies.items()
+            if k.startswith("mailgate_oauth2_")
+        ]
     back = oauth_server.consent(url)  # the provider's redirect: mailgate's callback with a code
     context = browser.new_context(base_url=mailgate.url, viewport={"width": 390, "height": 844})
+    context.add_cookies(flow)
     context.set_default_timeout(15_000)
     page = context.new_page()
     try:

@@ -77,6 +77,28 @@ def _authorized_as(row: EmailServer) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Started:
+    """A started authorization: the provider's URL, and the cookie (name, value) the
+    starting browser must carry back to the callback."""
+
+    url: str
+    cookie_name: str
+    cookie_value: str
+
+
+BROWSER_COOKIE_PREFIX = "mailgate_oauth2_"
+
+
+def browser_cookie_name(state: str) -> str:
+    """The cookie of one flow (several may run in one browser)."""
+    return BROWSER_COOKIE_PREFIX + _state_hash(state)[:16]
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def _state_hash(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
@@ -107,8 +129,9 @@ class OAuth2AuthorizationFlow:
         if self.on_token_request is not None:
             self.on_token_request(result)
 
-    def begin(self, db: Session, row: EmailServer) -> str:
-        """A fresh authorization URL with single-use ``state`` and PKCE S256 (RFC 7636)."""
+    def begin(self, db: Session, row: EmailServer) -> Started:
+        """A fresh authorization URL with single-use ``state`` and PKCE S256 (RFC 7636),
+        and the cookie that binds the flow to the browser that started it."""
         auth = oauth2_settings(row)
         if auth.get("grant") != "authorization_code":
             raise Conflict(
@@ -127,12 +150,15 @@ class OAuth2AuthorizationFlow:
             code_verifier=verifier,
         )
         digest = _state_hash(state)
+        browser_key = secrets.token_urlsafe(32)
+        # The verifier and the hash of the browser's key, encrypted together.
+        sealed = f"{verifier}\n{_key_hash(browser_key)}".encode()
         db.add(
             OAuth2Authorization(
                 state_hash=digest,
                 tenant_id=row.tenant_id,
                 server_id=row.id,
-                code_verifier_enc=self.cipher.encrypt(verifier.encode(), _verifier_context(digest)),
+                code_verifier_enc=self.cipher.encrypt(sealed, _verifier_context(digest)),
                 redirect_uri=redirect_uri,
                 created_at=now,
                 expires_at=now + STATE_LIFETIME,
@@ -144,7 +170,7 @@ class OAuth2AuthorizationFlow:
         ):
             db.delete(old)
         db.flush()
-        return url
+        return Started(url, browser_cookie_name(state), browser_key)
 
     def complete(
         self,
@@ -154,9 +180,13 @@ class OAuth2AuthorizationFlow:
         code: str | None,
         error: str | None,
         error_description: str | None,
+        browser_key: str | None = None,
     ) -> CallbackResult:
         """The redirect target. An unknown, used or expired ``state`` raises ``BadRequest``
         before anything is written; otherwise the state is spent whatever the outcome.
+        ``browser_key`` is the flow's cookie (``browser_cookie_name``): without the key of
+        the browser that started the flow, nothing is stored - a person lured into
+        consenting cannot authorize someone else's configuration with their account.
 
         Three steps, so that no transaction is open while the token endpoint (the tenant's
         choice of URL) is waited for: spend the state and read what the exchange needs
@@ -187,6 +217,16 @@ class OAuth2AuthorizationFlow:
             raise CallbackRejected(
                 "this OAuth2 authorization expired (10 minutes); start it again", where
             )
+        sealed = self.cipher.decrypt(
+            pending.code_verifier_enc, _verifier_context(pending.state_hash)
+        ).decode()
+        verifier, _, bound_to = sealed.partition("\n")
+        if bound_to and (browser_key is None or _key_hash(browser_key) != bound_to):
+            raise CallbackRejected(
+                "this authorization was started in another browser (or its cookie is gone): "
+                "start it again here, in the browser that signs in at the provider",
+                where,
+            )
         tenant_name = where[0]
         server_name = row.name
         pending.used_at = now
@@ -203,9 +243,6 @@ class OAuth2AuthorizationFlow:
         if not code:
             return result(False, "the provider sent neither a code nor an error")
         auth = oauth2_settings(row)
-        verifier = self.cipher.decrypt(
-            pending.code_verifier_enc, _verifier_context(pending.state_hash)
-        )
         try:
             secret = client_secret_of(self.servers, row)
         except NeedsAuthorization as exc:
@@ -224,7 +261,7 @@ class OAuth2AuthorizationFlow:
                 client_secret=secret,
                 redirect_uri=redirect_uri,
                 code=code,
-                code_verifier=verifier.decode(),
+                code_verifier=verifier,
                 now=now,
             )
         except (TokenRefused, EndpointUnreachable) as exc:

@@ -12,23 +12,53 @@ from mailgate.entrypoints.api.deps import DB, AppContainer, Caller, require_syst
 from mailgate.schemas.out.email_server import EmailServerOut
 from mailgate.schemas.out.oauth2 import AuthorizationUrlOut
 from mailgate.services.email_servers import SYSTEM_SERVER_NAME
-from mailgate.services.oauth2.authorization import CallbackRejected, server_page, ui_redirect
+from mailgate.services.oauth2.authorization import (
+    STATE_LIFETIME,
+    CallbackRejected,
+    Started,
+    browser_cookie_name,
+    server_page,
+    ui_redirect,
+)
 from mailgate.services.tenants import tenant_for
 
 router = APIRouter(tags=["oauth2"])
 BASE = "/api/v1/tenants/{tenant}/email-servers/{name}/oauth2"
+CALLBACK = "/settings/oauth2code"
+
+
+def _started(c: AppContainer, started: Started, response: Response) -> AuthorizationUrlOut:
+    """The URL, and the cookie that binds the flow to this browser. SameSite=Lax: the
+    browser comes back from the provider by a top-level redirect, which Strict cookies (the
+    session's) do not survive."""
+    response.set_cookie(
+        started.cookie_name,
+        started.cookie_value,
+        max_age=int(STATE_LIFETIME.total_seconds()),
+        path=CALLBACK,
+        httponly=True,
+        samesite="lax",
+        secure=c.settings.public_base_url.startswith("https://"),
+    )
+    return AuthorizationUrlOut(authorization_url=started.url)
 
 
 @router.post(f"{BASE}/authorize")
 def authorize(
-    tenant: str, name: str, request: Request, caller: Caller, db: DB, c: AppContainer
+    tenant: str,
+    name: str,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    db: DB,
+    c: AppContainer,
 ) -> AuthorizationUrlOut:
     """Start the authorization code grant: open ``authorization_url`` in the browser."""
     t = tenant_for(db, caller, tenant, Perm.SERVERS_WRITE)
     row = c.servers.get(db, t.id, name)
-    url = c.oauth2.authorization.begin(db, row)
+    started = c.oauth2.authorization.begin(db, row)
     audit(request, db, c, "oauth2.authorize", tenant_id=t.id, detail={"server": name})
-    return AuthorizationUrlOut(authorization_url=url)
+    return _started(c, started, response)
 
 
 @router.post(f"{BASE}/refresh")
@@ -61,13 +91,13 @@ SYSTEM = "/api/v1/system/email-server/oauth2"
 
 @router.post(f"{SYSTEM}/authorize", tags=["system"])
 def system_authorize(
-    request: Request, caller: Caller, db: DB, c: AppContainer
+    request: Request, response: Response, caller: Caller, db: DB, c: AppContainer
 ) -> AuthorizationUrlOut:
     require_system_admin(caller)
     row = c.servers.get(db, None, SYSTEM_SERVER_NAME)
-    url = c.oauth2.authorization.begin(db, row)
+    started = c.oauth2.authorization.begin(db, row)
     audit(request, db, c, "oauth2.authorize", tenant_id=None, detail={"server": row.name})
-    return AuthorizationUrlOut(authorization_url=url)
+    return _started(c, started, response)
 
 
 @router.post(f"{SYSTEM}/refresh", tags=["system"])
@@ -89,7 +119,7 @@ def system_forget(request: Request, caller: Caller, db: DB, c: AppContainer) -> 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/settings/oauth2code", response_class=RedirectResponse, status_code=303)
+@router.get(CALLBACK, response_class=RedirectResponse, status_code=303)
 def callback(
     request: Request,
     db: DB,
@@ -103,7 +133,12 @@ def callback(
     provider, and an unknown, used or expired state is a ``400`` that stores nothing."""
     try:
         result = c.oauth2.authorization.complete(
-            db, state=state, code=code, error=error, error_description=error_description
+            db,
+            state=state,
+            code=code,
+            error=error,
+            error_description=error_description,
+            browser_key=request.cookies.get(browser_cookie_name(state)) if state else None,
         )
     except CallbackRejected as exc:
         # A person arrives here from the provider: a page, not problem JSON (scripts that
@@ -128,4 +163,7 @@ def callback(
         actor=f"oauth2:{result.account or 'unknown account'}",
         detail={"server": result.server, "account": result.account, "message": result.message},
     )
-    return RedirectResponse(ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)
+    answer = RedirectResponse(ui_redirect(result), status_code=status.HTTP_303_SEE_OTHER)
+    if state:
+        answer.delete_cookie(browser_cookie_name(state), path=CALLBACK)
+    return answer
