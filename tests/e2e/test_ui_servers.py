@@ -222,6 +222,15 @@ def test_send_test_email_steps_and_wrong_password_hint(
     page.locator(".test-result details summary").click()
     expect(page.locator(".test-result pre")).to_contain_text("STARTTLS")
     shot(page, "08-test-email-ok", full_page=False)
+    # On a phone each step's detail gets the full width below its name.
+    page.set_viewport_size({"width": 390, "height": 844})
+    detail = page.locator("ol.steps li[data-step='data'] .detail")
+    detail.scroll_into_view_if_needed()
+    box = detail.bounding_box()
+    assert box is not None and box["width"] > 250, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "08c-test-email-ok-390", full_page=False)
+    page.set_viewport_size({"width": 1366, "height": 900})
 
     # A wrong (unsaved) password: the auth step fails with a hint; nothing is stored.
     page.locator("[data-field-path='authentication.password']").get_by_role(

@@ -94,6 +94,15 @@ def test_tab_badges_for_oauth2_remote_client_and_pause(
     expect(tab(page, "far").locator(".tab-badge.bad")).to_have_text("client offline")
     expect(tab(page, "quota").locator(".tab-badge.warn")).to_have_text("paused")
     shot(page, "40-tab-badges")
+    # Narrower, the tabs scroll inside the ribbon and "+" stays on screen.
+    for width, height in ((800, 1000), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        add = page.get_by_role("button", name="New configuration")
+        box = add.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, (width, box)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        shot(page, f"40-tab-badges-{width}")
+    page.set_viewport_size({"width": 1366, "height": 900})
 
     # The paused configuration says why, and an admin can resume it.
     tab(page, "quota").click()
