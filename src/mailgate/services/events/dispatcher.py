@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -121,15 +121,23 @@ class WebhookDispatcher:
             return self.per_endpoint
         return 1
 
-    def claim(self, busy: Mapping[str, int] | None = None, limit: int | None = None) -> list[Job]:
+    def claim(
+        self,
+        busy: Mapping[str, int] | None = None,
+        limit: int | None = None,
+        done: Sequence[tuple[Job, WebhookResponse]] = (),
+    ) -> list[Job]:
         """Take due rows: at most ``per_endpoint`` in flight per endpoint (``busy`` counts
         what this process already has in flight), none that must wait for an earlier event
-        of the same message."""
+        of the same message. ``done``: POSTs that ended, recorded first in the same
+        transaction (one commit - on SQLite one fsync - for both)."""
         busy = dict(busy or {})
         limit = self.batch if limit is None else limit
-        if limit <= 0:
-            return []
         now = self.clock()
+        if limit <= 0:
+            if done:
+                self.finish_many(list(done))
+            return []
         earlier = exists().where(
             _EARLIER.c.endpoint_id == _E.c.endpoint_id,
             _EARLIER.c.message_id == _E.c.message_id,
@@ -150,6 +158,8 @@ class WebhookDispatcher:
             .with_for_update(skip_locked=True, of=_E)
         )
         with self.sessions.begin() as db:
+            for job, response in done:
+                self._finish_in(db, job, response, self.id, now)
             taken: list[int] = []
             for row_id, endpoint_id in db.execute(candidates).all():
                 if busy.get(endpoint_id, 0) >= self._slots(endpoint_id):
@@ -239,13 +249,22 @@ class WebhookDispatcher:
     def finish(self, job: Job, response: WebhookResponse, holder: str | None = None) -> str:
         """Log the attempt and move the row on; returns its new status. A row whose lease
         this process lost meanwhile keeps the other holder's state (the attempt is logged)."""
+        with self.sessions.begin() as db:
+            return self._finish_in(db, job, response, holder or self.id, self.clock())
+
+    def finish_many(self, results: list[tuple[Job, WebhookResponse]]) -> list[str]:
+        """``finish`` for many POSTs in one transaction (one commit, one fsync on SQLite)."""
         now = self.clock()
+        with self.sessions.begin() as db:
+            return [self._finish_in(db, job, response, self.id, now) for job, response in results]
+
+    def _finish_in(
+        self, db: Session, job: Job, response: WebhookResponse, holder: str, now: datetime
+    ) -> str:
         attempts = job.attempts + 1
+        values: dict[str, object]
         if response.delivered:
-            values: dict[str, object] = {
-                "status": DeliveryState.DELIVERED.value,
-                "locked_by": None,
-            }
+            values = {"status": DeliveryState.DELIVERED.value, "locked_by": None}
         else:
             when = (
                 None
@@ -257,25 +276,34 @@ class WebhookDispatcher:
                 if when is None
                 else {"next_attempt_at": when, "locked_by": None}
             )
-        with self.sessions.begin() as db:
-            db.add(
-                WebhookAttempt(
-                    event_row_id=job.row_id,
-                    endpoint_id=job.endpoint_id,
-                    event_id=job.event_id,
-                    type=job.type,
-                    at=now,
-                    status_code=response.status_code,
-                    ms=response.ms,
-                    error=(response.error or None) and str(response.error)[:1000],
-                )
+        db.add(
+            WebhookAttempt(
+                event_row_id=job.row_id,
+                endpoint_id=job.endpoint_id,
+                event_id=job.event_id,
+                type=job.type,
+                at=now,
+                status_code=response.status_code,
+                ms=response.ms,
+                error=(response.error or None) and str(response.error)[:1000],
             )
-            db.execute(
-                update(_E)
-                .where(_E.c.id == job.row_id, _E.c.locked_by == (holder or self.id))
-                .values(attempts=attempts, last_error=response.error, **values)
+        )
+        db.execute(
+            update(_E)
+            .where(_E.c.id == job.row_id, _E.c.locked_by == holder)
+            .values(attempts=attempts, last_error=response.error, **values)
+        )
+        status = str(values.get("status", _PENDING))
+        if not response.delivered:
+            log.info(
+                "webhook %s: %s %s not delivered (%s); now %s",
+                job.endpoint_id,
+                job.type,
+                job.event_id,
+                response.error,
+                status,
             )
-        return str(values.get("status", _PENDING))
+        return status
 
     def prune(self) -> int:
         """Give up on events nobody could take for 24 hours (their endpoint was paused all
@@ -303,25 +331,23 @@ class WebhookDispatcher:
 
     # ---- the POSTs (on the event loop) -------------------------------------------------------
 
-    async def deliver(self, job: Job, holder: str | None = None) -> WebhookResponse:
+    async def post(self, job: Job) -> WebhookResponse:
+        """POST one event (no database work: the caller records what happened)."""
         response = await self.sender.send(
             job.url, job.secret, job.event_id, int(self.clock().timestamp()), job.body
         )
-        status = await asyncio.to_thread(self.finish, job, response, holder)
         if response.delivered:
             self.delivered += 1
             self._failing.pop(job.endpoint_id, None)
         else:
             self.failed_attempts += 1
             self._failing[job.endpoint_id] = time.monotonic() + self.failing_for
-            log.info(
-                "webhook %s: %s %s not delivered (%s); now %s",
-                job.endpoint_id,
-                job.type,
-                job.event_id,
-                response.error,
-                status,
-            )
+        return response
+
+    async def deliver(self, job: Job, holder: str | None = None) -> WebhookResponse:
+        """POST one event and record it (the API's test event, and tests)."""
+        response = await self.post(job)
+        await asyncio.to_thread(self.finish, job, response, holder)
         return response
 
     async def run_once(self) -> int:
@@ -336,41 +362,60 @@ class WebhookDispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set; then let the POSTs in flight finish (each has its
-        total deadline)."""
-        in_flight: dict[asyncio.Task[WebhookResponse], str] = {}
+        total deadline). The POSTs that ended are recorded in the transaction of the next
+        claim."""
+        in_flight: dict[asyncio.Task[WebhookResponse], Job] = {}
         per_endpoint: Counter[str] = Counter()
+        ended: list[tuple[Job, WebhookResponse]] = []
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
                 room = self.max_in_flight - len(in_flight)
                 jobs: list[Job] = []
-                if room > 0:
-                    try:
-                        jobs = await asyncio.to_thread(
-                            self.claim, dict(per_endpoint), min(room, self.batch)
-                        )
-                    except Exception:
-                        log.exception("claiming webhook events failed; trying again")
+                try:
+                    jobs = await asyncio.to_thread(
+                        self.claim, dict(per_endpoint), min(room, self.batch), ended
+                    )
+                except Exception:
+                    # What ended is not recorded: it comes back after its lease (at least once).
+                    log.exception("claiming webhook events failed; trying again")
+                ended = []
                 for job in jobs:
-                    task = asyncio.create_task(self.deliver(job))
-                    in_flight[task] = job.endpoint_id
+                    in_flight[asyncio.create_task(self.post(job))] = job
                     per_endpoint[job.endpoint_id] += 1
                 if jobs and len(in_flight) < self.max_in_flight:
                     continue  # more may be due right away
                 waiting: set[asyncio.Future[object]] = {stopping, *in_flight}  # type: ignore[arg-type]
-                done, _ = await asyncio.wait(
+                await asyncio.wait(
                     waiting, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
                 )
-                for task in [t for t in in_flight if t in done]:
-                    endpoint = in_flight.pop(task)
-                    per_endpoint[endpoint] -= 1
-                    if task.exception() is not None:
-                        log.error("webhook delivery failed", exc_info=task.exception())
+                ended = self._collect(in_flight, per_endpoint)
                 await self._maybe_prune()
         finally:
             stopping.cancel()
             if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.wait(list(in_flight))
+            ended += self._collect(in_flight, per_endpoint)
+            if ended:
+                try:
+                    await asyncio.to_thread(self.finish_many, ended)
+                except Exception:
+                    log.exception("recording %d webhook deliveries failed", len(ended))
+
+    def _collect(
+        self, in_flight: dict[asyncio.Task[WebhookResponse], Job], per_endpoint: Counter[str]
+    ) -> list[tuple[Job, WebhookResponse]]:
+        """The POSTs that have ended, with their endpoints' slots freed (an event's successor
+        becomes claimable only once the event is recorded: order per message)."""
+        ended = []
+        for task in [t for t in in_flight if t.done()]:
+            job = in_flight.pop(task)
+            per_endpoint[job.endpoint_id] -= 1
+            if task.exception() is not None:
+                log.error("webhook delivery failed", exc_info=task.exception())
+                continue  # the row stays leased and is tried again after the lease
+            ended.append((job, task.result()))
+        return ended
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()
