@@ -9,6 +9,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 from tests.e2e.conftest import Mailgate, shot, sign_in
+from tests.e2e.test_ui_form import TRUNCATED_SELECTS
 
 PHONE = {"width": 390, "height": 844}
 TABLET = {"width": 800, "height": 1000}
@@ -81,6 +82,9 @@ def test_phone_layout_header_ribbon_and_pages(page: Any, mailgate: Mailgate) -> 
         page.wait_for_selector("main[data-ready='1']")
         no_sideways_scroll(page)
         inside_viewport(page, page.get_by_role("button", name="Sign out"))
+        shot(page, f"30-phone-{path}")
+        cut = page.locator("main").evaluate(TRUNCATED_SELECTS)
+        assert cut == [], (path, cut)  # no select box cuts off its value
         if path == "messages":
             # A phone shows each message as a card that includes its server.
             server = page.locator("table.messages td[data-label='Server']").first

@@ -4,7 +4,7 @@ import { h, clear, banner, toast, field, showErrors, clearErrors, fmtTime, badge
 import { boot, needTenant } from "../shell.js";
 
 const ctx = await boot();
-const ROLES = { web_service: "Web service (send, read own messages)", user: "User (send and read)", read_only: "Read only", admin: "Administrator" };
+const ROLES = { web_service: "Web service", user: "User", read_only: "Read only", admin: "Administrator" };
 
 if (needTenant(ctx)) {
   if (!ctx.isAdmin) clear(ctx.el, banner("info", "Only administrators of this tenant manage API keys."));
@@ -20,7 +20,7 @@ async function main() {
   const form = h("form", { class: "panel", novalidate: true, "aria-labelledby": "new-key" },
     h("h2", { id: "new-key" }, "New API key"),
     h("p", { class: "section-note" }, "Workflows send mail with an API key as a bearer token: Authorization: Bearer <token>."),
-    h("div", { class: "grid" }, field("Name", name, { path: "name" }), field("Role", role, { path: "role" }),
+    h("div", { class: "grid" }, field("Name", name, { path: "name" }), field("Role", role, { path: "role", help: "Web service: send, and read its own messages. User: send and read all. Read only: read. Administrator: everything in this tenant." }),
       h("div", { class: "field" }, h("span", { class: "label" }, "\u00a0"), h("div", { class: "actions" }, create))));
   const list = h("div", { class: "panel table-wrap" });
   const smtp = h("section", { class: "panel", id: "smtp-submission", "aria-labelledby": "smtp-head" });

@@ -19,7 +19,7 @@ async function main() {
 
   async function load() {
     const users = (await get("/api/v1/users")).items;
-    clear(list, h("h2", {}, "Users"), h("table", {},
+    clear(list, h("h2", {}, "Users"), h("table", { class: "cards users" },
       h("thead", {}, h("tr", {}, ["User", "E-mail", "Roles", "Actions"].map((t) => h("th", { scope: "col", class: t === "Actions" ? "num" : null }, t)))),
       h("tbody", {}, users.map((u) => {
         const e = h("button", { type: "button", class: "small", "aria-label": `Edit ${u.username}` }, "Edit");
@@ -30,7 +30,9 @@ async function main() {
           try { await del(`/api/v1/users/${enc(u.username)}`); toast(`Deleted ${u.username}`); await load(); } catch (err) { toast(errorText(err), "bad", 6000); }
         });
         const roles = Object.entries(u.roles || {}).map(([t, r]) => h("span", {}, badge("", `${t}: ${ROLES[r] || r}`), " "));
-        return h("tr", {}, h("td", {}, h("strong", {}, u.username), u.system_admin ? [" ", badge("queued", "system admin")] : null), h("td", {}, u.email || ""), h("td", {}, roles.length ? roles : h("span", { class: "muted" }, "none")), h("td", { class: "num" }, h("div", { class: "actions" }, e, rm)));
+        return h("tr", {}, h("td", { "data-label": "User" }, h("span", {}, h("strong", {}, u.username), u.system_admin ? [" ", badge("queued", "system admin")] : null)),
+          h("td", { "data-label": "E-mail" }, u.email || ""), h("td", { "data-label": "Roles" }, roles.length ? h("span", {}, roles) : h("span", { class: "muted" }, "none")),
+          h("td", { class: "num", "data-label": "Actions" }, h("div", { class: "actions" }, e, rm)));
       }))));
   }
 
