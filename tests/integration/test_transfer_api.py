@@ -139,7 +139,8 @@ def test_export_without_passphrase_leaves_secrets_out_and_import_warns(
     shown = api.request("GET", "/api/v1/tenants/home/email-servers/DEFAULT", admin).json()
     assert servers["DEFAULT"]["tls"]["client_certificate_pem"] == client_cert[0]
     assert servers["DEFAULT"]["message_defaults"] == shown["message_defaults"]
-    assert servers["DEFAULT"]["timeouts"] == {"connect_s": 7, "command_s": 30}
+    assert servers["DEFAULT"]["timeouts"] == shown["timeouts"]
+    assert shown["timeouts"] == {"connect_s": 7, "command_s": 30, "data_done_s": 600.0}
     assert servers["o365"]["limits"]["messages_per_minute"] == 30
     assert servers["o365"]["authentication"]["redirect_uri"] == (
         "http://testserver/settings/oauth2code"
@@ -172,7 +173,7 @@ def test_export_without_passphrase_leaves_secrets_out_and_import_warns(
     audit = api.request("GET", "/api/v1/tenants/home/audit?action=tenant.export", admin).json()
     (entry,) = audit["items"]
     assert entry["actor"] == "admin" and entry["detail"]["with_secrets"] is False
-    imported = api.request("GET", "/api/v1/tenants/acme/audit", admin).json()["items"]
+    imported = api.request("GET", ACME_IMPORTS, admin).json()["items"]
     assert [e["action"] for e in imported] == ["tenant.import"]
 
 
