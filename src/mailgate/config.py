@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     """SQLite's ``synchronous`` in WAL mode: ``full`` fsyncs every commit (a ``202`` survives
     a power loss); ``normal`` only at checkpoints (survives a crash of the process, not of
     the machine)."""
+    shutdown_drain_s: float = Field(default=20.0, ge=0)
+    """On SIGTERM a worker lets the attempts under way finish for at most this long, then
+    stops them and hands them back (open attempts as possibly delivered)."""
     worker_dead_after_s: float = Field(default=15.0, ge=1)
     """A worker whose heartbeat (every fifth of this) stopped this long ago is dead: another
     worker takes over its messages at once instead of waiting for their leases."""

@@ -208,6 +208,11 @@ class DeliveryQueue(Protocol):
 
     def leave(self, worker_id: str) -> None: ...
 
+    def abandon(self, worker_id: str) -> int:
+        """Give back all a stopping worker still holds: open attempts as possibly delivered,
+        the rest ready again."""
+        ...
+
     def paused_servers(self) -> list[int]:
         """Configurations paused right now (by any process) after a quota or throttling
         answer; their mail is not claimed until the pause ends."""

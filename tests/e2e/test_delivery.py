@@ -166,6 +166,12 @@ def test_faults_temporary_permanent_disconnect_and_partial(
         r.run_once()
         view = r.get(mid)
         assert view["status"] == "deferred"
+        # The attempt shows the reply that decided it (the busy recipient's 450), not the
+        # 250 the other recipients' DATA got.
+        assert (view["attempts"][-1]["outcome"], view["attempts"][-1]["smtp_code"]) == (
+            "deferred",
+            450,
+        )
         assert {k: v["status"] for k, v in view["recipients"].items()} == {
             "busy@example.org": "pending",
             "gone@example.org": "refused",
@@ -178,6 +184,8 @@ def test_faults_temporary_permanent_disconnect_and_partial(
             view["status"] == "sent"
             and view["recipients"]["busy@example.org"]["status"] == "delivered"
         )
+        # Sent now, and the last error still names the recipient refused the first time.
+        assert "gone@example.org: 550 5.1.1" in view["last_error"]
         received = server.wait_for(before + 2)[before:]
         assert [m.rcpt_tos for m in received] == [["ok@example.org"], ["busy@example.org"]]
 

@@ -218,3 +218,31 @@ def test_claimed_messages_not_yet_started_can_be_held_and_cancelled(
         assert not delivered & {subject[mid] for mid in stopped}
         statuses = {r.get(mid)["status"] for mid in stopped}
         assert statuses <= {"held", "cancelled"}
+
+
+@pytest.mark.slow
+def test_shutdown_with_a_server_that_does_not_answer_is_capped_and_hands_back(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """SIGTERM while the server sits on the final dot (data_done_s 600): the worker waits
+    MAILGATE_SHUTDOWN_DRAIN_S (2 s here), not 10 minutes, exits 0, and hands everything
+    back: the open attempt as possibly delivered, the claimed rest ready again."""
+    server = smtp_servers.start()
+    server.delay_data_end(120, times=None)
+    with rig(tmp_path, sqlite_url) as r:
+        r.add_server(server.config(limits={"max_connections": 1}, timeouts={"data_done_s": 600}))
+        ids = [r.send(to=["a@example.org"], subject=f"m{i}") for i in range(5)]
+        worker = start_worker(r.c, tmp_path, "w", extra_env={"MAILGATE_SHUTDOWN_DRAIN_S": "2"})
+        wait_until(lambda: server.count >= 1, 30, "the first message to reach the server")
+        started = time.monotonic()
+        assert stop(worker) == 0
+        stopped_s = time.monotonic() - started
+        assert stopped_s < 15, stopped_s
+        views = [r.get(mid) for mid in ids]
+        out = [v for v in views if v["attempts"]]
+        assert len(out) == 1
+        assert out[0]["status"] == "deferred" and out[0]["attempts"][0]["possibly_delivered"]
+        assert "stopped during the attempt" in out[0]["attempts"][0]["smtp_response"]
+        assert {v["status"] for v in views if not v["attempts"]} == {"queued"}
+        with r.c.sessions() as db:
+            assert list(db.scalars(select(Message.id).where(Message.locked_by.is_not(None)))) == []

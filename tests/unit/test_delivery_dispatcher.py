@@ -87,6 +87,9 @@ class MemoryQueue:
     def leave(self, worker_id: str) -> None:
         pass
 
+    def abandon(self, worker_id: str) -> int:
+        return 0
+
     def next_due(self, skip_servers: Collection[int] = ()) -> datetime | None:
         return None
 

@@ -254,6 +254,19 @@ def decide(
     return Decision(Status.DEFERRED, when, reason, temp)
 
 
+def deciding_reply(result: AttemptResult, decision: Decision) -> tuple[int | None, str]:
+    """The reply that decided what happens to the message, for its attempt log: the DATA
+    reply when it was sent; otherwise the reply to the first recipient still pending (or,
+    for a failure, the first refused one) - not a 250 that only some recipients got."""
+    if decision.status is Status.SENT or not result.recipients:
+        return result.code, result.text
+    undelivered = decision.pending or [
+        r for r, rr in result.recipients.items() if rr.outcome is not Outcome.DELIVERED
+    ]
+    rr = result.recipients.get(undelivered[0]) if undelivered else None
+    return (rr.code, rr.text) if rr is not None else (result.code, result.text)
+
+
 def _rcpt_outcome(result: AttemptResult, rcpt: str) -> Outcome:
     # The transport reports each recipient's final outcome (a recipient accepted at RCPT TO
     # takes DATA's outcome); one it did not report shares the overall outcome.

@@ -76,6 +76,7 @@ class Worker:
                 poll_s=s.worker_poll_s,
                 idle_session_s=idle_session_s,
                 dead_after_s=s.worker_dead_after_s,
+                drain_s=s.shutdown_drain_s,
                 pauses=pauses,
             ),
             clock=c.clock,

@@ -41,6 +41,8 @@ from mailgate.domain.messages import (
     RetryPolicy,
     Status,
     decide,
+    deciding_reply,
+    describe,
 )
 from mailgate.domain.pauses import PausePolicy
 
@@ -140,11 +142,7 @@ _UNFINISHED = select(
     Message.created_at,
     Message.expires_at,
     Message.locked_by,
-).where(
-    Message.status == Status.SENDING.value,
-    Message.next_attempt_at <= bindparam("now"),
-    Message.attempt_started_at.is_not(None),
-)
+).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
 
 
 _Ready = tuple[int, datetime | None, str, int | None]
@@ -371,6 +369,7 @@ class SqlDeliveryQueue:
                 pause_until=pause_until,
             )
             status = _merge_recipients(claimed.recipient_status, claimed, result, decision)
+            code, text = deciding_reply(result, decision)
             worker = worker_of(claimed)
             rows.updates.append(
                 {
@@ -378,7 +377,7 @@ class SqlDeliveryQueue:
                     "b_worker": worker,
                     "status": decision.status.value,
                     "next_attempt_at": decision.next_attempt_at,
-                    "last_error": decision.last_error,
+                    "last_error": _last_error(decision, status),
                     "attempt_count": attempt_no,
                     "locked_by": None,
                     "locked_until": None,
@@ -391,8 +390,8 @@ class SqlDeliveryQueue:
                     "message_id": claimed.id,
                     "at": now,
                     "outcome": _ATTEMPT_OUTCOME.get(decision.status, "deferred"),
-                    "smtp_code": result.code,
-                    "smtp_response": result.text[:2000],
+                    "smtp_code": code,
+                    "smtp_response": text[:2000],
                     "ms": result.ms,
                     "worker": worker,
                     "recipients": _recipients_view(result) if result.recipients else None,
@@ -421,14 +420,22 @@ class SqlDeliveryQueue:
         if any(result.pause is not None or claimed.probe for claimed, result in rows.items):
             record_pauses(conn, rows.items, now, self.pauses)
 
-    def _settle_unfinished(self, conn: Connection, now: datetime) -> None:
+    def _settle_unfinished(
+        self, conn: Connection, now: datetime, *, of_worker: str | None = None
+    ) -> list[Recorded]:
         """Close the attempts that were marked started and never recorded: the worker died
         (or lost its lease) between the mark and the result, so the server may have the
         message. Each gets a possibly-delivered attempt in the log and is retried after
-        ``RetryPolicy.possibly_delivered_after``, like a reply lost after the final dot."""
-        found = conn.execute(_UNFINISHED, {"now": now}).all()
+        ``RetryPolicy.possibly_delivered_after``, like a reply lost after the final dot.
+        ``of_worker``: that worker's, whatever their lease (it stops); else those whose lease
+        ran out."""
+        if of_worker is None:
+            query = _UNFINISHED.where(Message.next_attempt_at <= now)
+        else:
+            query = _UNFINISHED.where(Message.locked_by == of_worker)
+        found = conn.execute(query).all()
         if not found:
-            return
+            return []
         items: list[tuple[Claimed, AttemptResult]] = []
         holder: dict[str, str] = {}
         for r in found:
@@ -449,6 +456,9 @@ class SqlDeliveryQueue:
             text = (
                 f"the attempt by worker {r.locked_by} never finished (the worker stopped or "
                 "lost its lease after the message started to go out): the server may have it"
+                if of_worker is None
+                else f"worker {r.locked_by} stopped during the attempt (its shutdown drain ran "
+                "out while the server had not answered): the server may have it"
             )
             result = AttemptResult(
                 Outcome.TEMPORARY, None, text, 0, step="data", possibly_delivered=True
@@ -457,6 +467,31 @@ class SqlDeliveryQueue:
         rows = self._attempt_rows(items, now, lambda m: holder[m.id])
         self._write_attempts(conn, rows, now)
         self.on_settled(rows.recorded)
+        return rows.recorded
+
+    def abandon(self, worker_id: str) -> int:
+        """A stopping worker whose drain ran out: its attempts still open are closed as
+        possibly delivered, the rest of what it holds is ready again now. Returns how many
+        messages it gave back either way."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            settled = self._settle_unfinished(conn, now, of_worker=worker_id)
+            mine = (Message.status == Status.SENDING.value) & (Message.locked_by == worker_id)
+            released = 0
+            for status, fresh in ((Status.QUEUED, True), (Status.DEFERRED, False)):
+                count = Message.attempt_count == 0 if fresh else Message.attempt_count > 0
+                released += conn.execute(
+                    update(Message)
+                    .where(mine, count)
+                    .values(
+                        status=status.value,
+                        locked_by=None,
+                        locked_until=None,
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                ).rowcount
+        return len(settled) + released
 
     def postpone(
         self,
@@ -626,6 +661,19 @@ def _merge_recipients(
             status = "refused"
         state[rcpt] = {"status": status, "code": code, "text": text[:500]}
     return state
+
+
+def _last_error(decision: Decision, state: dict[str, Any] | None) -> str | None:
+    """The message's last error: the decision's, and for a message now sent, also the
+    recipients refused on an earlier attempt (the decision sees only this attempt's)."""
+    if decision.status is not Status.SENT or not state:
+        return decision.last_error
+    refused = [
+        f"{rcpt}: {describe(r.get('code'), str(r.get('text') or ''))}"
+        for rcpt, r in state.items()
+        if r.get("status") == "refused"
+    ]
+    return "refused: " + "; ".join(refused) if refused else decision.last_error
 
 
 def _not_in_servers(server_ids: Sequence[int]) -> Any:

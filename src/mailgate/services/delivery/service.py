@@ -56,6 +56,8 @@ CLAIM_SPACING_S = 0.01
 RECORD_BATCH = 1000
 JOURNAL_RETRY_S = 0.2
 JOURNAL_RETRY_MAX_S = 5.0
+# After a drain ran out: how long the journal gets to write what finished.
+JOURNAL_FLUSH_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class DeliverySettings:
     poll_s: float
     """Safety-net poll of an idle worker (new mail wakes it at once)."""
     idle_session_s: float = IDLE_SESSION_S
+    drain_s: float = 20.0
+    """On shutdown, how long attempts under way may take to finish; then they are stopped
+    and handed back (below the 30 s a supervisor waits before SIGKILL)."""
     dead_after_s: float = 15.0
     """A worker whose heartbeat stopped this long ago is dead: its messages are taken over.
     Heartbeats go every fifth of it."""
@@ -238,13 +243,9 @@ class DeliveryService:
         finally:
             self.dispatcher.stopping = True
             await self._give_back()
-            while self.inflight:
-                self.progress.clear()
-                try:
-                    await asyncio.wait_for(self.progress.wait(), timeout=1.0)
-                except TimeoutError:
-                    if not self.dispatcher.tasks:
-                        break
+            drained = await self._drain(self.settings.drain_s)
+            if not drained:
+                await self._interrupt()
             await self.dispatcher.join()
             await _cancel([*helpers, stopper])
             try:
@@ -252,6 +253,42 @@ class DeliveryService:
             except Exception:
                 log.warning("unregistering the worker failed (its heartbeat will run out)")
             log.info("worker %s stopped", self.id)
+
+    async def _drain(self, limit_s: float) -> bool:
+        """Wait for the attempts under way to finish and be recorded, up to ``limit_s``;
+        False if some are still out then."""
+        deadline = time.monotonic() + limit_s
+        while self.inflight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.progress.clear()
+            try:
+                await asyncio.wait_for(self.progress.wait(), timeout=min(1.0, left))
+            except TimeoutError:
+                if not self.dispatcher.tasks and not (self.starts or self.results):
+                    break
+        return True
+
+    async def _interrupt(self) -> None:
+        """The drain ran out (a server that does not answer): stop the sessions, write what
+        is finished, and hand back the rest - open attempts as possibly delivered, the others
+        ready again - so that another worker can go on at once."""
+        log.warning(
+            "the shutdown drain of %.0f s ran out with %d messages in flight; handing them back",
+            self.settings.drain_s,
+            self.inflight,
+        )
+        for task in list(self.dispatcher.tasks):
+            task.cancel()
+        await asyncio.gather(*list(self.dispatcher.tasks), return_exceptions=True)
+        await self._drain(JOURNAL_FLUSH_S)
+        try:
+            handed = await asyncio.to_thread(self.queue.abandon, self.id)
+        except Exception:
+            log.exception("handing messages back failed (their leases will run out)")
+            return
+        log.info("handed back %d messages", handed)
 
     async def _claim_loop(
         self, stop: asyncio.Event, wake: asyncio.Event, stopper: asyncio.Task[bool]
