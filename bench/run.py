@@ -238,7 +238,12 @@ class Serve:
     (``MAILGATE_WORKERS`` unset: ``auto``), else that many worker processes."""
 
     def __init__(
-        self, data_dir: Path, secret_key: str, database_url: str | None, workers: int | None
+        self,
+        data_dir: Path,
+        secret_key: str,
+        database_url: str | None,
+        workers: int | None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.smtp_port = free_port()
@@ -253,6 +258,7 @@ class Serve:
                 "MAILGATE_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
             }
         )
+        env.update(extra_env or {})
         if workers is not None:
             env["MAILGATE_WORKERS"] = str(workers)
         if database_url:
