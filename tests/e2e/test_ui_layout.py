@@ -73,10 +73,13 @@ def test_phone_layout_header_ribbon_and_pages(page: Any, mailgate: Mailgate) -> 
         "messages",
         "api-keys",
         "remote-clients",
+        "webhooks",
+        "audit",
         "users",
         "tenants",
         "system-email-server",
         "system-settings",
+        "account",
     ):
         page.goto(f"/ui/{path}?tenant=phone")
         page.wait_for_selector("main[data-ready='1']")
