@@ -9,10 +9,12 @@ transaction) and another tenant's submission must be fast.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,13 @@ from sqlalchemy import create_engine, select, text
 from tests.conftest import ADMIN_PASSWORD, Api, make_settings, password_server
 from tests.drip_server import DripServer, JsonEndpoint
 from tests.oauth_server import query_of
+from tests.smtp_fixtures import SmtpServers
 
 from mailgate.adapters.db.tables import EmailServer
 from mailgate.bootstrap import Container, build, first_start
 from mailgate.domain.oauth2 import TokenEndpointDown
 from mailgate.entrypoints.api.app import create_app
+from mailgate.entrypoints.worker import Worker
 
 DEADLINE_S = 1.0
 ACME = "/api/v1/tenants/acme/email-servers"
@@ -252,3 +256,75 @@ def test_one_configurations_token_answer_never_stops_the_keeper_for_the_others(a
     finally:
         for endpoint in (huge, infinite, good):
             endpoint.close()
+
+
+def test_a_dripping_token_endpoint_does_not_starve_the_worker(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """The worker's database calls run on the event loop's executor: a tenant whose token
+    requests hang there, one thread per connection it tries, held up every tenant's mail."""
+    c = build(make_settings(tmp_path, sqlite_url, oauth_timeout_s=6, worker_poll_s=0.1))
+    first_start(c, echo=lambda _m: None)
+    peer = smtp_servers.start()
+    # The slow tenant's SMTP server wants XOAUTH2: each connection asks for a token.
+    xoauth2 = smtp_servers.start(xoauth2=lambda _user, _token: False, auth_require_tls=False)
+    with DripServer(interval_s=0.2, max_s=10) as drip, TestClient(create_app(c)) as client:
+        api = Api(client, c)
+        admin = api.admin_token()
+        _slow_tenant(api, admin, drip, "client_credentials")
+        change = {
+            "host": xoauth2.host,
+            "port": xoauth2.port,
+            "starttls": "disabled",
+            "limits": {"max_connections": 20},
+            "authentication": {"client_secret": "acme-secret"},
+        }
+        r = api.request("PATCH", f"{ACME}/SLOW", admin, json=change)
+        assert r.status_code == 200, r.text
+        r = api.request(
+            "POST", "/api/v1/tenants/home/email-servers", admin, json=peer.config("PEER")
+        )
+        assert r.status_code == 201, r.text
+        for _ in range(20):
+            r = api.request(
+                "POST",
+                "/api/v1/tenants/acme/messages",
+                admin,
+                json={"to": ["x@example.net"], "from": "a@acme.example", "text": "x"},
+            )
+            assert r.status_code == 202, r.text
+
+        def submit_other_tenants_mail() -> None:
+            for _ in range(5):
+                r = api.request(
+                    "POST",
+                    "/api/v1/tenants/home/messages",
+                    admin,
+                    json={"server": "PEER", "to": ["y@example.net"], "text": "y"},
+                )
+                assert r.status_code == 202, r.text
+
+        async def deliver() -> float:
+            stop = asyncio.Event()
+            worker = asyncio.create_task(Worker(c, worker_id="isolation").run(stop))
+            loop = asyncio.get_running_loop()
+            own = ThreadPoolExecutor(1)  # not the loop's executor: the subject of the test
+            started = loop.time()
+            while drip.connections == 0 and loop.time() - started < 10:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)  # the slow tenant's connections pile up on its token
+            await loop.run_in_executor(own, submit_other_tenants_mail)
+            started = loop.time()
+            while peer.count < 5 and loop.time() - started < 10:
+                await asyncio.sleep(0.05)
+            took = loop.time() - started
+            stop.set()
+            await asyncio.wait_for(worker, 30)
+            own.shutdown()
+            return took
+
+        took = asyncio.run(deliver())
+        assert drip.connections >= 1
+        assert peer.count == 5, f"{peer.count} of the other tenant's 5 messages in {took:.1f} s"
+        assert took < 3, f"the other tenant's mail took {took:.1f} s"
+    c.engine.dispose()

@@ -13,11 +13,13 @@ transaction; sending them is the alerts' job, not this module's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -208,6 +210,20 @@ class OAuth2Tokens:
         self.claim_poll_s = 0.1
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="oauth2-token")
+        """Token requests of transports (``OAuth2TokenProvider.access_token``): not the event
+        loop's default executor, which the delivery worker's database calls use."""
+        self._async_locks: dict[tuple[int, int], asyncio.Lock] = {}
+
+    def async_lock(self, server_id: int) -> asyncio.Lock:
+        """One token request at a time per configuration on this event loop."""
+        key = (id(asyncio.get_running_loop()), server_id)
+        lock = self._async_locks.get(key)
+        if lock is None:
+            if len(self._async_locks) > 10_000:  # loops of tests and restarts come and go
+                self._async_locks.clear()
+            lock = self._async_locks[key] = asyncio.Lock()
+        return lock
 
     def _count(self, result: str) -> None:
         if self.on_token_request is not None:
@@ -514,8 +530,14 @@ class OAuth2TokenProvider:
             self.note(text)
 
     async def access_token(self, *, force_refresh: bool = False) -> str:
-        # The database and Authlib's client are synchronous: keep them off the event loop.
-        return await asyncio.to_thread(self.token, force_refresh=force_refresh)
+        # The database and Authlib's client are synchronous: keep them off the event loop, on
+        # threads of their own, one at a time per configuration. On the loop's default
+        # executor a tenant's slow token endpoint held a thread per connection it tried to
+        # open, and the worker's database calls, every tenant's, waited for threads.
+        async with self.tokens.async_lock(self.server_id):
+            loop = asyncio.get_running_loop()
+            call = functools.partial(self.token, force_refresh=force_refresh)
+            return await loop.run_in_executor(self.tokens.executor, call)
 
 
 def token_providers(
