@@ -3,6 +3,7 @@ API, the outbox and the worker into real aiosmtpd servers."""
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,40 @@ def test_shutdown_with_a_server_that_does_not_answer_is_capped_and_hands_back(
         assert {v["status"] for v in views if not v["attempts"]} == {"queued"}
         with r.c.sessions() as db:
             assert list(db.scalars(select(Message.id).where(Message.locked_by.is_not(None)))) == []
+
+
+@pytest.mark.slow
+def test_results_are_kept_and_written_again_when_the_database_refuses_writes(
+    tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
+) -> None:
+    """The worker process's writes fail for a while (its file size limit is lowered to 0,
+    as on a full disk): the outcomes it holds are written again once writes work, none is
+    dropped, so nothing is sent twice and nothing waits for a lease."""
+    n = 30
+    server = smtp_servers.start()
+    server.delay_data_end(0.2, times=None)
+    with rig(tmp_path, sqlite_url) as r:
+        r.add_server(server.config(limits={"max_connections": 2}))
+        ids = [r.send(to=["a@example.org"], subject=f"m{i}") for i in range(n)]
+        worker = start_worker(r.c, tmp_path, "w", extra_env={"MAILGATE_LOG_LEVEL": "INFO"})
+        try:
+            wait_until(lambda: server.count >= 5, 30, "the first deliveries")
+            _soft, hard = resource.prlimit(worker.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (0, hard))
+            try:
+                time.sleep(2.0)  # outcomes arrive meanwhile and cannot be written
+            finally:
+                resource.prlimit(worker.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            wait_until(
+                lambda: all(r.row(mid).status == "sent" for mid in ids), 60, "every message sent"
+            )
+        finally:
+            assert stop(worker) == 0
+        log = (tmp_path / "w.log").read_text()
+        # (What the worker logged while it could write no file is lost; what it logged after
+        # says the writes failed and were repeated.)
+        assert "writing results works again" in log, log
+        assert "database writes work again" in log, log
+        subjects = [str(m.message["Subject"]) for m in server.received]
+        assert sorted(subjects) == sorted(f"m{i}" for i in range(n)), "a repeat or a loss"
+        assert not any(a["possibly_delivered"] for mid in ids for a in r.get(mid)["attempts"])
