@@ -69,3 +69,19 @@ def test_api_keys_have_no_password(api: Api) -> None:
         "POST", URL, key, json={"current_password": "x", "new_password": "long-enough-1"}
     )
     assert r.status_code == 403
+
+
+def test_no_credential_is_401_and_a_cookie_needs_the_csrf_header(api: Api) -> None:
+    from mailgate.entrypoints.api.deps import CSRF_HEADER
+
+    body = {"current_password": "admin-test-password", "new_password": "changed-pw-123"}
+    api.client.cookies.clear()
+    assert api.client.post(URL, json=body).status_code == 401
+    api.admin_token()  # the client now holds the session cookie
+    csrf = api.client.get("/api/v1/auth/me").json()["csrf_token"]
+    assert api.client.post(URL, json=body).status_code == 403  # no CSRF header
+    assert api.client.post(URL, json=body, headers={CSRF_HEADER: "wrong"}).status_code == 403
+    r = api.client.post(URL, json=body, headers={CSRF_HEADER: csrf})
+    assert r.status_code == 200, r.text
+    assert api.client.get("/api/v1/auth/me").status_code == 401  # this session ended too
+    api.login("admin", "changed-pw-123")
