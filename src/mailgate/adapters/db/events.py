@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from mailgate.adapters.db.tables import (
     Message,
@@ -33,6 +33,13 @@ from mailgate.adapters.db.tables import (
 from mailgate.domain.events import DeliveryState, EventType, new_event_id
 
 _EVENTS = table_of(WebhookEvent)
+_INSERT_EVENTS = _EVENTS.insert()
+# Prepared once: it runs in every recording transaction of every worker (building the
+# statement cost more than running it: 7 % of a worker's CPU in the benchmark).
+_SUBSCRIBERS = select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
+    WebhookEndpoint.tenant_id.in_(bindparam("tenants", expanding=True)),
+    WebhookEndpoint.enabled.is_(True),
+)
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,7 @@ class MessageEvent:
 
 
 def _subscribers(conn: Connection, tenant_ids: set[int]) -> dict[int, list[tuple[str, set[str]]]]:
-    rows = conn.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
-            WebhookEndpoint.tenant_id.in_(sorted(tenant_ids)),
-            WebhookEndpoint.enabled.is_(True),
-        )
-    ).all()
+    rows = conn.execute(_SUBSCRIBERS, {"tenants": sorted(tenant_ids)}).all()
     out: dict[int, list[tuple[str, set[str]]]] = {}
     for endpoint_id, tenant_id, events in rows:
         out.setdefault(tenant_id, []).append((endpoint_id, set(events or ())))
@@ -117,7 +119,7 @@ def emit(
     name = conn.execute(select(Tenant.name).where(Tenant.id == tenant_id)).scalar_one()
     body = _body(event_type.value, now, {**data, "tenant": name})
     rows = _rows(endpoints, tenant_id, event_type.value, body, message_id, now)
-    conn.execute(_EVENTS.insert(), rows)
+    conn.execute(_INSERT_EVENTS, rows)
     return len(rows)
 
 
@@ -197,5 +199,5 @@ def emit_for_messages(conn: Connection, events: Sequence[MessageEvent], *, now: 
         }
         body = _body(e.type.value, now, data)
         rows += _rows(subscribers[m.tenant_id], m.tenant_id, e.type.value, body, m.id, now)
-    conn.execute(_EVENTS.insert(), rows)
+    conn.execute(_INSERT_EVENTS, rows)
     return len(rows)

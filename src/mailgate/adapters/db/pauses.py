@@ -56,12 +56,14 @@ class PauseGate:
     """When the earliest pause ends or probe lease runs out (for an idle worker's sleep)."""
 
 
+# Prepared once: every claim of every worker reads it.
+_PAUSED = select(_STATE.c.server_id, _STATE.c.paused_until, _STATE.c.probe_until).where(
+    _STATE.c.paused_until.is_not(None)
+)
+
+
 def pause_gate(conn: Connection, now: datetime) -> PauseGate:
-    rows = conn.execute(
-        select(_STATE.c.server_id, _STATE.c.paused_until, _STATE.c.probe_until).where(
-            _STATE.c.paused_until.is_not(None)
-        )
-    ).all()
+    rows = conn.execute(_PAUSED).all()
     if not rows:
         return PauseGate(frozenset(), ())
     due: list[int] = []
