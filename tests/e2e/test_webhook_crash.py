@@ -1,4 +1,4 @@
-"""Webhook events survive a SIGKILL (README "Webhooks"): 200 messages delivered by a real
+"""Webhook events survive a SIGKILL (README "Webhooks"): 500 messages delivered by a real
 ``mailgate worker`` process, which also dispatches their events to a real receiver; the
 worker is killed with SIGKILL while events are in flight, a second one finishes, and every
 message's ``message.sent`` event arrives - signed, at least once, none lost."""
@@ -53,7 +53,7 @@ def not_delivered(c: Container) -> int:
 def test_sigkill_mid_dispatch_loses_no_event(
     tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
 ) -> None:
-    n = 200
+    n = 500
     server = smtp_servers.start()
     # Each answer takes 20 ms: the events take a few seconds to go out, time to kill.
     receiver = WebhookReceiver(hang_s=0.02).start()
