@@ -38,6 +38,10 @@ def test_json_submission_refuses_encoded_line_breaks_naming_the_field(api: Api) 
         ({"to": [{"address": "a@example.net", "name": BODY_WORD}]}, "to.0"),
         ({"cc": [{"address": "c@example.net", "name": CRLF_WORD}]}, "cc.0"),
         ({"reply_to": {"address": "r@example.net", "name": CRLF_WORD}}, "reply_to.0"),
+        (
+            {"attachments": [{"filename": CRLF_WORD + ".pdf", "content_base64": "eA=="}]},
+            "attachments.0.filename",
+        ),
         # A long subject goes through the standard library's builder, not the fast one.
         ({"subject": "x" * 100 + " " + CRLF_WORD, "html": "<p>y</p>"}, "subject"),
     ]

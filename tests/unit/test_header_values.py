@@ -112,3 +112,26 @@ def test_raw_route_keeps_ordinary_encoded_words() -> None:
     )
     built = prepare_raw(raw, MessageDefaults(), NOW)
     assert built.subject == "Grüße" and b"Bcc" not in built.raw
+
+
+def test_attachment_file_names_with_encoded_line_breaks_are_refused() -> None:
+    from mailgate.schemas.message import AttachmentIn
+
+    attachment = AttachmentIn.model_construct(
+        filename=INJECTIONS[0] + ".pdf", content_type="application/pdf", content_base64="eA=="
+    )
+    msg = MessageIn.model_construct(
+        from_="a@example.com",
+        to=["t@example.net"],
+        cc=[],
+        bcc=[],
+        reply_to=[],
+        subject=None,
+        text="x",
+        html=None,
+        attachments=[attachment],
+        headers={},
+    )
+    with pytest.raises(ValidationFailed) as caught:
+        build_mime(msg, MessageDefaults(), NOW)
+    assert [e.field for e in caught.value.errors] == ["attachments.0.filename"]

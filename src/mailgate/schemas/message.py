@@ -13,6 +13,7 @@ from pydantic import (
     model_validator,
 )
 
+from mailgate.domain.headers import check_header_value
 from mailgate.domain.messages import Priority, Status
 from mailgate.domain.metadata import metadata_errors
 from mailgate.schemas.common import (
@@ -23,7 +24,6 @@ from mailgate.schemas.common import (
     SendAt,
     SingleLine,
     StrictModel,
-    check_no_crlf,
 )
 
 
@@ -85,7 +85,9 @@ class AttachmentIn(StrictModel):
     @field_validator("filename")
     @classmethod
     def _filename(cls, value: str) -> str:
-        check_no_crlf(value)
+        # It becomes a Content-Disposition parameter: an encoded word in it is decoded when
+        # the header is written (a line break there starts a header of the sender's choice).
+        check_header_value(value)
         if "/" in value or "\\" in value:
             raise ValueError("a file name, not a path")
         return value

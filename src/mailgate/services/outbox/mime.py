@@ -103,6 +103,7 @@ def build_mime(
         (f"{'headers' if k in body.headers else 'message_defaults.headers'}.{k}", v)
         for k, v in headers.items()
     ]
+    checks += [(f"attachments.{i}.filename", a.filename) for i, a in enumerate(body.attachments)]
     for field, value in checks:
         if value is not None and (problem := header_value_problem(value)) is not None:
             errors.append(FieldError(field, problem))
