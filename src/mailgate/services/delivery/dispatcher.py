@@ -44,8 +44,9 @@ log = logging.getLogger("mailgate.worker")
 
 # How long mail of an OAuth2 configuration waits before the state is checked again.
 OAUTH2_RECHECK_S = 60.0
-# A lane waits this long for one of its configuration's connection slots held by other
-# processes, then gives its mail back for CONNECTION_RETRY_S.
+# A lane waits this long (at least: longer than an idle session keeps its slot) for one of its
+# configuration's connection slots held by other processes, then gives its mail back for
+# CONNECTION_RETRY_S.
 CONNECTION_WAIT_S = 5.0
 CONNECTION_RETRY_S = 1.0
 # When the database could not reserve send slots, the mail is given back for this long.
@@ -231,7 +232,9 @@ class Dispatcher:
                 got = None
             if got is not None:
                 return got
-            if not lane.queue or lane.paused or self.stopping or waited >= CONNECTION_WAIT_S:
+            # An idle session elsewhere keeps its slot up to idle_session_s: wait longer.
+            patience = max(CONNECTION_WAIT_S, self.idle_session_s + 2.0)
+            if not lane.queue or lane.paused or self.stopping or waited >= patience:
                 return None
             if lane.sessions > 1:
                 return None  # another session of this lane serves its queue
