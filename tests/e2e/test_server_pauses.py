@@ -178,6 +178,7 @@ def test_the_pause_shows_on_the_server_tells_the_admins_and_resume_ends_it(
             "+00:00", "Z"
         )
         assert "quota" in delivery["reason"] and "5.4.5" in delivery["last_reply"]
+        assert "mailgate_servers_paused 1.0" in r.api.client.get("/metrics").text
         # The list shows it too (the UI's badge reads it there).
         listed = r.api.request("GET", "/api/v1/tenants/home/email-servers", r.admin).json()
         assert [s["delivery"]["state"] for s in listed["items"]] == ["paused"]
@@ -204,6 +205,7 @@ def test_the_pause_shows_on_the_server_tells_the_admins_and_resume_ends_it(
         assert resumed.status_code == 200, resumed.text
         assert resumed.json()["delivery"]["state"] == "active"
         assert resumed.json()["delivery"]["last_reply"].startswith("550")
+        assert "mailgate_servers_paused 0.0" in r.api.client.get("/metrics").text
         assert r.run_once() == 4
         assert _statuses(r, ids) == {"sent": 4}
         again = r.api.request("POST", "/api/v1/tenants/home/email-servers/DEFAULT/resume", r.admin)

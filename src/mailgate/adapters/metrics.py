@@ -19,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.db.tables import Message, WebhookEvent
+from mailgate.adapters.db.tables import Message, ServerDelivery, WebhookEvent
 from mailgate.domain.clock import Clock
 from mailgate.domain.events import DeliveryState
 from mailgate.domain.messages import PENDING, Status
@@ -76,6 +76,18 @@ class _QueueCollector:
             value=numbers["oldest_ready_s"],
         )
         yield from webhook_gauges(self.sessions, self.clock())
+        with self.sessions() as db:
+            paused = db.scalar(
+                select(func.count())
+                .select_from(ServerDelivery)
+                .where(ServerDelivery.paused_until.is_not(None))
+            )
+        yield GaugeMetricFamily(
+            "mailgate_servers_paused",
+            "E-mail server configurations paused by their provider's quota or throttling "
+            '(their mail waits; README "Provider limits, pauses and fairness")',
+            value=paused or 0,
+        )
 
 
 def webhook_gauges(sessions: sessionmaker[Session], now: datetime) -> Iterator[GaugeMetricFamily]:
