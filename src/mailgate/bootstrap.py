@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.adapters.db import notify
 from mailgate.adapters.db.batch_writer import BatchWriter
 from mailgate.adapters.db.engine import (
+    KeptReads,
     durable,
     make_engine,
     make_session_factory,
@@ -86,6 +87,8 @@ class Container:
     wrap it."""
     read_engine: Engine
     """The engine for work that only reads (on SQLite it does not wait for the write lock)."""
+    submission_reads: KeptReads
+    """``read_engine``'s connections for the submission's reads on the event loop."""
     submissions: BatchWriter[Prepared]
     """Group commit of submissions without an idempotency key."""
     smtp_submission: SmtpSubmission
@@ -243,6 +246,7 @@ def build(
         prober=transports,
         hub=hub,
         read_engine=read_engine,
+        submission_reads=KeptReads(read_engine),
         submissions=BatchWriter(
             submit_engine,
             store_many,

@@ -249,7 +249,7 @@ def _prepare(
     content: MessageIn | bytes | MailgateError,
     options: RawOptions,
 ) -> Prepared:
-    with c.read_engine.connect() as conn:
+    with c.submission_reads.connect() as conn:
         found = None
         if (
             not is_cookie
