@@ -153,6 +153,10 @@ _UNFINISHED = select(
     Message.expires_at,
     Message.locked_by,
 ).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
+# Prepared once (every claim runs the first): a statement built per call with its values
+# inlined cost a third of a claim's CPU (SQLAlchemy adapts the cached form to each new one).
+_UNFINISHED_DUE = _UNFINISHED.where(Message.next_attempt_at <= bindparam("now"))
+_UNFINISHED_OF = _UNFINISHED.where(Message.locked_by == bindparam("worker"))
 
 
 _Ready = tuple[int, datetime | None, str, int | None]
@@ -441,10 +445,9 @@ class SqlDeliveryQueue:
         ``of_worker``: that worker's, whatever their lease (it stops); else those whose lease
         ran out."""
         if of_worker is None:
-            query = _UNFINISHED.where(Message.next_attempt_at <= now)
+            found = conn.execute(_UNFINISHED_DUE, {"now": now}).all()
         else:
-            query = _UNFINISHED.where(Message.locked_by == of_worker)
-        found = conn.execute(query).all()
+            found = conn.execute(_UNFINISHED_OF, {"worker": of_worker}).all()
         if not found:
             return []
         items: list[tuple[Claimed, AttemptResult]] = []
