@@ -432,7 +432,7 @@ def test_a_hanging_lane_does_not_stop_the_worker_claiming_for_others() -> None:
             r.transport.block[f"1-{i}"] = asyncio.Event()  # its server never answers
         stop, wake = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(r.service.run(stop, wake))
-        await asyncio.sleep(0.05)
+        await _until(lambda: len(r.transport.sent) == 2)  # both sessions hang
         # Its lane is full (a quarter of the batch, at least 4); the rest waits in the queue.
         assert r.service.by_server[1] == 4
         r.queue.ready += messages(2, 2)
@@ -457,7 +457,7 @@ def test_a_pause_another_process_began_stops_the_lane_within_a_second() -> None:
         r.transport.block["1-0"] = asyncio.Event()  # the first send is under way
         stop, wake = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(r.service.run(stop, wake))
-        await asyncio.sleep(0.05)
+        await _until(lambda: len(r.transport.sent) == 1)
         r.queue.paused = [1]  # another process recorded a quota answer
         for _ in range(300):
             if r.queue.postponed:
@@ -473,3 +473,11 @@ def test_a_pause_another_process_began_stops_the_lane_within_a_second() -> None:
     assert [s.message for s in r.transport.sent] == ["1-0"]
     assert [m.id for m, _w, _r in r.queue.postponed] == ["1-1", "1-2", "1-3", "1-4"]
     assert all(reason and reason.startswith("paused: ") for *_x, reason in r.queue.postponed)
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")

@@ -14,7 +14,7 @@ Every function runs inside the caller's short transaction; none does network I/O
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +54,8 @@ class PauseGate:
     """Paused configurations whose time has come: one message of each may be claimed."""
     wake_at: datetime | None = None
     """When the earliest pause ends or probe lease runs out (for an idle worker's sleep)."""
+    waiting: dict[int, datetime] = field(default_factory=dict)
+    """Configurations still within their pause, and when it ends."""
 
 
 # Prepared once: every claim of every worker reads it.
@@ -68,15 +70,27 @@ def pause_gate(conn: Connection, now: datetime) -> PauseGate:
         return PauseGate(frozenset(), ())
     due: list[int] = []
     wake: list[datetime] = []
+    waiting: dict[int, datetime] = {}
     for sid, paused_until, probe_out in rows:
         until, probe_until = _utc(paused_until), _aware(probe_out)
         if until > now:
             wake.append(until)
+            waiting[sid] = until
         elif probe_until is not None and probe_until > now:
             wake.append(probe_until)
         else:
             due.append(sid)
-    return PauseGate(frozenset(r[0] for r in rows), tuple(due), min(wake) if wake else None)
+    return PauseGate(
+        frozenset(r[0] for r in rows), tuple(due), min(wake) if wake else None, waiting
+    )
+
+
+def hold_back_arrivals(conn: Connection, gate: PauseGate) -> None:
+    """Move mail that arrived for paused configurations since they paused to the end of
+    their pause, as the pause did with the mail waiting then: claims then do not pass over
+    it on every turn."""
+    for sid, until in gate.waiting.items():
+        _hold_back(conn, sid, until)
 
 
 def claim_probes(

@@ -13,6 +13,7 @@ Database work is batched: one transaction claims up to a batch, one records many
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import processes
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
-from mailgate.adapters.db.pauses import claim_probes, pause_gate, record_pauses
+from mailgate.adapters.db.pauses import (
+    claim_probes,
+    hold_back_arrivals,
+    pause_gate,
+    record_pauses,
+)
 from mailgate.adapters.db.tables import (
     Message,
     MessageAttempt,
@@ -46,6 +52,8 @@ from mailgate.domain.messages import (
 )
 from mailgate.domain.pauses import PausePolicy
 
+# How often a claim moves mail that arrived for a paused configuration to its pause's end.
+HOLD_BACK_EVERY_S = 5.0
 _FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
 _AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
 _READY = (*_FRESH, *_AGAIN)
@@ -238,6 +246,7 @@ class SqlDeliveryQueue:
     ) -> None:
         self.sessions = sessions
         self.pauses = pauses or PausePolicy()
+        self._held_back_at = -HOLD_BACK_EVERY_S
         self.engine: Engine = sessions.kw["bind"]
         self.one_read = self.engine.dialect.name == "sqlite"
         """Claims read the ready rows of all statuses in one statement (SQLite: no row
@@ -280,6 +289,9 @@ class SqlDeliveryQueue:
             # Paused configurations (adapters/db/pauses.py): none of their mail, but one
             # probe of each whose pause is over.
             gate = pause_gate(conn, now)
+            if gate.waiting and time.monotonic() - self._held_back_at >= HOLD_BACK_EVERY_S:
+                hold_back_arrivals(conn, gate)
+                self._held_back_at = time.monotonic()
             until = now + self.lease
             probes: list[str] = []
             if gate.skip:
