@@ -250,6 +250,7 @@ def rig(
         clock=clock,
         sleep=clock.sleep,
         run_blocking=_inline,
+        gather_marks=False,
     )
     return Rig(clock, queue, transport, counter, service)
 

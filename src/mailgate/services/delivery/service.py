@@ -94,6 +94,7 @@ class DeliveryService:
         only_servers: Callable[[], list[int]] | None = None,
         limits: DeliveryLimits | None = None,
         run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread,
+        gather_marks: bool = True,
     ) -> None:
         self.id = worker_id
         self.limits: DeliveryLimits = limits or LocalLimits(clock)
@@ -115,6 +116,10 @@ class DeliveryService:
         self.run_blocking = run_blocking
         """How the journal's blocking write runs: in a thread (tests on a hand-driven clock
         run it inline, so that a mark takes no time on the test's timeline)."""
+        self.gather_marks = gather_marks
+        """A session's started mark waits one turn of the event loop for the marks of the
+        sessions whose replies came in with its own, so that one write takes them all
+        (tests on a hand-driven clock, whose timeline has no room for that turn: off)."""
         self.batch = settings.batch
         self.lane_budget = max(LANE_MIN, self.batch // 4)
         self._skip: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
@@ -355,9 +360,16 @@ class DeliveryService:
         """Mark ``m``'s attempt started before it goes out (with whatever else gathered, in
         one write); False if the message was taken away meanwhile (held, cancelled, taken
         over): then it must not be sent. The first session to ask while no write is under
-        way writes at once itself; the others' marks go with the next write."""
+        way writes itself, after one turn of the event loop: the sessions whose replies came
+        in with its own add their marks meanwhile, so that one write takes them all (it
+        wrote alone at once before, and the others' marks went in a second transaction);
+        the marks that come while a write is under way go with the next write."""
         started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.starts.append((m, started))
+        if not self._writing and self.gather_marks:
+            await asyncio.sleep(0)
+            if started.done():  # another session's write took it
+                return started.result()
         if self._writing:
             self.journal_due.set()
         elif not await self._write_journal():
