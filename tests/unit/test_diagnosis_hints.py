@@ -81,3 +81,14 @@ def test_the_kind_wins_over_the_reply() -> None:
         == (KIND_HINTS[FailureKind.DISCONNECTED])
     )
     assert "temporary problem" in (hint_for("connect", FailureKind.REPLY, reply) or "")
+
+
+def test_quota_and_throttling_replies_say_the_configuration_pauses() -> None:
+    quota = _r(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+    assert "quota is used up" in (hint_for("data", FailureKind.REPLY, quota) or "")
+    gmail = _r(550, "5.4.5 Daily user sending limit exceeded.")
+    assert "quota is used up" in (hint_for("mail_from", FailureKind.REPLY, gmail) or "")
+    busy = _r(432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")
+    assert "throttling" in (hint_for("mail_from", FailureKind.REPLY, busy) or "")
+    full = _r(452, "4.2.2 The email account that you tried to reach is over quota")
+    assert "temporary problem" in (hint_for("rcpt_to", FailureKind.REPLY, full) or "")

@@ -73,6 +73,8 @@ def test_look_alikes_are_not_pauses(rule) -> None:  # type: ignore[no-untyped-de
         ("552 5.2.2 Mailbox full", None),
         ("452 4.5.3 Too many recipients", None),
         ("421 4.7.66 TLS 1.0 and 1.1 are not supported.", None),
+        ("451 4.7.1 Greylisted, please try again later", None),
+        ("450 4.2.0 <b@x.example>: Recipient address rejected: Greylisted", None),
         ("421 4.7.0 TLS required for RCPT domain, closing connection.", None),
         ("450 4.2.1 The user you are trying to contact is receiving mail too quickly.", None),
         ("550 5.1.1 The email account that you tried to reach does not exist.", None),

@@ -246,6 +246,13 @@ NOT_PAUSES: tuple[SmtpRule, ...] = (
         enhanced=("4.5.3", "5.5.3"),
     ),
     SmtpRule(
+        "greylisting",
+        PauseKind.THROTTLED,
+        "https://www.rfc-editor.org/rfc/rfc6647#section-2.1",
+        "451 4.7.1 Greylisting in action, please come back later",
+        text=r"gr[ea]y-?list",
+    ),
+    SmtpRule(
         "tls_requirement",
         PauseKind.THROTTLED,
         "https://learn.microsoft.com/en-us/troubleshoot/exchange/email-delivery/ndr/"
@@ -257,7 +264,8 @@ NOT_PAUSES: tuple[SmtpRule, ...] = (
 )
 """Answers the rows above would catch that are not about the sending account: the
 recipient's mailbox is full, one recipient receives too fast, one message has too many
-recipients (the rest are tried in the next attempt), or the client must change (TLS)."""
+recipients (the rest are tried in the next attempt), greylisting (one sender, recipient and
+address, RFC 6647: the retry of that message passes), or the client must change (TLS)."""
 
 
 @dataclass(frozen=True)

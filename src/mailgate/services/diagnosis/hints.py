@@ -12,6 +12,7 @@ meaning "try later") must never read them. ``hint_for`` sends them there by tran
 
 from __future__ import annotations
 
+from mailgate.domain.pauses import PauseKind, classify_smtp
 from mailgate.domain.transport import FailureKind, Reply
 
 
@@ -56,6 +57,23 @@ def hint_for(
         return (
             "The server requires authentication before sending: configure a password or "
             "OAuth2 under authentication."
+        )
+    pause = classify_smtp(code, reply.enhanced, reply.text)
+    if pause is not None and pause.kind is PauseKind.QUOTA:
+        return (
+            "The provider says this mailbox's sending quota is used up. Real mail is not "
+            "failed: the configuration pauses (an hour, then one message tries again) until "
+            "the quota is back. Raise the mailbox's limit with the provider, or keep below it "
+            "with limits.recipients_per_day and limits.messages_per_minute (presets: "
+            "GET .../limit-presets)."
+        )
+    if pause is not None:
+        return (
+            "A temporary refusal: the provider is throttling (too many messages or connections "
+            "at once). Real mail waits (the configuration pauses, then one message tries "
+            "again); keep below the "
+            "provider's limits with limits.max_connections and limits.messages_per_minute "
+            "(Microsoft 365: 3 connections, 30 a minute)."
         )
     if enh == "5.7.60" or "sendasdenied" in text:
         return (
