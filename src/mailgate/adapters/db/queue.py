@@ -549,20 +549,7 @@ class SqlDeliveryQueue:
         with self.engine.begin() as conn:
             settled = self._settle_unfinished(conn, now, of_worker=worker_id)
             mine = (Message.status == Status.SENDING.value) & (Message.locked_by == worker_id)
-            released = 0
-            for status, fresh in ((Status.QUEUED, True), (Status.DEFERRED, False)):
-                count = Message.attempt_count == 0 if fresh else Message.attempt_count > 0
-                released += conn.execute(
-                    update(Message)
-                    .where(mine, count)
-                    .values(
-                        status=status.value,
-                        locked_by=None,
-                        locked_until=None,
-                        next_attempt_at=now,
-                        updated_at=now,
-                    )
-                ).rowcount
+            released = _release(conn, mine, now)
         return len(settled) + released
 
     def postpone(
@@ -617,19 +604,7 @@ class SqlDeliveryQueue:
                 # Their connection slots (adapters/db/limits.py) are free at once too.
                 conn.execute(delete(ServerConnection).where(ServerConnection.holder.in_(dead)))
                 self._settle_unfinished(conn, now)
-                for status, fresh in ((Status.QUEUED, True), (Status.DEFERRED, False)):
-                    count = Message.attempt_count == 0 if fresh else Message.attempt_count > 0
-                    released += conn.execute(
-                        update(Message)
-                        .where(mine, count)
-                        .values(
-                            status=status.value,
-                            locked_by=None,
-                            locked_until=None,
-                            next_attempt_at=now,
-                            updated_at=now,
-                        )
-                    ).rowcount
+                released = _release(conn, mine, now)
         return Heartbeat(not known, dead, released)
 
     def leave(self, worker_id: str) -> None:
@@ -733,6 +708,26 @@ def _merge_recipients(
             status = "refused"
         state[rcpt] = {"status": status, "code": code, "text": text[:500]}
     return state
+
+
+def _release(conn: Connection, held: Any, now: datetime) -> int:
+    """Claimed messages (``held``: a condition on them) ready again now, as they were before
+    the claim: ``queued`` if never tried, else ``deferred``."""
+    released = 0
+    for status, tried in ((Status.QUEUED, False), (Status.DEFERRED, True)):
+        count = Message.attempt_count > 0 if tried else Message.attempt_count == 0
+        released += conn.execute(
+            update(Message)
+            .where(held, count)
+            .values(
+                status=status.value,
+                locked_by=None,
+                locked_until=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        ).rowcount
+    return released
 
 
 def _last_error(decision: Decision, state: dict[str, Any] | None) -> str | None:
