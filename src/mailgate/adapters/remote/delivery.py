@@ -97,8 +97,15 @@ class RemoteDeliverySession:
             try:
                 report = await self._ask(frame)
             except RemoteError as exc:
+                # Once the agent had the job, no report means it may have sent the message
+                # (as a reply lost after the final dot): possibly delivered.
                 return AttemptResult(
-                    Outcome.TEMPORARY, None, str(exc), ms_since(started), step="connect"
+                    Outcome.TEMPORARY,
+                    None,
+                    str(exc),
+                    ms_since(started),
+                    step="data" if exc.after_send else "connect",
+                    possibly_delivered=exc.after_send,
                 )
             outcome = decode_outcome(report)
             if not (

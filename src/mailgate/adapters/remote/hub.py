@@ -27,7 +27,10 @@ T = TypeVar("T")
 
 
 class RemoteError(Exception):
-    """A job could not be run on an agent. Always temporary: the message waits and retries."""
+    """A job could not be run on an agent. Always temporary: the message waits and retries.
+    ``after_send``: the agent had the job when this happened (it may have carried it out)."""
+
+    after_send = False
 
 
 class AgentUnavailable(RemoteError):
@@ -146,7 +149,12 @@ class RemoteHub:
         try:
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
-            raise AgentTimeout(name, timeout_s) from None
+            timed_out = AgentTimeout(name, timeout_s)
+            timed_out.after_send = True
+            raise timed_out from None
+        except RemoteError as exc:
+            exc.after_send = True  # the agent had the job, and went away without a report
+            raise
         finally:
             conn.pending.pop(job_id, None)
 
