@@ -274,6 +274,7 @@ def build(
             webhook_policy,
             new_secret,
             refuse_local_names=not settings.webhook_allow_private,
+            max_per_tenant=settings.max_webhooks_per_tenant,
         ),
         webhook_sender=HttpWebhookSender(webhook_policy),
     )

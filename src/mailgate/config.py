@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     """API keys one tenant may have."""
     max_remote_clients_per_tenant: int = Field(default=50, ge=1)
     """Remote clients (agents) one tenant may have."""
+    max_webhooks_per_tenant: int = Field(default=20, ge=1)
+    """Webhook endpoints one tenant may have."""
     session_hours: int = Field(default=12, ge=1)
     """Lifetime of a login token / browser session."""
     login_max_failures: int = Field(default=5, ge=1)

@@ -1,5 +1,5 @@
-"""Per-tenant caps (issue 13, point 8): a tenant cannot create e-mail servers, API keys or
-remote clients without bound; the installation's settings say how many."""
+"""Per-tenant caps (issue 13, point 8): a tenant cannot create e-mail servers, API keys,
+remote clients or webhooks without bound; the installation's settings say how many."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def api(tmp_path: Path, sqlite_url: str) -> Iterator[Api]:
         max_servers_per_tenant=2,
         max_api_keys_per_tenant=2,
         max_remote_clients_per_tenant=1,
+        max_webhooks_per_tenant=1,
+        webhook_allow_private=True,
     )
     c = build(settings)
     first_start(c, echo=lambda _m: None)
@@ -68,3 +70,15 @@ def test_caps_answer_409_and_store_nothing(api: Api) -> None:
         "POST", "/api/v1/tenants/acme/api-keys", admin, json={"name": "k", "role": "user"}
     )
     assert r.status_code == 201
+
+
+def test_webhooks_are_capped_per_tenant(api: Api) -> None:
+    admin = api.admin_token()
+    hook = {"url": "https://127.0.0.1:9/hook", "events": ["message.sent"]}
+    assert api.request("POST", f"{TENANT}/webhooks", admin, json=hook).status_code == 201
+    r = api.request("POST", f"{TENANT}/webhooks", admin, json=hook)
+    assert r.status_code == 409 and "MAILGATE_MAX_WEBHOOKS_PER_TENANT" in r.json()["detail"]
+    assert len(api.request("GET", f"{TENANT}/webhooks", admin).json()["items"]) == 1
+    api.make_tenant(admin, "acme")
+    r = api.request("POST", "/api/v1/tenants/acme/webhooks", admin, json=hook)
+    assert r.status_code == 201, r.text

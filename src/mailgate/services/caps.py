@@ -1,5 +1,5 @@
 """Per-tenant caps (README "Security model"): how many e-mail server configurations, API
-keys and remote clients one tenant may have, so that no tenant fills the installation's
+keys, remote clients and webhooks one tenant may have, so that no tenant fills the installation's
 database (or the keeper's rounds) for everyone. Settings ``MAILGATE_MAX_*_PER_TENANT``."""
 
 from __future__ import annotations

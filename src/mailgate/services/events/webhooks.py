@@ -20,8 +20,7 @@ from mailgate.domain.events import DeliveryState, new_endpoint_id
 from mailgate.domain.outbound import OutboundPolicy
 from mailgate.ports import SecretCipher
 from mailgate.schemas.webhook import WebhookIn, WebhookPatch
-
-MAX_ENDPOINTS = 20
+from mailgate.services.caps import check_room
 
 
 def secret_context(endpoint_id: str) -> str:
@@ -38,6 +37,7 @@ class Webhooks:
         new_secret: Callable[[], str],
         *,
         refuse_local_names: bool,
+        max_per_tenant: int = 20,
     ) -> None:
         """``policy``: the outbound policy of webhook connections (the sender applies it
         again at connect time); ``refuse_local_names``: ``localhost`` is refused by name."""
@@ -46,6 +46,7 @@ class Webhooks:
         self.policy = policy
         self.new_secret = new_secret
         self.refuse_local_names = refuse_local_names
+        self.max_per_tenant = max_per_tenant
 
     def check_destination(self, url: str) -> None:
         """What can be told from the URL alone: an address literal or ``localhost`` that
@@ -68,9 +69,14 @@ class Webhooks:
 
     def create(self, db: Session, tenant_id: int, body: WebhookIn) -> tuple[WebhookEndpoint, str]:
         self.check_destination(body.url)
-        count = db.scalar(select(func.count()).where(WebhookEndpoint.tenant_id == tenant_id))
-        if (count or 0) >= MAX_ENDPOINTS:
-            raise ValidationFailed.one("url", f"a tenant has at most {MAX_ENDPOINTS} webhooks")
+        check_room(
+            db,
+            WebhookEndpoint,
+            tenant_id,
+            self.max_per_tenant,
+            "webhooks",
+            "MAILGATE_MAX_WEBHOOKS_PER_TENANT",
+        )
         now = self.clock()
         endpoint_id = new_endpoint_id()
         secret = self.new_secret()
