@@ -186,6 +186,8 @@ _UNFINISHED = select(
     Message.expires_at,
     Message.locked_by,
 ).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
+# PostgreSQL: two workers settling at once (two claims, two heartbeats) take different rows.
+_UNFINISHED = _UNFINISHED.with_for_update(skip_locked=True)
 # Prepared once (every claim runs the first): a statement built per call with its values
 # inlined cost a third of a claim's CPU (SQLAlchemy adapts the cached form to each new one).
 _UNFINISHED_DUE = _UNFINISHED.where(Message.next_attempt_at <= bindparam("now"))
