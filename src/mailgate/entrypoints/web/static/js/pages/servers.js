@@ -128,6 +128,7 @@ async function main() {
       canEdit: ctx.canEditServers, canTest: ctx.canTest,
       apiBase: isNew ? null : `${base}/${enc(value.name)}`,
       collectionBase: base,
+      presetsUrl: `/api/v1/tenants/${enc(ctx.tenant)}/limit-presets`,
       remoteClients: remote.clients, remoteAllowed: remote.allowed, remoteConnected: remote.connected,
       testTo: ctx.me.email || "",
       onChange: () => { renderRibbon(); renderStatus(); },

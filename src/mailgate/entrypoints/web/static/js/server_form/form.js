@@ -3,6 +3,9 @@
 // (body(), isDirty(), errors shown at their fields). Inputs are bound by ./binding.js; the
 // OAuth2 and test sections are panels of their own.
 import { get, post } from "../api.js";
+
+export const LIMIT_FIELDS = ["max_connections", "messages_per_minute", "recipients_per_day"];
+const presetLists = new Map(); // URL -> Promise of the API's presets, fetched once per page load
 import { h, clear, field, showErrors, clearErrors, banner, nextId, busy, toast, errorText } from "../ui.js";
 import { BoundForm } from "./binding.js";
 import { OAuth2Panel } from "./oauth2_panel.js";
@@ -16,7 +19,7 @@ export function emptyServer(name = "") {
     name, is_default: false, transport: "smtp", protocol: "smtp", host: "", port: 587, starttls: "required",
     tls: { verify: true, ca_certificates_pem: null, client_certificate_pem: null, client_key_set: false },
     helo_name: null, timeouts: { connect_s: 15, command_s: 60 },
-    limits: { max_connections: 3, messages_per_minute: null, max_message_bytes: null },
+    limits: { max_connections: 3, messages_per_minute: null, max_message_bytes: null, recipients_per_day: null },
     authentication: { method: "none" },
     message_defaults: { from_address: null, from_name: null, reply_to: null, envelope_from: null, cc: [], bcc: [], subject: null, body_text: null, body_html: null, headers: {} },
     remote_output: { enabled: false, remote_client: null },
@@ -104,10 +107,12 @@ export class ServerForm extends BoundForm {
 
     parts.push(this.buildAuth());
 
-    parts.push(this.section("Limits and timeouts", null,
+    parts.push(this.section("Limits and timeouts", "Limits hold across every process of this installation; mail over a limit waits.",
       h("div", { class: "grid" },
+        this.buildLimitPresets(),
         this.text("Max. connections", "limits.max_connections", { kind: "int", type: "number", help: "Office 365 allows 3 per mailbox; Graph 4 requests." }),
         this.text("Messages per minute", "limits.messages_per_minute", { kind: "int", type: "number", help: "Empty: no limit. Office 365: 30." }),
+        this.text("Recipients per day", "limits.recipients_per_day", { kind: "int", type: "number", help: "Recipients in any 24 hours (To, Cc and Bcc count). Empty: no limit. Exchange Online: 10,000 per mailbox." }),
         this.text("Max. message size (bytes)", "limits.max_message_bytes", { kind: "int", type: "number", help: "Empty: the installation's limit." }),
         this.text("Connect timeout (s)", "timeouts.connect_s", { kind: "int", type: "number" }),
         this.text("Command timeout (s)", "timeouts.command_s", { kind: "int", type: "number" }))));
@@ -202,6 +207,48 @@ export class ServerForm extends BoundForm {
     this.portEdited = false;
   }
 
+  // "Provider limits": one click fills the three limits with a provider's documented
+  // numbers (served by the API from LIMIT_PRESETS), as edits the form saves.
+  buildLimitPresets() {
+    const id = nextId("presets");
+    this.presetButtons = [];
+    this.presetBox = h("div", { class: "preset-choices", role: "group", "aria-labelledby": id });
+    const wrap = h("div", { class: "field wide limit-presets", hidden: true },
+      h("span", { class: "label", id }, "Provider limits"), this.presetBox,
+      h("span", { class: "help" }, "Fills max. connections, messages per minute and recipients per day below; change them before saving if your plan differs."));
+    const url = this.o.presetsUrl;
+    if (!url) return wrap;
+    if (!presetLists.has(url)) presetLists.set(url, get(url).then((r) => r.items));
+    presetLists.get(url).then((items) => {
+      for (const p of items) {
+        const l = p.limits;
+        const n = (x) => (x == null ? "no limit" : x.toLocaleString("en-US"));
+        const b = h("button", { type: "button", class: "preset", "aria-pressed": "false", disabled: !this.o.canEdit, dataset: { preset: p.name } },
+          h("strong", {}, p.label),
+          h("span", { class: "help" }, `${n(l.messages_per_minute)} messages/min · ${n(l.max_connections)} connections · ${n(l.recipients_per_day)} recipients/day`));
+        b.addEventListener("click", () => this.applyLimits(l));
+        this.presetButtons.push({ button: b, limits: l });
+        this.presetBox.append(b);
+      }
+      wrap.hidden = items.length === 0;
+      this.markPreset();
+    }).catch(() => { presetLists.delete(url); });
+    return wrap;
+  }
+
+  applyLimits(limits) {
+    for (const k of LIMIT_FIELDS) if (k in limits) this.setValue(`limits.${k}`, limits[k]);
+    for (const k of LIMIT_FIELDS) this.changed(`limits.${k}`);
+  }
+
+  // The preset the three fields match now, shown pressed.
+  markPreset() {
+    for (const { button, limits } of this.presetButtons || []) {
+      const same = LIMIT_FIELDS.every((k) => (this.v.limits?.[k] ?? null) === (limits[k] ?? null));
+      button.setAttribute("aria-pressed", String(same));
+    }
+  }
+
   buildAuth() {
     const method = h("div", { class: "radios auth-method", role: "radiogroup", "aria-label": "Authentication method" });
     for (const [v, l] of Object.entries({ none: "None", password: "User and password", oauth2: "OAuth2" })) {
@@ -284,6 +331,7 @@ export class ServerForm extends BoundForm {
     }
     this.starttlsField.querySelector("select").disabled = !this.o.canEdit || this.v.protocol === "smtps";
     this.portHelp();
+    this.markPreset();
     this.oauth2.sync();
   }
 
