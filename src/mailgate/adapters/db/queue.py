@@ -672,6 +672,7 @@ def _attempt_event(attempt: dict[str, Any]) -> dict[str, Any]:
         "smtp_code": attempt["smtp_code"],
         "smtp_response": attempt["smtp_response"],
         "ms": attempt["ms"],
+        "possibly_delivered": attempt["possibly_delivered"],
     }
 
 
