@@ -6,7 +6,10 @@ optionally with TLS from a ``trustme`` certificate.
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,3 +49,47 @@ def live_server(
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def serve_process(
+    args: list[str], env: dict[str, str], cwd: Path, stop_timeout_s: float = 15
+) -> Iterator[tuple[str, list[str], subprocess.Popen[str]]]:
+    """A real ``mailgate serve ARGS`` process: yields its URL (read from uvicorn's start
+    line), its output so far (kept growing by a thread: a pipe nobody reads fills up and
+    blocks the server) and the process; SIGTERM at the end, SIGKILL if it does not stop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    log: list[str] = []
+    url = None
+    for line in stdout:
+        log.append(line)
+        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if m:
+            url = m.group(1)
+            break
+    if url is None:
+        proc.kill()
+        raise AssertionError("mailgate serve did not start:\n" + "".join(log))
+
+    def drain() -> None:
+        for line in stdout:
+            log.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        yield url, log, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()

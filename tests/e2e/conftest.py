@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ import httpx
 import pytest
 from tests.api_peers import ApiPeers
 from tests.conftest import ADMIN_PASSWORD, IN_CI
+from tests.live_server import serve_process
 from tests.oauth_server import RunningAuthServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -88,39 +86,8 @@ def mailgate(
     for key, value in {**_oauth_server_running.settings(), **_api_peers_running.settings()}.items():
         env[f"MAILGATE_{key.upper()}"] = str(value)
     env.pop("MAILGATE_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", *SERVE_ARGS],
-        cwd=data,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    log: list[str] = []
-    url = None
-    for line in proc.stdout:
-        log.append(line)
-        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("mailgate serve did not start:\n" + "".join(log))
-    stdout = proc.stdout
-
-    def drain() -> None:  # keep reading, or the pipe fills and the server blocks
-        for line in stdout:
-            log.append(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    yield Mailgate(url, data, log)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with serve_process(list(SERVE_ARGS), env, data, stop_timeout_s=10) as (url, log, _proc):
+        yield Mailgate(url, data, log)
 
 
 # Module scope, not session: Playwright's sync API keeps an event loop running in the main

@@ -8,10 +8,8 @@ README "Security model" describes what these check.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ import httpx
 import pytest
 from tests.conftest import ADMIN_PASSWORD
 from tests.drip_server import DripServer
+from tests.live_server import serve_process
 from tests.smtp_fixtures import SmtpServers
 
 pytestmark = pytest.mark.slow
@@ -75,39 +74,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "MAILGATE_PASSWORD_HASH_MEMORY_KIB": "1024",
     }
     env.pop("MAILGATE_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailgate.entrypoints.cli", "serve", "--port", "0"],
-        cwd=data,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    log: list[str] = []
-    url = None
-    for line in proc.stdout:
-        log.append(line)
-        m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-        if m:
-            url = m.group(1)
-            break
-    if url is None:
-        proc.kill()
-        pytest.fail("mailgate serve did not start:\n" + "".join(log))
-    stdout = proc.stdout
-
-    def drain() -> None:
-        for line in stdout:
-            log.append(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    yield Served(url, log, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with serve_process(["--port", "0"], env, data) as (url, log, proc):
+        yield Served(url, log, proc)
 
 
 @pytest.fixture(scope="module")
