@@ -82,6 +82,8 @@ class Worker:
             clock=c.clock,
             only_servers=self._own_remote_servers if remote_only else None,
             limits=SqlDeliveryLimits(c.engine, c.clock, timedelta(seconds=s.lease_s)),
+            # SQLite: the journal is a local write, tried on the event loop first.
+            journal_now=self.store.journal_if_free if c.engine.dialect.name == "sqlite" else None,
         )
         # Attempts a claim closes for dead workers count like any other (possibly delivered).
         self.store.on_settled = self.service.observe

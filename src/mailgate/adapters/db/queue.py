@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select,
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import processes
+from mailgate.adapters.db.engine import NO_WAIT
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.pauses import (
     claim_probes,
@@ -250,6 +252,7 @@ class SqlDeliveryQueue:
         self.pauses = pauses or PausePolicy()
         self._held_back_at = -HOLD_BACK_EVERY_S
         self.engine: Engine = sessions.kw["bind"]
+        self._inline: Connection | None = None
         self.one_read = self.engine.dialect.name == "sqlite"
         """Claims read the ready rows of all statuses in one statement (SQLite: no row
         locks; PostgreSQL's FOR UPDATE SKIP LOCKED cannot lock through a UNION)."""
@@ -410,12 +413,68 @@ class SqlDeliveryQueue:
         now = self.clock()
         rows = self._attempt_rows(items, now, lambda _m: worker_id)
         with self.engine.begin() as conn:
-            started: frozenset[str] = frozenset()
-            if start:
-                params = {"ids": list(start), "worker": worker_id, "now": now}
-                started = frozenset(conn.scalars(_START, params))
-            if items:
-                self._write_attempts(conn, rows, now)
+            return self._journal_in(conn, worker_id, start, rows, now)
+
+    def journal_if_free(
+        self,
+        worker_id: str,
+        start: Sequence[str],
+        items: Sequence[tuple[Claimed, AttemptResult]],
+    ) -> Journaled | None:
+        """``journal`` for the event loop (SQLite): on a connection kept for it, which
+        neither waits for the write lock nor checkpoints on commit (file I/O; other
+        connections do); ``None``, with nothing written, while another writer holds the
+        lock (then ``journal`` in a thread waits for it). The hand-off of each journal write
+        to a thread and back cost more CPU than the write (see the service)."""
+        now = self.clock()
+        rows = self._attempt_rows(items, now, lambda _m: worker_id)
+        try:
+            conn = self._inline_connection()
+            conn.begin()
+        except Exception as exc:
+            if "database is locked" in str(exc):
+                return None
+            self._drop_inline()
+            raise
+        try:
+            done = self._journal_in(conn, worker_id, start, rows, now)
+            conn.commit()
+        except Exception:
+            self._drop_inline()
+            raise
+        return done
+
+    def _inline_connection(self) -> Connection:
+        conn = self._inline
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(**{NO_WAIT: True})
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA wal_autocheckpoint=0")
+            raw.execute("PRAGMA busy_timeout=0")
+            self._inline = conn
+        return conn
+
+    def _drop_inline(self) -> None:
+        conn, self._inline = self._inline, None
+        if conn is not None:
+            with suppress(Exception):
+                conn.invalidate()
+                conn.close()
+
+    def _journal_in(
+        self,
+        conn: Connection,
+        worker_id: str,
+        start: Sequence[str],
+        rows: _AttemptRows,
+        now: datetime,
+    ) -> Journaled:
+        started: frozenset[str] = frozenset()
+        if start:
+            params = {"ids": list(start), "worker": worker_id, "now": now}
+            started = frozenset(conn.scalars(_START, params))
+        if rows.items:
+            self._write_attempts(conn, rows, now)
         return Journaled(started, rows.recorded)
 
     def _attempt_rows(
