@@ -165,7 +165,9 @@ class Settings(BaseSettings):
         """``workers`` as a number (``auto`` resolved on this machine)."""
         if self.workers != "auto":
             return self.workers
-        return auto_worker_processes(usable_cpus())
+        return auto_worker_processes(
+            usable_cpus(), sqlite=self.effective_database_url.startswith("sqlite")
+        )
 
     @property
     def effective_database_url(self) -> str:
@@ -186,10 +188,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def auto_worker_processes(cpus: int) -> int:
+def auto_worker_processes(cpus: int, *, sqlite: bool = False) -> int:
     """``MAILGATE_WORKERS=auto``: the API process keeps one core, the workers get the rest.
 
-    One worker process delivers several thousand messages a second to a fast server, more
-    than one API process accepts on SQLite; more than four mostly multiply connections (and
-    memory), so more must be asked for."""
+    On SQLite one: every worker writes (started marks, results, limit reservations) under
+    the database's one write lock, and a second worker process made delivery slower, not
+    faster (bench/README.md: 341 against 1024 msg/s). On PostgreSQL one per core beyond the
+    first; more than four mostly multiply connections (and memory), so more must be asked
+    for."""
+    if sqlite:
+        return 1
     return max(1, min(cpus - 1, 4))

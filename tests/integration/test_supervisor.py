@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 from tests.clock import TestClock
 
-from mailgate.config import Settings, auto_worker_processes
+from mailgate.config import Settings, auto_worker_processes, usable_cpus
 from mailgate.entrypoints import supervisor as sup
 from mailgate.entrypoints.supervisor import WorkerSupervisor, describe_exit
 
@@ -127,7 +127,12 @@ def test_stop_ends_a_worker_that_ignores_sigterm() -> None:
 
 def test_workers_setting() -> None:
     assert [auto_worker_processes(n) for n in (1, 2, 3, 4, 8, 64)] == [1, 1, 2, 3, 4, 4]
-    assert Settings(workers="auto", _env_file=None).worker_processes >= 1  # type: ignore[call-arg]
+    assert [auto_worker_processes(n, sqlite=True) for n in (1, 2, 8)] == [1, 1, 1]
+    assert Settings(workers="auto", _env_file=None).worker_processes == 1  # type: ignore[call-arg]
+    on_pg = Settings(  # type: ignore[call-arg]
+        workers="auto", database_url="postgresql+psycopg://u@h/db", _env_file=None
+    )
+    assert on_pg.worker_processes == auto_worker_processes(usable_cpus())
     assert Settings(workers="0", _env_file=None).worker_processes == 0  # type: ignore[call-arg, arg-type]
     assert Settings(workers=3, _env_file=None).worker_processes == 3  # type: ignore[call-arg]
     for bad in ("x", -1, 65, "1.5"):
