@@ -217,7 +217,8 @@ export class ServerForm extends BoundForm {
       h("span", { class: "label", id }, "Provider limits"), this.presetBox,
       h("span", { class: "help" }, "Fills max. connections, messages per minute and recipients per day below; change them before saving if your plan differs."));
     const url = this.o.presetsUrl;
-    if (!url) return wrap;
+    // Edit controls only for those who may edit (a read-only user sees the limits' values).
+    if (!url || !this.o.canEdit) return wrap;
     if (!presetLists.has(url)) presetLists.set(url, get(url).then((r) => r.items));
     presetLists.get(url).then((items) => {
       for (const p of items) {
