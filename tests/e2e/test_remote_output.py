@@ -259,9 +259,12 @@ def test_offline_agent_defers_then_delivers_and_sigkill_loses_nothing(
 
     # The SMTP server swallows the content and never answers: the agent holds the messages.
     smtp.fail("DATA", "hang", times=None)
+    before = smtp.commands.count("DATA")  # the first message's
     held = [mailgate.send("t-offline", f"held {i}") for i in range(3)]
     wait_until(
-        lambda: smtp.commands.count("DATA") >= 2, 20, "the agent to be in the middle of DATA"
+        lambda: smtp.commands.count("DATA") >= before + 2,
+        20,
+        "the agent to have two of them in the middle of DATA",
     )
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     for mid in held:
