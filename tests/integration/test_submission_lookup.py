@@ -75,3 +75,43 @@ def test_same_answers_with_and_without_the_lookup(
     without = {case: _answer(api, keys[case[0]], case[1], case[2]) for case in cases}
     assert with_lookup == without
     assert {a[0] for a in without.values()} >= {202, 401, 403, 404, 422}
+
+
+def test_prepared_rows_are_sqlalchemys_rows(api: Api) -> None:
+    """``PreparedSelect`` (the DBAPI connection on SQLite) gives exactly the rows that
+    ``Connection.execute`` gives for the same statement: types through the same processors
+    (a stored ``last_used_at`` comes back as the same aware datetime), parameters bound the
+    same, no row more or less."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from mailgate.adapters.db.tables import ApiKey
+    from mailgate.services.identity import token_hash
+
+    admin = api.admin_token()
+    r = api.request("POST", "/api/v1/tenants/home/email-servers", admin, json=password_server())
+    assert r.status_code == 201, r.text
+    used, fresh = api.make_api_key(admin, "home"), api.make_api_key(admin, "home")
+    c = api.container
+    with c.session() as db:
+        db.execute(
+            update(ApiKey)
+            .where(ApiKey.token_hash == token_hash(used))
+            .values(last_used_at=datetime(2026, 11, 30, 4, 5, 6, 789000, tzinfo=UTC))
+        )
+        db.commit()
+    compared = 0
+    with c.submission_reads.connect() as conn:
+        for token, tenant, server in itertools.product(
+            [used, fresh, "mgk_unknown"], ["home", "nope"], [None, "DEFAULT", "X"]
+        ):
+            prepared = submission_lookup._DEFAULT if server is None else submission_lookup._NAMED
+            values = {"h": token_hash(token), "tenant": tenant, "server": server}
+            expected = [tuple(row) for row in conn.execute(prepared.statement, values)]
+            assert prepared.run(conn, values) == expected
+            compared += bool(expected)
+    assert compared == 4  # both keys, default and named server
+    with c.submission_reads.connect() as conn:
+        row = submission_lookup._DEFAULT.run(conn, {"h": token_hash(used), "tenant": "home"})[0]
+    assert row[4] == datetime(2026, 11, 30, 4, 5, 6, 789000, tzinfo=UTC)
