@@ -248,12 +248,14 @@ def build(
         read_engine=read_engine,
         submission_reads=KeptReads(read_engine),
         submissions=BatchWriter(
-            submit_engine,
+            engine,
             store_many,
             wakeup.notify,
             linger_s=0.001,
-            # An fsync per commit (synchronous=FULL) must not hold up the event loop.
-            on_loop=settings.sqlite_synchronous == "normal",
+            # SQLite: the fsync of the WAL that synchronous=FULL would do at each commit,
+            # in a thread of its own, before the 202s of that commit (README "What a 202
+            # guarantees"); the event loop goes on meanwhile.
+            sync_wal=settings.sqlite_synchronous == "full",
         ),
         smtp_submission=SmtpSubmission(identity, servers, outbox.submitter, clock),
         system_mailer=system_mailer,
