@@ -253,8 +253,8 @@ def build(
             wakeup.notify,
             linger_s=0.001,
             # SQLite: the fsync of the WAL that synchronous=FULL would do at each commit,
-            # in a thread of its own, before the 202s of that commit (README "What a 202
-            # guarantees"); the event loop goes on meanwhile.
+            # in a thread of its own, before the 202s of that commit; the event loop goes
+            # on meanwhile (README "What a 202 guarantees").
             sync_wal=settings.sqlite_synchronous == "full",
         ),
         smtp_submission=SmtpSubmission(identity, servers, outbox.submitter, clock),
