@@ -16,13 +16,16 @@ Usage (helper code elsewhere)::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, literal_column, select
 
+from mailgate.adapters.db import journal_sqlite
+from mailgate.adapters.db.prepared import Prepared
 from mailgate.adapters.db.tables import (
     Message,
     Tenant,
@@ -54,8 +57,24 @@ class MessageEvent:
     one indexed query on ``webhook_endpoints``, not a read of the messages."""
 
 
+# The same on SQLite's DBAPI connection (adapters/db/journal_sqlite.py says why): the
+# tenants as one JSON parameter.
+_SUBSCRIBERS_SQLITE = Prepared(
+    select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
+        WebhookEndpoint.tenant_id.in_(
+            select(literal_column("value")).select_from(func.json_each(bindparam("tenants")))
+        ),
+        WebhookEndpoint.enabled.is_(True),
+    )
+)
+
+
 def _subscribers(conn: Connection, tenant_ids: set[int]) -> dict[int, list[tuple[str, set[str]]]]:
-    rows = conn.execute(_SUBSCRIBERS, {"tenants": sorted(tenant_ids)}).all()
+    rows: Sequence[Any]
+    if journal_sqlite.applies(conn):
+        rows = _SUBSCRIBERS_SQLITE.rows(conn, {"tenants": json.dumps(sorted(tenant_ids))})
+    else:
+        rows = conn.execute(_SUBSCRIBERS, {"tenants": sorted(tenant_ids)}).all()
     out: dict[int, list[tuple[str, set[str]]]] = {}
     for endpoint_id, tenant_id, events in rows:
         out.setdefault(tenant_id, []).append((endpoint_id, set(events or ())))

@@ -56,6 +56,13 @@ _WROTE = "mailgate_wrote"
 _WRITES = {"INSERT", "UPDATE", "DELETE"}
 
 
+def mark_wrote(conn: Any) -> None:
+    """Tell ``WriteHealth`` that ``conn``'s transaction wrote, for statements run on the
+    DBAPI connection directly (``adapters/db/prepared.py``), which its statement hook
+    does not see."""
+    conn.info[_WROTE] = True
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` says the database cannot take work now (see the module docstring)."""
     if isinstance(exc, sa_exc.DBAPIError):

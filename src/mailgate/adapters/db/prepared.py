@@ -14,62 +14,112 @@ and the statement goes through SQLAlchemy as usual (``run`` does that itself).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
+
+from mailgate.adapters.db.health import mark_wrote
 
 _Processor = Callable[[Any], Any] | None
 _Compiled = tuple[str, list[tuple[str, Any, _Processor]], list[_Processor]]
 
 
-class PreparedSelect:
-    """``statement`` (a SELECT without expanding parameters) compiled once per dialect."""
+class Prepared:
+    """``statement`` (a SELECT, an INSERT/UPDATE/DELETE with or without RETURNING; no
+    expanding parameters: on SQLite give a list as JSON and read it with ``json_each``)
+    compiled once per dialect, run on the SQLite DBAPI connection by ``rows`` and
+    ``many``. ``column_keys``: an INSERT's columns (the keys of each row given to it)."""
 
-    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+    def __init__(
+        self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None
+    ) -> None:
         self.statement = statement
+        self.column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, _Compiled] = {}
+        self.writes = not isinstance(statement, Select)
 
     def _for(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = self.statement.compile(dialect=dialect)
+            compiled = self.statement.compile(dialect=dialect, column_keys=self.column_keys)
+            assert isinstance(compiled, SQLCompiler)
+            if compiled.insert_prefetch or compiled.update_prefetch:
+                # Python-side column defaults are filled in by SQLAlchemy's execution.
+                missing = [c.key for c in [*compiled.insert_prefetch, *compiled.update_prefetch]]
+                raise ValueError(f"Prepared cannot fill in Python-side defaults: {missing}")
             names = compiled.positiontup or []
             params: list[tuple[str, Any, _Processor]] = []
             for name in names:
                 bind = compiled.binds[name]
                 if bind.expanding:
-                    raise ValueError("PreparedSelect does not take expanding parameters")
+                    raise ValueError("Prepared does not take expanding parameters")
                 impl = bind.type.dialect_impl(dialect)
                 # A value given in the statement itself (not a bindparam() to fill in).
-                fixed = (
-                    None if bind.callable is None and bind.value is None else bind.effective_value
+                given = bind.callable is not None or bind.value is not None
+                params.append(
+                    (name, bind.effective_value if given else None, impl.bind_processor(dialect))
                 )
-                params.append((name, fixed, impl.bind_processor(dialect)))
+            columns = getattr(self.statement, "exported_columns", ())
             results: list[_Processor] = [
                 column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in self.statement.selected_columns
+                for column in columns
             ]
             found = (str(compiled), params, results)
             self._compiled[dialect.name] = found
         return found
 
-    def run(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """The rows, as tuples in the statement's column order."""
+    def _driver(self, conn: Connection) -> Any:
         if conn.dialect.name != "sqlite":
-            return [tuple(row) for row in conn.execute(self.statement, dict(values))]
-        sql, params, results = self._for(conn.dialect)
+            raise ValueError("Prepared runs on SQLite only")
+        if self.writes:
+            # What SQLAlchemy's own execution would have told WriteHealth (health.py).
+            mark_wrote(conn)
+        return conn.connection.driver_connection
+
+    @staticmethod
+    def _args(params: list[tuple[str, Any, _Processor]], values: Mapping[str, Any]) -> list[Any]:
         args = []
         for name, fixed, process in params:
             value = values.get(name, fixed)
             args.append(process(value) if process is not None else value)
-        driver: Any = conn.connection.driver_connection
+        return args
+
+    def rows(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run once; the rows (a SELECT's, or RETURNING's), as tuples in column order."""
+        sql, params, results = self._for(conn.dialect)
+        driver = self._driver(conn)
         # fetchall: the statement runs to its end, so no read snapshot outlives the call.
-        rows = driver.execute(sql, args).fetchall()
+        rows = driver.execute(sql, self._args(params, values)).fetchall()
         if not any(results):
             return rows  # type: ignore[no-any-return]
         return [
             tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
             for row in rows
         ]
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per row of ``rows`` (``executemany``)."""
+        if not rows:
+            return
+        sql, params, _results = self._for(conn.dialect)
+        if self.column_keys is not None and set(rows[0]) != set(self.column_keys):
+            raise ValueError(f"rows with {sorted(rows[0])}, not {sorted(self.column_keys)}")
+        self._driver(conn).executemany(sql, [self._args(params, row) for row in rows])
+
+
+class PreparedSelect(Prepared):
+    """A SELECT: ``run`` takes the DBAPI connection on SQLite, SQLAlchemy elsewhere."""
+
+    def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
+        super().__init__(statement)
+        self.select = statement
+
+    def run(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows, as tuples in the statement's column order."""
+        if conn.dialect.name != "sqlite":
+            return [tuple(row) for row in conn.execute(self.select, dict(values))]
+        return self.rows(conn, values)

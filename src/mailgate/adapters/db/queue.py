@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgate.adapters.db import processes
+from mailgate.adapters.db import journal_sqlite, processes
 from mailgate.adapters.db.engine import NO_WAIT
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.pauses import (
@@ -163,6 +163,7 @@ _RECORD = (
         attempt_started_at=None,
     )
 )
+_RECORDING = journal_sqlite.Recording(_RECORD)
 _START = (
     update(Message)
     .where(
@@ -470,7 +471,9 @@ class SqlDeliveryQueue:
         now: datetime,
     ) -> Journaled:
         started: frozenset[str] = frozenset()
-        if start:
+        if start and journal_sqlite.applies(conn):
+            started = journal_sqlite.start(conn, start, worker_id, now)
+        elif start:
             params = {"ids": list(start), "worker": worker_id, "now": now}
             started = frozenset(conn.scalars(_START, params))
         if rows.items:
@@ -547,8 +550,11 @@ class SqlDeliveryQueue:
         worker still holds it: a row whose lease was lost keeps the other worker's state,
         but the attempt is logged all the same, so a duplicate is visible), the attempt
         log, the webhook events, the pauses."""
-        conn.execute(_RECORD, rows.updates)
-        conn.execute(_INSERT_ATTEMPTS, rows.attempts)
+        if journal_sqlite.applies(conn):
+            _RECORDING.record(conn, rows.updates, rows.attempts)
+        else:
+            conn.execute(_RECORD, rows.updates)
+            conn.execute(_INSERT_ATTEMPTS, rows.attempts)
         # The webhook events of these attempts, committed with them (README "Webhooks").
         emit_for_messages(conn, rows.events, now=now)
         if any(result.pause is not None or claimed.probe for claimed, result in rows.items):
