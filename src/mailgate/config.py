@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     doubles with each consecutive pause, up to ``pause_quota_s``."""
     worker_batch: int = Field(default=200, ge=1, le=5000)
     """Messages a worker claims at a time (and keeps in flight at most)."""
+    idle_session_s: float = Field(default=10.0, gt=0, le=300)
+    """How long a worker's open session to a mail server waits for more mail before it says
+    QUIT (and frees its ``max_connections`` slot); below the 5 minutes servers wait."""
     worker_poll_s: float = Field(default=5.0, gt=0)
     """Safety-net poll of an idle worker; new mail wakes it at once (in-process, or by
     PostgreSQL NOTIFY), so this only matters for mail submitted by another SQLite process."""

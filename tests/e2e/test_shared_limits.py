@@ -26,6 +26,10 @@ from mailgate.bootstrap import build, first_start
 from mailgate.entrypoints.worker import Worker
 from mailgate.schemas.email_server import LIMIT_PRESETS
 
+# A session with no mail left says QUIT after 1 s, not 10: until then it holds its connection
+# slot, and the other process, with mail for the same configuration, waits for that slot.
+SHORT_IDLE = {"MAILGATE_IDLE_SESSION_S": "1"}
+
 
 def _server_id(c: Any, name: str = "DEFAULT") -> int:
     with c.sessions() as db:
@@ -118,7 +122,7 @@ def test_two_worker_processes_hold_one_messages_per_minute(
         assert row is not None
         row.config = {**row.config, "limits": {**row.config["limits"], "messages_per_minute": 60}}
     # One message at a time each, so that both processes take part.
-    one = {"MAILGATE_WORKER_BATCH": "1"}
+    one = {"MAILGATE_WORKER_BATCH": "1", **SHORT_IDLE}
     workers = [start_worker(c, tmp_path, f"w{i}", poll_s=0.2, extra_env=one) for i in range(2)]
     try:
         wait_until(lambda: server.count == n, 60, "every message")
@@ -213,7 +217,7 @@ def test_two_worker_processes_hold_one_max_connections(
     sampler = threading.Thread(target=sample)
     sampler.start()
     # Four messages at a time each: both processes have mail for the configuration at once.
-    four = {"MAILGATE_WORKER_BATCH": "4"}
+    four = {"MAILGATE_WORKER_BATCH": "4", **SHORT_IDLE}
     workers = [start_worker(c, tmp_path, f"w{i}", poll_s=0.2, extra_env=four) for i in range(2)]
     try:
         wait_until(lambda: server.count == n, 60, "every message")

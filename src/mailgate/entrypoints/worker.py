@@ -18,7 +18,7 @@ from mailgate.bootstrap import Container
 from mailgate.domain.messages import RetryPolicy
 from mailgate.domain.pauses import PausePolicy
 from mailgate.ports import SessionOpener
-from mailgate.services.delivery.service import IDLE_SESSION_S, DeliveryService, DeliverySettings
+from mailgate.services.delivery.service import DeliveryService, DeliverySettings
 from mailgate.services.delivery.targets import target_loader
 
 # The remote-output worker of an API process wakes at most this often for new mail.
@@ -39,7 +39,7 @@ class Worker:
         *,
         worker_id: str | None = None,
         batch: int | None = None,
-        idle_session_s: float = IDLE_SESSION_S,
+        idle_session_s: float | None = None,
         remote_only: bool = False,
     ) -> None:
         s = c.settings
@@ -74,7 +74,7 @@ class Worker:
                 batch=batch or s.worker_batch,
                 lease_s=s.lease_s,
                 poll_s=s.worker_poll_s,
-                idle_session_s=idle_session_s,
+                idle_session_s=s.idle_session_s if idle_session_s is None else idle_session_s,
                 dead_after_s=s.worker_dead_after_s,
                 drain_s=s.shutdown_drain_s,
                 pauses=pauses,
