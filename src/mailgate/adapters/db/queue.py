@@ -20,7 +20,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, union_all, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import journal_sqlite, processes
@@ -59,6 +76,7 @@ HOLD_BACK_EVERY_S = 5.0
 _FRESH = (Status.QUEUED.value, Status.SCHEDULED.value)
 _AGAIN = (Status.DEFERRED.value, Status.SENDING.value)
 _READY = (*_FRESH, *_AGAIN)
+_MESSAGES = table_of(Message)
 _READY_OF_STATUS = (
     select(Message.priority, Message.next_attempt_at, Message.id, Message.server_id)
     .where(Message.status == bindparam("status"), Message.next_attempt_at <= bindparam("now"))
@@ -66,40 +84,135 @@ _READY_OF_STATUS = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
-# The same without some configurations' mail (full lanes, remote output, paused): prepared
-# once, since a worker whose lane is full claims with it every time. NOT IN alone would also
-# drop rows whose server_id is NULL (SQL three-valued logic).
-_READY_OF_STATUS_SKIP = _READY_OF_STATUS.where(
-    or_(
-        Message.server_id.is_(None),
-        Message.server_id.not_in(bindparam("skip", expanding=True)),
-    )
-)
 
 
-def _ready_of_each_status(skip: bool) -> Any:
-    """``_READY_OF_STATUS`` (``skip``: ``_READY_OF_STATUS_SKIP``) for every ready status in
-    one statement, each arm led by the index as before, each row with its status: on SQLite
-    (which has no row locks to skip) a claim reads them in one execution instead of four."""
+def _ready_of_each_status() -> Any:
+    """``_READY_OF_STATUS`` for every ready status in one statement, each arm led by the
+    index as before, each row with its status: on SQLite (which has no row locks to skip) a
+    claim reads them in one execution instead of four."""
     arms = []
     for status in _READY:
         arm = select(
             Message.status, Message.priority, Message.next_attempt_at, Message.id, Message.server_id
         ).where(Message.status == status, Message.next_attempt_at <= bindparam("now"))
-        if skip:
-            arm = arm.where(
-                or_(
-                    Message.server_id.is_(None),
-                    Message.server_id.not_in(bindparam("skip", expanding=True)),
-                )
-            )
         arm = arm.order_by(Message.priority, Message.next_attempt_at).limit(bindparam("limit"))
         arms.append(select(arm.subquery()))
     return union_all(*arms)
 
 
-_READY_ALL = _ready_of_each_status(skip=False)
-_READY_ALL_SKIP = _ready_of_each_status(skip=True)
+_READY_ALL = _ready_of_each_status()
+
+
+# Beside full lanes, the ordered walk above would pass every ready row of the skipped
+# configurations to find the others' (1,000,000 queued for one configuration: 73 % of the
+# worker in that walk, bench/README.md). Instead, through ix_messages_server_ready (status,
+# server_id, priority, next_attempt_at), a claim that skips configurations finds those with
+# mail of a status by a loose index scan (one seek per configuration: the next server_id
+# above the previous one), and takes each one's first ``per`` ready messages by a seek of
+# its own; rows without a configuration (deleted) by one more. Its cost grows with the
+# number of configurations with mail, not with the depth of anyone's backlog, and no
+# configuration's mail is out of reach behind another's.
+#
+# PostgreSQL plans by its statistics: with one configuration's million rows it took the
+# seek through ix_messages_ready (filtering server_id: the whole backlog, 290 ms), and the
+# scan through ix_messages_server_id (filtering status). So its statements compare
+# (status, server_id) as a row and order by both columns: only an index that leads with
+# them serves that without sorting every row. (Equality on either would let the planner
+# drop it from the order, and the other indexes would do again.)
+_BELOW_ANY_SERVER = -(2**31)
+
+
+def _configurations_with(status: Any, name: str, rows: bool) -> Any:
+    """The ids of the configurations with messages of ``status``: a recursive CTE, the loose
+    index scan. ``rows`` (PostgreSQL): step by ``(status, server_id) > (status, previous)``,
+    from a seed below any id; the CTE's rows of ``status`` other than the seed are the
+    configurations. Otherwise (SQLite) by ``MIN(server_id)`` above the previous; the last
+    row is NULL."""
+    step = _MESSAGES.alias(f"{name}_step")
+    if rows:
+        seed = select(
+            cast(status, String(16)).label("status"),
+            literal(_BELOW_ANY_SERVER, Integer).label("sid"),
+        )
+        found = seed.cte(name, recursive=True)
+        key = tuple_(step.c.status, step.c.server_id)
+        after = (
+            select(step.c.status, step.c.server_id)
+            .where(key > tuple_(found.c.status, found.c.sid))
+            .order_by(step.c.status, step.c.server_id)
+            .limit(1)
+            .lateral(f"{name}_next")
+        )
+        more = select(after.c.status, after.c.server_id).select_from(found.join(after, true()))
+        return found.union_all(more.where(found.c.status == status))
+    first = _MESSAGES.alias(f"{name}_first")
+    lowest = select(func.min(first.c.server_id)).where(first.c.status == status)
+    found = select(lowest.scalar_subquery().label("sid")).cte(name, recursive=True)
+    above = select(func.min(step.c.server_id)).where(
+        step.c.status == status, step.c.server_id > found.c.sid
+    )
+    return found.union_all(select(above.scalar_subquery()).where(found.c.sid.is_not(None)))
+
+
+def _first_of_each_configuration(status: Any, name: str, lock: bool) -> Any:
+    """Up to ``per`` ready messages of ``status`` of each configuration not in ``skip``, in
+    claim order per configuration, and up to ``limit`` without a configuration (status,
+    priority, due, id, server_id). ``lock`` (PostgreSQL): each configuration's seek is a
+    LATERAL subquery with FOR UPDATE SKIP LOCKED; SQLite, without LATERAL, joins each
+    configuration to its messages through ``id IN (its seek)``."""
+    found = _configurations_with(status, name, rows=lock)
+    servers = found.c.sid.not_in(bindparam("skip", expanding=True))
+    if lock:
+        servers = and_(servers, found.c.status == status, found.c.sid != _BELOW_ANY_SERVER)
+    taken = select(found.c.sid).where(servers).subquery(f"{name}_taken")
+    seek, rows = _MESSAGES.alias(f"{name}_seek"), _MESSAGES.alias(f"{name}_rows")
+    cols = [seek.c.status, seek.c.priority, seek.c.next_attempt_at, seek.c.id, seek.c.server_id]
+    now = seek.c.next_attempt_at <= bindparam("now")
+    order = seek.c.priority, seek.c.next_attempt_at
+    if lock:
+        key, here = tuple_(seek.c.status, seek.c.server_id), tuple_(status, taken.c.sid)
+        each = (
+            select(*cols)
+            .where(key >= here, key <= here, now)
+            .order_by(seek.c.status, seek.c.server_id, *order)
+            .limit(bindparam("per"))
+            .with_for_update(skip_locked=True)
+            .lateral(f"{name}_each")
+        )
+        of_servers = select(*each.c).select_from(taken.join(each, true()))
+    else:
+        ids = (
+            select(seek.c.id)
+            .where(seek.c.status == status, seek.c.server_id == taken.c.sid, now)
+            .order_by(*order)
+            .limit(bindparam("per"))
+        )
+        of_servers = select(
+            rows.c.status, rows.c.priority, rows.c.next_attempt_at, rows.c.id, rows.c.server_id
+        ).select_from(taken.join(rows, rows.c.id.in_(ids)))
+    orphans = (
+        select(*cols)
+        .where(seek.c.status == status, seek.c.server_id.is_(None), now)
+        .order_by(seek.c.server_id, *order)
+        .limit(bindparam("limit"))
+    )
+    if lock:
+        orphans = orphans.with_for_update(skip_locked=True)
+    return [of_servers, select(orphans.subquery(f"{name}_orphans"))]
+
+
+# PostgreSQL: one statement per status (FOR UPDATE SKIP LOCKED in each seek).
+_READY_OF_STATUS_SKIP = union_all(
+    *_first_of_each_configuration(bindparam("status"), "ready", lock=True)
+)
+# SQLite: every status in one statement.
+_READY_ALL_SKIP = union_all(
+    *(
+        arm
+        for status in _READY
+        for arm in _first_of_each_configuration(status, f"ready_{status}", lock=False)
+    )
+)
 # The mail of a few configurations (the remote-output worker of an API process): led by the
 # server_id index. "status || ''" keeps SQLite (which has no statistics) from walking every
 # ready row of the status through ix_messages_ready to find the few of these servers.
@@ -145,7 +258,6 @@ _CLAIMED = (
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
-_MESSAGES = table_of(Message)
 _ATTEMPTS = table_of(MessageAttempt)
 _INSERT_ATTEMPTS = _ATTEMPTS.insert()
 _RECORD = (
@@ -312,10 +424,13 @@ class SqlDeliveryQueue:
                 else:
                     skip = [*skip, *gate.skip]
                 limit -= len(probes)
+            # Beside skipped configurations, each other one's first ``per``: its share of
+            # the claim (``_fit``) needs no more.
+            per = min(limit, per_server) if per_server else limit
             if only is None and self.one_read:
-                ready = self._ready_all(conn, now, limit, skip)
+                ready = self._ready_all(conn, now, limit, skip, per)
             else:
-                ready = {s: self._ready(conn, s, now, limit, skip, only) for s in _READY}
+                ready = {s: self._ready(conn, s, now, limit, skip, per, only) for s in _READY}
             room = {sid: per_server - n for sid, n in (held or {}).items()} if per_server else {}
             fresh = _fit(_by_turn(ready[s] for s in _FRESH), room, per_server)
             again = _fit(_by_turn(ready[s] for s in _AGAIN), room, per_server)
@@ -363,9 +478,11 @@ class SqlDeliveryQueue:
         now: datetime,
         limit: int,
         skip: Sequence[int],
+        per: int,
         only: Sequence[int] | None = None,
     ) -> list[_Ready]:
-        """Up to ``limit`` claimable messages of one status, in claim order.
+        """Up to ``limit`` claimable messages of one status, in claim order; with ``skip``,
+        up to ``per`` of each configuration not skipped (and ``limit`` without one).
 
         One query per status: with ``status IN (...)`` the database must sort every ready
         row on each claim; with one status the (status, priority, next_attempt_at) index
@@ -375,20 +492,19 @@ class SqlDeliveryQueue:
             params = {"status": status, "now": now, "limit": limit, "servers": list(only)}
             return [(p, t, i, s) for p, t, i, s in conn.execute(_READY_OF_SERVERS, params)]
         if skip:
-            params = {"status": status, "now": now, "limit": limit, "skip": list(skip)}
-            rows = conn.execute(_READY_OF_STATUS_SKIP, params)
-        else:
-            rows = conn.execute(_READY_OF_STATUS, {"status": status, "now": now, "limit": limit})
+            params = {"status": status, "now": now, "limit": limit, "per": per, "skip": skip}
+            return [(p, t, i, s) for _s, p, t, i, s in conn.execute(_READY_OF_STATUS_SKIP, params)]
+        rows = conn.execute(_READY_OF_STATUS, {"status": status, "now": now, "limit": limit})
         return [(p, t, i, s) for p, t, i, s in rows]
 
     @staticmethod
     def _ready_all(
-        conn: Connection, now: datetime, limit: int, skip: Sequence[int]
+        conn: Connection, now: datetime, limit: int, skip: Sequence[int], per: int
     ) -> dict[str, list[_Ready]]:
         """``_ready`` of every ready status, in one statement (SQLite)."""
         ready: dict[str, list[_Ready]] = {status: [] for status in _READY}
         if skip:
-            params = {"now": now, "limit": limit, "skip": list(skip)}
+            params = {"now": now, "limit": limit, "per": per, "skip": list(skip)}
             rows = conn.execute(_READY_ALL_SKIP, params)
         else:
             rows = conn.execute(_READY_ALL, {"now": now, "limit": limit})

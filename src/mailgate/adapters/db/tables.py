@@ -253,6 +253,8 @@ class Message(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
         Index("ix_messages_tenant_created", "tenant_id", "created_at"),
         Index("ix_messages_ready", "status", "priority", "next_attempt_at"),
+        # The claim beside full lanes: configurations with ready mail, then each one's next.
+        Index("ix_messages_server_ready", "status", "server_id", "priority", "next_attempt_at"),
         Index("ix_messages_tenant_id", "tenant_id", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
