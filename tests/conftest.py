@@ -73,10 +73,21 @@ def postgres_database() -> Iterator[str]:
 
 
 def truncate_all(url: str) -> None:
+    """Empty every table and restart every sequence, as ``TRUNCATE ... RESTART IDENTITY``
+    would. DELETE in one transaction: a test leaves a few rows, and TRUNCATE of two dozen
+    tables (new files for each) took 0.1-0.3 s per test, DELETE 0.02 s."""
     engine = create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for table in reversed(Base.metadata.sorted_tables):  # children before parents
+            conn.execute(text(f'DELETE FROM "{table.name}"'))
+        used = conn.scalars(
+            text(
+                "SELECT sequencename FROM pg_sequences"
+                " WHERE schemaname = current_schema() AND last_value IS NOT NULL"
+            )
+        )
+        for sequence in list(used):
+            conn.execute(text(f'ALTER SEQUENCE "{sequence}" RESTART'))
     engine.dispose()
 
 
