@@ -179,3 +179,73 @@ def test_concurrent_requests_are_all_stored(api: Api) -> None:
         subjects = set(db.scalars(select(Message.subject)))
     assert ids <= stored
     assert subjects >= {f"m{i}" for i in range(40)}
+
+
+def test_sqlites_prepared_inserts_store_what_sqlalchemy_stores(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``store_many`` on SQLite inserts through ``PreparedStatement`` (the DBAPI connection):
+    the same prepared submissions - plain, held, scheduled, with metadata, HTML with a
+    priority, raw MIME - stored that way and through SQLAlchemy into two copies of one
+    database give the same values in every column."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from fastapi.testclient import TestClient
+    from tests.conftest import make_settings
+
+    from mailgate.adapters.db import prepared
+    from mailgate.adapters.db.engine import make_engine
+    from mailgate.bootstrap import build, first_start
+
+    c = build(make_settings(tmp_path, sqlite_url))
+    first_start(c, echo=lambda _m: None)
+    with TestClient(create_app(c)) as client:
+        api = Api(client, c)
+        admin = api.admin_token()
+        r = api.request("POST", "/api/v1/tenants/home/email-servers", admin, json=password_server())
+        assert r.status_code == 201, r.text
+    with c.session() as db:
+        home = db.scalar(select(Tenant.id).where(Tenant.name == "home"))
+    assert home is not None
+    later = datetime.now(UTC) + timedelta(days=1)
+    bodies = [
+        {"to": ["b@example.com"], "subject": "plain", "text": "hi"},
+        {"to": ["b@example.com"], "subject": "held", "text": "x", "hold": True},
+        {"to": ["b@example.com"], "subject": "later", "text": "x", "send_at": later.isoformat()},
+        {"to": ["b@example.com"], "subject": "meta", "text": "x", "metadata": {"order": "42"}},
+        {"to": ["b@example.com"], "subject": "urgent", "html": "<p>x</p>", "priority": "high"},
+    ]
+    items = []
+    with c.read_engine.connect() as conn:
+        for body in bodies:
+            m = MessageIn.model_validate(body)
+            items.append(
+                c.outbox.submitter.prepare(conn, home, Owner("t", None), m, SubmitOptions.of(m))
+            )
+        raw_mime = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: raw\r\n\r\nbody\r\n"
+        items.append(
+            c.outbox.submitter.prepare(conn, home, Owner("t", None), raw_mime, SubmitOptions())
+        )
+    source = sqlite_url.removeprefix("sqlite:///")
+    c.engine.dispose()
+
+    def stored(name: str, raw: bool) -> list[list[tuple[object, ...]]]:
+        target = tmp_path / f"{name}.db"
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)  # the database with its tenant and e-mail server
+        engine = make_engine(f"sqlite:///{target}")
+        monkeypatch.setattr(prepared, "RAW", raw)
+        with engine.begin() as conn:
+            store_many(conn, items)
+        with sqlite3.connect(target) as db:
+            out = [
+                db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                for table in ("messages", "message_contents")
+            ]
+        engine.dispose()
+        return out
+
+    raw_rows = stored("raw", True)
+    assert len(raw_rows[0]) == len(items) and len(raw_rows[1]) == len(items)
+    assert raw_rows == stored("sqlalchemy", False)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tests.e2e.outbox_helpers import rig
 from tests.smtp_fixtures import SmtpServers
 
-from mailgate.adapters.db import journal_sqlite
+from mailgate.adapters.db import prepared
 from mailgate.adapters.db.tables import Message, MessageAttempt, WebhookEvent
 
 
@@ -120,9 +120,9 @@ def test_the_rows_are_sqlalchemys_rows(
     smtp_servers: SmtpServers,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert journal_sqlite.RAW
+    assert prepared.RAW
     raw = _run(tmp_path / "raw", sqlite_template, smtp_servers)
-    monkeypatch.setattr(journal_sqlite, "RAW", False)
+    monkeypatch.setattr(prepared, "RAW", False)
     through_sqlalchemy = _run(tmp_path / "sqlalchemy", sqlite_template, smtp_servers)
     assert raw == through_sqlalchemy
     # The scenario reached every kind of row it is meant to compare.

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, literal_column, select
 
 from mailgate.adapters.db import journal_sqlite
-from mailgate.adapters.db.prepared import Prepared
+from mailgate.adapters.db.prepared import PreparedStatement
 from mailgate.adapters.db.tables import (
     Message,
     Tenant,
@@ -37,7 +37,7 @@ from mailgate.domain.events import DeliveryState, EventType, new_event_id
 
 _EVENTS = table_of(WebhookEvent)
 _INSERT_EVENTS = _EVENTS.insert()
-# Prepared once: it runs in every recording transaction of every worker (building the
+# PreparedStatement once: it runs in every recording transaction of every worker (building the
 # statement cost more than running it: 7 % of a worker's CPU in the benchmark).
 _SUBSCRIBERS = select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
     WebhookEndpoint.tenant_id.in_(bindparam("tenants", expanding=True)),
@@ -59,7 +59,7 @@ class MessageEvent:
 
 # The same on SQLite's DBAPI connection (adapters/db/journal_sqlite.py says why): the
 # tenants as one JSON parameter.
-_SUBSCRIBERS_SQLITE = Prepared(
+_SUBSCRIBERS_SQLITE = PreparedStatement(
     select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
         WebhookEndpoint.tenant_id.in_(
             select(literal_column("value")).select_from(func.json_each(bindparam("tenants")))

@@ -8,7 +8,7 @@ context and per-row parameter processing: 14 % of a worker's CPU in py-spy, benc
 type processors. A list of ids goes in as one JSON parameter read by ``json_each`` (a
 statement with an expanding ``IN`` would be compiled anew for each length).
 ``tests/integration/test_journal_sqlite.py`` pins the rows written to SQLAlchemy's path,
-which PostgreSQL keeps (``RAW`` False turns this off).
+which PostgreSQL keeps (``prepared.RAW`` False turns this off).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, literal_column, select, update
 
-from mailgate.adapters.db.prepared import Prepared
+from mailgate.adapters.db.prepared import PreparedStatement, raw_sqlite
 from mailgate.adapters.db.tables import Message, MessageAttempt, table_of
 from mailgate.domain.messages import Status
-
-RAW = True
-"""Run these on SQLite's DBAPI connection (tests switch it off to compare)."""
 
 _MESSAGES = table_of(Message)
 ATTEMPT_KEYS = (
@@ -41,7 +38,7 @@ ATTEMPT_KEYS = (
 )
 _IDS: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
 
-_START = Prepared(
+_START = PreparedStatement(
     update(Message)
     .where(
         Message.id.in_(_IDS),
@@ -51,11 +48,11 @@ _START = Prepared(
     .values(attempt_started_at=bindparam("now"))
     .returning(Message.id)
 )
-_INSERT_ATTEMPTS = Prepared(table_of(MessageAttempt).insert(), column_keys=ATTEMPT_KEYS)
+_INSERT_ATTEMPTS = PreparedStatement(table_of(MessageAttempt).insert(), column_keys=ATTEMPT_KEYS)
 
 
 def applies(conn: Connection) -> bool:
-    return RAW and conn.dialect.name == "sqlite"
+    return raw_sqlite(conn)
 
 
 def start(conn: Connection, ids: Sequence[str], worker: str, now: datetime) -> frozenset[str]:
@@ -69,7 +66,7 @@ class Recording:
     attempt (a row of ``message_attempts``)."""
 
     def __init__(self, update_statement: Any) -> None:
-        self._update = Prepared(update_statement)
+        self._update = PreparedStatement(update_statement)
 
     def record(
         self,

@@ -18,17 +18,28 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from mailgate.adapters.db.health import mark_wrote
+from mailgate.adapters.db.health import is_unavailable, mark_wrote
+
+RAW = True
+"""Run ``PreparedStatement``s on SQLite's DBAPI connection (tests switch it off to compare the
+rows with SQLAlchemy's path)."""
 
 _Processor = Callable[[Any], Any] | None
 _Compiled = tuple[str, list[tuple[str, Any, _Processor]], list[_Processor]]
 
 
-class Prepared:
+def raw_sqlite(conn: Connection) -> bool:
+    """Whether ``conn``'s hot statements go through ``PreparedStatement`` (SQLite, unless
+    turned off)."""
+    return RAW and conn.dialect.name == "sqlite"
+
+
+class PreparedStatement:
     """``statement`` (a SELECT, an INSERT/UPDATE/DELETE with or without RETURNING; no
     expanding parameters: on SQLite give a list as JSON and read it with ``json_each``)
     compiled once per dialect, run on the SQLite DBAPI connection by ``rows`` and
@@ -50,13 +61,15 @@ class Prepared:
             if compiled.insert_prefetch or compiled.update_prefetch:
                 # Python-side column defaults are filled in by SQLAlchemy's execution.
                 missing = [c.key for c in [*compiled.insert_prefetch, *compiled.update_prefetch]]
-                raise ValueError(f"Prepared cannot fill in Python-side defaults: {missing}")
+                raise ValueError(
+                    f"PreparedStatement cannot fill in Python-side defaults: {missing}"
+                )
             names = compiled.positiontup or []
             params: list[tuple[str, Any, _Processor]] = []
             for name in names:
                 bind = compiled.binds[name]
                 if bind.expanding:
-                    raise ValueError("Prepared does not take expanding parameters")
+                    raise ValueError("PreparedStatement does not take expanding parameters")
                 impl = bind.type.dialect_impl(dialect)
                 # A value given in the statement itself (not a bindparam() to fill in).
                 given = bind.callable is not None or bind.value is not None
@@ -74,7 +87,7 @@ class Prepared:
 
     def _driver(self, conn: Connection) -> Any:
         if conn.dialect.name != "sqlite":
-            raise ValueError("Prepared runs on SQLite only")
+            raise ValueError("PreparedStatement runs on SQLite only")
         if self.writes:
             # What SQLAlchemy's own execution would have told WriteHealth (health.py).
             mark_wrote(conn)
@@ -92,8 +105,12 @@ class Prepared:
         """Run once; the rows (a SELECT's, or RETURNING's), as tuples in column order."""
         sql, params, results = self._for(conn.dialect)
         driver = self._driver(conn)
-        # fetchall: the statement runs to its end, so no read snapshot outlives the call.
-        rows = driver.execute(sql, self._args(params, values)).fetchall()
+        args = self._args(params, values)
+        try:
+            # fetchall: the statement runs to its end, so no read snapshot outlives the call.
+            rows = driver.execute(sql, args).fetchall()
+        except Exception as exc:
+            raise _wrapped(conn, sql, exc) from exc
         if not any(results):
             return rows  # type: ignore[no-any-return]
         return [
@@ -108,10 +125,28 @@ class Prepared:
         sql, params, _results = self._for(conn.dialect)
         if self.column_keys is not None and set(rows[0]) != set(self.column_keys):
             raise ValueError(f"rows with {sorted(rows[0])}, not {sorted(self.column_keys)}")
-        self._driver(conn).executemany(sql, [self._args(params, row) for row in rows])
+        driver = self._driver(conn)
+        try:
+            driver.executemany(sql, [self._args(params, row) for row in rows])
+        except Exception as exc:
+            raise _wrapped(conn, sql, exc) from exc
 
 
-class PreparedSelect(Prepared):
+def _wrapped(conn: Connection, sql: str, exc: Exception) -> BaseException:
+    """The driver's error as SQLAlchemy would have raised it (``IntegrityError``,
+    ``OperationalError``, ...; no parameters in its text), and told to ``WriteHealth`` as
+    SQLAlchemy's ``handle_error`` event would have."""
+    dialect = conn.dialect
+    wrapped = sa_exc.DBAPIError.instance(
+        sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
+    )
+    health = getattr(dialect, "_mailgate_health", None)
+    if health is not None and is_unavailable(wrapped):
+        health.failed(wrapped)
+    return wrapped
+
+
+class PreparedSelect(PreparedStatement):
     """A SELECT: ``run`` takes the DBAPI connection on SQLite, SQLAlchemy elsewhere."""
 
     def __init__(self, statement: Select[*tuple[Any, ...]]) -> None:
@@ -120,6 +155,6 @@ class PreparedSelect(Prepared):
 
     def run(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows, as tuples in the statement's column order."""
-        if conn.dialect.name != "sqlite":
+        if not raw_sqlite(conn):
             return [tuple(row) for row in conn.execute(self.select, dict(values))]
         return self.rows(conn, values)

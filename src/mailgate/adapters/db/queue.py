@@ -303,7 +303,7 @@ _UNFINISHED = select(
 ).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
 # PostgreSQL: two workers settling at once (two claims, two heartbeats) take different rows.
 _UNFINISHED = _UNFINISHED.with_for_update(skip_locked=True)
-# Prepared once (every claim runs the first): a statement built per call with its values
+# PreparedStatement once (every claim runs the first): a statement built per call with its values
 # inlined cost a third of a claim's CPU (SQLAlchemy adapts the cached form to each new one).
 _UNFINISHED_DUE = _UNFINISHED.where(Message.next_attempt_at <= bindparam("now"))
 _UNFINISHED_OF = _UNFINISHED.where(Message.locked_by == bindparam("worker"))
@@ -392,7 +392,7 @@ class SqlDeliveryQueue:
         their mail is taken. ``per_server``: at most this many of one configuration, less
         the ``held`` ones the worker's lane of it has already (fairness).
 
-        Prepared column statements on a plain connection: a worker fed by a steady stream
+        PreparedStatement column statements on a plain connection: a worker fed by a steady stream
         claims a few messages at a time, so the fixed cost of a claim counts.
         """
         now = self.clock()

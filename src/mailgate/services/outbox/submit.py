@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.notify import mark_ready, notify_other_processes
+from mailgate.adapters.db.prepared import PreparedStatement, raw_sqlite
 from mailgate.adapters.db.tables import Message, MessageContent, table_of
 from mailgate.domain.clock import Clock
 from mailgate.domain.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
@@ -39,6 +40,33 @@ from mailgate.services.outbox.options import Owner, SubmitOptions
 
 _MESSAGES = table_of(Message)
 _CONTENTS = table_of(MessageContent)
+ROW_KEYS = (
+    "id",
+    "tenant_id",
+    "server_id",
+    "server_name",
+    "status",
+    "priority",
+    "mail_from",
+    "rcpt_to",
+    "subject",
+    "message_id_header",
+    "size_bytes",
+    "idempotency_key",
+    "created_by",
+    "api_key_id",
+    "created_at",
+    "updated_at",
+    "send_at",
+    "next_attempt_at",
+    "expires_at",
+    "attempt_count",
+    "meta",
+    "source",
+)
+"""The columns of a submission's row (``Submitter._row_values``)."""
+_INSERT_MESSAGES = PreparedStatement(_MESSAGES.insert(), column_keys=ROW_KEYS)
+_INSERT_CONTENTS = PreparedStatement(_CONTENTS.insert(), column_keys=("message_id", "raw"))
 
 
 @dataclass(frozen=True)
@@ -239,8 +267,15 @@ def store_many(conn: Connection, items: Sequence[Prepared]) -> bool:
     (the batch writer's group commit). Returns whether mail became ready to send: then the
     caller wakes this process's workers after the commit (other processes' are notified
     with the commit)."""
-    conn.execute(_MESSAGES.insert(), [p.values for p in items])
-    conn.execute(_CONTENTS.insert(), [{"message_id": p.values["id"], "raw": p.raw} for p in items])
+    contents = [{"message_id": p.values["id"], "raw": p.raw} for p in items]
+    if raw_sqlite(conn):
+        # SQLite: on the DBAPI connection (adapters/db/prepared.py): SQLAlchemy's execution
+        # of the two inserts was 10 % of a submission's CPU.
+        _INSERT_MESSAGES.many(conn, [p.values for p in items])
+        _INSERT_CONTENTS.many(conn, contents)
+    else:
+        conn.execute(_MESSAGES.insert(), [p.values for p in items])
+        conn.execute(_CONTENTS.insert(), contents)
     ready = any(p.values["status"] == Status.QUEUED.value for p in items)
     if ready:
         notify_other_processes(conn)
