@@ -98,6 +98,9 @@ def serve(
         MAILGATE_LEASE_S="5",
         # A message a killed worker had started is retried after 1 s, not an hour.
         MAILGATE_POSSIBLY_DELIVERED_RETRY_S="1",
+        # An idle session frees its connection slot after 1 s, not 10: the restarted
+        # worker, with the killed one's mail, waits for a slot otherwise.
+        MAILGATE_IDLE_SESSION_S="1",
         MAILGATE_LOG_LEVEL="INFO",
         MAILGATE_PASSWORD_HASH_TIME_COST="1",
         MAILGATE_PASSWORD_HASH_MEMORY_KIB="64",
