@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mailgate.domain.errors import ValidationFailed
 from mailgate.schemas.email_server import MessageDefaults
 from mailgate.schemas.message import MessageIn
-from mailgate.services.outbox.mime import prepare_raw
+from mailgate.services.outbox.mime import first_long_line, prepare_raw
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 HEAD = b"From: a@example.com\r\nTo: t@example.net\r\nSubject: s\r\n\r\n"
@@ -43,3 +46,23 @@ def test_bcc_with_space_before_the_colon_is_bcc(name: bytes) -> None:
     assert built.rcpt_to == ["t@example.net", "hidden@example.net"]
     assert b"hidden" not in built.raw and b"Subject: s" in built.raw
     assert built.raw.endswith(b"\r\n\r\nbody\r\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r"]),
+            st.integers(min_value=0, max_value=1100).map(lambda n: b"x" * n),
+        ),
+        max_size=12,
+    )
+)
+def test_the_long_line_search_finds_what_the_regular_expression_finds(
+    parts: list[bytes],
+) -> None:
+    """``first_long_line`` is the linear form of ``[^\\r\\n]{999}`` (which tried 999 octets
+    at every position): the same offset, or none, for any mix of runs and line ends."""
+    raw = b"".join(parts)
+    found = re.search(rb"[^\r\n]{999}", raw)
+    assert first_long_line(raw) == (found.start() if found else None)

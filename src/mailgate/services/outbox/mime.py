@@ -181,9 +181,30 @@ def build_mime(
     return BuiltMessage(raw, mail_from, rcpts, subject, str(msg["Message-ID"] or "") or None)
 
 
-_LONG_LINE = re.compile(rb"[^\r\n]{999}")
+MAX_LINE_OCTETS = 998
+"""RFC 5322 2.1.1: a line is at most 998 octets, CRLF excluded."""
 _OBS_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.MULTILINE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def first_long_line(raw: bytes) -> int | None:
+    """Where the first run of more than 998 octets without CR or LF starts, or ``None``.
+
+    What ``re.search(rb"[^\r\n]{999}", raw)`` finds, in linear time: that pattern tries
+    999 octets at every position, 1.1 ms for a 10 KB message (half of an SMTP submission's
+    CPU); ``bytes.splitlines`` splits at exactly CR, LF and CRLF (``test_raw_mime_hygiene``
+    compares both)."""
+    if len(raw) <= MAX_LINE_OCTETS:
+        return None
+    lines = raw.splitlines(keepends=True)
+    if max(map(len, lines)) <= MAX_LINE_OCTETS:  # line ends included: none is longer
+        return None
+    offset = 0
+    for line in lines:
+        if len(line.rstrip(b"\r\n")) > MAX_LINE_OCTETS:
+            return offset
+        offset += len(line)
+    return None
 
 
 def _raw_problems(raw: bytes) -> list[FieldError]:
@@ -195,8 +216,8 @@ def _raw_problems(raw: bytes) -> list[FieldError]:
         errors.append(
             FieldError("body", "the message contains NUL bytes: encode binary parts (base64)")
         )
-    if (long := _LONG_LINE.search(raw)) is not None:
-        line = raw.count(b"\n", 0, long.start()) + 1
+    if (long := first_long_line(raw)) is not None:
+        line = raw.count(b"\n", 0, long) + 1
         errors.append(
             FieldError(
                 "body",
