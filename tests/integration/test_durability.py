@@ -98,13 +98,13 @@ def test_a_submission_is_answered_after_an_fsync_of_the_wal_holding_it(
     wal = sqlite_url.removeprefix("sqlite:///") + "-wal"
     log = _Log(wal)
     synced_files: list[str] = []
-    real = os.fsync
+    real = os.fdatasync
 
-    def fsync(fd: int) -> None:
+    def fdatasync(fd: int) -> None:
         synced_files.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     writer = _writer(sqlite_url, log, fsync_s=0.05)
     ticks = 0
 
