@@ -40,15 +40,15 @@ def server_id(c: Container, name: str) -> int | None:
         return sid
 
 
-def add_other(c: Container, n: int) -> None:
-    """Configuration OTHER with ``n`` messages due after every queued one."""
-    if server_id(c, "OTHER") is None:
+def add_other(c: Container, n: int, name: str = "OTHER") -> None:
+    """Configuration ``name`` with ``n`` messages due after every queued one."""
+    if server_id(c, name) is None:
         with c.session() as db:
             tenant = db.scalar(select(Tenant).where(Tenant.name == "home"))
             assert tenant is not None
-            config = {**server_config(2525), "name": "OTHER"}
+            config = {**server_config(2525), "name": name}
             c.servers.create(db, tenant, EmailServerIn.model_validate(config))
-    sid = server_id(c, "OTHER")
+    sid = server_id(c, name)
     assert sid is not None
     with c.session() as db:
         if db.scalar(select(Message.id).where(Message.server_id == sid).limit(1)):
@@ -64,7 +64,7 @@ def add_other(c: Container, n: int) -> None:
             due = last + timedelta(milliseconds=i + 1)
             mid = new_message_id()
             rows.append(
-                {**template, "id": mid, "server_id": sid, "server_name": "OTHER",
+                {**template, "id": mid, "server_id": sid, "server_name": name,
                  "next_attempt_at": due, "created_at": due}
             )  # fmt: skip
         db.execute(insert(Message), rows)
@@ -100,6 +100,9 @@ def main() -> None:
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--others", type=int, default=0, help="then this many configurations more, 100 each"
+    )
     ap.add_argument("--drop", action="store_true", help="drop the PostgreSQL database after")
     args = ap.parse_args()
     url = None
@@ -142,6 +145,11 @@ def main() -> None:
         print(f"claim, SINK skipped, OTHER's 10 due last: {beside}", flush=True)
         fast = timed_claims(c, [], args.repeat)
         print(f"claim, nothing skipped (takes SINK's): {fast}", flush=True)
+        if args.others:
+            for i in range(args.others):
+                add_other(c, 100, f"OTHER{i}")
+            many = timed_claims(c, [sink], args.repeat)
+            print(f"claim, SINK skipped, {args.others} more with 100 each: {many}", flush=True)
     finally:
         c.engine.dispose()
         if admin is not None:
