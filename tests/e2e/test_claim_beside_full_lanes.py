@@ -120,6 +120,18 @@ def test_priority_and_due_order_within_a_configuration_and_its_lanes_room(r: Rig
     assert [m.id for m in rest] == low
 
 
+def test_a_lane_that_holds_some_leaves_the_rest_of_the_claim_to_the_others(r: Rig) -> None:
+    """Of the messages found, a claim keeps ``limit`` and what the lanes' room drops."""
+    r.add_server(password_server("FOURTH"))
+    deep, third = sid(r, "DEEP"), sid(r, "THIRD")
+    add(r, "DEEP", 50, after_s=900)
+    firsts = add(r, "THIRD", 10, after_s=600)
+    seconds = add(r, "OTHER", 10, after_s=500)
+    thirds = add(r, "FOURTH", 10, after_s=400)
+    claimed = queue(r).claim("claimer", 6, skip_servers=[deep], per_server=4, held={third: 3})
+    assert [m.id for m in claimed] == [firsts[0], *seconds[:4], thirds[0]]
+
+
 def test_retries_and_lapsed_leases_beside_a_skipped_backlog_not_what_is_not_due(r: Rig) -> None:
     deep, other = sid(r, "DEEP"), sid(r, "OTHER")
     add(r, "DEEP", 500, after_s=600)
