@@ -37,7 +37,7 @@ from mailgate.domain.events import DeliveryState, EventType, new_event_id
 
 _EVENTS = table_of(WebhookEvent)
 _INSERT_EVENTS = _EVENTS.insert()
-# PreparedStatement once: it runs in every recording transaction of every worker (building the
+# Prepared once: it runs in every recording transaction of every worker (building the
 # statement cost more than running it: 7 % of a worker's CPU in the benchmark).
 _SUBSCRIBERS = select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
     WebhookEndpoint.tenant_id.in_(bindparam("tenants", expanding=True)),

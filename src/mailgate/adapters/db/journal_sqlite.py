@@ -1,6 +1,6 @@
-"""The delivery journal's statements on SQLite, run on the DBAPI connection
-(``adapters/db/prepared.py``): the started marks, each message's next state and the attempt
-log, written by every worker for every message.
+"""The delivery queue's hot statements on SQLite, run on the DBAPI connection
+(``adapters/db/prepared.py``): the claim's (take the rows, read them), the started marks,
+each message's next state and the attempt log - run by every worker for every message.
 
 Through ``Connection.execute`` these cost more in SQLAlchemy than in SQLite (its execution
 context and per-row parameter processing: 14 % of a worker's CPU in py-spy, benchmark row
@@ -59,6 +59,28 @@ def start(conn: Connection, ids: Sequence[str], worker: str, now: datetime) -> f
     """Mark the attempts of ``ids`` started (those this worker still holds, sending)."""
     rows = _START.rows(conn, {"ids": json.dumps(list(ids)), "worker": worker, "now": now})
     return frozenset(r[0] for r in rows)
+
+
+def take(
+    conn: Connection,
+    statement: PreparedStatement,
+    ids: Sequence[str],
+    values: Mapping[str, Any],
+) -> None:
+    """The claim's update of ``ids`` (``statement``: the queue's, its ids through json_each)."""
+    statement.rows(conn, {**values, "ids": json.dumps(list(ids))})
+
+
+def claimed_rows(
+    conn: Connection, statement: PreparedStatement, ids: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """The claimed rows (``statement``: the queue's, its ids through json_each)."""
+    return statement.rows(conn, {"ids": json.dumps(list(ids))})
+
+
+def by_ids(column: Any) -> Any:
+    """``column IN (the ids given as one JSON parameter "ids")``."""
+    return column.in_(_IDS)
 
 
 class Recording:

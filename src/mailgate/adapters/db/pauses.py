@@ -58,7 +58,7 @@ class PauseGate:
     """Configurations still within their pause, and when it ends."""
 
 
-# PreparedStatement once: every claim of every worker reads it.
+# Prepared once: every claim of every worker reads it.
 _PAUSED = select(_STATE.c.server_id, _STATE.c.paused_until, _STATE.c.probe_until).where(
     _STATE.c.paused_until.is_not(None)
 )

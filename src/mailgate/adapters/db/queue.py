@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -49,6 +49,7 @@ from mailgate.adapters.db.pauses import (
     pause_gate,
     record_pauses,
 )
+from mailgate.adapters.db.prepared import PreparedStatement
 from mailgate.adapters.db.tables import (
     Message,
     MessageAttempt,
@@ -101,6 +102,7 @@ def _ready_of_each_status() -> Any:
 
 
 _READY_ALL = _ready_of_each_status()
+_READY_ALL_SQLITE = PreparedStatement(_READY_ALL)
 
 
 # Beside full lanes, the ordered walk above would pass every ready row of the skipped
@@ -284,23 +286,34 @@ _TAKE = (
         updated_at=bindparam("now"),
     )
 )
-_CLAIMED = (
-    select(
-        Message.id,
-        Message.tenant_id,
-        Message.server_id,
-        Message.server_name,
-        Message.mail_from,
-        Message.rcpt_to,
-        Message.recipient_status,
-        Message.attempt_count,
-        Message.created_at,
-        Message.expires_at,
-        MessageContent.raw,
+_CLAIMED = select(
+    Message.id,
+    Message.tenant_id,
+    Message.server_id,
+    Message.server_name,
+    Message.mail_from,
+    Message.rcpt_to,
+    Message.recipient_status,
+    Message.attempt_count,
+    Message.created_at,
+    Message.expires_at,
+    MessageContent.raw,
+).join(MessageContent, MessageContent.message_id == Message.id)
+_CLAIMED_ANY = _CLAIMED
+_CLAIMED = _CLAIMED_ANY.where(Message.id.in_(bindparam("ids", expanding=True)))
+# The same two on SQLite's DBAPI connection (adapters/db/journal_sqlite.py): ids as JSON.
+_TAKE_SQLITE = PreparedStatement(
+    update(Message)
+    .where(journal_sqlite.by_ids(Message.id))
+    .values(
+        status=bindparam("status"),
+        locked_by=bindparam("worker"),
+        locked_until=bindparam("until"),
+        next_attempt_at=bindparam("until"),
+        updated_at=bindparam("now"),
     )
-    .join(MessageContent, MessageContent.message_id == Message.id)
-    .where(Message.id.in_(bindparam("ids", expanding=True)))
 )
+_CLAIMED_SQLITE = PreparedStatement(_CLAIMED_ANY.where(journal_sqlite.by_ids(Message.id)))
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
@@ -349,10 +362,43 @@ _UNFINISHED = select(
 ).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
 # PostgreSQL: two workers settling at once (two claims, two heartbeats) take different rows.
 _UNFINISHED = _UNFINISHED.with_for_update(skip_locked=True)
-# PreparedStatement once (every claim runs the first): a statement built per call with its values
+# Prepared once (every claim runs the first): a statement built per call with its values
 # inlined cost a third of a claim's CPU (SQLAlchemy adapts the cached form to each new one).
 _UNFINISHED_DUE = _UNFINISHED.where(Message.next_attempt_at <= bindparam("now"))
 _UNFINISHED_OF = _UNFINISHED.where(Message.locked_by == bindparam("worker"))
+_UNFINISHED_DUE_SQLITE = PreparedStatement(_UNFINISHED_DUE)
+
+
+class _UnfinishedRow(NamedTuple):
+    """A row of ``_UNFINISHED`` read on the DBAPI connection, by name as SQLAlchemy's."""
+
+    id: str
+    tenant_id: int
+    server_id: int | None
+    server_name: str
+    mail_from: str
+    rcpt_to: list[str]
+    recipient_status: dict[str, Any] | None
+    attempt_count: int
+    created_at: datetime
+    expires_at: datetime
+    locked_by: str | None
+
+
+class _ClaimedRow(NamedTuple):
+    """A row of ``_CLAIMED`` read on the DBAPI connection, by name as SQLAlchemy's."""
+
+    id: str
+    tenant_id: int
+    server_id: int | None
+    server_name: str
+    mail_from: str
+    rcpt_to: list[str]
+    recipient_status: dict[str, Any] | None
+    attempt_count: int
+    created_at: datetime
+    expires_at: datetime
+    raw: bytes
 
 
 _Ready = tuple[int, datetime | None, str, int | None]
@@ -438,7 +484,7 @@ class SqlDeliveryQueue:
         their mail is taken. ``per_server``: at most this many of one configuration, less
         the ``held`` ones the worker's lane of it has already (fairness).
 
-        PreparedStatement column statements on a plain connection: a worker fed by a steady stream
+        Prepared column statements on a plain connection: a worker fed by a steady stream
         claims a few messages at a time, so the fixed cost of a claim counts.
         """
         now = self.clock()
@@ -494,17 +540,16 @@ class SqlDeliveryQueue:
             ids = probes + fresh[: limit - take_again] + again[:take_again]
             if not ids:
                 return []
-            conn.execute(
-                _TAKE,
-                {
-                    "ids": ids,
-                    "status": Status.SENDING.value,
-                    "worker": worker_id,
-                    "until": until,
-                    "now": now,
-                },
-            )
-            rows = conn.execute(_CLAIMED, {"ids": ids}).all()
+            take = {"status": Status.SENDING.value, "worker": worker_id, "until": until}
+            take["now"] = now
+            rows: Sequence[Any]
+            if journal_sqlite.applies(conn):
+                journal_sqlite.take(conn, _TAKE_SQLITE, ids, take)
+                found = journal_sqlite.claimed_rows(conn, _CLAIMED_SQLITE, ids)
+                rows = [_ClaimedRow(*r) for r in found]
+            else:
+                conn.execute(_TAKE, {**take, "ids": ids})
+                rows = conn.execute(_CLAIMED, {"ids": ids}).all()
         order = {mid: i for i, mid in enumerate(ids)}
         claimed = [
             Claimed(
@@ -561,9 +606,12 @@ class SqlDeliveryQueue:
     ) -> dict[str, list[_Ready]]:
         """``_ready`` of every ready status, in one statement (SQLite)."""
         ready: dict[str, list[_Ready]] = {status: [] for status in _READY}
+        rows: Iterable[Any]
         if skip:
             params = {"now": now, "limit": limit, "per": per, "cut": cut, "skip": list(skip)}
             rows = conn.execute(_READY_ALL_SKIP, params)
+        elif journal_sqlite.applies(conn):
+            rows = _READY_ALL_SQLITE.rows(conn, {"now": now, "limit": limit})
         else:
             rows = conn.execute(_READY_ALL, {"now": now, "limit": limit})
         for status, p, t, i, sid in rows:
@@ -744,7 +792,11 @@ class SqlDeliveryQueue:
         ``of_worker``: that worker's, whatever their lease (it stops); else those whose lease
         ran out."""
         if of_worker is None:
-            found = conn.execute(_UNFINISHED_DUE, {"now": now}).all()
+            found = (
+                [_UnfinishedRow(*r) for r in _UNFINISHED_DUE_SQLITE.rows(conn, {"now": now})]
+                if journal_sqlite.applies(conn)
+                else conn.execute(_UNFINISHED_DUE, {"now": now}).all()
+            )
         else:
             found = conn.execute(_UNFINISHED_OF, {"worker": of_worker}).all()
         if not found:
