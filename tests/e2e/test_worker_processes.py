@@ -206,7 +206,10 @@ def test_three_workers_on_postgres_deliver_each_message_once(
     c = build(make_settings(tmp_path, postgres_database, lease_s=30))
     first_start(c, echo=lambda _m: None)
     queue_messages(c, server, n, max_connections=3)
-    workers = [start_worker(c, tmp_path, f"w{i}") for i in range(3)]
+    # Sessions with no mail left end after 1 s, not 10: until then they keep their
+    # max_connections slots, and a worker without one hands its mail back and claims again.
+    idle = {"MAILGATE_IDLE_SESSION_S": "1"}
+    workers = [start_worker(c, tmp_path, f"w{i}", extra_env=idle) for i in range(3)]
     try:
         wait_until(lambda: sent_count(c) == n, 120, "every message to be sent")
     finally:
