@@ -76,6 +76,9 @@ def create_app(
     # Swagger UI and ReDoc assets come from the fastapi-offline package, not a CDN: /docs
     # works on a machine without internet.
     app = FastAPIOffline(
+        # FastAPI's native OpenTelemetry looks for configured providers on every request
+        # (2 % of a submission's CPU); mailgate configures none (its metrics are /metrics).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         lifespan=lifespan,
         title="mailgate",
         version=__version__,
