@@ -1,8 +1,8 @@
 """Browser tests: Debian's Chromium driven by Playwright against a real ``mailgate serve``.
 
 One server process (SQLite in a temporary data directory, ephemeral port) serves the whole
-session and one browser each test module; each test gets a fresh browser context (its own
-cookies). Without
+session and one browser each run of consecutive browser tests; each test gets a fresh browser
+context (its own cookies). Without
 /usr/bin/chromium the tests skip, except with CI=true where they fail.
 """
 
@@ -80,6 +80,10 @@ def mailgate(
         "MAILGATE_SMTP_LISTEN": "127.0.0.1:0",
         # The webhook tests' receiver listens on 127.0.0.1.
         "MAILGATE_WEBHOOK_ALLOW_PRIVATE": "true",
+        # Real Argon2id at its cheapest: every sign-in hashes, and the cost (64 MiB, 3 passes
+        # by default) is not what the UI tests are about.
+        "MAILGATE_PASSWORD_HASH_TIME_COST": "1",
+        "MAILGATE_PASSWORD_HASH_MEMORY_KIB": "64",
     }
     # OAuth2 providers are the local authorization server (tests/oauth_server.py).
     # and the Graph and Gmail API servers are the suite's own (tests/api_peers.py).
@@ -90,20 +94,53 @@ def mailgate(
         yield Mailgate(url, data, log)
 
 
-# Module scope, not session: Playwright's sync API keeps an event loop running in the main
-# thread while it lives, and later tests that call asyncio.run() would fail.
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+class _Chromium:
+    """One Chromium for a run of consecutive tests that drive it (the UI modules follow each
+    other), launched when the first needs it and closed after the last: Playwright's sync API
+    keeps an event loop running in the main thread while it lives, and a later test that
+    calls asyncio.run() would fail. Each test still gets its own browser context."""
+
+    def __init__(self) -> None:
+        self._playwright: Any = None
+        self._browser: Any = None
+
+    def get(self) -> Any:
+        if self._browser is None:
+            from playwright.sync_api import sync_playwright
+
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            try:
+                self._browser.close()
+            finally:
+                self._browser = None
+                self._playwright.stop()
+                self._playwright = None
+
+
+_CHROMIUM = _Chromium()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    if nextitem is None or "browser" not in getattr(nextitem, "fixturenames", ()):
+        _CHROMIUM.close()
+
+
+@pytest.fixture
+def browser() -> Any:
     if not CHROMIUM.exists():
         if IN_CI:
             pytest.fail("CI=true but /usr/bin/chromium is missing")
         pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    return _CHROMIUM.get()
 
 
 @pytest.fixture
