@@ -263,7 +263,12 @@ def test_a_dripping_token_endpoint_does_not_starve_the_worker(
 ) -> None:
     """The worker's database calls run on the event loop's executor: a tenant whose token
     requests hang there, one thread per connection it tries, held up every tenant's mail."""
-    c = build(make_settings(tmp_path, sqlite_url, oauth_timeout_s=6, worker_poll_s=0.1))
+    # At the end the worker stops after a 0.5 s drain, not after the token requests' 6 s.
+    c = build(
+        make_settings(
+            tmp_path, sqlite_url, oauth_timeout_s=6, worker_poll_s=0.1, shutdown_drain_s=0.5
+        )
+    )
     first_start(c, echo=lambda _m: None)
     peer = smtp_servers.start()
     # The slow tenant's SMTP server wants XOAUTH2: each connection asks for a token.
