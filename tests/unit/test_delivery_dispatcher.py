@@ -225,6 +225,8 @@ def rig(
     batch: int = 50,
     lease_s: float = 120,
     tokens: bool = True,
+    leaves: Any = lambda _server: False,
+    skip_reads: list[int] | None = None,
 ) -> Rig:
     clock = TestClock(T0)  # it moves only when the service sleeps
     queue = MemoryQueue(list(ready))
@@ -244,13 +246,14 @@ def rig(
         transport.open,
         load,
         lambda server: _Tokens() if tokens else None,
-        lambda: [],
+        lambda: (skip_reads.append(1) if skip_reads is not None else None) or [],
         counter,
         DeliverySettings(batch=batch, lease_s=lease_s, poll_s=0.05),
         clock=clock,
         sleep=clock.sleep,
         run_blocking=_inline,
         gather_marks=False,
+        leaves=leaves,
     )
     return Rig(clock, queue, transport, counter, service)
 
@@ -301,6 +304,27 @@ def test_mail_of_a_deleted_configuration_fails_without_trying() -> None:
     result = r.queue.outcome_of("9-0")
     assert result.outcome is Outcome.PERMANENT and "no longer exists" in result.text
     assert r.transport.sent == []
+
+
+def test_mail_this_process_must_leave_is_given_back_untried() -> None:
+    """A worker process that claimed a configuration's mail before its list of
+    configurations to leave (remote output, read every 2 s) knew it: the mail goes back
+    ready at once, untried and without an attempt, and the list is read again."""
+    reads: list[int] = []
+    r = rig(
+        [*messages(4, 2), *messages(1, 1)],
+        {4: Target(config(4)), 1: Target(config(1))},
+        leaves=lambda server: server.id == 4,
+        skip_reads=reads,
+    )
+    assert asyncio.run(r.service.run_once()) == 3
+    assert [s.message for s in r.transport.sent] == ["1-0"]
+    assert [m.id for m, _r in r.queue.recorded] == ["1-0"]
+    assert sorted((m.id, when, reason) for m, when, reason in r.queue.postponed) == [
+        ("4-0", T0, None),
+        ("4-1", T0, None),
+    ]
+    assert len(reads) == 2  # read for the first claim, and again after the hand-back
 
 
 def test_oauth2_mail_waits_for_authorization_instead_of_failing() -> None:

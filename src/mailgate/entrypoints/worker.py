@@ -84,6 +84,9 @@ class Worker:
             limits=SqlDeliveryLimits(c.engine, c.clock, timedelta(seconds=s.lease_s)),
             # SQLite: the journal is a local write, tried on the event loop first.
             journal_now=self.store.journal_if_free if c.engine.dialect.name == "sqlite" else None,
+            # A process without agents (a worker process) leaves remote output to serve,
+            # also the mail of a configuration made remote since it last looked.
+            leaves=lambda server: server.remote_client is not None and not c.hub.accepting,
         )
         # Attempts a claim closes for dead workers count like any other (possibly delivered).
         self.store.on_settled = self.service.observe

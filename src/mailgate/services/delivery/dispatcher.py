@@ -102,6 +102,8 @@ class Dispatcher:
         limits: DeliveryLimits | None = None,
         holder: str = "worker",
         before_send: Callable[[Claimed], Awaitable[bool]] | None = None,
+        leaves: Callable[[ResolvedServer], bool] = lambda _server: False,
+        on_left: Callable[[], None] = lambda: None,
     ) -> None:
         self.open_session = open_session
         self.load_targets = load_targets
@@ -124,6 +126,12 @@ class Dispatcher:
         self.before_send = before_send
         """Awaited right before a message goes out (the service marks its attempt started);
         False: the message was taken away meanwhile and is not sent."""
+        self.leaves = leaves
+        """True for a configuration whose mail this process must leave to another (remote
+        output in a worker process): claimed before this process knew, it is given back
+        untried, and ``on_left`` is told (the worker reads its list of such configurations
+        again)."""
+        self.on_left = on_left
         self.lanes: dict[int | None, Lane] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -146,10 +154,15 @@ class Dispatcher:
                 self._refresh_lane(sid, targets.get(sid, Target(None)))
         postpone: list[Postponed] = []
         by_lane: dict[int | None, list[Claimed]] = {}
+        left = False
         for m in claimed:
             lane = self.lanes[m.server_id]
             if lane.server is None:
                 self.finish(m, fail_now("the e-mail server configuration no longer exists"))
+                continue
+            if self.leaves(lane.server):
+                postpone.append((m, 0.0, None))  # ready again at once, for another process
+                left = True
                 continue
             reason = oauth2_wait_reason(lane.server, lane.oauth2_state, lane.tokens is not None)
             if reason is not None:
@@ -170,6 +183,8 @@ class Dispatcher:
                 if lane.sessions < lane.max_connections and len(lane.queue) > lane.idle:
                     lane.sessions += 1
                     self._spawn(self._session_loop(lane))
+        if left:
+            self.on_left()
         if postpone:
             await self.postpone(postpone)
 

@@ -99,6 +99,7 @@ class DeliveryService:
             [str, Sequence[str], Sequence[tuple[Claimed, AttemptResult]]], Journaled | None
         ]
         | None = None,
+        leaves: Callable[[ResolvedServer], bool] = lambda _server: False,
     ) -> None:
         self.id = worker_id
         self.limits: DeliveryLimits = limits or LocalLimits(clock)
@@ -125,6 +126,10 @@ class DeliveryService:
         it is a local write: cheaper than the hand-off to a thread and back, which cost more
         CPU than the write); ``None`` from it (the write lock is taken) falls back to
         ``run_blocking``."""
+        self.leaves = leaves
+        """Configurations whose mail this process gives back if it claimed it before its
+        list of them (``skip_servers``, read every ``SKIP_RECHECK_S``) knew them: remote
+        output created a moment ago, in a worker process."""
         self.gather_marks = gather_marks
         """A session's started mark waits one turn of the event loop for the marks of the
         sessions whose replies came in with its own, so that one write takes them all
@@ -165,9 +170,14 @@ class DeliveryService:
             pauses=self.settings.pauses,
             limits=self.limits,
             holder=self.id,
+            leaves=self.leaves,
+            on_left=self._reread_skip,
         )
 
     # ---- the queue (blocking calls, run in a thread) --------------------------------------
+
+    def _reread_skip(self) -> None:
+        self._skip = (-SKIP_RECHECK_S, [])
 
     def _skip_servers(self) -> list[int]:
         at, ids = self._skip
