@@ -73,9 +73,10 @@ def take(
 
 def claimed_rows(
     conn: Connection, statement: PreparedStatement, ids: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    """The claimed rows (``statement``: the queue's, its ids through json_each)."""
-    return statement.rows(conn, {"ids": json.dumps(list(ids))})
+) -> list[Any]:
+    """The claimed rows, by column name (``statement``: the queue's, its ids through
+    json_each)."""
+    return statement.named(conn, {"ids": json.dumps(list(ids))})
 
 
 def by_ids(column: Any) -> Any:

@@ -14,6 +14,7 @@ and the statement goes through SQLAlchemy as usual (``run`` does that itself).
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ class PreparedStatement:
         self.statement = statement
         self.column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, _Compiled] = {}
+        self._named: Any = None
         self.writes = not isinstance(statement, Select)
 
     def _for(self, dialect: Dialect) -> _Compiled:
@@ -117,6 +119,13 @@ class PreparedStatement:
             tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
             for row in rows
         ]
+
+    def named(self, conn: Connection, values: Mapping[str, Any]) -> list[Any]:
+        """``rows`` as named tuples, by column name as SQLAlchemy's rows are."""
+        if self._named is None:
+            names = [column.key for column in getattr(self.statement, "exported_columns", ())]
+            self._named = namedtuple("Row", names)  # type: ignore[misc]
+        return [self._named(*row) for row in self.rows(conn, values)]
 
     def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row of ``rows`` (``executemany``)."""

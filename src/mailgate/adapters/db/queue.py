@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -286,7 +286,8 @@ _TAKE = (
         updated_at=bindparam("now"),
     )
 )
-_CLAIMED = select(
+# What an attempt needs of a message (``Claimed``), for the claim and for settling.
+_FOR_ATTEMPT = (
     Message.id,
     Message.tenant_id,
     Message.server_id,
@@ -297,6 +298,9 @@ _CLAIMED = select(
     Message.attempt_count,
     Message.created_at,
     Message.expires_at,
+)
+_CLAIMED = select(
+    *_FOR_ATTEMPT,
     MessageContent.raw,
 ).join(MessageContent, MessageContent.message_id == Message.id)
 _CLAIMED_ANY = _CLAIMED
@@ -347,19 +351,9 @@ _START = (
 )
 # Messages whose attempt was started and never finished (the worker died, or lost the lease
 # in the middle of it): ready again, but possibly delivered already.
-_UNFINISHED = select(
-    Message.id,
-    Message.tenant_id,
-    Message.server_id,
-    Message.server_name,
-    Message.mail_from,
-    Message.rcpt_to,
-    Message.recipient_status,
-    Message.attempt_count,
-    Message.created_at,
-    Message.expires_at,
-    Message.locked_by,
-).where(Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None))
+_UNFINISHED = select(*_FOR_ATTEMPT, Message.locked_by).where(
+    Message.status == Status.SENDING.value, Message.attempt_started_at.is_not(None)
+)
 # PostgreSQL: two workers settling at once (two claims, two heartbeats) take different rows.
 _UNFINISHED = _UNFINISHED.with_for_update(skip_locked=True)
 # Prepared once (every claim runs the first): a statement built per call with its values
@@ -367,38 +361,6 @@ _UNFINISHED = _UNFINISHED.with_for_update(skip_locked=True)
 _UNFINISHED_DUE = _UNFINISHED.where(Message.next_attempt_at <= bindparam("now"))
 _UNFINISHED_OF = _UNFINISHED.where(Message.locked_by == bindparam("worker"))
 _UNFINISHED_DUE_SQLITE = PreparedStatement(_UNFINISHED_DUE)
-
-
-class _UnfinishedRow(NamedTuple):
-    """A row of ``_UNFINISHED`` read on the DBAPI connection, by name as SQLAlchemy's."""
-
-    id: str
-    tenant_id: int
-    server_id: int | None
-    server_name: str
-    mail_from: str
-    rcpt_to: list[str]
-    recipient_status: dict[str, Any] | None
-    attempt_count: int
-    created_at: datetime
-    expires_at: datetime
-    locked_by: str | None
-
-
-class _ClaimedRow(NamedTuple):
-    """A row of ``_CLAIMED`` read on the DBAPI connection, by name as SQLAlchemy's."""
-
-    id: str
-    tenant_id: int
-    server_id: int | None
-    server_name: str
-    mail_from: str
-    rcpt_to: list[str]
-    recipient_status: dict[str, Any] | None
-    attempt_count: int
-    created_at: datetime
-    expires_at: datetime
-    raw: bytes
 
 
 _Ready = tuple[int, datetime | None, str, int | None]
@@ -546,7 +508,7 @@ class SqlDeliveryQueue:
             if journal_sqlite.applies(conn):
                 journal_sqlite.take(conn, _TAKE_SQLITE, ids, take)
                 found = journal_sqlite.claimed_rows(conn, _CLAIMED_SQLITE, ids)
-                rows = [_ClaimedRow(*r) for r in found]
+                rows = found
             else:
                 conn.execute(_TAKE, {**take, "ids": ids})
                 rows = conn.execute(_CLAIMED, {"ids": ids}).all()
@@ -793,7 +755,7 @@ class SqlDeliveryQueue:
         ran out."""
         if of_worker is None:
             found = (
-                [_UnfinishedRow(*r) for r in _UNFINISHED_DUE_SQLITE.rows(conn, {"now": now})]
+                _UNFINISHED_DUE_SQLITE.named(conn, {"now": now})
                 if journal_sqlite.applies(conn)
                 else conn.execute(_UNFINISHED_DUE, {"now": now}).all()
             )
