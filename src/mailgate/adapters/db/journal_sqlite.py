@@ -71,9 +71,7 @@ def take(
     statement.rows(conn, {**values, "ids": json.dumps(list(ids))})
 
 
-def claimed_rows(
-    conn: Connection, statement: PreparedStatement, ids: Sequence[str]
-) -> list[Any]:
+def claimed_rows(conn: Connection, statement: PreparedStatement, ids: Sequence[str]) -> list[Any]:
     """The claimed rows, by column name (``statement``: the queue's, its ids through
     json_each)."""
     return statement.named(conn, {"ids": json.dumps(list(ids))})
