@@ -275,17 +275,14 @@ _READY_OF_SERVERS = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
-_TAKE = (
-    update(Message)
-    .where(Message.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        status=bindparam("status"),
-        locked_by=bindparam("worker"),
-        locked_until=bindparam("until"),
-        next_attempt_at=bindparam("until"),
-        updated_at=bindparam("now"),
-    )
+_TAKE_ANY = update(Message).values(
+    status=bindparam("status"),
+    locked_by=bindparam("worker"),
+    locked_until=bindparam("until"),
+    next_attempt_at=bindparam("until"),
+    updated_at=bindparam("now"),
 )
+_TAKE = _TAKE_ANY.where(Message.id.in_(bindparam("ids", expanding=True)))
 # What an attempt needs of a message (``Claimed``), for the claim and for settling.
 _FOR_ATTEMPT = (
     Message.id,
@@ -299,24 +296,12 @@ _FOR_ATTEMPT = (
     Message.created_at,
     Message.expires_at,
 )
-_CLAIMED = select(
-    *_FOR_ATTEMPT,
-    MessageContent.raw,
-).join(MessageContent, MessageContent.message_id == Message.id)
-_CLAIMED_ANY = _CLAIMED
+_CLAIMED_ANY = select(*_FOR_ATTEMPT, MessageContent.raw).join(
+    MessageContent, MessageContent.message_id == Message.id
+)
 _CLAIMED = _CLAIMED_ANY.where(Message.id.in_(bindparam("ids", expanding=True)))
 # The same two on SQLite's DBAPI connection (adapters/db/journal_sqlite.py): ids as JSON.
-_TAKE_SQLITE = PreparedStatement(
-    update(Message)
-    .where(journal_sqlite.by_ids(Message.id))
-    .values(
-        status=bindparam("status"),
-        locked_by=bindparam("worker"),
-        locked_until=bindparam("until"),
-        next_attempt_at=bindparam("until"),
-        updated_at=bindparam("now"),
-    )
-)
+_TAKE_SQLITE = PreparedStatement(_TAKE_ANY.where(journal_sqlite.by_ids(Message.id)))
 _CLAIMED_SQLITE = PreparedStatement(_CLAIMED_ANY.where(journal_sqlite.by_ids(Message.id)))
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
