@@ -158,6 +158,7 @@ def build(
     # The submissions' commits (the 202, the SMTP 250) survive a power loss on SQLite too,
     # unless the operator traded that for speed (README "What a 202 guarantees").
     submit_engine = durable(engine) if settings.sqlite_synchronous == "full" else engine
+    sync_wal = settings.sqlite_synchronous == "full" and engine.dialect.name == "sqlite"
     box = SecretBox.from_spec(key_spec)
     sessions = make_session_factory(engine)
     durable_sessions = make_session_factory(submit_engine)
@@ -251,11 +252,14 @@ def build(
             engine,
             store_many,
             wakeup.notify,
-            linger_s=0.001,
             # SQLite: the fsync of the WAL that synchronous=FULL would do at each commit,
             # in a thread of its own, before the 202s of that commit; the event loop goes
-            # on meanwhile (README "What a 202 guarantees").
-            sync_wal=settings.sqlite_synchronous == "full",
+            # on meanwhile (README "What a 202 guarantees"). Requests that come while an
+            # fsync runs wait for the next one anyway, so the commit does not linger for
+            # more: bench row (c), 7 interleaved pairs, median 1893 msg/s with a 1 ms
+            # linger and 2016 without, CPU per message no higher.
+            linger_s=0.0 if sync_wal else 0.001,
+            sync_wal=sync_wal,
         ),
         smtp_submission=SmtpSubmission(identity, servers, outbox.submitter, clock),
         system_mailer=system_mailer,
