@@ -53,7 +53,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from mailgate.adapters.db.engine import LOCK_WAIT_S, NO_WAIT
+from mailgate.adapters.db.engine import LOCK_WAIT_S, discard, loop_writer
 
 log = logging.getLogger("mailgate.batch_writer")
 
@@ -235,22 +235,13 @@ class BatchWriter(Generic[T]):
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            conn = self.engine.connect().execution_options(**{NO_WAIT: True})
-            # This connection never checkpoints on commit (file I/O on the event loop). It
-            # stays checked out for the writer's life, so the setting stays with it.
-            # Nor does it wait for the write lock (busy timeout 0): the loop tries again.
-            raw = conn.connection.driver_connection
-            raw.execute("PRAGMA wal_autocheckpoint=0")  # type: ignore[union-attr]
-            raw.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
-            self._conn = conn
+            # Kept for the writer's life; a locked batch is tried again by the loop.
+            self._conn = loop_writer(self.engine)
         return self._conn
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with suppress(Exception):
-                conn.invalidate()
-                conn.close()
+        discard(conn)
 
     @property
     def checkpoint_running(self) -> bool:

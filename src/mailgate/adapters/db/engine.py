@@ -101,6 +101,26 @@ def _begin_immediate(raw: sqlite3.Connection, timeout_s: float) -> None:
         raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+def loop_writer(engine: Engine) -> Connection:
+    """A SQLite connection for writes on the event loop, kept by its user: it never waits
+    for the write lock (busy timeout 0: the caller tries again, or hands the write to a
+    thread) and never checkpoints on commit (file I/O and an fsync; a thread or another
+    connection does). The settings stay with it while it stays checked out."""
+    conn = engine.connect().execution_options(**{NO_WAIT: True})
+    raw: Any = conn.connection.driver_connection
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    raw.execute("PRAGMA busy_timeout=0")
+    return conn
+
+
+def discard(conn: Connection | None) -> None:
+    """Drop a kept connection that failed (or may be in an unknown state)."""
+    if conn is not None:
+        with suppress(Exception):
+            conn.invalidate()
+            conn.close()
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

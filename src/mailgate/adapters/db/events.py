@@ -16,16 +16,14 @@ Usage (helper code elsewhere)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select
+from sqlalchemy import Connection, bindparam, select
 
-from mailgate.adapters.db import journal_sqlite
-from mailgate.adapters.db.prepared import PreparedStatement
+from mailgate.adapters.db.prepared import PreparedStatement, as_json, in_json, raw_sqlite
 from mailgate.adapters.db.tables import (
     Message,
     Tenant,
@@ -61,9 +59,7 @@ class MessageEvent:
 # tenants as one JSON parameter.
 _SUBSCRIBERS_SQLITE = PreparedStatement(
     select(WebhookEndpoint.id, WebhookEndpoint.tenant_id, WebhookEndpoint.events).where(
-        WebhookEndpoint.tenant_id.in_(
-            select(literal_column("value")).select_from(func.json_each(bindparam("tenants")))
-        ),
+        in_json(WebhookEndpoint.tenant_id, "tenants"),
         WebhookEndpoint.enabled.is_(True),
     )
 )
@@ -71,8 +67,8 @@ _SUBSCRIBERS_SQLITE = PreparedStatement(
 
 def _subscribers(conn: Connection, tenant_ids: set[int]) -> dict[int, list[tuple[str, set[str]]]]:
     rows: Sequence[Any]
-    if journal_sqlite.applies(conn):
-        rows = _SUBSCRIBERS_SQLITE.rows(conn, {"tenants": json.dumps(sorted(tenant_ids))})
+    if raw_sqlite(conn):
+        rows = _SUBSCRIBERS_SQLITE.rows(conn, {"tenants": as_json(sorted(tenant_ids))})
     else:
         rows = conn.execute(_SUBSCRIBERS, {"tenants": sorted(tenant_ids)}).all()
     out: dict[int, list[tuple[str, set[str]]]] = {}

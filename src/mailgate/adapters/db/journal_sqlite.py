@@ -13,18 +13,16 @@ which PostgreSQL keeps (``prepared.RAW`` False turns this off).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select, update
+from sqlalchemy import Connection, bindparam, update
 
-from mailgate.adapters.db.prepared import PreparedStatement, raw_sqlite
+from mailgate.adapters.db.prepared import PreparedStatement, as_json, in_json
 from mailgate.adapters.db.tables import Message, MessageAttempt, table_of
 from mailgate.domain.messages import Status
 
-_MESSAGES = table_of(Message)
 ATTEMPT_KEYS = (
     "message_id",
     "at",
@@ -36,12 +34,11 @@ ATTEMPT_KEYS = (
     "recipients",
     "possibly_delivered",
 )
-_IDS: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
 
 _START = PreparedStatement(
     update(Message)
     .where(
-        Message.id.in_(_IDS),
+        in_json(Message.id),
         Message.locked_by == bindparam("worker"),
         Message.status == Status.SENDING.value,
     )
@@ -51,35 +48,10 @@ _START = PreparedStatement(
 _INSERT_ATTEMPTS = PreparedStatement(table_of(MessageAttempt).insert(), column_keys=ATTEMPT_KEYS)
 
 
-def applies(conn: Connection) -> bool:
-    return raw_sqlite(conn)
-
-
 def start(conn: Connection, ids: Sequence[str], worker: str, now: datetime) -> frozenset[str]:
     """Mark the attempts of ``ids`` started (those this worker still holds, sending)."""
-    rows = _START.rows(conn, {"ids": json.dumps(list(ids)), "worker": worker, "now": now})
+    rows = _START.rows(conn, {"ids": as_json(ids), "worker": worker, "now": now})
     return frozenset(r[0] for r in rows)
-
-
-def take(
-    conn: Connection,
-    statement: PreparedStatement,
-    ids: Sequence[str],
-    values: Mapping[str, Any],
-) -> None:
-    """The claim's update of ``ids`` (``statement``: the queue's, its ids through json_each)."""
-    statement.rows(conn, {**values, "ids": json.dumps(list(ids))})
-
-
-def claimed_rows(conn: Connection, statement: PreparedStatement, ids: Sequence[str]) -> list[Any]:
-    """The claimed rows, by column name (``statement``: the queue's, its ids through
-    json_each)."""
-    return statement.named(conn, {"ids": json.dumps(list(ids))})
-
-
-def by_ids(column: Any) -> Any:
-    """``column IN (the ids given as one JSON parameter "ids")``."""
-    return column.in_(_IDS)
 
 
 class Recording:

@@ -14,11 +14,12 @@ and the statement goes through SQLAlchemy as usual (``run`` does that itself).
 
 from __future__ import annotations
 
+import json
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select
+from sqlalchemy import Connection, Select, bindparam, func, literal_column, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -32,6 +33,17 @@ rows with SQLAlchemy's path)."""
 
 _Processor = Callable[[Any], Any] | None
 _Compiled = tuple[str, list[tuple[str, Any, _Processor]], list[_Processor]]
+
+
+def in_json(column: Any, name: str = "ids") -> Any:
+    """``column IN`` the values of one JSON-array parameter ``name`` (SQLite's
+    ``json_each``): a list for ``PreparedStatement``, which takes no expanding ``IN``."""
+    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam(name))))
+
+
+def as_json(values: Iterable[Any]) -> str:
+    """A list for ``in_json``'s parameter."""
+    return json.dumps(list(values))
 
 
 def raw_sqlite(conn: Connection) -> bool:

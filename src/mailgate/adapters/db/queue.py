@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgate.adapters.db import journal_sqlite, processes
-from mailgate.adapters.db.engine import NO_WAIT
+from mailgate.adapters.db.engine import discard, loop_writer
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
 from mailgate.adapters.db.pauses import (
     claim_probes,
@@ -49,7 +48,7 @@ from mailgate.adapters.db.pauses import (
     pause_gate,
     record_pauses,
 )
-from mailgate.adapters.db.prepared import PreparedStatement
+from mailgate.adapters.db.prepared import PreparedStatement, as_json, in_json, raw_sqlite
 from mailgate.adapters.db.tables import (
     Message,
     MessageAttempt,
@@ -301,8 +300,8 @@ _CLAIMED_ANY = select(*_FOR_ATTEMPT, MessageContent.raw).join(
 )
 _CLAIMED = _CLAIMED_ANY.where(Message.id.in_(bindparam("ids", expanding=True)))
 # The same two on SQLite's DBAPI connection (adapters/db/journal_sqlite.py): ids as JSON.
-_TAKE_SQLITE = PreparedStatement(_TAKE_ANY.where(journal_sqlite.by_ids(Message.id)))
-_CLAIMED_SQLITE = PreparedStatement(_CLAIMED_ANY.where(journal_sqlite.by_ids(Message.id)))
+_TAKE_SQLITE = PreparedStatement(_TAKE_ANY.where(in_json(Message.id)))
+_CLAIMED_SQLITE = PreparedStatement(_CLAIMED_ANY.where(in_json(Message.id)))
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
@@ -490,9 +489,9 @@ class SqlDeliveryQueue:
             take = {"status": Status.SENDING.value, "worker": worker_id, "until": until}
             take["now"] = now
             rows: Sequence[Any]
-            if journal_sqlite.applies(conn):
-                journal_sqlite.take(conn, _TAKE_SQLITE, ids, take)
-                found = journal_sqlite.claimed_rows(conn, _CLAIMED_SQLITE, ids)
+            if raw_sqlite(conn):
+                _TAKE_SQLITE.rows(conn, {**take, "ids": as_json(ids)})
+                found = _CLAIMED_SQLITE.named(conn, {"ids": as_json(ids)})
                 rows = found
             else:
                 conn.execute(_TAKE, {**take, "ids": ids})
@@ -557,7 +556,7 @@ class SqlDeliveryQueue:
         if skip:
             params = {"now": now, "limit": limit, "per": per, "cut": cut, "skip": list(skip)}
             rows = conn.execute(_READY_ALL_SKIP, params)
-        elif journal_sqlite.applies(conn):
+        elif raw_sqlite(conn):
             rows = _READY_ALL_SQLITE.rows(conn, {"now": now, "limit": limit})
         else:
             rows = conn.execute(_READY_ALL, {"now": now, "limit": limit})
@@ -617,19 +616,12 @@ class SqlDeliveryQueue:
     def _inline_connection(self) -> Connection:
         conn = self._inline
         if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(**{NO_WAIT: True})
-            raw: Any = conn.connection.driver_connection
-            raw.execute("PRAGMA wal_autocheckpoint=0")
-            raw.execute("PRAGMA busy_timeout=0")
-            self._inline = conn
+            conn = self._inline = loop_writer(self.engine)
         return conn
 
     def _drop_inline(self) -> None:
         conn, self._inline = self._inline, None
-        if conn is not None:
-            with suppress(Exception):
-                conn.invalidate()
-                conn.close()
+        discard(conn)
 
     def _journal_in(
         self,
@@ -640,7 +632,7 @@ class SqlDeliveryQueue:
         now: datetime,
     ) -> Journaled:
         started: frozenset[str] = frozenset()
-        if start and journal_sqlite.applies(conn):
+        if start and raw_sqlite(conn):
             started = journal_sqlite.start(conn, start, worker_id, now)
         elif start:
             params = {"ids": list(start), "worker": worker_id, "now": now}
@@ -719,7 +711,7 @@ class SqlDeliveryQueue:
         worker still holds it: a row whose lease was lost keeps the other worker's state,
         but the attempt is logged all the same, so a duplicate is visible), the attempt
         log, the webhook events, the pauses."""
-        if journal_sqlite.applies(conn):
+        if raw_sqlite(conn):
             _RECORDING.record(conn, rows.updates, rows.attempts)
         else:
             conn.execute(_RECORD, rows.updates)
@@ -741,7 +733,7 @@ class SqlDeliveryQueue:
         if of_worker is None:
             found = (
                 _UNFINISHED_DUE_SQLITE.named(conn, {"now": now})
-                if journal_sqlite.applies(conn)
+                if raw_sqlite(conn)
                 else conn.execute(_UNFINISHED_DUE, {"now": now}).all()
             )
         else:
