@@ -18,6 +18,8 @@ from sqlalchemy import event, insert, select, update
 from tests.conftest import password_server
 from tests.e2e.outbox_helpers import Rig, rig
 
+from mailgate.adapters.db import prepared
+from mailgate.adapters.db.engine import READ_ONLY
 from mailgate.adapters.db.queue import SqlDeliveryQueue
 from mailgate.adapters.db.tables import EmailServer, Message, MessageContent
 from mailgate.domain.messages import new_message_id
@@ -207,3 +209,134 @@ def test_a_claims_work_does_not_grow_with_a_skipped_configurations_backlog(
         deeper = work_of_claim()
         # The walk of 19,000 more rows took some 10,000 steps of 100 instructions.
         assert deeper < shallow * 1.5 + 50, (shallow, deeper)
+
+
+# ---- SQLite: what to take is read before the write lock is held ------------------------
+
+
+def _race_after_pick(monkeypatch: pytest.MonkeyPatch, between: Any, times: int = 1) -> None:
+    """Run ``between(picked_ids)`` after the claim read what to take and before it takes
+    it (where another worker's claim or mark could come in), the first ``times`` times."""
+    pick = SqlDeliveryQueue._pick
+    calls = [0]
+
+    def pick_then_race(self: SqlDeliveryQueue, *args: Any, **kwargs: Any) -> list[str]:
+        picked = pick(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] <= times:
+            between(picked)
+        return picked
+
+    monkeypatch.setattr(SqlDeliveryQueue, "_pick", pick_then_race)
+
+
+def test_sqlite_claim_takes_only_what_is_still_ready_when_it_takes(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the read and the take, another worker took one message, and the owner of
+    one whose lease had run out marked its attempt started (it is going out): neither is
+    taken - the second would otherwise go out twice without a possibly-delivered record."""
+    with rig(tmp_path, sqlite_url) as r:
+        for name in ("DEEP", "OTHER"):  # add() submits its template through DEEP
+            r.add_server(password_server(name))
+        ids = add(r, "OTHER", 4, after_s=10)
+        lease_over = r.clock.now - timedelta(seconds=1)
+        with r.c.engine.begin() as conn:  # ids[1]: another worker's, its lease run out
+            conn.execute(
+                update(Message)
+                .where(Message.id == ids[1])
+                .values(status="sending", locked_by="late", next_attempt_at=lease_over)
+            )
+
+        def race(picked: list[str]) -> None:
+            assert set(picked) == set(ids)
+            with r.c.engine.begin() as conn:
+                conn.execute(
+                    update(Message)
+                    .where(Message.id == ids[0])
+                    .values(
+                        status="sending",
+                        locked_by="other",
+                        next_attempt_at=r.clock.now + timedelta(minutes=2),
+                    )
+                )
+                conn.execute(
+                    update(Message)
+                    .where(Message.id == ids[1])
+                    .values(attempt_started_at=r.clock.now)
+                )
+
+        _race_after_pick(monkeypatch, race)
+        claimed = queue(r).claim("claimer", 10)
+        assert sorted(m.id for m in claimed) == sorted(ids[2:])
+        with r.c.sessions() as db:
+            holders = dict(db.execute(select(Message.id, Message.locked_by)).all())
+        assert (holders[ids[0]], holders[ids[1]]) == ("other", "late")
+        assert holders[ids[2]] == holders[ids[3]] == "claimer"
+
+
+def test_sqlite_claim_reads_again_when_others_took_all_it_read(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message read was taken by another worker before the take: the claim reads
+    again (under the lock) and takes the next ones, instead of reporting nothing ready (the
+    worker would then sleep while mail waits)."""
+    with rig(tmp_path, sqlite_url) as r:
+        for name in ("DEEP", "OTHER"):  # add() submits its template through DEEP
+            r.add_server(password_server(name))
+        ids = add(r, "OTHER", 4, after_s=10)
+
+        def race(picked: list[str]) -> None:
+            assert picked == ids[:2]
+            with r.c.engine.begin() as conn:
+                conn.execute(
+                    update(Message)
+                    .where(Message.id.in_(picked))
+                    .values(
+                        status="sending",
+                        locked_by="other",
+                        next_attempt_at=r.clock.now + timedelta(minutes=2),
+                    )
+                )
+
+        _race_after_pick(monkeypatch, race)
+        claimed = queue(r).claim("claimer", 2)
+        assert [m.id for m in claimed] == ids[2:]
+
+
+def test_sqlite_claim_holds_the_write_lock_for_the_take_alone(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has one write lock for every tenant: the claim's write transaction is the one
+    UPDATE that takes the messages - the reads of what is ready, of paused configurations,
+    of unfinished attempts and of the messages' content run outside it."""
+    monkeypatch.setattr(prepared, "RAW", False)  # every statement through SQLAlchemy
+    with rig(tmp_path, sqlite_url) as r:
+        for name in ("DEEP", "OTHER"):  # add() submits its template through DEEP
+            r.add_server(password_server(name))
+        add(r, "OTHER", 5, after_s=10)
+        in_write = [False]
+        inside: list[str] = []
+        outside: list[str] = []
+
+        def begin(conn: Any) -> None:
+            in_write[0] = not conn.get_execution_options().get(READ_ONLY)
+
+        def end(_conn: Any) -> None:
+            in_write[0] = False
+
+        def execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            (inside if in_write[0] else outside).append(statement.split()[0])
+
+        hooks = [("begin", begin), ("commit", end), ("rollback", end)]
+        hooks.append(("before_cursor_execute", execute))
+        for name, fn in hooks:
+            event.listen(r.c.engine, name, fn)
+        try:
+            claimed = queue(r).claim("claimer", 10)
+        finally:
+            for name, fn in hooks:
+                event.remove(r.c.engine, name, fn)
+        assert len(claimed) == 5 and all(m.raw for m in claimed)
+        assert inside == ["UPDATE"]
+        assert outside and set(outside) == {"SELECT"}
