@@ -226,8 +226,9 @@ def test_shutdown_with_a_server_that_does_not_answer_is_capped_and_hands_back(
     tmp_path: Path, sqlite_url: str, smtp_servers: SmtpServers
 ) -> None:
     """SIGTERM while the server sits on the final dot (data_done_s 600): the worker waits
-    MAILGATE_SHUTDOWN_DRAIN_S (2 s here), not 10 minutes, exits 0, and hands everything
-    back: the open attempt as possibly delivered, the claimed rest ready again."""
+    MAILGATE_SHUTDOWN_DRAIN_S (2 s here), not 10 minutes and not much more than the drain,
+    exits 0, and hands everything back: the open attempt as possibly delivered, the claimed
+    rest ready again."""
     server = smtp_servers.start()
     server.delay_data_end(120, times=None)
     with rig(tmp_path, sqlite_url) as r:
@@ -238,7 +239,10 @@ def test_shutdown_with_a_server_that_does_not_answer_is_capped_and_hands_back(
         started = time.monotonic()
         assert stop(worker) == 0
         stopped_s = time.monotonic() - started
-        assert stopped_s < 15, stopped_s
+        # The drain (2 s) and the process's exit: the stopped session is dropped, not sent a
+        # QUIT the server would not answer (5 s, the command timeout), and the journal is
+        # not waited for once it has written what finished (it waited 5 s: 7.8 s in all).
+        assert stopped_s < 5.5, stopped_s
         views = [r.get(mid) for mid in ids]
         out = [v for v in views if v["attempts"]]
         assert len(out) == 1

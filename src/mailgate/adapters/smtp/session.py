@@ -435,6 +435,13 @@ class SmtpSession:
             )
         try:
             return await self._mail.send(mail_from, recipients, message, dry_run=dry_run)
+        except asyncio.CancelledError:
+            # Stopped in the middle of a transaction (a shutdown whose drain ran out): the
+            # server's state is unknown, a polite QUIT would only wait for a server that
+            # may not answer (the command timeout, 5 s by default). Drop the connection.
+            self._broken = True
+            self.smtp.close()
+            raise
         except Broken as broken:
             self._broken = True
             self.smtp.close()

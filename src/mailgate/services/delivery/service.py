@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -294,6 +295,18 @@ class DeliveryService:
                     break
         return True
 
+    async def _flush_journal(self, limit_s: float) -> None:
+        """Wait, up to ``limit_s``, until the journal has written what the stopped sessions
+        finished (results, started marks). Not ``_drain``: the messages whose sessions were
+        stopped stay in flight until they are handed back, so it waited its whole second
+        steps, and all of ``limit_s`` while the journal had nothing left to write."""
+        deadline = time.monotonic() + limit_s
+        while (self.starts or self.results or self._writing) and time.monotonic() < deadline:
+            self.journal_due.set()
+            self.progress.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), timeout=0.05)
+
     async def _interrupt(self) -> None:
         """The drain ran out (a server that does not answer): stop the sessions, write what
         is finished, and hand back the rest - open attempts as possibly delivered, the others
@@ -306,7 +319,7 @@ class DeliveryService:
         for task in list(self.dispatcher.tasks):
             task.cancel()
         await asyncio.gather(*list(self.dispatcher.tasks), return_exceptions=True)
-        await self._drain(JOURNAL_FLUSH_S)
+        await self._flush_journal(JOURNAL_FLUSH_S)
         try:
             handed = await asyncio.to_thread(self.queue.abandon, self.id)
         except Exception:
