@@ -200,11 +200,23 @@ class BatchWriter(Generic[T]):
             self._syncer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="mailgate-wal-fsync"
             )
-        done = loop.run_in_executor(self._syncer, self._fsync_wal)
 
-        def synced(fut: asyncio.Future[None]) -> None:
+        def fsync() -> None:
+            # The answer goes straight back to the loop (one call_soon_threadsafe), not
+            # through run_in_executor's future: that took two more turns of a busy loop
+            # before the requests were answered.
+            error: Exception | None = None
+            try:
+                self._fsync_wal()
+            except Exception as exc:  # every waiting request gets it (a 503)
+                error = exc
+            try:
+                loop.call_soon_threadsafe(synced, error)
+            except RuntimeError:  # the loop is closed: what waited there went with it
+                self._syncing = False
+
+        def synced(exc: Exception | None) -> None:
             self._syncing = False
-            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
             if exc is None:
                 self.syncs += 1
                 _settle(waiting)
@@ -212,10 +224,9 @@ class BatchWriter(Generic[T]):
                 log.error("fsync of the WAL failed: %s", exc)
                 error = sqlite3.OperationalError(f"disk I/O error: fsync of the WAL failed: {exc}")
                 _settle([(f, error) for f, _o in waiting])
-            if not loop.is_closed():
-                self._sync(loop)
+            self._sync(loop)
 
-        done.add_done_callback(synced)
+        self._syncer.submit(fsync)
 
     def _fsync_wal(self) -> None:
         """fsync the WAL file (by its path: SQLite may have replaced it). No WAL file: the
