@@ -443,18 +443,21 @@ def idle_latency(serve: Serve, sink: Sink, samples: int) -> tuple[list[float], l
             answer = replies.read(length)
             t_202 = time.time()
             assert status.split()[1] == b"202", (status, answer)
-            deadline = time.monotonic() + 30
-            while True:
-                arrived = sink.arrivals().get(bench_id)
-                if arrived is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(bench_id)
-                time.sleep(0.001)
+            arrived = _arrival(sink, bench_id)
             from_request.append((arrived - t_request) * 1000)
             from_202.append((arrived - t_202) * 1000)
             time.sleep(0.05)  # the queue is idle again before the next one
     return from_request, from_202
+
+
+def _arrival(sink: Sink, bench_id: str) -> float:
+    """When the sink received the message with ``X-Bench-Id: bench_id`` (time.time)."""
+    deadline = time.monotonic() + 30
+    while (arrived := sink.arrivals().get(bench_id)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(bench_id)
+        time.sleep(0.001)
+    return arrived
 
 
 def idle_latency_httpx(serve: Serve, sink: Sink, samples: int) -> tuple[list[float], list[float]]:
@@ -476,14 +479,7 @@ def idle_latency_httpx(serve: Serve, sink: Sink, samples: int) -> tuple[list[flo
             r = client.post(url, json=body)
             t_202 = time.time()
             assert r.status_code == 202, r.text
-            deadline = time.monotonic() + 30
-            while True:
-                arrived = sink.arrivals().get(bench_id)
-                if arrived is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(bench_id)
-                time.sleep(0.001)
+            arrived = _arrival(sink, bench_id)
             from_request.append((arrived - t_request) * 1000)
             from_202.append((arrived - t_202) * 1000)
             time.sleep(0.05)

@@ -492,10 +492,9 @@ class SqlDeliveryQueue:
             rows: Sequence[Any]
             if raw_sqlite(conn):
                 _TAKE_SQLITE.rows(conn, {**take, "ids": as_json(ids)})
-                rows = _CLAIMED_SQLITE.named(conn, {"ids": as_json(ids)})
             else:
                 conn.execute(_TAKE, {**take, "ids": ids})
-                rows = conn.execute(_CLAIMED, {"ids": ids}).all()
+            rows = _claimed_rows(conn, ids)
         return _claimed(rows, ids, probes)
 
     def _claim_sqlite(
@@ -518,7 +517,7 @@ class SqlDeliveryQueue:
         must be closed, or a configuration is paused (probes, holding back): the claim in
         one transaction (``claim``) does those."""
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            if self._unfinished_due(conn, now) or pause_gate(conn, now).skip:
+            if _unfinished_due(conn, now) or pause_gate(conn, now).skip:
                 return None
             ids = self._pick(conn, now, limit, skip, only, per_server, held)
         if not ids:
@@ -533,19 +532,8 @@ class SqlDeliveryQueue:
         if not taken:
             return [], len(ids)
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn:
-            if raw_sqlite(conn):
-                rows: Sequence[Any] = _CLAIMED_SQLITE.named(conn, {"ids": as_json(taken)})
-            else:
-                rows = conn.execute(_CLAIMED, {"ids": taken}).all()
+            rows = _claimed_rows(conn, taken)
         return _claimed(rows, ids, []), len(ids)
-
-    def _unfinished_due(self, conn: Connection, now: datetime) -> bool:
-        found = (
-            _UNFINISHED_DUE_SQLITE.named(conn, {"now": now})
-            if raw_sqlite(conn)
-            else conn.execute(_UNFINISHED_DUE, {"now": now}).all()
-        )
-        return bool(found)
 
     def _pick(
         self,
@@ -795,11 +783,7 @@ class SqlDeliveryQueue:
         ``of_worker``: that worker's, whatever their lease (it stops); else those whose lease
         ran out."""
         if of_worker is None:
-            found = (
-                _UNFINISHED_DUE_SQLITE.named(conn, {"now": now})
-                if raw_sqlite(conn)
-                else conn.execute(_UNFINISHED_DUE, {"now": now}).all()
-            )
+            found = _unfinished_due(conn, now)
         else:
             found = conn.execute(_UNFINISHED_OF, {"worker": of_worker}).all()
         if not found:
@@ -1043,6 +1027,20 @@ def _last_error(decision: Decision, state: dict[str, Any] | None) -> str | None:
 def _not_in_servers(server_ids: Sequence[int]) -> Any:
     # NOT IN alone would also drop rows whose server_id is NULL (SQL three-valued logic).
     return or_(Message.server_id.is_(None), Message.server_id.not_in(list(server_ids)))
+
+
+def _unfinished_due(conn: Connection, now: datetime) -> Sequence[Any]:
+    """The attempts marked started whose lease ran out (see ``_settle_unfinished``)."""
+    if raw_sqlite(conn):
+        return _UNFINISHED_DUE_SQLITE.named(conn, {"now": now})
+    return conn.execute(_UNFINISHED_DUE, {"now": now}).all()
+
+
+def _claimed_rows(conn: Connection, ids: list[str]) -> Sequence[Any]:
+    """What an attempt needs of each of ``ids`` (``_CLAIMED``), with its content."""
+    if raw_sqlite(conn):
+        return _CLAIMED_SQLITE.named(conn, {"ids": as_json(ids)})
+    return conn.execute(_CLAIMED, {"ids": ids}).all()
 
 
 def _claimed(rows: Sequence[Any], ids: list[str], probes: list[str]) -> list[Claimed]:
