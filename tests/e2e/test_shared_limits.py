@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from tests.clock import TestClock
 from tests.conftest import make_settings
 from tests.e2e.outbox_helpers import rig
@@ -21,8 +22,15 @@ from tests.smtp_fixtures import SmtpServer, SmtpServers
 
 from mailgate.adapters.db.engine import make_engine
 from mailgate.adapters.db.limits import SqlDeliveryLimits
-from mailgate.adapters.db.tables import EmailServer, MessageAttempt
+from mailgate.adapters.db.tables import (
+    EmailServer,
+    Message,
+    MessageAttempt,
+    MessageContent,
+    ServerConnection,
+)
 from mailgate.bootstrap import build, first_start
+from mailgate.domain.messages import new_message_id
 from mailgate.entrypoints.worker import Worker
 from mailgate.schemas.email_server import LIMIT_PRESETS
 
@@ -230,4 +238,57 @@ def test_two_worker_processes_hold_one_max_connections(
     # mail for it: four messages each at a time). Which process sends is left to them.
     assert most <= 2, most
     print(f"\nmax_connections 2 across two processes: at most {most} open at once")
+    c.engine.dispose()
+
+
+def test_mail_goes_to_the_process_whose_sessions_hold_every_connection(
+    tmp_path: Path, database_url: str, smtp_servers: SmtpServers
+) -> None:
+    """A worker that claims mail of a configuration whose connection slots are all held by
+    another process's open sessions gives it back at once, and that process sends it over
+    them. It used to hold the mail until a slot came free: until the other's idle sessions
+    closed (10 s by default, 60 s here) - with two worker processes, the tail of a burst
+    waited that long while those sessions sat idle."""
+    server = smtp_servers.start()
+    c = build(make_settings(tmp_path, database_url, lease_s=5))
+    first_start(c, echo=lambda _m: None)
+    queue_messages(c, server, 2, max_connections=2)
+    sid = _server_id(c)
+    with c.sessions() as db:
+        first = db.scalars(select(Message)).first()
+        assert first is not None
+        template = {col.key: getattr(first, col.key) for col in Message.__table__.columns}
+        raw = db.scalar(select(MessageContent.raw))
+    # The first process sends both over two sessions, which then stay open and idle for a
+    # minute (holding both slots); it polls only every minute: a wake-up brings it mail.
+    holder = start_worker(c, tmp_path, "holder", 60, {"MAILGATE_IDLE_SESSION_S": "60"})
+    other = None
+    try:
+        wait_until(lambda: server.count == 2, 60, "the first two messages")
+        with c.sessions() as db:
+            held = db.scalars(
+                select(ServerConnection.holder).where(ServerConnection.server_id == sid)
+            )
+            assert len(list(held)) == 2
+        # Three more, inserted without waking anyone: the second process, started now,
+        # claims them.
+        with c.session() as db:
+            for _i in range(3):
+                mid = new_message_id()
+                db.execute(insert(Message), [{**template, "id": mid}])
+                db.execute(insert(MessageContent), [{"message_id": mid, "raw": raw}])
+        started = time.monotonic()
+        other = start_worker(c, tmp_path, "other", 0.5)
+        wait_until(lambda: server.count == 5, 60, "the three")
+        took = time.monotonic() - started
+    finally:
+        codes = [stop(w) for w in (holder, other) if w is not None]
+    assert codes == [0, 0]
+    with c.sessions() as db:
+        by = Counter(db.scalars(select(MessageAttempt.worker)))
+    print(f"\nthree messages in {took:.1f} s; attempts by worker: {dict(by)}")
+    # The second process's start-up (1-3 s) and a quarter of a second of waiting for a
+    # slot; holding the mail until the holder's idle sessions closed took over 60 s.
+    assert took < 15, took
+    assert len(by) == 1  # all five by the holder: the other had no connection to send on
     c.engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,9 +16,10 @@ from tests.clock import TestClock
 from mailgate.domain.delivery import Claimed, Heartbeat, Journaled, Recorded
 from mailgate.domain.messages import AttemptResult, Decision, Outcome, Status
 from mailgate.domain.pauses import PauseKind, PauseSignal
-from mailgate.ports import SessionFailed, TokenProvider
+from mailgate.ports import DeliveryLimits, SessionFailed, TokenProvider
 from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
-from mailgate.services.delivery.dispatcher import Target
+from mailgate.services.delivery.dispatcher import CONNECTION_WAIT_S, Target
+from mailgate.services.delivery.policy import LocalLimits
 from mailgate.services.delivery.service import DeliveryService, DeliverySettings
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -29,6 +30,8 @@ class MemoryQueue:
     """``ports.DeliveryQueue`` in memory: every message is ready once."""
 
     ready: list[Claimed]
+    skipped: list[list[int]] = field(default_factory=list)
+    """What each claim was told to leave out."""
     recorded: list[tuple[Claimed, AttemptResult]] = field(default_factory=list)
     postponed: list[tuple[Claimed, datetime, str | None]] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
@@ -41,6 +44,7 @@ class MemoryQueue:
         per_server: int | None = None,
         held: dict[int, int] | None = None,
     ) -> list[Claimed]:
+        self.skipped.append(sorted(skip_servers))
         taken: list[Claimed] = []
         room = dict(held or {})
         for m in self.ready:
@@ -227,6 +231,7 @@ def rig(
     tokens: bool = True,
     leaves: Any = lambda _server: False,
     skip_reads: list[int] | None = None,
+    limits: Callable[[TestClock], DeliveryLimits] | None = None,
 ) -> Rig:
     clock = TestClock(T0)  # it moves only when the service sleeps
     queue = MemoryQueue(list(ready))
@@ -254,6 +259,7 @@ def rig(
         run_blocking=_inline,
         gather_marks=False,
         leaves=leaves,
+        limits=limits(clock) if limits else None,
     )
     return Rig(clock, queue, transport, counter, service)
 
@@ -284,6 +290,38 @@ def test_max_connections_bounds_sessions_which_are_reused() -> None:
     assert r.transport.opened["S1"] == 2
     assert len({s.message for s in r.transport.sent}) == 12
     assert r.transport.open_now["S1"] == 0  # closed after the cycle
+
+
+class HeldElsewhere(LocalLimits):
+    """Every connection slot of ``servers`` is held by another process's sessions."""
+
+    def __init__(self, clock: TestClock, servers: set[int]) -> None:
+        super().__init__(clock)
+        self.servers = servers
+
+    def acquire_connection(self, server_id: int, limit: int, holder: str) -> int | None:
+        if server_id in self.servers:
+            return None
+        return super().acquire_connection(server_id, limit, holder)
+
+
+def test_mail_whose_connections_are_all_open_elsewhere_goes_back_at_once() -> None:
+    """The process holding the connections sends it (the give-back wakes it); this one
+    leaves that configuration's mail alone for a moment instead of claiming it again."""
+    r = rig(
+        messages(1, 3) + messages(2, 2),
+        {1: Target(config(1, {"max_connections": 2})), 2: Target(config(2))},
+        limits=lambda clock: HeldElsewhere(clock, {1}),
+    )
+    assert asyncio.run(r.service.run_once()) == 5
+    assert sorted(s.message for s in r.transport.sent) == ["2-0", "2-1"]
+    assert "S1" not in r.transport.opened
+    back = sorted(r.queue.postponed, key=lambda item: item[0].id)
+    assert [(m.id, reason) for m, _when, reason in back] == [(f"1-{i}", None) for i in range(3)]
+    # Ready again after the short wait for a slot, not after a retry delay.
+    waited = timedelta(seconds=CONNECTION_WAIT_S + 0.2)
+    assert all(when - T0 <= waited for _m, when, _r in back), back
+    assert r.queue.skipped == [[], [1]]  # the claim after it left configuration 1 out
 
 
 def test_one_configuration_failing_to_open_fails_only_its_own_mail() -> None:

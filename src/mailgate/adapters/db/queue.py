@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgate.adapters.db import journal_sqlite, processes
 from mailgate.adapters.db.engine import READ_ONLY, discard, loop_writer
 from mailgate.adapters.db.events import MessageEvent, emit_for_messages
+from mailgate.adapters.db.notify import mark_ready
 from mailgate.adapters.db.pauses import (
     claim_probes,
     hold_back_arrivals,
@@ -841,12 +842,16 @@ class SqlDeliveryQueue:
 
         Used when the server cannot be used yet (OAuth2 needs re-authorization: the reason is
         shown as ``last_error`` and the mail is ``deferred``, never failed), when a rate limit
-        would hold a message past its lease, and on shutdown.
+        would hold a message past its lease, and on shutdown. Mail given back ready at once
+        (for another process: shutdown, remote output, connections all open elsewhere) wakes
+        the workers of every process after the commit.
         """
         if not items:
             return
         now = self.clock()
         with self.sessions.begin() as db:
+            if any(when <= now for _c, when, _r in items):
+                mark_ready(db)
             for claimed, when, reason in items:
                 if reason is not None:
                     status = Status.DEFERRED

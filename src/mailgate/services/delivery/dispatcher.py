@@ -44,11 +44,14 @@ log = logging.getLogger("mailgate.worker")
 
 # How long mail of an OAuth2 configuration waits before the state is checked again.
 OAUTH2_RECHECK_S = 60.0
-# A lane waits this long (at least: longer than an idle session keeps its slot) for one of its
-# configuration's connection slots held by other processes, then gives its mail back for
-# CONNECTION_RETRY_S.
-CONNECTION_WAIT_S = 5.0
-CONNECTION_RETRY_S = 1.0
+# A lane that finds every connection slot of its configuration held by other processes waits
+# this long for one, then gives its mail back ready at once (other processes are woken: those
+# holding the connections send it over sessions already open) and ``busy_elsewhere`` is told
+# (the worker leaves that configuration's mail to them for a moment). It waited for an idle
+# session elsewhere to close before (10 s and more) and held its mail meanwhile: with two
+# worker processes, the tail of a burst waited that long while the other process's open
+# sessions sat idle (bench/README.md, row "(c) 2 workers").
+CONNECTION_WAIT_S = 0.25
 # When the database could not reserve send slots, the mail is given back for this long.
 LIMITS_RETRY_S = 5.0
 
@@ -104,6 +107,7 @@ class Dispatcher:
         before_send: Callable[[Claimed], Awaitable[bool]] | None = None,
         leaves: Callable[[ResolvedServer], bool] = lambda _server: False,
         on_left: Callable[[], None] = lambda: None,
+        busy_elsewhere: Callable[[int], None] = lambda _server_id: None,
     ) -> None:
         self.open_session = open_session
         self.load_targets = load_targets
@@ -132,6 +136,9 @@ class Dispatcher:
         untried, and ``on_left`` is told (the worker reads its list of such configurations
         again)."""
         self.on_left = on_left
+        self.busy_elsewhere = busy_elsewhere
+        """Told the configuration whose connections are all held by other processes, after
+        its lane gave its mail back for them."""
         self.lanes: dict[int | None, Lane] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -247,9 +254,7 @@ class Dispatcher:
                 got = None
             if got is not None:
                 return got
-            # An idle session elsewhere keeps its slot up to idle_session_s: wait longer.
-            patience = max(CONNECTION_WAIT_S, self.idle_session_s + 2.0)
-            if not lane.queue or lane.paused or self.stopping or waited >= patience:
+            if not lane.queue or lane.paused or self.stopping or waited >= CONNECTION_WAIT_S:
                 return None
             if lane.sessions > 1:
                 return None  # another session of this lane serves its queue
@@ -265,10 +270,11 @@ class Dispatcher:
             lane.sessions -= 1
             if lane.sessions == 0 and lane.queue:
                 # Every connection the configuration may have is open in other processes:
-                # give its mail back for a moment instead of holding it here.
+                # its mail goes back to them, ready at once, instead of waiting here.
                 waiting = [m for m, _slot in lane.queue]
                 lane.queue.clear()
-                await self.postpone([(m, CONNECTION_RETRY_S, None) for m in waiting])
+                self.busy_elsewhere(sid)
+                await self.postpone([(m, 0.0, None) for m in waiting])
             return
         self.held_connections.add((sid, connection))
         session: DeliverySession | None = None

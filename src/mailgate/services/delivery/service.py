@@ -46,6 +46,9 @@ SKIP_RECHECK_S = 2.0
 # batches in memory in all.
 LANE_MIN = 4
 MAX_HELD = 4
+# A configuration whose connections are all held by other processes (its lane gave its mail
+# back to them, ``Dispatcher.busy_elsewhere``): this worker leaves its mail to them this long.
+BUSY_ELSEWHERE_S = 1.0
 # How often a worker holding mail that waits in lanes looks for pauses other processes began.
 PAUSE_RECHECK_S = 1.0
 # A worker fed by a trickle claims at most this often, so one claim takes several messages.
@@ -138,6 +141,8 @@ class DeliveryService:
         self.batch = settings.batch
         self.lane_budget = max(LANE_MIN, self.batch // 4)
         self._skip: tuple[float, list[int]] = (-SKIP_RECHECK_S, [])
+        self._busy_elsewhere: dict[int, float] = {}
+        """Configuration -> until when (monotonic) its mail is left to other processes."""
         self.delivered = 0
         self._fresh_loop_state()
 
@@ -173,6 +178,7 @@ class DeliveryService:
             holder=self.id,
             leaves=self.leaves,
             on_left=self._reread_skip,
+            busy_elsewhere=self._leave_for_a_while,
         )
 
     # ---- the queue (blocking calls, run in a thread) --------------------------------------
@@ -180,12 +186,29 @@ class DeliveryService:
     def _reread_skip(self) -> None:
         self._skip = (-SKIP_RECHECK_S, [])
 
+    def _leave_for_a_while(self, server_id: int) -> None:
+        self._busy_until()
+        until = time.monotonic() + BUSY_ELSEWHERE_S
+        self._busy_elsewhere = {**self._busy_elsewhere, server_id: until}
+
+    def _busy_until(self) -> float | None:
+        """On the event loop: forget the moments that are over; when the next one ends."""
+        now = time.monotonic()
+        self._busy_elsewhere = {s: t for s, t in self._busy_elsewhere.items() if t > now}
+        return min(self._busy_elsewhere.values(), default=None)
+
+    def _busy_now(self) -> list[int]:
+        """Configurations left to the processes holding their connections, for now (read
+        in the claim's thread: the loop replaces the dict, never changes it there)."""
+        now = time.monotonic()
+        return [sid for sid, until in list(self._busy_elsewhere.items()) if until > now]
+
     def _skip_servers(self) -> list[int]:
         at, ids = self._skip
         if time.monotonic() - at >= SKIP_RECHECK_S:
             ids = self.skip_servers_of()
             self._skip = (time.monotonic(), ids)
-        return ids
+        return [*ids, *self._busy_now()]
 
     def _only_servers(self) -> list[int] | None:
         if self.only_servers_of is None:
@@ -194,7 +217,8 @@ class DeliveryService:
         if time.monotonic() - at >= SKIP_RECHECK_S:
             ids = self.only_servers_of()
             self._only = (time.monotonic(), ids)
-        return ids
+        busy = self._busy_now()
+        return [sid for sid in ids if sid not in busy] if busy else ids
 
     @property
     def serves_nothing(self) -> bool:
@@ -363,6 +387,10 @@ class DeliveryService:
                     due = await asyncio.to_thread(self._next_due)
                     if due is not None:
                         timeout = min(poll, max(0.0, (due - self.clock()).total_seconds()))
+                    busy_until = self._busy_until()
+                    if busy_until is not None:
+                        # Its mail may still be there when the moment is over.
+                        timeout = min(timeout, max(0.01, busy_until - time.monotonic()))
                     if timeout > 0:
                         waiter = asyncio.create_task(wake.wait())
                         await _wait_any([waiter, stopper], timeout)
