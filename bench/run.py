@@ -49,11 +49,12 @@ from sink import Sink
 
 from mailgate.adapters.db.tables import Message, MessageContent, Tenant
 from mailgate.adapters.secrets import generate_key
+from mailgate.adapters.smtp.transport import SmtpTransport
 from mailgate.bootstrap import Container, build, first_start
 from mailgate.config import Settings
 from mailgate.domain.messages import new_message_id
 from mailgate.entrypoints.worker import Worker
-from mailgate.schemas.email_server import EmailServerIn
+from mailgate.schemas.email_server import EmailServerIn, ResolvedServer, ServerSecrets
 from mailgate.schemas.message import MessageIn
 from mailgate.services.outbox import Owner, SubmitOptions
 
@@ -108,6 +109,34 @@ async def raw_client(port: int, n: int) -> float:
             m = queue.get_nowait()
             await smtp.sendmail("bench@example.com", ["sink@example.com"], m)
         await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
+    return time.perf_counter() - started
+
+
+# ---- (t) mailgate's SMTP transport alone -------------------------------------------------------
+
+
+async def transport_alone(port: int, n: int) -> float:
+    """The worker's SMTP client without the outbox: mailgate's ``SmtpTransport`` (the
+    sessions row (b) opens, PIPELINING included) sending the same messages over the same
+    8 connections, nothing read from or written to a database. (b) against (t) is what the
+    outbox's durable bookkeeping costs (claim, started mark, result, attempt row)."""
+    config = EmailServerIn.model_validate(server_config(port))
+    server = ResolvedServer(1, 1, "SINK", config, ServerSecrets())
+    transport = SmtpTransport()
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(raw_message(i))
+
+    async def conn() -> None:
+        session = await transport.open(server, None)
+        while not queue.empty():
+            m = queue.get_nowait()
+            result = await session.send("bench@example.com", ["sink@example.com"], m)
+            assert result.code == 250, result
+        await session.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
@@ -498,6 +527,13 @@ def row_a(sink: Sink, n: int) -> float:
     return n / elapsed
 
 
+def row_t(sink: Sink, n: int) -> float:
+    sink.reset()
+    elapsed = run_loop(transport_alone(sink.port, n))
+    sink.wait_for(n)
+    return n / elapsed
+
+
 def row_b_unpipelined(sink: Sink, n: int) -> float:
     """(b) with PIPELINING not used (the sink still offers it): what pipelining changed."""
     from mailgate.adapters.smtp import session as smtp_session
@@ -735,6 +771,7 @@ def main() -> None:
         for i in range(args.repeat):
             r: dict[str, Any] = {"load": [round(x, 2) for x in os.getloadavg()]}
             r["a"] = row_a(sink, n)
+            r["t"] = row_t(sink, n)
             r["b"] = row_b(sink, n, None)
             r["b_unpipelined"] = row_b_unpipelined(sink, n)
             r["b_beside_paused"] = row_beside(sink, n, "paused")
@@ -783,6 +820,7 @@ def row_c_pg(sink: Sink, n: int, pg_url: str) -> tuple[dict[str, Any], None]:
 def summary(r: dict[str, Any]) -> str:
     parts = [
         f"(a) {r['a']:.0f}",
+        f"(t) {r['t']:.0f}",
         f"(b) {r['b']:.0f}",
         f"(b) unpipelined {r['b_unpipelined']:.0f}",
         f"(b) beside a paused configuration {r['b_beside_paused']:.0f}",
@@ -803,13 +841,16 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
     def med(key: str) -> float:
         return median([r[key]["per_s"] if isinstance(r[key], dict) else r[key] for r in rounds])
 
-    keys = ["a", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit"]
+    keys = ["a", "t", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit"]
     keys += ["c_default", "c_2_workers", "c_smtp", "postfix"]
     if "c_postgres" in rounds[0]:
         keys.append("c_postgres")
     medians = {k: med(k) for k in keys}
     ratios = {
+        "t/a": "t",
         "b/a": "b",
+        # What the outbox's bookkeeping leaves of the transport's rate.
+        "b/t": ("b", "t"),
         "b_unpipelined/a": "b_unpipelined",
         "c_default/a": "c_default",
         "c_2_workers/a": "c_2_workers",
@@ -851,7 +892,7 @@ def report(results: dict[str, Any], rounds: list[dict[str, Any]], n: int) -> Non
             ]
         )
         for k in keys
-        if k not in ("a", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit")
+        if k not in ("a", "t", "b", "b_unpipelined", "b_beside_paused", "b_beside_tarpit")
     }
     results["cpu_ms_per_msg_medians"] = cpu
     print(f"\nmedians of {len(rounds)} rounds, {n} messages each:")
