@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +96,21 @@ def run_loop(coro: Coroutine[Any, Any, float]) -> float:
 # ---- (a) raw aiosmtplib ---------------------------------------------------------------------
 
 
-async def raw_client(port: int, n: int) -> float:
-    messages = [raw_message(i) for i in range(n)]
+async def over_connections(
+    n: int, conn: Callable[[asyncio.Queue[bytes]], Awaitable[None]]
+) -> float:
+    """Seconds for ``CONNECTIONS`` runs of ``conn`` at once to send ``n`` messages from one
+    queue (rows (a) and (t): the same messages, connections and clock, another client)."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for m in messages:
-        queue.put_nowait(m)
+    for i in range(n):
+        queue.put_nowait(raw_message(i))
+    started = time.perf_counter()
+    await asyncio.gather(*(conn(queue) for _ in range(CONNECTIONS)))
+    return time.perf_counter() - started
 
-    async def conn() -> None:
+
+async def raw_client(port: int, n: int) -> float:
+    async def conn(queue: asyncio.Queue[bytes]) -> None:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
         await smtp.connect()
         while not queue.empty():
@@ -110,9 +118,7 @@ async def raw_client(port: int, n: int) -> float:
             await smtp.sendmail("bench@example.com", ["sink@example.com"], m)
         await smtp.quit()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
-    return time.perf_counter() - started
+    return await over_connections(n, conn)
 
 
 # ---- (t) mailgate's SMTP transport alone -------------------------------------------------------
@@ -126,11 +132,8 @@ async def transport_alone(port: int, n: int) -> float:
     config = EmailServerIn.model_validate(server_config(port))
     server = ResolvedServer(1, 1, "SINK", config, ServerSecrets())
     transport = SmtpTransport()
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(raw_message(i))
 
-    async def conn() -> None:
+    async def conn(queue: asyncio.Queue[bytes]) -> None:
         session = await transport.open(server, None)
         while not queue.empty():
             m = queue.get_nowait()
@@ -138,9 +141,7 @@ async def transport_alone(port: int, n: int) -> float:
             assert result.code == 250, result
         await session.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(conn() for _ in range(CONNECTIONS)))
-    return time.perf_counter() - started
+    return await over_connections(n, conn)
 
 
 # ---- (b) the worker draining a pre-queued outbox ----------------------------------------------
